@@ -1,0 +1,84 @@
+"""Input validation shared by every public function.
+
+Errors name the argument and say what is wrong, so that a bad call fails at the
+boundary with a readable message instead of deep inside torch.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def check_tensor(
+    x,
+    name: str,
+    shape: Sequence[int | str | None] | None = None,
+    *,
+    dtype_kind: str | None = "float",
+    finite: bool = True,
+) -> torch.Tensor:
+    """Check that ``x`` is a tensor with the given shape pattern and return it.
+
+    ``shape`` entries are ints (exact size), strings (named sizes that must agree
+    with each other within one call) or ``None`` (any size). A leading ``...`` is
+    not supported; give the full rank.
+
+    >>> check_tensor(torch.zeros(2, 5, 3), "verts", ("B", "V", 3)).shape
+    torch.Size([2, 5, 3])
+    >>> check_tensor(torch.zeros(2, 5), "verts", ("B", "V", 3))
+    Traceback (most recent call last):
+    ...
+    ValueError: verts: expected shape (B, V, 3), got (2, 5)
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if shape is not None:
+        pattern = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        got = "(" + ", ".join(str(s) for s in x.shape) + ")"
+        if x.dim() != len(shape):
+            raise ValueError(f"{name}: expected shape {pattern}, got {got}")
+        named: dict[str, int] = {}
+        for want, have in zip(shape, x.shape):
+            if isinstance(want, int) and want != have:
+                raise ValueError(f"{name}: expected shape {pattern}, got {got}")
+            if isinstance(want, str):
+                if named.setdefault(want, have) != have:
+                    raise ValueError(f"{name}: expected shape {pattern}, got {got} ({want} differs)")
+    if dtype_kind == "float" and not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got {x.dtype}")
+    if dtype_kind == "int" and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
+        raise TypeError(f"{name}: expected an integer tensor, got {x.dtype}")
+    if finite and x.is_floating_point() and x.numel() and not torch.isfinite(x).all():
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return x
+
+
+def check_choice(value: str, name: str, choices: Sequence[str]) -> str:
+    """Check that ``value`` is one of ``choices``.
+
+    >>> check_choice("torch", "backend", ["torch", "pytorch3d", "auto"])
+    'torch'
+    >>> check_choice("opengl", "backend", ["torch", "pytorch3d", "auto"])
+    Traceback (most recent call last):
+    ...
+    ValueError: backend: unknown value 'opengl'; expected one of 'torch', 'pytorch3d', 'auto'
+    """
+    if value not in choices:
+        opts = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name}: unknown value {value!r}; expected one of {opts}")
+    return value
+
+
+def check_positive(value, name: str, *, integer: bool = False):
+    """Check that ``value`` is a positive number (an int if ``integer``).
+
+    >>> check_positive(64, "image_size", integer=True)
+    64
+    """
+    if integer and (not isinstance(value, int) or isinstance(value, bool)):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if not value > 0:
+        raise ValueError(f"{name}: must be positive, got {value}")
+    return value

@@ -1,0 +1,114 @@
+"""Configuration dataclasses: CLI overrides and JSON round trips.
+
+Every config in facelab is a ``@dataclass``. ``apply_overrides`` takes
+``key=value`` strings (as given to the CLI's ``--set``), parses each value with
+the field's type, and rejects unknown keys by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _parse(value: str, typ: Any, key: str):
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        low = value.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"--set {key}: expected a boolean, got {value!r}")
+    if typ in (int, float, str):
+        try:
+            return typ(value)
+        except ValueError:
+            raise ValueError(f"--set {key}: expected {typ.__name__}, got {value!r}") from None
+    if origin in (tuple, list):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = [v for v in value.split(",") if v]
+        args = typing.get_args(typ)
+        inner = args[0] if args else str
+        return origin(_parse(str(v), inner, key) for v in parsed)
+    if origin is typing.Union or str(origin) == "types.UnionType":
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value.lower() in ("none", "null"):
+            return None
+        return _parse(value, args[0], key)
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
+    """Return a copy of dataclass ``cfg`` with ``key=value`` overrides applied.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class C:
+    ...     lr: float = 1e-3
+    ...     steps: int = 10
+    >>> apply_overrides(C(), ["lr=0.5", "steps=3"])
+    C(lr=0.5, steps=3)
+    >>> apply_overrides(C(), ["lrr=0.5"])
+    Traceback (most recent call last):
+    ...
+    ValueError: --set lrr: unknown config key; known keys: lr, steps
+    """
+    if not overrides:
+        return cfg
+    hints = typing.get_type_hints(type(cfg))
+    names = [f.name for f in dataclasses.fields(cfg)]
+    changes = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if key not in names:
+            raise ValueError(f"--set {key}: unknown config key; known keys: {', '.join(names)}")
+        changes[key] = _parse(value.strip(), hints[key], key)
+    return dataclasses.replace(cfg, **changes)
+
+
+def to_dict(cfg) -> dict:
+    """A JSON-ready dict of a dataclass, with its class name under ``"_type"``."""
+    d = dataclasses.asdict(cfg)
+    d["_type"] = type(cfg).__name__
+    return d
+
+
+def from_dict(cls: type[T], d: dict) -> T:
+    """Rebuild a dataclass from ``to_dict`` output; unknown keys raise."""
+    d = {k: v for k, v in d.items() if k != "_type"}
+    names = {f.name for f in dataclasses.fields(cls)}
+    extra = set(d) - names
+    if extra:
+        raise ValueError(f"{cls.__name__}: unknown keys {sorted(extra)}")
+    hints = typing.get_type_hints(cls)
+    for k, v in d.items():
+        if typing.get_origin(hints[k]) is tuple and isinstance(v, list):
+            d[k] = tuple(v)
+    return cls(**d)
+
+
+def save_json(cfg, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(cfg), indent=2))
+
+
+def cache_dir() -> Path:
+    """Where built models and cached data live: ``$FACELAB_CACHE`` or ``~/.cache/facelab``."""
+    import os
+
+    root = Path(os.environ.get("FACELAB_CACHE", Path.home() / ".cache" / "facelab"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
