@@ -1,1 +1,17 @@
-"""facelab.data."""
+"""SynthFaces photo collections and benchmark suites (design §3).
+
+>>> from facelab.data import SUITES
+>>> SUITES
+('webface', 'lp', 'collections', 'micc', 'bu3dfe', 'lfw')
+"""
+
+from facelab.data.cache import SavedCollection, save_collection
+from facelab.data.suites import (
+    BU3DFE_EXPRESSIONS, BU3DFE_YAWS_DEG, MICC_CONDITIONS, SUITES, Conditions, ImageTable, SuiteConfig, build_table,
+)
+from facelab.data.synth import BatchStream, PhotoCollection, make_suite
+
+__all__ = [
+    "SUITES", "MICC_CONDITIONS", "BU3DFE_EXPRESSIONS", "BU3DFE_YAWS_DEG", "Conditions", "SuiteConfig", "ImageTable",
+    "build_table", "PhotoCollection", "BatchStream", "make_suite", "save_collection", "SavedCollection",
+]

@@ -1,0 +1,123 @@
+"""The ``facelab`` command line.
+
+    facelab synth SUITE --out DIR [--profile quick|full] [--set key=value ...]
+    facelab render [--out face.png] [--identity N] [--yaw DEG] [--size PX]
+    facelab render --gallery [--out gallery.png]
+    facelab bench render [--json]
+    facelab bench synth [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_synth(args) -> int:
+    from facelab.config import apply_overrides
+    from facelab.data import PhotoCollection, SuiteConfig, save_collection
+
+    cfg = apply_overrides(SuiteConfig(suite=args.suite, profile=args.profile), args.set)
+    collection = PhotoCollection(cfg)
+    out = save_collection(collection, args.out, batch_size=args.batch_size, progress=not args.quiet)
+    print(json.dumps({"suite": cfg.suite, "images": len(collection), "identities": cfg.n_identities, "out": str(out)}))
+    return 0
+
+
+def _cmd_render(args) -> int:
+    import torch
+
+    from facelab.viz import image_grid, save_image
+
+    if args.gallery:
+        from facelab.data.gallery import gallery
+
+        images, columns = gallery(n_identities=args.identities, image_size=args.size, seed=args.seed, resolution=args.resolution)
+        out = Path(args.out or "gallery.png")
+        image_grid(images, ncols=len(columns), pad=2, path=out)
+        print(json.dumps({"out": str(out), "rows": args.identities, "columns": list(columns)}))
+        return 0
+    from facelab.data import make_suite
+
+    suite = make_suite("webface", n_identities=args.identity + 1, images_per_identity=1, image_size=args.size,
+                       seed=args.seed, resolution=args.resolution)
+    scene = suite.scene(torch.tensor([args.identity]))
+    if args.yaw is not None:
+        scene["angles"][:, 1] = torch.deg2rad(torch.tensor(float(args.yaw)))
+    if args.neutral:
+        scene["blend"].zero_()
+    sample = suite.render_scene(scene)
+    out = Path(args.out or "face.png")
+    save_image(sample["image"][0], out)
+    print(json.dumps({"out": str(out), "identity": args.identity, "yaw_deg": round(float(sample["yaw_deg"][0]), 2)}))
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    if args.what == "render":
+        from facelab.bench.render import bench_render
+
+        result = bench_render(batch=args.batch)
+        if not args.json:
+            for size, row in result.items():
+                if isinstance(row, dict):
+                    print(f"{size:>4} px: torch {row['torch_images_per_s']:.1f} img/s, pytorch3d {row['pytorch3d_images_per_s']:.1f} img/s, speedup {row['speedup']:.1f}x")
+            return 0
+    else:
+        from facelab.bench.synth import bench_synth
+
+        result = bench_synth(image_size=args.size)
+        if not args.json:
+            print(f"{result['images_per_s']:.1f} images/s at {args.size} px")
+            return 0
+    print(json.dumps(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facelab", description="facelab: 3D face reconstruction and recognition on SynthFaces.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="generate a SynthFaces suite and write it to a folder")
+    p.add_argument("suite", choices=["webface", "lp", "collections", "micc", "bu3dfe", "lfw"])
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--profile", default="quick", choices=["quick", "full"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a SuiteConfig field (repeatable)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("render", help="render a SynthFaces face, or the gallery, to PNG")
+    p.add_argument("--out", help="PNG path (default face.png / gallery.png)")
+    p.add_argument("--identity", type=int, default=0, help="webface identity label")
+    p.add_argument("--yaw", type=float, help="yaw in degrees (default: sampled)")
+    p.add_argument("--neutral", action="store_true", help="neutral expression")
+    p.add_argument("--size", type=int, default=128, help="image size in px")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", default="default", choices=["quick", "default", "large"])
+    p.add_argument("--gallery", action="store_true", help="rows: identities; columns: expressions, poses, lighting, occluders")
+    p.add_argument("--identities", type=int, default=6, help="gallery rows")
+    p.set_defaults(func=_cmd_render)
+
+    p = sub.add_parser("bench", help="print measured performance figures")
+    p.add_argument("what", choices=["render", "synth"])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--batch", type=int, default=32, help="render batch size")
+    p.add_argument("--size", type=int, default=64, help="synth image size")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        print(f"facelab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
