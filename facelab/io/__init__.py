@@ -1,1 +1,28 @@
-"""facelab.io."""
+"""facelab.io: readers for the real data and models of the papers (design §7).
+
+Each loader checks its file and raises ``FileNotFoundError``/``ValueError`` naming
+the file and the problem; model loaders return a
+:class:`~facelab.morphable.model.MorphableModel` in facelab's conventions (mm,
+x = subject's left, y up, z toward the camera, orthonormal bases with std).
+
+* meshes: :func:`read_mesh`, :func:`write_mesh` (``.obj``, ``.ply``)
+* models: :func:`load_bfm2009`, :func:`load_bfm2017`, :func:`load_flame`, :func:`load_sfm`
+* annotations and datasets: :func:`load_300wlp`, :func:`read_pairs`, :class:`LFWPairs`,
+  :class:`MICCDataset`
+"""
+
+from facelab.io._util import read_image
+from facelab.io.bfm import load_bfm2009, load_bfm2017
+from facelab.io.flame import load_flame, read_flame_pickle
+from facelab.io.lfw import LFWPairs, Pair, lfw_image_path, read_pairs
+from facelab.io.lp300w import load_300wlp
+from facelab.io.mesh import Mesh, read_mesh, write_mesh
+from facelab.io.micc import MICC_CONDITIONS, MICCDataset, MICCSubject
+from facelab.io.sfm import load_sfm, read_sfm, save_sfm
+
+__all__ = [
+    "Mesh", "read_mesh", "write_mesh", "read_image",
+    "load_bfm2009", "load_bfm2017", "load_flame", "read_flame_pickle", "load_sfm", "read_sfm", "save_sfm",
+    "load_300wlp", "Pair", "read_pairs", "lfw_image_path", "LFWPairs",
+    "MICC_CONDITIONS", "MICCDataset", "MICCSubject",
+]
