@@ -1,1 +1,38 @@
-"""facelab.metrics."""
+"""facelab.metrics: the evaluation protocols of the book (``book/10_evaluation.ipynb``).
+
+* :mod:`~facelab.metrics.verification`: LFW verification (10 folds, VAL@FAR, TAR@FAR,
+  ROC/AUC/EER) and rank-1 identification.
+* :mod:`~facelab.metrics.alignment`: Umeyama/Procrustes and closest-point ICP.
+* :mod:`~facelab.metrics.surface`: exact point-to-mesh and point-to-plane distances.
+* :mod:`~facelab.metrics.reconstruction`: aligned per-vertex RMSE, interocular NME.
+* :mod:`~facelab.metrics.landmarks`: 2D landmark NME by yaw bucket.
+* :mod:`~facelab.metrics.protocols`: MICC-style and NoW-style scan protocols.
+* :mod:`~facelab.metrics.sir`: discriminability of reconstructed geometry.
+
+Inputs may be torch tensors or numpy arrays; everything is computed in float64 and
+returned as Python floats, numpy arrays or dataclasses/dicts ready for JSON.
+"""
+
+from facelab.metrics.alignment import Similarity, apply, icp, procrustes, procrustes_batched
+from facelab.metrics.landmarks import landmark_nme, nme_by_yaw
+from facelab.metrics.protocols import crop_around, micc_error, micc_table, now_error, now_summary
+from facelab.metrics.reconstruction import nme_interocular, rmse
+from facelab.metrics.sir import aligned_rmse, geometric_rank1, sir_ratio
+from facelab.metrics.surface import SurfaceIndex, SurfaceQuery, point_to_plane, point_to_surface
+from facelab.metrics.verification import (
+    VerificationResult,
+    pair_distances,
+    rank1_identification,
+    roc,
+    verify,
+)
+
+__all__ = [
+    "Similarity", "apply", "icp", "procrustes", "procrustes_batched",
+    "landmark_nme", "nme_by_yaw",
+    "crop_around", "micc_error", "micc_table", "now_error", "now_summary",
+    "nme_interocular", "rmse",
+    "aligned_rmse", "geometric_rank1", "sir_ratio",
+    "SurfaceIndex", "SurfaceQuery", "point_to_plane", "point_to_surface",
+    "VerificationResult", "pair_distances", "rank1_identification", "roc", "verify",
+]
