@@ -50,8 +50,11 @@ def check_tensor(
         raise TypeError(f"{name}: expected a floating-point tensor, got {x.dtype}")
     if dtype_kind == "int" and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
         raise TypeError(f"{name}: expected an integer tensor, got {x.dtype}")
-    if finite and x.is_floating_point() and x.numel() and not torch.isfinite(x).all():
-        raise ValueError(f"{name}: contains NaN or Inf")
+    # One reduction is much cheaper than an elementwise mask on hot paths; a
+    # non-finite sum (NaN/Inf, or a finite overflow) triggers the exact check.
+    if finite and x.is_floating_point() and x.numel() and not torch.isfinite(x.detach().sum()):
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name}: contains NaN or Inf")
     return x
 
 

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 # Background: a colour gradient plus a low-resolution noise field, upsampled.
 BACKGROUND_NOISE_GRID = 6
-BACKGROUND_NOISE_AMPLITUDE = 0.18
+BACKGROUND_NOISE_AMPLITUDE = 0.15
+BACKGROUND_SATURATION = 0.45
 
 # Occluder kinds, in the order of the `occluder` code stored with each sample.
 OCCLUDERS = ("none", "glasses", "hand", "hairband")
@@ -34,6 +35,12 @@ def pixel_grid(height: int, width: int, device=None) -> tuple[torch.Tensor, torc
     return x[None], y[None]
 
 
+def _muted(rgb: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """``(B, 3)`` colours of brightness ``level`` with limited saturation."""
+    grey = 0.2 + 0.6 * level[:, None]
+    return (grey + BACKGROUND_SATURATION * (rgb - 0.5)).clamp(0, 1)
+
+
 def backgrounds(u: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Random smooth backgrounds.
 
@@ -48,13 +55,15 @@ def backgrounds(u: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """
     B = u.shape[0]
     g = BACKGROUND_NOISE_GRID
-    c0 = 0.15 + 0.7 * u[:, 0:3]
-    c1 = 0.15 + 0.7 * u[:, 3:6]
+    c0 = _muted(u[:, 0:3], u[:, 8])
+    c1 = _muted(u[:, 3:6], u[:, 9])
     angle = 2 * math.pi * u[:, 6]
     x, y = pixel_grid(height, width, u.device)
     t = (torch.cos(angle)[:, None, None] * x / width + torch.sin(angle)[:, None, None] * y / height).clamp(0, 1)
     grad = c0[:, :, None, None] * (1 - t[:, None]) + c1[:, :, None, None] * t[:, None]
-    noise = (u[:, 12:12 + 3 * g * g].reshape(B, 3, g, g) - 0.5) * 2 * BACKGROUND_NOISE_AMPLITUDE
+    raw = u[:, 12:12 + 3 * g * g].reshape(B, 3, g, g) - 0.5
+    # Mostly luminance noise with a little colour, like cluttered indoor/outdoor scenes.
+    noise = (0.7 * raw.mean(1, keepdim=True) + 0.3 * raw) * 2 * BACKGROUND_NOISE_AMPLITUDE
     noise = F.interpolate(noise, size=(height, width), mode="bicubic", align_corners=False)
     return (grad + noise).clamp(0, 1)
 

@@ -280,7 +280,7 @@ class PhotoCollection(Dataset):
         pose = torch.cat([angles, tx[:, None], ty[:, None], scale[:, None]], 1)
         sh = scene["sh"].to(dev)
 
-        out = render(shape, self.model.faces, ident["albedo"], sh, pose, landmarks=self.model.landmarks, settings=self.render_settings)
+        out = render(shape, self.model.faces, ident["albedo"], sh, pose, landmarks_idx=self.model.landmarks, settings=self.render_settings)
         face_mask = out.mask
         image = out.image * face_mask + compose.backgrounds(scene["background"].to(dev), H, W) * (1 - face_mask)
 
