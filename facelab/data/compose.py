@@ -123,8 +123,13 @@ def occluder_masks(kind: torch.Tensor, landmarks2d: torch.Tensor, u: torch.Tenso
 
     # Hair band: a band across the forehead above the brows.
     brow_y = landmarks2d[:, BROWS, 1].min(1).values
-    top = brow_y - iod * (0.45 + 0.25 * u[:, 1])
-    band = ((y - top[:, None, None]).abs() < (0.12 + 0.08 * u[:, 2])[:, None, None] * iod[:, None, None])
+    top = brow_y - iod * (0.22 + 0.15 * u[:, 1])
+    jaw_x = landmarks2d[:, JAW, 0]
+    half_width = 0.5 * (jaw_x.amax(1) - jaw_x.amin(1))
+    centre_x = 0.5 * (jaw_x.amax(1) + jaw_x.amin(1))
+    band = ((y - top[:, None, None]).abs() < (0.12 + 0.08 * u[:, 2])[:, None, None] * iod[:, None, None]) & (
+        (x - centre_x[:, None, None]).abs() < 0.95 * half_width[:, None, None]
+    )
     is_band = (kind == OCCLUDERS.index("hairband"))[:, None, None]
     mask = torch.where(is_band & band, torch.ones_like(mask), mask)
     band_colour = (0.1 + 0.8 * u[:, 5:8])[:, :, None, None] if u.shape[1] >= 8 else frame

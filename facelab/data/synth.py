@@ -28,15 +28,16 @@ FACE_FILL = 0.52
 N_UNIFORM = 24
 N_BACKGROUND = 12 + 3 * compose.BACKGROUND_NOISE_GRID**2
 IDENTITY_CACHE_SIZE = 1024
+NOISE_STREAM = 0x5DEECE66D  # xor-ed into an image's seed for its sensor noise
 # Blendshape-name fragments that make up each prototype expression (BU-3DFE's six + neutral).
 PROTOTYPE_BLENDS = {
     "neutral": (),
-    "happy": ("smile", "cheek"),
-    "surprise": ("jaw_open", "brow_raise", "eye_wide"),
-    "anger": ("frown", "brow_lower", "lip_press"),
-    "sadness": ("brow_inner", "frown", "lip_corner_down"),
-    "disgust": ("sneer", "nose_wrinkle", "upper_lip"),
-    "fear": ("stretch", "brow_raise", "eye_wide"),
+    "happy": ("smile", "eye_squint"),
+    "surprise": ("jaw_open", "brow_raise", "eye_wide", "brow_inner_up"),
+    "anger": ("brow_lower", "frown", "nose_sneer"),
+    "sadness": ("brow_inner_up", "frown", "lower_lip_depress"),
+    "disgust": ("nose_sneer", "upper_lip_raise", "brow_lower"),
+    "fear": ("mouth_stretch", "brow_raise", "eye_wide", "brow_inner_up"),
 }
 
 
@@ -219,7 +220,7 @@ class PhotoCollection(Dataset):
         Keys: ``identity (B,)``, ``label``, ``condition``, ``blend (B, n_blend)``,
         ``angles (B, 3)`` rad, ``scale_jitter (B,)``, ``shift (B, 2)`` px, ``sh (B, 27)``,
         ``background (B, N_BACKGROUND)``, ``occluder (B,)``, ``occluder_u (B, 8)``,
-        ``blur (B,)`` px, ``noise_std (B,)``, ``noise_seed`` int. Edit them and pass to
+        ``blur (B,)`` px, ``noise_std (B,)``, ``noise_seed (B,)`` long. Edit them and pass to
         :meth:`render_scene` to make a controlled image (the README gallery does).
         """
         index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
@@ -252,7 +253,7 @@ class PhotoCollection(Dataset):
             "occluder_u": u[:, 10:18],
             "blur": u[:, 18] * self._conditions_of(index, "blur_max"),
             "noise_std": u[:, 19] * self._conditions_of(index, "noise_max"),
-            "noise_seed": _image_seed(self.config.seed, self._suite_index, int(index[0])) ^ 0x5DEECE66D,
+            "noise_seed": torch.tensor([_image_seed(self.config.seed, self._suite_index, i) ^ NOISE_STREAM for i in index.tolist()]),
         }
 
     def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -288,7 +289,7 @@ class PhotoCollection(Dataset):
         occ_mask, occ_colour = compose.occluder_masks(occluder, out.landmarks2d.detach(), scene["occluder_u"].to(dev), H, W)
         image = image * (1 - occ_mask) + occ_colour * occ_mask
         image = compose.gaussian_blur(image, scene["blur"].to(dev))
-        noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(int(scene["noise_seed"]))).to(dev)
+        noise = torch.stack([torch.randn(image.shape[1:], generator=torch.Generator().manual_seed(int(k))) for k in scene["noise_seed"]]).to(dev)
         image = (image + noise * scene["noise_std"].to(dev)[:, None, None, None]).clamp(0, 1)
 
         return {

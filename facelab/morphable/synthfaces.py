@@ -38,7 +38,7 @@ from facelab.morphable.landmarks import snap_to_grid
 from facelab.morphable.model import MorphableModel
 
 #: Bumped whenever the generator changes, so cached models are rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: Population identities are drawn from ids >= this; data suites use ids below it.
 POPULATION_ID_START = 5_000_000
 
@@ -89,7 +89,7 @@ DETAIL_WAVELENGTH = (4.0, 10.0)  # mm
 
 # ---------------------------------------------------------------- albedo palette (linear RGB)
 SKIN_LIGHT = (0.78, 0.52, 0.40)
-SKIN_DARK = (0.16, 0.07, 0.04)
+SKIN_DARK = (0.30, 0.16, 0.09)
 HAIR_BLOND = (0.42, 0.28, 0.14)
 HAIR_BLACK = (0.025, 0.018, 0.014)
 SCLERA = (0.72, 0.68, 0.63)
@@ -495,7 +495,7 @@ class FaceWorld:
         sa = s.abs()
         rgb = lambda c: torch.tensor(c, dtype=dtype)  # noqa: E731
         col = lambda k: a[:, k : k + 1, None]  # noqa: E731  (N, 1, 1)
-        tone = col(0) ** 1.3
+        tone = col(0) ** 1.6
         skin = _mix(rgb(SKIN_LIGHT), rgb(SKIN_DARK), tone)                       # (N, 1, 3)
         skin = skin + (col(1) - 0.5) * 0.06 * rgb((1.0, 0.1, -0.4)) * (1 - tone)  # redness
         # smooth colour blotches (low frequency, separable on the grid)
