@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.facelab-installed
 JOBS    ?= 2
 
-.PHONY: test book env lock strip clean
+.PHONY: test test-fast book env lock strip clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -18,12 +18,16 @@ env: $(STAMP)
 
 # The whole test suite: unit tests, doctests, notebook output check, chapters under nbval (quick profile).
 test: $(STAMP)
+	$(VPY) -m pytest -n $(JOBS) -q tests facelab
+	$(VPY) -m pytest -q --nbval-lax book
+
+# Skips the tests marked slow; for quick iterations.
+test-fast: $(STAMP)
 	$(VPY) -m pytest -n $(JOBS) -q -m "not slow" tests facelab
-	$(VPY) -m pytest -q --nbval-lax -p no:randomly book
 
 # The executed book into _build/html.
 book: $(STAMP)
-	$(VENV)/bin/jupyter-book build . --path-output . 
+	$(VENV)/bin/jupyter-book build . --path-output .
 	@$(VPY) -m facelab.book_timings _build
 
 lock:
