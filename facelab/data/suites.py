@@ -90,6 +90,7 @@ class SuiteConfig:
     seed: int = 0
     resolution: str = "default"
     backend: str = "auto"
+    render_lod: int = -1  # mesh level photos are rasterized at; -1 picks by image size
     conditions: dict = field(default_factory=dict)  # overrides of Conditions fields
 
     def __post_init__(self) -> None:

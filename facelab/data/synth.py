@@ -28,6 +28,8 @@ FACE_FILL = 0.52
 N_UNIFORM = 24
 N_BACKGROUND = 12 + 3 * compose.BACKGROUND_NOISE_GRID**2
 IDENTITY_CACHE_SIZE = 1024
+# Level of detail: photos are rasterized at the coarsest grid level whose median edge (px) stays below this.
+LOD_MAX_EDGE_PX = 1.5
 NOISE_STREAM = 0x5DEECE66D  # xor-ed into an image's seed for its sensor noise
 # Blendshape-name fragments that make up each prototype expression (BU-3DFE's six + neutral).
 PROTOTYPE_BLENDS = {
@@ -99,6 +101,7 @@ class PhotoCollection(Dataset):
         self._identity_cache: OrderedDict[int, dict] = OrderedDict()
         self._prototypes = self._prototype_expressions()
         self._face_height_mm, self._face_centre = self._framing()
+        self.render_level, self._render_faces, self._render_verts = self._level_of_detail()
 
     # ----------------------------------------------------------- bookkeeping
     def __len__(self) -> int:
@@ -176,18 +179,60 @@ class PhotoCollection(Dataset):
         centre = torch.stack([lm[:, 0].mean(), 0.5 * (lm[[19, 24], 1].mean() + lm[8, 1]) + 0.12 * height, lm[:, 2].mean()])
         return height, centre
 
-    def _draw(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-image random numbers: uniforms, normals, an expression and a light each."""
-        from facelab.render import sample_sh
+    def _level_of_detail(self) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """The mesh level photos are rasterized at: ``(level, faces, vertex ids in the full mesh)``.
 
-        uniforms, background, blends, shs = [], [], [], []
+        Small images cannot show triangles much smaller than a pixel, so ``render_lod=-1``
+        picks the coarsest level of the exact grid hierarchy whose median edge still
+        projects below :data:`LOD_MAX_EDGE_PX`. Coarse vertices are vertices of the true
+        mesh, so the render is the true surface at that sampling; the ground truth
+        (shapes, landmarks) is always the full mesh.
+        """
+        from facelab.morphable import mesh_hierarchy
+
+        hierarchy = mesh_hierarchy(self.model)
+        ids = torch.arange(self.model.n_verts)
+        options = []
+        for k, level in enumerate(hierarchy.levels):
+            if k:
+                ids = ids[level.parent_index]
+            options.append((level.faces, ids.clone()))
+        want = self.config.render_lod
+        if want >= len(options):
+            raise ValueError(f"render_lod: {want} but the mesh has levels 0..{len(options) - 1}")
+        if want < 0:
+            px_per_mm = FACE_FILL * min(self.config.image_size) / self._face_height_mm
+            want = 0
+            for k, (faces, ids) in enumerate(options):
+                xy = self.model.mean_shape[ids, :2].cpu()
+                edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+                edge_px = (xy[edges[:, 0]] - xy[edges[:, 1]]).norm(dim=1).median() * px_per_mm
+                if edge_px <= LOD_MAX_EDGE_PX:
+                    want = k
+        faces, ids = options[want]
+        return want, faces.to(self.device), ids.to(self.device)
+
+    def _draw(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-image random numbers (one generator per image), turned into an
+        expression and a light by vectorised transforms."""
+        from facelab.render.sh import SH_RANDOM_DIMS, sh_from_random
+
+        eu, ez = self.world.expression_random_dims
+        n_u = N_UNIFORM + N_BACKGROUND + eu + SH_RANDOM_DIMS[0]
+        n_z = ez + SH_RANDOM_DIMS[1]
+        uniforms, normals = [], []
         for i in index.tolist():
             g = torch.Generator().manual_seed(_image_seed(self.config.seed, self._suite_index, i))
-            uniforms.append(torch.rand(N_UNIFORM, generator=g))
-            background.append(torch.rand(N_BACKGROUND, generator=g))
-            blends.append(self.world.sample_expression(1, generator=g)[0])
-            shs.append(sample_sh(1, generator=g)[0])
-        return {"u": torch.stack(uniforms), "bg": torch.stack(background), "blend": torch.stack(blends), "sh": torch.stack(shs)}
+            uniforms.append(torch.rand(n_u, generator=g))
+            normals.append(torch.randn(n_z, generator=g))
+        u, z = torch.stack(uniforms), torch.stack(normals)
+        a, b = N_UNIFORM, N_UNIFORM + N_BACKGROUND
+        return {
+            "u": u[:, :a],
+            "bg": u[:, a:b],
+            "blend": self.world.expression_from_random(u[:, b : b + eu], z[:, :ez]),
+            "sh": sh_from_random(u[:, b + eu :], z[:, ez:]),
+        }
 
     def _conditions_of(self, index: torch.Tensor, field: str) -> torch.Tensor:
         values = torch.tensor([getattr(c, field) for c in self.table.conditions], dtype=torch.float32)
@@ -257,12 +302,17 @@ class PhotoCollection(Dataset):
         }
 
     def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Generate the images ``index`` (``(B,)`` long) as one batch of samples."""
-        return self.render_scene(self.scene(index))
+        """Generate the images ``index`` (``(B,)`` long) as one batch of samples.
+
+        Generation builds no autograd graph; use :meth:`render_scene` on a
+        :meth:`scene` whose tensors require grad to differentiate through it.
+        """
+        with torch.no_grad():
+            return self.render_scene(self.scene(index))
 
     def render_scene(self, scene: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Render scene parameters (see :meth:`scene`) to a batch of samples."""
-        from facelab.camera import euler_to_rotation
+        from facelab.camera import WeakPerspectiveCamera, euler_to_rotation
         from facelab.render import render
 
         dev = self.device
@@ -281,12 +331,15 @@ class PhotoCollection(Dataset):
         pose = torch.cat([angles, tx[:, None], ty[:, None], scale[:, None]], 1)
         sh = scene["sh"].to(dev)
 
-        out = render(shape, self.model.faces, ident["albedo"], sh, pose, landmarks_idx=self.model.landmarks, settings=self.render_settings)
+        ids = self._render_verts
+        out = render(shape[:, ids], self._render_faces, ident["albedo"][:, ids], sh, pose, settings=self.render_settings)
+        landmarks3d = shape[:, self.model.landmarks]
+        landmarks2d = WeakPerspectiveCamera.from_pose(pose).project(landmarks3d)[..., :2]
         face_mask = out.mask
         image = out.image * face_mask + compose.backgrounds(scene["background"].to(dev), H, W) * (1 - face_mask)
 
         occluder = scene["occluder"].to(dev)
-        occ_mask, occ_colour = compose.occluder_masks(occluder, out.landmarks2d.detach(), scene["occluder_u"].to(dev), H, W)
+        occ_mask, occ_colour = compose.occluder_masks(occluder, landmarks2d.detach(), scene["occluder_u"].to(dev), H, W)
         image = image * (1 - occ_mask) + occ_colour * occ_mask
         image = compose.gaussian_blur(image, scene["blur"].to(dev))
         noise = torch.stack([torch.randn(image.shape[1:], generator=torch.Generator().manual_seed(int(k))) for k in scene["noise_seed"]]).to(dev)
@@ -307,8 +360,8 @@ class PhotoCollection(Dataset):
             "blend": blend.to(dev),
             "pose": pose,
             "sh": sh,
-            "landmarks2d": out.landmarks2d,
-            "landmarks3d": shape[:, self.model.landmarks],
+            "landmarks2d": landmarks2d,
+            "landmarks3d": landmarks3d,
             "face_mask": face_mask,
             "occlusion_mask": occ_mask,
             "occluder": occluder,
@@ -334,7 +387,8 @@ class BatchStream(IterableDataset):
             order = torch.randperm(len(self.collection), generator=torch.Generator().manual_seed(self.seed + epoch)) if self.shuffle else torch.arange(len(self.collection))
             for k, chunk in enumerate(torch.split(order, self.batch_size)):
                 if k % nw == wid:
-                    yield self.collection.batch(chunk)
+                    with torch.no_grad():  # plain tensors, usable as inputs to autograd later
+                        yield self.collection.batch(chunk)
             epoch += 1
 
 

@@ -592,6 +592,12 @@ class FaceWorld:
         basis = self.blendshapes.to(device=coeffs.device, dtype=coeffs.dtype)
         return torch.einsum("nk,kvc->nvc", coeffs, basis)
 
+    @property
+    def expression_random_dims(self) -> tuple[int, int]:
+        """``(n_uniform, n_normal)`` random numbers :meth:`expression_from_random` takes per sample."""
+        nb, n_pairs = self.n_blend, len(SIDED_BLENDSHAPES)
+        return 2 * nb + 2 * n_pairs + 1, nb
+
     def sample_expression(self, n: int, generator: torch.Generator | None = None, neutral_prob: float | None = None) -> torch.Tensor:
         """Random blendshape activations; about ``neutral_prob`` of them near neutral.
 
@@ -606,23 +612,42 @@ class FaceWorld:
         torch.Size([4, 30])
         """
         check_positive(n, "n", integer=True)
+        n_u, n_z = self.expression_random_dims
+        u = torch.rand(n, n_u, generator=generator)
+        z = torch.randn(n, n_z, generator=generator)
+        return self.expression_from_random(u, z, neutral_prob)
+
+    def expression_from_random(self, u: torch.Tensor, z: torch.Tensor, neutral_prob: float | None = None) -> torch.Tensor:
+        """The deterministic part of :meth:`sample_expression`.
+
+        Args:
+            u: ``(n, n_uniform)`` uniforms in [0, 1); z: ``(n, n_normal)`` standard normals
+                (sizes from :attr:`expression_random_dims`). Callers that need one random
+                stream per sample (the photo collections) draw these per sample.
+
+        Returns:
+            ``(n, n_blend)`` float32 in ``[0, EXPRESSION_MAX]``.
+        """
         p = self.config.neutral_prob if neutral_prob is None else neutral_prob
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"neutral_prob: must lie in [0, 1], got {p}")
         nb, n_pairs = self.n_blend, len(SIDED_BLENDSHAPES)
-        rand = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
-        active = rand(n, nb) < 2.0 / nb
-        level = 0.2 + 0.8 * rand(n, nb)
-        both = rand(n, n_pairs) < 0.6
+        n_u, n_z = self.expression_random_dims
+        check_tensor(u, "u", ("n", n_u))
+        check_tensor(z, "z", (u.shape[0], n_z))
+        active = u[:, :nb] < 2.0 / nb
+        level = 0.2 + 0.8 * u[:, nb : 2 * nb]
+        both = u[:, 2 * nb : 2 * nb + n_pairs] < 0.6
+        pair_jitter = u[:, 2 * nb + n_pairs : 2 * nb + 2 * n_pairs]
         left, right = active[:, 0 : 2 * n_pairs : 2], active[:, 1 : 2 * n_pairs : 2]
         either = left | right
         left_lvl = level[:, 0 : 2 * n_pairs : 2]
         active[:, 0 : 2 * n_pairs : 2] = torch.where(both, either, left)
         active[:, 1 : 2 * n_pairs : 2] = torch.where(both, either, right)
-        level[:, 1 : 2 * n_pairs : 2] = torch.where(both, left_lvl * (0.85 + 0.15 * rand(n, n_pairs)), level[:, 1 : 2 * n_pairs : 2])
-        neutral = rand(n, 1) < p
-        noise = (0.02 * torch.randn(n, nb, generator=generator)).abs()
-        coeffs = torch.where(active & ~neutral, level, torch.zeros(())) + noise
+        level[:, 1 : 2 * n_pairs : 2] = torch.where(both, left_lvl * (0.85 + 0.15 * pair_jitter), level[:, 1 : 2 * n_pairs : 2])
+        neutral = u[:, -1:] < p
+        noise = (0.02 * z).abs()
+        coeffs = torch.where(active & ~neutral, level, torch.zeros((), dtype=level.dtype)) + noise
         return coeffs.clamp(0, EXPRESSION_MAX)
 
     # ------------------------------------------------------------ annotations

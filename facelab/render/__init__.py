@@ -17,6 +17,7 @@ from facelab.render.sh import (
     ambient_sh,
     directional_sh,
     sample_sh,
+    sh_from_random,
     sh_basis,
     sh_shading,
     shade,
@@ -26,5 +27,5 @@ from facelab.render.sh import (
 __all__ = [
     "Fragments", "rasterize", "interpolate", "pytorch3d_available",
     "RenderSettings", "RenderOutput", "render", "Renderer",
-    "DEFAULT_SH", "sh_basis", "sh_shading", "shade", "ambient_sh", "directional_sh", "sample_sh", "vertex_normals",
+    "DEFAULT_SH", "sh_basis", "sh_shading", "shade", "ambient_sh", "directional_sh", "sample_sh", "sh_from_random", "vertex_normals",
 ]

@@ -25,7 +25,7 @@ from facelab.checks import check_positive, check_tensor
 
 __all__ = [
     "SH_A", "SH_C", "LAMBERT_A", "DEFAULT_SH", "sh_basis", "sh_shading", "shade",
-    "ambient_sh", "directional_sh", "sample_sh", "vertex_normals", "NORMAL_EPS",
+    "ambient_sh", "directional_sh", "sample_sh", "sh_from_random", "SH_RANDOM_DIMS", "vertex_normals", "NORMAL_EPS",
 ]
 
 #: Lambertian convolution factors a_l used by Deep3DFaceRecon/Gao (l = 0, 1, 2)
@@ -182,6 +182,10 @@ SAMPLE_CONE_DEG = 70.0  # key light within this angle of the camera axis
 SAMPLE_TINT_STD = 0.06  # per-channel colour tint of the lights
 
 
+#: random numbers :func:`sh_from_random` takes per lighting: (uniforms, normals)
+SH_RANDOM_DIMS = (4, 6)
+
+
 def sample_sh(n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """Random realistic lighting: ambient plus one dominant key light, slightly coloured.
 
@@ -201,23 +205,40 @@ def sample_sh(n: int, generator: torch.Generator | None = None, dtype: torch.dty
     torch.Size([4, 27])
     """
     check_positive(n, "n", integer=True)
+    u = torch.rand(n, SH_RANDOM_DIMS[0], generator=generator, dtype=torch.float64)
+    z = torch.randn(n, SH_RANDOM_DIMS[1], generator=generator, dtype=torch.float64)
+    return sh_from_random(u, z).to(dtype=dtype, device=device)
 
-    def uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(*shape, generator=generator, dtype=torch.float64)
 
-    def tint() -> torch.Tensor:
-        return (1 + SAMPLE_TINT_STD * torch.randn(n, 3, generator=generator, dtype=torch.float64)).clamp(0.85, 1.15)
+def sh_from_random(u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The deterministic part of :func:`sample_sh`.
 
-    ambient = uniform(*SAMPLE_AMBIENT, n)[:, None] * tint()
-    key = uniform(*SAMPLE_KEY, n)[:, None] * tint()
+    Args:
+        u: ``(n, 4)`` uniforms in [0, 1); z: ``(n, 6)`` standard normals
+            (:data:`SH_RANDOM_DIMS`). Callers that need one random stream per image
+            (the photo collections) draw these per image.
+
+    Returns:
+        ``(n, 27)`` SH coefficients, in ``u``'s dtype.
+    """
+    check_tensor(u, "u", ("n", SH_RANDOM_DIMS[0]))
+    check_tensor(z, "z", (u.shape[0], SH_RANDOM_DIMS[1]))
+    z = z.to(u.dtype)
+
+    def between(lo: float, hi: float, t: torch.Tensor) -> torch.Tensor:
+        return lo + (hi - lo) * t
+
+    def tint(normals: torch.Tensor) -> torch.Tensor:
+        return (1 + SAMPLE_TINT_STD * normals).clamp(0.85, 1.15)
+
+    ambient = between(*SAMPLE_AMBIENT, u[:, 0])[:, None] * tint(z[:, 0:3])
+    key = between(*SAMPLE_KEY, u[:, 1])[:, None] * tint(z[:, 3:6])
     # uniform on the spherical cap around +z
-    cos_max = math.cos(math.radians(SAMPLE_CONE_DEG))
-    cos_t = uniform(cos_max, 1.0, n)
-    phi = uniform(0.0, 2 * math.pi, n)
+    cos_t = between(math.cos(math.radians(SAMPLE_CONE_DEG)), 1.0, u[:, 2])
+    phi = 2 * math.pi * u[:, 3]
     sin_t = torch.sqrt(1 - cos_t**2)
     direction = torch.stack([sin_t * torch.cos(phi), sin_t * torch.sin(phi), cos_t], dim=-1)
-    sh = ambient_sh(ambient) + directional_sh(direction, key)
-    return sh.to(dtype=dtype, device=device)
+    return ambient_sh(ambient) + directional_sh(direction, key)
 
 
 def vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
