@@ -5,6 +5,7 @@
     facelab render --gallery [--out gallery.png]
     facelab bench render [--json]
     facelab bench synth [--json]
+    facelab eval verify|recon|baselines ...   (see facelab.eval_cli)
 """
 
 from __future__ import annotations
@@ -107,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=32, help="render batch size")
     p.add_argument("--size", type=int, default=64, help="synth image size")
     p.set_defaults(func=_cmd_bench)
+
+    from facelab.eval_cli import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 
