@@ -1,1 +1,14 @@
-"""facelab.fitting."""
+"""Fitting a 3D morphable model to images: landmark-based, single- and multi-image.
+
+Book chapter: ``book/04_fitting.ipynb`` ("Fitting a 3DMM to a photo collection").
+"""
+
+from facelab.fitting.landmarks import (
+    LandmarkFit,
+    LandmarkFitConfig,
+    estimate_pose,
+    fit_landmarks,
+    project_landmarks,
+)
+
+__all__ = ["estimate_pose", "fit_landmarks", "project_landmarks", "LandmarkFit", "LandmarkFitConfig"]

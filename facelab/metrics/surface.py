@@ -145,7 +145,7 @@ class SurfaceIndex:
         search = (upper + self.radii.max()) * (1 + _RADIUS_SLACK) + _RADIUS_SLACK
         hits = self.tree.query_ball_point(pts, search)
         counts = np.fromiter((len(h) for h in hits), dtype=np.int64, count=n_pts)
-        fidx = np.fromiter((f for h in hits for f in h), dtype=np.int64, count=int(counts.sum()))
+        fidx = np.concatenate([np.asarray(h, dtype=np.int64) for h in hits]) if n_pts else np.zeros(0, np.int64)
         pidx = np.repeat(np.arange(n_pts), counts)
         reach = np.linalg.norm(pts[pidx] - self.centroids[fidx], axis=1)
         keep = reach <= (upper[pidx] + self.radii[fidx]) * (1 + _RADIUS_SLACK) + _RADIUS_SLACK
