@@ -105,13 +105,16 @@ def view_light(n: int = 1, device=None) -> torch.Tensor:
 
 
 def render_mesh(verts: torch.Tensor, faces: torch.Tensor, colors: torch.Tensor | None = None, image_size: int = 256,
-                yaw_deg: float = 0.0, pitch_deg: float = 0.0, fill: float = 0.85, sh: torch.Tensor | None = None) -> torch.Tensor:
+                yaw_deg: float = 0.0, pitch_deg: float = 0.0, fill: float = 0.85, sh: torch.Tensor | None = None,
+                shared_frame: bool = False) -> torch.Tensor:
     """Shade and render meshes centred in the image, for looking at them.
 
     Args:
         verts: ``(B, V, 3)`` float, mm (model frame).
         faces: ``(F, 3)`` long.
         colors: ``(B, V, 3)`` albedo in [0, 1]; light grey if None.
+        shared_frame: frame all meshes with one camera (so sizes compare) instead of
+            fitting each mesh to the image.
 
     Returns:
         ``(B, 3, S, S)`` float in [0, 1], white background.
@@ -127,6 +130,8 @@ def render_mesh(verts: torch.Tensor, faces: torch.Tensor, colors: torch.Tensor |
 
     rotated = verts @ euler_to_rotation(angles).transpose(1, 2)
     lo, hi = rotated.amin(1), rotated.amax(1)
+    if shared_frame:
+        lo, hi = lo.amin(0, keepdim=True).expand_as(lo), hi.amax(0, keepdim=True).expand_as(hi)
     extent = (hi - lo)[:, :2].amax(1)
     scale = fill * image_size / extent
     centre = 0.5 * (lo + hi)
