@@ -35,6 +35,8 @@ def _parse(value: str, typ: Any, key: str):
             parsed = json.loads(value)
         except json.JSONDecodeError:
             parsed = [v for v in value.split(",") if v]
+        if not isinstance(parsed, list):
+            parsed = [parsed]
         args = typing.get_args(typ)
         inner = args[0] if args else str
         return origin(_parse(str(v), inner, key) for v in parsed)

@@ -103,6 +103,8 @@ class SuiteConfig:
         if isinstance(self.image_size, int):
             self.image_size = (self.image_size, self.image_size)
         self.image_size = tuple(int(s) for s in self.image_size)
+        if len(self.image_size) == 1:  # "--set image_size=64" means square
+            self.image_size = self.image_size * 2
         if len(self.image_size) != 2 or min(self.image_size) < 8:
             raise ValueError(f"image_size: expected (H, W) with both >= 8, got {self.image_size}")
         if self.n_identities < 1:
