@@ -85,3 +85,23 @@ def check_positive(value, name: str, *, integer: bool = False):
     if not value > 0:
         raise ValueError(f"{name}: must be positive, got {value}")
     return value
+
+
+def check_image_size(value, name: str = "image_size", minimum: int = 8) -> tuple[int, int]:
+    """Normalise an image size to ``(H, W)`` px: an int or a 1-tuple means square.
+
+    >>> check_image_size(64), check_image_size((112, 96)), check_image_size([32])
+    ((64, 64), (112, 96), (32, 32))
+    >>> check_image_size((4, 4))
+    Traceback (most recent call last):
+    ...
+    ValueError: image_size: expected (H, W) with both >= 8, got (4, 4)
+    """
+    size = (value,) if isinstance(value, int) else tuple(value)
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in size):
+        raise TypeError(f"{name}: expected ints, got {value!r}")
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) < minimum:
+        raise ValueError(f"{name}: expected (H, W) with both >= {minimum}, got {size}")
+    return size

@@ -77,6 +77,18 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from facelab.config import apply_overrides
+    from facelab.train.regressor import RegressorTrainConfig, train_regressor
+
+    cfg = apply_overrides(RegressorTrainConfig(profile=args.profile), args.set)
+    if args.out:
+        cfg.out_dir = args.out
+    out = train_regressor(cfg)
+    print(json.dumps({"model": args.model, "profile": args.profile, "out": str(out), "checkpoint": str(Path(out) / "last.pt")}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facelab", description="facelab: 3D face reconstruction and recognition on SynthFaces.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -101,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", action="store_true", help="rows: identities; columns: expressions, poses, lighting, occluders")
     p.add_argument("--identities", type=int, default=6, help="gallery rows")
     p.set_defaults(func=_cmd_render)
+
+    p = sub.add_parser("train", help="train a model; resumes when the output folder holds a checkpoint")
+    p.add_argument("model", choices=["regressor"], help="regressor: image -> 3DMM coefficients (the baseline encoder)")
+    p.add_argument("--profile", default="quick", choices=["quick", "full"])
+    p.add_argument("--out", help="run folder (default runs/<model>-<profile>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a training config field (repeatable)")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("bench", help="print measured performance figures")
     p.add_argument("what", choices=["render", "synth"])

@@ -260,7 +260,7 @@ def _cmd_baselines(args) -> int:
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``eval`` (with ``verify``, ``recon``, ``baselines``) on a ``facelab`` sub-parser set."""
+    """Register ``eval`` (with ``verify``, ``recon``, ``baselines``, ``model``) on a ``facelab`` sub-parser set."""
     from facelab.metrics.reconstruction import ALIGN_CHOICES
 
     p = subparsers.add_parser("eval", help="score embeddings or meshes with facelab's protocols; run the baselines")
@@ -289,7 +289,22 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print one JSON object (else Markdown tables)")
     b.add_argument("--out", help="also write the JSON to this file")
     b.set_defaults(func=_cmd_baselines)
+
+    m = sub.add_parser("model", help="evaluate a trained facelab checkpoint on a SynthFaces suite (JSON + Markdown report)")
+    m.add_argument("checkpoint", help="a checkpoint written by facelab's trainer (e.g. runs/regressor-quick/last.pt)")
+    m.add_argument("--suite", required=True, choices=["micc", "bu3dfe", "lfw"])
+    m.add_argument("--profile", default="quick", choices=["quick", "full"])
+    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ModelEvalConfig field (repeatable)")
+    m.add_argument("--out", help="folder for report.json and report.md")
+    m.add_argument("--json", action="store_true", help="print one JSON object (else the Markdown report)")
+    m.set_defaults(func=_cmd_model)
     return p
+
+
+def _cmd_model(args) -> int:
+    from facelab.metrics.model_eval import evaluate_model_cli
+
+    return evaluate_model_cli(args.checkpoint, args.suite, as_json=args.json, out=args.out, profile=args.profile, overrides=args.set)
 
 
 def main(argv: list[str] | None = None) -> int:

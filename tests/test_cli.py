@@ -42,3 +42,25 @@ def test_render_face_and_gallery(tmp_path, capsys):
 def test_bench_synth_reports_a_rate():
     result = bench_synth(image_size=32, batch_size=16, n_batches=1, resolution="quick", workers=0)
     assert result["images"] == 16 and result["images_per_s"] > 0 and result["dataloader_images_per_s"] is None
+
+
+def test_train_then_eval_model(tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = main(["train", "regressor", "--out", str(run), "--set", "image_size=32", "--set", "steps=4", "--set", "batch_size=8",
+               "--set", "n_identities=8", "--set", "images_per_identity=2", "--set", "cache_pool=false",
+               "--set", "progress=false", "--set", "ckpt_every=4"])
+    assert rc == 0
+    ckpt = json.loads(capsys.readouterr().out)["checkpoint"]
+    report = tmp_path / "report"
+    rc = main(["eval", "model", ckpt, "--suite", "lfw", "--json", "--out", str(report),
+               "--set", "lfw_identities=20", "--set", "lfw_pairs_per_fold=2"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    verification = result["lfw"]["regressor"]
+    assert 0.0 <= verification["accuracy_mean"] <= 1.0 and "tar_at_far" in verification
+    assert (report / "report.json").exists() and (report / "report.md").read_text().strip()
+
+
+def test_eval_model_missing_checkpoint(tmp_path, capsys):
+    assert main(["eval", "model", str(tmp_path / "nope.pt"), "--suite", "lfw"]) == 2
+    assert "nope.pt" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from facelab.checks import check_choice
+from facelab.checks import check_choice, check_image_size
 
 SUITES = ("webface", "lp", "collections", "micc", "bu3dfe", "lfw")
 PROFILES = ("quick", "full")
@@ -100,13 +100,7 @@ class SuiteConfig:
         for key, value in defaults.items():
             if getattr(self, key) == 0:
                 setattr(self, key, value)
-        if isinstance(self.image_size, int):
-            self.image_size = (self.image_size, self.image_size)
-        self.image_size = tuple(int(s) for s in self.image_size)
-        if len(self.image_size) == 1:  # "--set image_size=64" means square
-            self.image_size = self.image_size * 2
-        if len(self.image_size) != 2 or min(self.image_size) < 8:
-            raise ValueError(f"image_size: expected (H, W) with both >= 8, got {self.image_size}")
+        self.image_size = check_image_size(self.image_size)
         if self.n_identities < 1:
             raise ValueError(f"n_identities: must be >= 1, got {self.n_identities}")
         if self.n_identities > ID_RANGE_SIZE:

@@ -1,1 +1,19 @@
-"""facelab.models."""
+"""facelab.models: encoders and reconstruction networks.
+
+* :mod:`~facelab.models.resnet`: hand-written ResNets (tiny, 18, 50) as feature encoders.
+* :mod:`~facelab.models.regressor`: the image -> 3DMM coefficient regression baseline.
+* :mod:`~facelab.models.sphereface`: SphereFace encoders (sphere20, a tiny CPU variant).
+* :mod:`~facelab.models.liu2018`: Liu et al. 2018's identity/residual decoders and model.
+"""
+
+from facelab.models.regressor import CoefficientRegressor, RegressorConfig
+from facelab.models.liu2018 import IdentityDecoder, Liu2018Config, Liu2018Model, ResidualDecoder
+from facelab.models.sphereface import SphereConfig, SphereNet, sphere20, sphere_tiny
+from facelab.models.resnet import BACKBONES, BasicBlock, Bottleneck, ResNet, build_backbone, resnet18, resnet50, resnet_tiny
+
+__all__ = [
+    "BasicBlock", "Bottleneck", "ResNet", "resnet_tiny", "resnet18", "resnet50", "build_backbone", "BACKBONES",
+    "CoefficientRegressor", "RegressorConfig",
+    "SphereConfig", "SphereNet", "sphere20", "sphere_tiny",
+    "Liu2018Config", "Liu2018Model", "IdentityDecoder", "ResidualDecoder",
+]

@@ -1,0 +1,320 @@
+"""Evaluate a trained facelab model on the SynthFaces benchmark suites.
+
+Book chapter: ``book/10_evaluation.ipynb``. :func:`evaluate_model` loads a checkpoint
+(or takes a model), renders the suite at the image size and mesh resolution recorded in
+the model's config, runs the model and scores it with the same protocols and result
+layout as :func:`facelab.metrics.baselines.run_baselines`, so both tables line up:
+
+* ``micc``: MICC-style point-to-plane error (mm) per condition for "average over identity"
+  (identity codes averaged over each video, decoded neutral), "three-view" (mean of the
+  neutral meshes of the leftmost, most frontal and rightmost frames of each video, by the
+  frames' yaw) and "single frame" (the middle frame's neutral mesh).
+* ``bu3dfe``: vertex RMSE (mm, rigid alignment over the face mask) of the predicted
+  *identity* (neutral) shape against the true neutral shape, and of the predicted shape
+  with expression against the true shape, per |yaw| (0..90 step 10), overall and per
+  expression; plus the 2D landmark NME of the reprojected landmarks per yaw bucket.
+* ``lfw``: :func:`facelab.metrics.verify` of the model's identity embeddings.
+
+A model is evaluable if it has ``config`` with ``image_size`` and ``resolution``,
+``reconstruct(images, morphable)`` returning ``shape``, ``identity_shape``,
+``embedding`` (and optionally ``landmarks2d``), and ``decode_identity(embedding, morphable)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facelab.checks import check_choice, check_positive
+from facelab.metrics.landmarks import landmark_nme, nme_by_yaw
+from facelab.metrics.protocols import PROTOCOL_ICP_ITERS, PROTOCOL_ICP_TOL, micc_error, micc_table
+from facelab.metrics.reconstruction import rmse
+from facelab.metrics.verification import verify
+
+EVAL_SUITES = ("micc", "bu3dfe", "lfw")
+PROFILES = ("quick", "full")
+# Same quick-profile protocol limits as facelab.metrics.baselines, so the tables compare.
+QUICK_MICC_IDENTITIES = 5
+QUICK_ICP_ITERS = 30
+QUICK_ICP_TOL = 1e-3  # mm
+MICC_ROWS = ("average_over_identity", "three_view", "single_frame")
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+
+
+@dataclass
+class ModelEvalConfig:
+    """Options of :func:`evaluate_model`. Zero means "the profile's default".
+
+    Attributes:
+        micc_identities, bu3dfe_identities, lfw_identities, lfw_pairs_per_fold: suite sizes
+            (quick MICC: 5 subjects, as the baselines).
+        icp_iters, icp_tol: ICP limits of the MICC protocol.
+        batch_size: images per forward pass / render call.
+        seed: seed of the suites.
+        device: where the suite is rendered and the model runs.
+        num_threads: torch CPU threads while evaluating (-1: leave; 0: quick 1, full leave).
+    """
+
+    micc_identities: int = 0
+    bu3dfe_identities: int = 0
+    lfw_identities: int = 0
+    lfw_pairs_per_fold: int = 0
+    icp_iters: int = 0
+    icp_tol: float = 0.0
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "cpu"
+    num_threads: int = 0
+
+    def resolved(self, profile: str) -> "ModelEvalConfig":
+        """A copy with the profile's defaults filled in."""
+        check_choice(profile, "profile", PROFILES)
+        quick = profile == "quick"
+        check_positive(self.batch_size, "batch_size", integer=True)
+        return dataclasses.replace(
+            self,
+            micc_identities=self.micc_identities or (QUICK_MICC_IDENTITIES if quick else 0),
+            icp_iters=self.icp_iters or (QUICK_ICP_ITERS if quick else PROTOCOL_ICP_ITERS),
+            icp_tol=self.icp_tol or (QUICK_ICP_TOL if quick else PROTOCOL_ICP_TOL),
+            num_threads=self.num_threads or (1 if quick else -1),
+        )
+
+
+# ------------------------------------------------------------------ helpers
+def _load(checkpoint_or_model, device: str):
+    from facelab.train.checkpoint import load_model
+
+    if isinstance(checkpoint_or_model, torch.nn.Module):
+        return checkpoint_or_model.to(device).eval(), None, {"checkpoint": None, "model_name": type(checkpoint_or_model).__name__, "step": None}
+    path = Path(checkpoint_or_model)
+    model, ckpt = load_model(path, map_location=device)
+    return model, ckpt, {"checkpoint": str(path), "model_name": ckpt["model_name"], "step": ckpt["step"]}
+
+
+def _model_setting(model, name: str):
+    cfg = getattr(model, "config", None)
+    value = getattr(cfg, name, None) if not isinstance(cfg, dict) else cfg.get(name)
+    if value is None:
+        raise ValueError(f"checkpoint_or_model: the model's config has no {name!r}; cannot tell which suite to render")
+    return value
+
+
+def _suite(model, name: str, profile: str, cfg: ModelEvalConfig, **sizes):
+    from facelab.data import make_suite
+
+    sizes = {k: v for k, v in sizes.items() if v}
+    return make_suite(name, profile=profile, device=cfg.device, image_size=tuple(_model_setting(model, "image_size")),
+                      resolution=_model_setting(model, "resolution"), seed=cfg.seed, **sizes)
+
+
+@torch.no_grad()
+def predict_suite(model, suite, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Run ``model.reconstruct`` over every image of ``suite`` (in order), with the ground truth.
+
+    Returns CPU tensors: the model's ``shape, identity_shape (N, V, 3)`` mm, ``embedding (N, D)``,
+    ``landmarks2d`` (if the model gives them) and the truth ``gt_shape, gt_identity (N, V, 3)``,
+    ``gt_landmarks2d (N, 68, 2)``, ``label, condition, yaw_deg (N,)``.
+    """
+    morphable = suite.model
+    keep_pred = ("shape", "identity_shape", "embedding", "landmarks2d")
+    keep_gt = {"shape": "gt_shape", "shape_identity": "gt_identity", "landmarks2d": "gt_landmarks2d",
+               "label": "label", "condition": "condition", "yaw_deg": "yaw_deg"}
+    parts: dict[str, list] = {}
+    for batch in suite.batches(batch_size):
+        out = model.reconstruct(batch["image"], morphable)
+        for k in keep_pred:
+            if k in out:
+                parts.setdefault(k, []).append(out[k].detach().cpu())
+        for k, name in keep_gt.items():
+            parts.setdefault(name, []).append(batch[k].detach().cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().double().numpy()
+
+
+# ---------------------------------------------------------------------- MICC
+def _micc(model, profile: str, cfg: ModelEvalConfig) -> dict:
+    suite = _suite(model, "micc", profile, cfg, n_identities=cfg.micc_identities)
+    morphable = suite.model
+    pred = predict_suite(model, suite, cfg.batch_size)
+    faces = morphable.faces.numpy()
+    lm = morphable.landmarks.numpy()
+    scans = {lab: _np(suite.scan(lab)) for lab in range(suite.n_identities)}
+
+    def score(mesh: torch.Tensor, label: int) -> float:
+        scan, p = scans[label], _np(mesh)
+        out = micc_error(p, faces, scan, nose_tip_gt=scan[morphable.nose_tip], pred_landmarks=p[lm],
+                         gt_landmarks=scan[lm], max_iter=cfg.icp_iters, tol=cfg.icp_tol)
+        return out["mean"]
+
+    key = pred["label"] * 100 + pred["condition"]
+    errors = {row: [] for row in MICC_ROWS}
+    conditions = []
+    for v in torch.unique(key).tolist():
+        frames = torch.nonzero(key == v).flatten()
+        label, cond = int(pred["label"][frames[0]]), int(pred["condition"][frames[0]])
+        conditions.append(suite.condition_names[cond])
+        with torch.no_grad():
+            avg = model.decode_identity(pred["embedding"][frames].mean(0, keepdim=True).to(cfg.device), morphable)[0]
+        errors["average_over_identity"].append(score(avg, label))
+        yaw = pred["yaw_deg"][frames]
+        three = frames[torch.stack([yaw.argmin(), yaw.abs().argmin(), yaw.argmax()])]
+        errors["three_view"].append(score(pred["identity_shape"][three].mean(0), label))
+        errors["single_frame"].append(score(pred["identity_shape"][frames[frames.numel() // 2]], label))
+    table = {}
+    for row, errs in errors.items():
+        rows = micc_table(errs, conditions)
+        rows["all"] = {"mean": float(np.mean(errs)), "std": float(np.std(errs)), "n": len(errs)}
+        table[row] = rows
+    return table
+
+
+# -------------------------------------------------------------------- BU3DFE
+def _by_abs_yaw(values: np.ndarray, yaw_deg: np.ndarray) -> dict[str, float]:
+    yaw = np.round(np.abs(yaw_deg)).astype(int)
+    out = {str(y): float(values[yaw == y].mean()) for y in sorted(set(yaw.tolist()))}
+    out["overall"] = float(values.mean())
+    return out
+
+
+def _bu3dfe(model, profile: str, cfg: ModelEvalConfig) -> dict:
+    from facelab.data import BU3DFE_EXPRESSIONS
+
+    suite = _suite(model, "bu3dfe", profile, cfg, n_identities=cfg.bu3dfe_identities)
+    morphable = suite.model
+    pred = predict_suite(model, suite, cfg.batch_size)
+    mask = morphable.face_mask.numpy()
+    yaw = _np(pred["yaw_deg"])
+    expression = suite.table.expression_prototype.numpy()
+    per_image = {
+        "identity": rmse(_np(pred["identity_shape"]), _np(pred["gt_identity"]), mask=mask, align="rigid"),
+        "shape": rmse(_np(pred["shape"]), _np(pred["gt_shape"]), mask=mask, align="rigid"),
+    }
+    out = {
+        "rmse": {name: _by_abs_yaw(e, yaw) for name, e in per_image.items()},
+        "rmse_by_expression": {
+            name: {expr: float(e[expression == k].mean()) for k, expr in enumerate(BU3DFE_EXPRESSIONS) if (expression == k).any()}
+            for name, e in per_image.items()
+        },
+    }
+    if "landmarks2d" in pred:
+        out["landmark_nme"] = {"model": nme_by_yaw(landmark_nme(_np(pred["landmarks2d"]), _np(pred["gt_landmarks2d"])), yaw)}
+    return out
+
+
+# ----------------------------------------------------------------------- LFW
+def _lfw(model, profile: str, cfg: ModelEvalConfig, row: str) -> dict:
+    suite = _suite(model, "lfw", profile, cfg, n_identities=cfg.lfw_identities, pairs_per_fold=cfg.lfw_pairs_per_fold)
+    pred = predict_suite(model, suite, cfg.batch_size)
+    emb = _np(pred["embedding"])
+    pairs = suite.table.pairs.numpy()
+    result = verify(emb[pairs[:, 0]], emb[pairs[:, 1]], suite.table.issame.numpy(), n_folds=suite.config.n_folds)
+    return {row: result.to_dict()}
+
+
+# ----------------------------------------------------------------------- API
+def evaluate_model(checkpoint_or_model, suite: str, profile: str = "quick", out_dir=None,
+                   config: ModelEvalConfig | None = None, **overrides) -> dict:
+    """Score a trained model on a SynthFaces suite (see the module docstring).
+
+    Args:
+        checkpoint_or_model: a checkpoint path (:func:`facelab.train.load_model`) or a model.
+        suite: ``"micc"``, ``"bu3dfe"`` or ``"lfw"``.
+        profile: ``"quick"`` or ``"full"`` suite sizes.
+        out_dir: if given, write ``report.json`` and ``report.md`` there.
+        config: a :class:`ModelEvalConfig`; ``overrides`` replace its fields.
+
+    Returns:
+        ``{"suite", "profile", "model_name", "checkpoint", "step", "image_size", "resolution",
+        "config", <suite>: results, "time_s"}`` where the results are, for ``micc``,
+        ``{row: {condition: {"mean", "std", "n"}}}`` (mm) with rows ``average_over_identity``,
+        ``three_view``, ``single_frame`` and conditions ``cooperative``, ``indoor``,
+        ``outdoor``, ``all``; for ``bu3dfe``, ``{"rmse": {"identity"|"shape": {"0".."90",
+        "overall"}}, "rmse_by_expression": {...: {expression: mm}}, "landmark_nme": {"model":
+        buckets}}``; for ``lfw``, ``{model_name: verify(...).to_dict()}``.
+    """
+    check_choice(suite, "suite", EVAL_SUITES)
+    check_choice(profile, "profile", PROFILES)
+    cfg = dataclasses.replace(config or ModelEvalConfig(), **overrides).resolved(profile)
+    threads = torch.get_num_threads()
+    start = time.perf_counter()
+    try:
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        model, _, info = _load(checkpoint_or_model, cfg.device)
+        result = {"suite": suite, "profile": profile, **info,
+                  "image_size": list(_model_setting(model, "image_size")), "resolution": _model_setting(model, "resolution"),
+                  "config": dataclasses.asdict(cfg)}
+        if suite == "micc":
+            result["micc"] = _micc(model, profile, cfg)
+        elif suite == "bu3dfe":
+            result["bu3dfe"] = _bu3dfe(model, profile, cfg)
+        else:
+            result["lfw"] = _lfw(model, profile, cfg, info["model_name"])
+    finally:
+        torch.set_num_threads(threads)
+    result["time_s"] = round(time.perf_counter() - start, 2)
+    if out_dir is not None:
+        write_report(result, out_dir)
+    return result
+
+
+def report_markdown(result: dict) -> str:
+    """Markdown tables of an :func:`evaluate_model` result."""
+    from facelab.metrics.report import baselines_markdown, markdown_table
+
+    head = (f"**{result['model_name']}** ({result.get('checkpoint') or 'in-memory model'}, step {result.get('step')}) "
+            f"on `{result['suite']}` ({result['profile']} profile, {result['image_size'][0]}x{result['image_size'][1]} px, "
+            f"{result['resolution']} mesh)")
+    parts = [head]
+    if "micc" in result or "lfw" in result:
+        parts.append(baselines_markdown({k: v for k, v in result.items() if k in ("micc", "lfw")}))
+    if "bu3dfe" in result:
+        bu = result["bu3dfe"]
+        parts.append("**BU-3DFE-style vertex RMSE (mm) per |yaw| (degrees)**\n\n" + markdown_table(bu["rmse"], row_header="shape"))
+        parts.append("**BU-3DFE-style vertex RMSE (mm) per expression**\n\n"
+                     + markdown_table(bu["rmse_by_expression"], row_header="shape"))
+        if "landmark_nme" in bu:
+            nme = {name: {k: 100 * v for k, v in row.items()} for name, row in bu["landmark_nme"].items()}
+            parts.append("**2D landmark NME (%) per yaw bucket**\n\n" + markdown_table(nme, fmt="{:.2f}", row_header="landmarks"))
+    parts.append(f"Time: {result['time_s']} s")
+    return "\n\n".join(parts) + "\n"
+
+
+def write_report(result: dict, out_dir) -> Path:
+    """Write ``report.json`` and ``report.md`` into ``out_dir``; returns the folder."""
+    from facelab.metrics.report import write_json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(result, out / REPORT_JSON)
+    (out / REPORT_MD).write_text(report_markdown(result))
+    return out
+
+
+def evaluate_model_cli(checkpoint, suite: str, as_json: bool = False, out=None, profile: str = "quick",
+                       overrides: list[str] | None = None) -> int:
+    """``facelab eval model CHECKPOINT --suite S [--json] [--out DIR] [--profile P] [--set K=V]``.
+
+    Prints the JSON result (``as_json``) or the Markdown report; returns the exit code 0.
+    Wire it into the CLI with one line::
+
+        m = sub.add_parser("model"); ...; m.set_defaults(func=lambda a: evaluate_model_cli(a.checkpoint, a.suite, a.json, a.out))
+    """
+    from facelab.config import apply_overrides
+    from facelab.metrics.report import write_json
+
+    if not Path(checkpoint).exists():
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint file")
+    cfg = apply_overrides(ModelEvalConfig(), overrides)
+    result = evaluate_model(checkpoint, suite, profile=profile, out_dir=out, config=cfg)
+    print(write_json(result, indent=None) if as_json else report_markdown(result))
+    return 0

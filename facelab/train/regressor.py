@@ -1,0 +1,314 @@
+"""Training recipe of the coefficient regressor (:mod:`facelab.models.regressor`) on ``lp``.
+
+The ``lp`` suite (300W-LP stand-in) has exact 3DMM parameters, so the loss is supervised:
+
+``L = w_coeff * (|a_id - a_id*|^2 + |a_exp - a_exp*|^2 + |p - p*|^2) + w_sh * |l - l*|^2 + w_landmark * L_lmk``
+
+with every coefficient standardised (``a = alpha / std``, pose and SH by their training
+statistics) and averaged over components; by default the identity components are
+weighted by ``std_k^2`` ("geometric": the term is then the vertex error, which the
+large, visible components dominate; uniform weights spend the small CPU budget on
+components a 64 px image barely shows, and do not beat the mean face). ``L_lmk`` is
+the mean distance between the 68 landmarks of the predicted shape projected with the
+predicted pose (:class:`facelab.camera.WeakPerspectiveCamera`) and the true 2D
+landmarks, divided by ``sqrt(H * W)``. The landmark term ties pose and shape together,
+which coefficient errors alone do not.
+
+``quick`` trains a ``resnet_tiny`` on 64x64 images of the ~1.4k-vertex mesh from an
+in-memory pool of pre-rendered images (cached on disk under
+:func:`facelab.config.cache_dir`); ``full`` streams freshly rendered 112x96 images
+through ``DataLoader`` workers into a ResNet-50.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from facelab.checks import check_choice, check_image_size
+from facelab.config import cache_dir
+from facelab.train.checkpoint import atomic_torch_save
+from facelab.train.trainer import PROFILES, StepLoader, TrainConfig, Trainer, step_indices
+
+MODEL_NAME = "regressor"
+POOL_KEYS = ("image", "alpha_id", "alpha_exp", "pose", "sh", "landmarks2d")
+POOL_FORMAT = "facelab-pool-v1"
+POOL_RENDER_BATCH = 64
+STAT_BATCHES = 4  # streamed batches used for the pose/SH statistics when there is no pool
+FINAL_LR_FRACTION = 0.05  # cosine schedule ends at this fraction of lr
+ID_WEIGHTINGS = ("uniform", "geometric")
+
+PROFILE_DEFAULTS = {
+    "quick": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", steps=300, batch_size=32,
+                  n_identities=192, images_per_identity=4, pool=True, num_workers=0, num_threads=1),
+    "full": dict(backbone="resnet50", image_size=(112, 96), resolution="default", steps=20_000, batch_size=64,
+                 n_identities=0, images_per_identity=0, pool=False, num_workers=4, num_threads=-1),
+}
+
+
+@dataclass
+class RegressorTrainConfig:
+    """Options of :func:`train_regressor`. Zero / empty values take the profile's default.
+
+    Attributes:
+        profile: ``"quick"`` (CPU, minutes) or ``"full"`` (GPU).
+        out_dir: the run folder (resumes if it holds ``last.pt``; "" = ``runs/regressor-<profile>``).
+        backbone: ``"resnet_tiny"``, ``"resnet18"``, ``"resnet50"``.
+        image_size: ``(H, W)`` px. resolution: SynthFaces mesh preset.
+        n_shape, n_exp: coefficients regressed (0: all of the model's).
+        steps, batch_size, lr, weight_decay, grad_clip, log_every, ckpt_every, seed, device:
+            see :class:`~facelab.train.trainer.TrainConfig`.
+        n_identities, images_per_identity: size of the ``lp`` training suite (0: the suite's default).
+        pool: pre-render the whole training suite once and sample batches from memory
+            (fast for small suites), else render every batch (``DataLoader`` workers).
+        cache_pool: keep the rendered pool on disk for the next run.
+        num_workers: ``DataLoader`` workers when streaming.
+        w_coeff, w_sh, w_landmark: loss weights.
+        id_weighting: ``"uniform"`` (every standardised identity coefficient alike) or
+            ``"geometric"`` (component k weighted by ``std_k^2 / mean(std^2)``: the squared
+            error is then proportional to the vertex error, so large components dominate).
+        num_threads: torch CPU threads while training (-1: leave torch's setting; 0: the
+            profile's default, quick = 1: small convolutions on a busy 2-core machine run
+            faster on one thread; full = leave).
+        progress: show progress bars.
+    """
+
+    profile: str = "quick"
+    out_dir: str = ""
+    backbone: str = ""
+    image_size: tuple[int, ...] = ()
+    resolution: str = ""
+    n_shape: int = 0
+    n_exp: int = 0
+    steps: int = 0
+    batch_size: int = 0
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 10.0
+    log_every: int = 10
+    ckpt_every: int = 100
+    seed: int = 0
+    device: str = "cpu"
+    n_identities: int = 0
+    images_per_identity: int = 0
+    pool: bool | None = None
+    cache_pool: bool = True
+    num_workers: int = -1
+    w_coeff: float = 1.0
+    w_sh: float = 0.1
+    w_landmark: float = 10.0
+    id_weighting: str = "geometric"
+    num_threads: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice(self.profile, "profile", PROFILES)
+        check_choice(self.id_weighting, "id_weighting", ID_WEIGHTINGS)
+        defaults = PROFILE_DEFAULTS[self.profile]
+        for key in ("backbone", "resolution", "steps", "batch_size", "n_identities", "images_per_identity"):
+            if not getattr(self, key):
+                setattr(self, key, defaults[key])
+        if not self.image_size:
+            self.image_size = defaults["image_size"]
+        self.image_size = check_image_size(self.image_size)
+        if self.pool is None:
+            self.pool = defaults["pool"]
+        if self.num_workers < 0:
+            self.num_workers = defaults["num_workers"]
+        if self.num_threads == 0:
+            self.num_threads = defaults["num_threads"]
+        if not self.out_dir:
+            self.out_dir = f"runs/regressor-{self.profile}"
+        for name in ("w_coeff", "w_sh", "w_landmark"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name}: loss weights must be >= 0, got {getattr(self, name)}")
+
+    def train_config(self) -> TrainConfig:
+        """The :class:`TrainConfig` of the loop."""
+        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                           log_every=self.log_every, ckpt_every=self.ckpt_every, seed=self.seed, out_dir=self.out_dir,
+                           device=self.device, profile=self.profile, grad_clip=self.grad_clip, progress=self.progress)
+
+
+class RegressorLoss(nn.Module):
+    """The supervised loss of the module docstring, for batches of ``lp``.
+
+    Args:
+        morphable: the :class:`~facelab.morphable.model.MorphableModel` the data use.
+        n_shape, n_exp: coefficients the regressor predicts.
+        image_size: ``(H, W)`` px (normalises the landmark term).
+        w_coeff, w_sh, w_landmark: weights.
+        id_weighting: ``"uniform"`` or ``"geometric"`` (see :class:`RegressorTrainConfig`).
+
+    ``forward(model, batch) -> (loss, metrics)``; the batch needs ``image``, ``alpha_id``,
+    ``alpha_exp``, ``pose``, ``landmarks2d`` and (if ``w_sh > 0``) ``sh``. Metrics:
+    ``id, exp, pose, sh`` (mean squared standardised errors), ``lmk`` (the normalised
+    landmark distance) and ``lmk_px`` (the same in pixels).
+    """
+
+    def __init__(self, morphable, n_shape: int, n_exp: int, image_size, w_coeff: float = 1.0, w_sh: float = 0.1,
+                 w_landmark: float = 10.0, id_weighting: str = "geometric") -> None:
+        super().__init__()
+        check_choice(id_weighting, "id_weighting", ID_WEIGHTINGS)
+        if not morphable.landmarks.numel():
+            raise ValueError("morphable: has no landmark annotation; the landmark loss needs the 68 iBUG landmarks")
+        lm = morphable.landmarks
+        rows = (3 * lm[:, None] + torch.arange(3)).reshape(-1)  # interleaved basis rows of the landmarks
+        self.register_buffer("mean_lm", morphable.mean_shape[lm].float())
+        self.register_buffer("basis_id_lm", morphable.shape_basis[rows, :n_shape].float())
+        self.register_buffer("basis_exp_lm", morphable.exp_basis[rows, :n_exp].float())
+        H, W = image_size
+        self.norm_px = math.sqrt(H * W)
+        var = morphable.shape_std[:n_shape].float() ** 2
+        self.register_buffer("id_weight", var / var.mean() if id_weighting == "geometric" else torch.ones(n_shape))
+        self.w_coeff, self.w_sh, self.w_landmark = w_coeff, w_sh, w_landmark
+
+    def landmarks3d(self, alpha_id: torch.Tensor, alpha_exp: torch.Tensor) -> torch.Tensor:
+        """``(B, 68, 3)`` mm landmarks of the decoded shapes (only the 68 rows are decoded)."""
+        offset = alpha_id @ self.basis_id_lm.T + alpha_exp @ self.basis_exp_lm.T
+        return self.mean_lm + offset.reshape(alpha_id.shape[0], -1, 3)
+
+    def forward(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
+        from facelab.camera import WeakPerspectiveCamera
+
+        out = model(batch["image"])
+        target = model.standardise_targets(batch)
+        terms = {
+            "id": (self.id_weight * (out["a_id"] - target["a_id"]) ** 2).mean(),
+            "exp": ((out["a_exp"] - target["a_exp"]) ** 2).mean() if out["a_exp"].numel() else out["a_id"].new_zeros(()),
+            "pose": ((out["pose_std"] - target["pose_std"]) ** 2).mean(),
+        }
+        terms["sh"] = ((out["sh_std"] - target["sh_std"]) ** 2).mean() if "sh_std" in target else out["sh_std"].new_zeros(())
+        lm3d = self.landmarks3d(out["alpha_id"], out["alpha_exp"])
+        lm2d = WeakPerspectiveCamera.from_pose(out["pose"]).project(lm3d)[..., :2]
+        px = (lm2d - batch["landmarks2d"]).norm(dim=-1).mean()
+        terms["lmk"] = px / self.norm_px
+        loss = self.w_coeff * (terms["id"] + terms["exp"] + terms["pose"]) + self.w_sh * terms["sh"] + self.w_landmark * terms["lmk"]
+        metrics = {k: v.detach() for k, v in terms.items()}
+        metrics["lmk_px"] = px.detach()
+        return loss, metrics
+
+
+# -------------------------------------------------------------------- data
+def _suite(cfg: RegressorTrainConfig):
+    from facelab.data import make_suite
+
+    sizes = {k: getattr(cfg, k) for k in ("n_identities", "images_per_identity") if getattr(cfg, k)}
+    return make_suite("lp", profile=cfg.profile, image_size=cfg.image_size, resolution=cfg.resolution,
+                      seed=cfg.seed, **sizes)
+
+
+def _pool_path(collection) -> Path:
+    key = json.dumps(dataclasses.asdict(collection.config), sort_keys=True, default=str)
+    digest = hashlib.sha1((POOL_FORMAT + key).encode()).hexdigest()[:16]
+    return cache_dir() / "pools" / f"{collection.config.suite}-{digest}.pt"
+
+
+def render_pool(collection, cache: bool = True, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Every image of ``collection`` with the fields the regressor needs, in memory.
+
+    Returns ``{image (N, 3, H, W) uint8, alpha_id, alpha_exp, pose, sh, landmarks2d}`` (CPU).
+    With ``cache`` the pool is read from / written to ``cache_dir()/pools`` (keyed by the
+    suite config), so a second run skips rendering.
+    """
+    path = _pool_path(collection)
+    if cache and path.exists():
+        try:
+            pool = torch.load(path, weights_only=True)
+            if set(pool) == set(POOL_KEYS) and pool["image"].shape[0] == len(collection):
+                return pool
+        except Exception:  # a damaged cache is re-rendered, never trusted
+            pass
+    parts = {k: [] for k in POOL_KEYS}
+    for batch in collection.batches(POOL_RENDER_BATCH, progress=progress):
+        for k in POOL_KEYS:
+            v = batch[k].detach().cpu()
+            parts[k].append((v.clamp(0, 1) * 255).round().to(torch.uint8) if k == "image" else v)
+    pool = {k: torch.cat(v) for k, v in parts.items()}
+    if cache:
+        atomic_torch_save(pool, path)
+    return pool
+
+
+def pool_batches(pool: dict[str, torch.Tensor], batch_size: int, seed: int = 0):
+    """A callable ``step -> batch`` sampling ``pool`` by :func:`~facelab.train.trainer.step_indices`."""
+    n = pool["image"].shape[0]
+
+    def get(step: int) -> dict:
+        idx = step_indices(n, batch_size, step, seed)
+        batch = {k: v[idx] for k, v in pool.items()}
+        batch["image"] = batch["image"].float() / 255
+        return batch
+
+    return get
+
+
+# ------------------------------------------------------------------ recipe
+def build_regressor(cfg: RegressorTrainConfig, morphable):
+    """The untrained :class:`~facelab.models.regressor.CoefficientRegressor` of a recipe config."""
+    from facelab.models.regressor import CoefficientRegressor, RegressorConfig
+
+    n_shape = cfg.n_shape or morphable.n_shape
+    n_exp = cfg.n_exp if cfg.n_exp else morphable.n_exp
+    model_cfg = RegressorConfig(backbone=cfg.backbone, n_shape=n_shape, n_exp=n_exp,
+                                image_size=cfg.image_size, resolution=cfg.resolution)
+    return CoefficientRegressor(model_cfg, morphable=morphable)
+
+
+def train_regressor(config: RegressorTrainConfig | None = None, **overrides) -> Path:
+    """Train a :class:`~facelab.models.regressor.CoefficientRegressor` on ``lp``; returns the run folder.
+
+    The folder holds ``last.pt`` (load it with :func:`facelab.train.load_model`), ``config.json``
+    and ``metrics.csv`` / ``metrics.jsonl``; an interrupted run resumes when called again.
+    ``overrides`` replace fields of ``config``.
+    """
+    cfg = dataclasses.replace(config or RegressorTrainConfig(), **overrides)
+    threads = torch.get_num_threads()
+    try:
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        _train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return Path(cfg.out_dir)
+
+
+def _train(cfg: RegressorTrainConfig) -> None:
+    from facelab.train.trainer import seed_everything
+
+    collection = _suite(cfg)
+    morphable = collection.model
+    seed_everything(cfg.seed)  # the initial weights depend on the seed only
+    model = build_regressor(cfg, morphable)
+    if cfg.pool:
+        pool = render_pool(collection, cache=cfg.cache_pool, progress=cfg.progress)
+        batches = pool_batches(pool, cfg.batch_size, cfg.seed)
+        stats = pool
+    else:
+        batches = StepLoader(collection, cfg.batch_size, cfg.steps, seed=cfg.seed, num_workers=cfg.num_workers)
+        parts = [collection.batch(step_indices(len(collection), cfg.batch_size, s, cfg.seed + 1)) for s in range(STAT_BATCHES)]
+        stats = {k: torch.cat([p[k] for p in parts]).cpu() for k in ("pose", "sh")}
+    model.set_target_statistics(stats["pose"].float(), stats["sh"].float())
+
+    loss_fn = RegressorLoss(morphable, model.n_shape, model.n_exp, cfg.image_size, cfg.w_coeff, cfg.w_sh,
+                            cfg.w_landmark, cfg.id_weighting).to(cfg.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(cfg.steps))
+    trainer = Trainer(model, optimizer, batches, loss_fn, cfg.train_config(), scheduler=scheduler,
+                      model_name=MODEL_NAME, model_config=model.config, extra_config=cfg)
+    trainer.fit()
+
+
+def _cosine(steps: int):
+    def factor(step: int) -> float:
+        t = min(step, steps) / steps
+        return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return factor

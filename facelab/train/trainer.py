@@ -1,0 +1,388 @@
+"""A minimal, reusable training loop with logging, atomic checkpoints and exact resumption.
+
+:class:`Trainer` runs ``config.steps`` optimisation steps of ``loss_fn(model, batch)``.
+It writes into ``config.out_dir``:
+
+* ``config.json``: the training config, the model's name and config, and any ``extra_config``;
+* ``metrics.csv`` and ``metrics.jsonl``: one row every ``log_every`` steps (the mean of each
+  metric over the steps since the previous row, plus ``step``, ``lr``, ``time_s``);
+* ``last.pt``: a checkpoint (:mod:`facelab.train.checkpoint`) every ``ckpt_every`` steps
+  and at the end.
+
+If ``out_dir/last.pt`` exists, training resumes from it: model, optimizer, scheduler,
+step and RNG states are restored and the logs are cut back to that step. When batches
+come from a callable ``step -> batch`` (see :func:`step_indices`), a resumed run ends with
+bitwise the same weights as an uninterrupted one on CPU. A NaN or Inf loss stops training
+with :class:`NonFiniteLossError` before the bad step touches the weights; ``last.pt`` keeps
+the last good state.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from facelab.checks import check_choice, check_positive
+from facelab.config import to_dict
+from facelab.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+
+PROFILES = ("quick", "full")
+CHECKPOINT_NAME = "last.pt"
+METRICS_CSV = "metrics.csv"
+METRICS_JSONL = "metrics.jsonl"
+CONFIG_JSON = "config.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf; the message names the step and the last good checkpoint."""
+
+
+@dataclass
+class TrainConfig:
+    """Options of :class:`Trainer`.
+
+    Attributes:
+        steps: optimisation steps in total (a resumed run continues up to it).
+        batch_size: images per step (used by the recipes that build the batches).
+        lr, weight_decay: optimiser settings (used by the recipes that build the optimiser).
+        log_every: steps per row of ``metrics.csv`` / ``metrics.jsonl``.
+        ckpt_every: steps between checkpoints (one is always written at the end).
+        seed: seeds torch, numpy and Python at the start of a fresh run.
+        out_dir: the run folder.
+        device: where the model and batches live.
+        profile: ``"quick"`` (CPU) or ``"full"`` (GPU); recorded for the record.
+        grad_clip: max global gradient norm (0: no clipping).
+        progress: show a tqdm progress bar.
+    """
+
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    log_every: int = 10
+    ckpt_every: int = 100
+    seed: int = 0
+    out_dir: str = "runs/default"
+    device: str = "cpu"
+    profile: str = "quick"
+    grad_clip: float = 0.0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "ckpt_every"):
+            check_positive(getattr(self, name), name, integer=True)
+        check_positive(self.lr, "lr")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
+        if not self.grad_clip >= 0:
+            raise ValueError(f"grad_clip: must be >= 0 (0 = off), got {self.grad_clip}")
+        check_choice(self.profile, "profile", PROFILES)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and Python's ``random``.
+
+    >>> seed_everything(3); a = torch.rand(1); seed_everything(3); bool(torch.rand(1) == a)
+    True
+    """
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def step_indices(n: int, batch_size: int, step: int, seed: int = 0) -> torch.Tensor:
+    """The sample indices of one training step: a pure function of ``(seed, step)``.
+
+    Steps walk through seeded random permutations of ``range(n)`` epoch by epoch, so every
+    sample is seen once per epoch and any step can be regenerated (exact resumption,
+    DataLoader workers).
+
+    Returns:
+        ``(batch_size,)`` long indices in ``[0, n)`` (``batch_size <= n``).
+
+    >>> step_indices(10, 4, 0).tolist() == step_indices(10, 4, 0).tolist()
+    True
+    >>> sorted(torch.cat([step_indices(8, 4, s) for s in (0, 1)]).tolist())
+    [0, 1, 2, 3, 4, 5, 6, 7]
+    """
+    check_positive(n, "n", integer=True)
+    check_positive(batch_size, "batch_size", integer=True)
+    if batch_size > n:
+        raise ValueError(f"batch_size: {batch_size} exceeds the {n} samples")
+    per_epoch = n // batch_size
+    epoch, k = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return order[k * batch_size:(k + 1) * batch_size]
+
+
+class StepBatches(torch.utils.data.IterableDataset):
+    """Batches ``collection.batch(step_indices(len(collection), batch_size, step, seed))`` for ``steps``.
+
+    For a ``DataLoader(..., batch_size=None)``: worker ``w`` of ``n`` generates every n-th
+    step and the loader interleaves them back in step order, so any worker count gives the
+    same stream.
+
+    >>> class Toy:
+    ...     def __len__(self): return 6
+    ...     def batch(self, idx): return {"idx": idx}
+    >>> [b["idx"].shape[0] for b in StepBatches(Toy(), 3, range(2))]
+    [3, 3]
+    """
+
+    def __init__(self, collection, batch_size: int, steps: range, seed: int = 0) -> None:
+        self.collection, self.batch_size, self.steps, self.seed = collection, batch_size, steps, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        for k, step in enumerate(self.steps):
+            if k % nw == wid:
+                with torch.no_grad():
+                    yield self.collection.batch(step_indices(len(self.collection), self.batch_size, step, self.seed))
+
+
+class StepLoader:
+    """A callable ``step -> batch`` over a collection, prefetched by ``DataLoader`` workers.
+
+    Calls must come in consecutive steps to use the prefetched stream; any other step
+    (e.g. after resuming) restarts the stream there. Batches are those of
+    :class:`StepBatches`, so they depend on ``(seed, step)`` only.
+
+    >>> class Toy:
+    ...     def __len__(self): return 6
+    ...     def batch(self, idx): return {"idx": idx}
+    >>> load = StepLoader(Toy(), 3, total_steps=4)
+    >>> bool((load(2)["idx"] == step_indices(6, 3, 2)).all())
+    True
+    """
+
+    def __init__(self, collection, batch_size: int, total_steps: int, seed: int = 0, num_workers: int = 0) -> None:
+        self.collection, self.batch_size, self.total_steps = collection, batch_size, total_steps
+        self.seed, self.num_workers = seed, num_workers
+        self._iterator = None
+        self._next_step = -1
+
+    def __call__(self, step: int) -> dict:
+        if self._iterator is None or step != self._next_step:
+            stream = StepBatches(self.collection, self.batch_size, range(step, max(step + 1, self.total_steps)), self.seed)
+            loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+                                                 persistent_workers=False)
+            self._iterator = iter(loader)
+        self._next_step = step + 1
+        return next(self._iterator)
+
+
+def _to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+class Trainer:
+    """Runs a training loop; see the module docstring for what it writes.
+
+    Args:
+        model: the ``nn.Module`` to train (moved to ``config.device``).
+        optimizer: its optimiser.
+        batches: a callable ``step -> batch`` (exact resumption) or an iterable of batches
+            (consumed from its current position; a resumed run then sees other batches).
+        loss_fn: ``loss_fn(model, batch) -> (loss scalar tensor, {name: float or 0-d tensor})``.
+        config: a :class:`TrainConfig`.
+        scheduler: optional LR scheduler, stepped after every optimiser step.
+        model_name, model_config: stored in checkpoints so :func:`~facelab.train.checkpoint.load_model`
+            can rebuild the model (``model_config`` defaults to ``model.config`` if present).
+        extra_config: more config (e.g. the recipe's dataclass) for ``config.json`` and checkpoints.
+
+    >>> import tempfile
+    >>> net = nn.Linear(1, 1)
+    >>> cfg = TrainConfig(steps=5, ckpt_every=5, log_every=1, out_dir=tempfile.mkdtemp(), progress=False)
+    >>> batch = {"x": torch.ones(4, 1), "y": 2 * torch.ones(4, 1)}
+    >>> def loss_fn(m, b):
+    ...     loss = ((m(b["x"]) - b["y"]) ** 2).mean()
+    ...     return loss, {"mse": loss}
+    >>> out = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), lambda s: batch, loss_fn, cfg,
+    ...               model_name="linear", model_config={}).fit()
+    >>> out["step"], out["metrics"]["mse"] < 1.0
+    (5, True)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        batches: Callable[[int], dict] | Iterable[dict],
+        loss_fn: Callable[[nn.Module, dict], tuple[torch.Tensor, dict]],
+        config: TrainConfig,
+        scheduler=None,
+        model_name: str = "model",
+        model_config=None,
+        extra_config=None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if not callable(loss_fn):
+            raise TypeError("loss_fn: expected a callable (model, batch) -> (loss, metrics)")
+        if not (callable(batches) or hasattr(batches, "__iter__")):
+            raise TypeError("batches: expected a callable step -> batch or an iterable of batches")
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
+        self.config = config
+        self.device = torch.device(config.device)
+        self.model = model.to(self.device)
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.batches = batches
+        self.loss_fn = loss_fn
+        self.model_name = model_name
+        self.model_config = model_config if model_config is not None else getattr(model, "config", {})
+        self.extra_config = extra_config
+        self.out_dir = Path(config.out_dir)
+        self.step = 0
+        self.resumed_from: int | None = None
+
+    # ----------------------------------------------------------- bookkeeping
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+    def _config_record(self) -> dict:
+        record = {"train": to_dict(self.config), "model_name": self.model_name,
+                  "model": self.model_config if isinstance(self.model_config, dict) else to_dict(self.model_config)}
+        if self.extra_config is not None:
+            record["recipe"] = self.extra_config if isinstance(self.extra_config, dict) else to_dict(self.extra_config)
+        return record
+
+    def save(self) -> Path:
+        """Write ``last.pt`` atomically at the current step."""
+        return save_checkpoint(
+            self.checkpoint_path, model_name=self.model_name, model_config=self.model_config,
+            state_dict=self.model.state_dict(), optimizer=self.optimizer, scheduler=self.scheduler,
+            step=self.step, epoch=0, train_config=self.config,
+            extra={"recipe": self._config_record().get("recipe", {})},
+        )
+
+    def _resume(self) -> None:
+        ckpt = load_checkpoint(self.checkpoint_path, expect_model=self.model_name, map_location=self.device)
+        self.model.load_state_dict(ckpt["state_dict"])
+        if ckpt.get("optimizer") is not None:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("rng") is not None:
+            set_rng_state(ckpt["rng"])
+        self.step = self.resumed_from = int(ckpt["step"])
+
+    def _trim_logs(self) -> list[dict]:
+        """Keep log rows up to the resumed step (later rows belong to the lost steps)."""
+        path = self.out_dir / METRICS_JSONL
+        rows = []
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    if row["step"] <= self.step:
+                        rows.append(row)
+        return rows
+
+    def _write_logs(self, rows: list[dict]) -> None:
+        with open(self.out_dir / METRICS_JSONL, "w") as fh:
+            for row in rows:
+                fh.write(json.dumps(row) + "\n")
+        keys: list[str] = []
+        for row in rows:
+            keys += [k for k in row if k not in keys]
+        with open(self.out_dir / METRICS_CSV, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    # ------------------------------------------------------------------ loop
+    def _next_batch(self, iterator):
+        if callable(self.batches):
+            return self.batches(self.step)
+        try:
+            return next(iterator)
+        except StopIteration:
+            raise ValueError(f"batches: the iterable ran out at step {self.step} of {self.config.steps}") from None
+
+    def fit(self) -> dict:
+        """Train up to ``config.steps``; returns ``{"step", "resumed_from", "metrics", "out_dir", "checkpoint"}``.
+
+        ``metrics`` is the last logged row.
+        """
+        cfg = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / CONFIG_JSON).write_text(json.dumps(self._config_record(), indent=2, default=str))
+        if self.checkpoint_path.exists():
+            self._resume()
+        else:
+            seed_everything(cfg.seed)
+        rows = self._trim_logs()
+        iterator = None if callable(self.batches) else iter(self.batches)
+        sums: dict[str, float] = {}
+        n_in_row = 0
+        start_time = time.perf_counter()
+        bar = None
+        if cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.model_name}", unit="step")
+        try:
+            while self.step < cfg.steps:
+                batch = _to_device(self._next_batch(iterator), self.device)
+                self.model.train()
+                loss, metrics = self.loss_fn(self.model, batch)
+                if not torch.isfinite(loss.detach()).all():
+                    raise NonFiniteLossError(self._nan_message(loss))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                self.step += 1
+                values = {"loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n_in_row += 1
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    row = {"step": self.step, **{k: v / n_in_row for k, v in sums.items()},
+                           "lr": self.optimizer.param_groups[0]["lr"], "time_s": round(time.perf_counter() - start_time, 3)}
+                    rows.append(row)
+                    self._write_logs(rows)
+                    sums, n_in_row = {}, 0
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{row['loss']:.4g}")
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                    self.save()
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        return {"step": self.step, "resumed_from": self.resumed_from, "metrics": rows[-1] if rows else {},
+                "out_dir": self.out_dir, "checkpoint": self.checkpoint_path}
+
+    def _nan_message(self, loss: torch.Tensor) -> str:
+        if self.checkpoint_path.exists():
+            good = f"the last good checkpoint is {self.checkpoint_path} (step {load_checkpoint(self.checkpoint_path)['step']})"
+        else:
+            good = f"no checkpoint was written yet in {self.out_dir}"
+        value = "NaN" if math.isnan(float(loss.detach().reshape(-1)[0])) else "Inf"
+        return (f"step {self.step + 1}: the loss is {value}; training stopped before updating the weights, "
+                f"{good}. Lower the learning rate or check the batch for bad values.")
