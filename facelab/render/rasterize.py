@@ -175,7 +175,7 @@ def rasterize(
 
 # ----------------------------------------------------------------- torch backend
 def _edge_weights(tri: torch.Tensor, px: torch.Tensor, py: torch.Tensor):
-    """Unnormalised barycentrics of points ``(px, py)`` in triangles ``tri: (N, 3, 3)``.
+    """Unnormalised barycentrics of points ``(px, py)`` in triangles ``tri: (N, 3, >=2)``.
 
     Returns ``(w0, w1, w2, area2)``: ``w_k`` is twice the signed area of the
     sub-triangle opposite vertex k, ``area2`` twice the signed triangle area.
@@ -233,14 +233,15 @@ def _zbuffer(verts_screen: torch.Tensor, faces: torch.Tensor, H: int, W: int, cu
     F = faces.shape[0]
     tri = verts_screen.detach()[:, faces].reshape(B * F, 3, 3)
     face_idx, px, py = _candidate_pixels(tri, H, W, cull_backfaces)
-    t = tri[face_idx]
+    # Gather only x, y per candidate (and z only for the covered ones): memory traffic dominates.
+    t = tri[:, :, :2].contiguous()[face_idx]
     w0, w1, w2, area2 = _edge_weights(t, px.to(t.dtype) + 0.5, py.to(t.dtype) + 0.5)
     # inside (edges included) for either winding: all weights share area2's sign
     inside = torch.where(area2 > 0, (w0 >= 0) & (w1 >= 0) & (w2 >= 0), (w0 <= 0) & (w1 <= 0) & (w2 <= 0))
     # One nonzero + index_select is much cheaper than a boolean mask per array.
     sel = inside.nonzero().squeeze(1)
     face_idx, px, py = face_idx[sel], px[sel], py[sel]
-    z = t[:, :, 2].index_select(0, sel)
+    z = tri[:, :, 2].contiguous()[face_idx]
     depth = (w0[sel] * z[:, 0] + w1[sel] * z[:, 1] + w2[sel] * z[:, 2]) / area2[sel]
     batch = torch.div(face_idx, F, rounding_mode="floor")
     key = (_ordered_depth_key(depth) << 32) | (face_idx - batch * F)
