@@ -40,7 +40,7 @@ def test_render_face_and_gallery(tmp_path, capsys):
 
 
 def test_bench_synth_reports_a_rate():
-    result = bench_synth(image_size=32, batch_size=16, n_batches=1, resolution="quick", workers=0)
+    result = bench_synth(image_size=32, batch_size=16, n_batches=1, resolution="quick", workers=0, repeats=1)
     assert result["images"] == 16 and result["images_per_s"] > 0 and result["dataloader_images_per_s"] is None
 
 
