@@ -32,3 +32,15 @@ def has_pytorch3d() -> bool:
     except Exception:
         return False
     return True
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small convolutions on a shared 2-core machine run several times faster on one thread.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

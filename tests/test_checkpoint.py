@@ -16,13 +16,7 @@ from facelab.train.checkpoint import (
 CFG = RegressorConfig(n_shape=6, n_exp=3, image_size=(16, 16))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convolutions on a shared 2-core machine run several times faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained_pair(seed=0):

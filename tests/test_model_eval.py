@@ -16,13 +16,7 @@ SIZE = 32
 TINY_SUITES = dict(micc_identities=2, bu3dfe_identities=2, lfw_identities=20, lfw_pairs_per_fold=3, icp_iters=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convolutions on a shared 2-core machine run several times faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,7 @@ TORCHVISION_RESNET18_TRUNK = 11_176_512
 TORCHVISION_RESNET50_TRUNK = 23_508_032
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convolutions on a shared 2-core machine run several times faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(module):

@@ -23,13 +23,7 @@ def lp():
     return suite, render_pool(suite, cache=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convolutions on a shared 2-core machine run several times faster on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_run(lp, out_dir, steps, seed=0, ckpt_every=4, log_every=1, lr=3e-3, init_seed=None):

@@ -317,19 +317,30 @@ def micc_baselines(cfg: BaselineConfig | None = None, details: bool = False) -> 
 
     names = suite.condition_names
     conditions = [names[v["condition"]] for v in videos]
-    table = {}
-    for name, errs in errors.items():
-        rows = micc_table(errs, conditions)
-        rows["all"] = {"mean": float(np.mean(errs)), "std": float(np.std(errs)), "n": len(errs)}
-        table[name] = rows
+    table = micc_rows(errors, conditions)
     if details:
         table["details"] = {**kept, "scans": scans, "faces": model.faces, "video_label": [v["label"] for v in videos],
                             "video_condition": conditions}
     return table
 
 
+def micc_rows(errors: dict[str, list[float]], conditions) -> dict:
+    """``{row: {condition: {mean, std, n}, "all": {...}}}`` from per-video errors (mm) of each row."""
+    table = {}
+    for name, errs in errors.items():
+        rows = micc_table(errs, conditions)
+        rows["all"] = {"mean": float(np.mean(errs)), "std": float(np.std(errs)), "n": len(errs)}
+        table[name] = rows
+    return table
+
+
 # ---------------------------------------------------------------------- BU3DFE
-def _by_abs_yaw(values: np.ndarray, yaw_deg: np.ndarray) -> dict[str, float]:
+def by_abs_yaw(values: np.ndarray, yaw_deg: np.ndarray) -> dict[str, float]:
+    """Mean of ``values (N,)`` per rounded ``|yaw_deg| (N,)``, keyed by str degrees, plus ``"overall"``.
+
+    >>> by_abs_yaw(np.array([1.0, 3.0, 5.0]), np.array([-10.0, 10.0, 0.0]))
+    {'0': 5.0, '10': 2.0, 'overall': 3.0}
+    """
     yaw = np.round(np.abs(yaw_deg)).astype(int)
     out = {str(y): float(values[yaw == y].mean()) for y in sorted(set(yaw.tolist()))}
     out["overall"] = float(values.mean())
@@ -360,7 +371,7 @@ def bu3dfe_baselines(cfg: BaselineConfig | None = None, details: bool = False) -
     mask = _np(model.face_mask)
     yaw = _np(gt["yaw_deg"])
     per_image = {name: rmse(p, truth, mask=mask, align="rigid") for name, p in preds.items()}
-    out = {"rmse": {name: _by_abs_yaw(e, yaw) for name, e in per_image.items()}}
+    out = {"rmse": {name: by_abs_yaw(e, yaw) for name, e in per_image.items()}}
 
     from facelab.fitting import project_landmarks
 

@@ -32,7 +32,8 @@ import torch
 
 from facelab.checks import check_choice, check_positive
 from facelab.metrics.landmarks import landmark_nme, nme_by_yaw
-from facelab.metrics.protocols import PROTOCOL_ICP_ITERS, PROTOCOL_ICP_TOL, micc_error, micc_table
+from facelab.metrics.baselines import by_abs_yaw, micc_rows
+from facelab.metrics.protocols import PROTOCOL_ICP_ITERS, PROTOCOL_ICP_TOL, micc_error
 from facelab.metrics.reconstruction import rmse
 from facelab.metrics.verification import verify
 
@@ -169,22 +170,10 @@ def _micc(model, profile: str, cfg: ModelEvalConfig) -> dict:
         three = frames[torch.stack([yaw.argmin(), yaw.abs().argmin(), yaw.argmax()])]
         errors["three_view"].append(score(pred["identity_shape"][three].mean(0), label))
         errors["single_frame"].append(score(pred["identity_shape"][frames[frames.numel() // 2]], label))
-    table = {}
-    for row, errs in errors.items():
-        rows = micc_table(errs, conditions)
-        rows["all"] = {"mean": float(np.mean(errs)), "std": float(np.std(errs)), "n": len(errs)}
-        table[row] = rows
-    return table
+    return micc_rows(errors, conditions)
 
 
 # -------------------------------------------------------------------- BU3DFE
-def _by_abs_yaw(values: np.ndarray, yaw_deg: np.ndarray) -> dict[str, float]:
-    yaw = np.round(np.abs(yaw_deg)).astype(int)
-    out = {str(y): float(values[yaw == y].mean()) for y in sorted(set(yaw.tolist()))}
-    out["overall"] = float(values.mean())
-    return out
-
-
 def _bu3dfe(model, profile: str, cfg: ModelEvalConfig) -> dict:
     from facelab.data import BU3DFE_EXPRESSIONS
 
@@ -199,7 +188,7 @@ def _bu3dfe(model, profile: str, cfg: ModelEvalConfig) -> dict:
         "shape": rmse(_np(pred["shape"]), _np(pred["gt_shape"]), mask=mask, align="rigid"),
     }
     out = {
-        "rmse": {name: _by_abs_yaw(e, yaw) for name, e in per_image.items()},
+        "rmse": {name: by_abs_yaw(e, yaw) for name, e in per_image.items()},
         "rmse_by_expression": {
             name: {expr: float(e[expression == k].mean()) for k, expr in enumerate(BU3DFE_EXPRESSIONS) if (expression == k).any()}
             for name, e in per_image.items()
