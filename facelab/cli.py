@@ -5,6 +5,7 @@
     facelab render --gallery [--out gallery.png]
     facelab bench render [--json]
     facelab bench synth [--json]
+    facelab fit webface --out DIR [--profile quick|full] [--set key=value ...]
     facelab eval verify|recon|baselines ...   (see facelab.eval_cli)
 """
 
@@ -79,13 +80,35 @@ def _cmd_bench(args) -> int:
 
 def _cmd_train(args) -> int:
     from facelab.config import apply_overrides
-    from facelab.train.regressor import RegressorTrainConfig, train_regressor
 
-    cfg = apply_overrides(RegressorTrainConfig(profile=args.profile), args.set)
+    if args.model == "liu2018":
+        from facelab.train.liu2018 import Liu2018TrainConfig as Config, train_liu2018 as train
+        checkpoint = "phase3.pt"
+    else:
+        from facelab.train.regressor import RegressorTrainConfig as Config, train_regressor as train
+        checkpoint = "last.pt"
+    cfg = apply_overrides(Config(profile=args.profile), args.set)
     if args.out:
         cfg.out_dir = args.out
-    out = train_regressor(cfg)
-    print(json.dumps({"model": args.model, "profile": args.profile, "out": str(out), "checkpoint": str(Path(out) / "last.pt")}))
+    out = train(cfg)
+    print(json.dumps({"model": args.model, "profile": args.profile, "out": str(out), "checkpoint": str(Path(out) / checkpoint)}))
+    return 0
+
+
+def _cmd_fit(args) -> int:
+    import numpy as np
+
+    from facelab.config import apply_overrides
+    from facelab.fitting import CollectionFitConfig, fit_collection_study
+
+    cfg = apply_overrides(CollectionFitConfig(profile=args.profile), args.set)
+    say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    targets, report = fit_collection_study(cfg, progress=say)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "targets.npz", **{k: v.detach().cpu().numpy() for k, v in targets.items()})
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps({"out": str(out), "study": report["study"]}))
     return 0
 
 
@@ -115,11 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_render)
 
     p = sub.add_parser("train", help="train a model; resumes when the output folder holds a checkpoint")
-    p.add_argument("model", choices=["regressor"], help="regressor: image -> 3DMM coefficients (the baseline encoder)")
+    p.add_argument("model", choices=["regressor", "liu2018"],
+                   help="regressor: image -> 3DMM coefficients (the baseline encoder); liu2018: Liu et al. 2018 in three phases")
     p.add_argument("--profile", default="quick", choices=["quick", "full"])
     p.add_argument("--out", help="run folder (default runs/<model>-<profile>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a training config field (repeatable)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("fit", help="multi-image 3DMM fitting of a suite: training targets + single- vs multi-image report")
+    p.add_argument("suite", choices=["webface"])
+    p.add_argument("--out", required=True, help="output folder (targets.npz, report.json)")
+    p.add_argument("--profile", default="quick", choices=["quick", "full"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a CollectionFitConfig field (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("bench", help="print measured performance figures")
     p.add_argument("what", choices=["render", "synth"])

@@ -10,5 +10,17 @@ from facelab.fitting.landmarks import (
     fit_landmarks,
     project_landmarks,
 )
+from facelab.fitting.photometric import (
+    CollectionFitConfig,
+    PhotometricFit,
+    PhotometricFitConfig,
+    fit_collection_study,
+    fit_photometric,
+    identity_rmse,
+)
 
-__all__ = ["estimate_pose", "fit_landmarks", "project_landmarks", "LandmarkFit", "LandmarkFitConfig"]
+__all__ = [
+    "estimate_pose", "fit_landmarks", "project_landmarks", "LandmarkFit", "LandmarkFitConfig",
+    "fit_photometric", "PhotometricFit", "PhotometricFitConfig", "identity_rmse",
+    "fit_collection_study", "CollectionFitConfig",
+]

@@ -300,3 +300,4 @@ def _build_regressor(cfg: dict) -> nn.Module:
 
 
 register_model("regressor", _build_regressor)
+register_model("liu2018", lambda cfg: __import__("facelab.train.liu2018", fromlist=["build_liu2018_model"]).build_liu2018_model(cfg))  # lazy import: no cycle

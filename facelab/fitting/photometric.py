@@ -1,0 +1,485 @@
+"""Multi-image photometric 3DMM fitting (analysis by synthesis) and Liu et al.'s training targets.
+
+Book chapter: ``book/04_fitting.ipynb`` ("Fitting a 3DMM to a photo collection").
+
+Liu et al. 2018 build the regression targets of their encoder by fitting one 3DMM
+identity to *all* the photos of a CASIA-WebFace subject. facelab does this in two steps:
+
+1. :func:`facelab.fitting.fit_landmarks` (closed form + Gauss-Newton) gives identity,
+   expressions and weak-perspective poses from the 68 landmarks;
+2. Adam refines everything on the negative log posterior
+   ``w_photo * sum_b mean_pix ||render_b - image_b||^2 + sum_b ||lm_b - lm2d_b||^2 / std_px^2
+   + ||a_id||^2 + ||a_exp||^2 + ||b_alb||^2`` (standardised coefficients ``a = alpha / std``),
+   over the face-region pixels the current fit covers and no occluder hides.
+
+Images of one identity share the identity shape ``alpha_id`` and the albedo ``beta``;
+expression, pose and SH lighting are per image. All subjects are fitted in one batch.
+Lighting starts from the closed-form least-squares SH fit under the mean albedo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from facelab.checks import check_positive, check_tensor
+from facelab.fitting.landmarks import N_LANDMARKS, LandmarkFit, LandmarkFitConfig, _groups, fit_landmarks
+from facelab.morphable.model import MorphableModel
+from facelab.render.rasterize import interpolate
+from facelab.render.renderer import RenderSettings, render
+from facelab.render.sh import sh_basis
+
+__all__ = [
+    "PhotometricFitConfig", "PhotometricFit", "fit_photometric", "identity_rmse",
+]
+
+#: model standard deviations are clamped to at least this so standardisation stays finite
+MIN_STD = 1e-6
+#: ridge (relative to the trace) of the closed-form SH least squares
+SH_RIDGE = 1e-6
+#: a pixel belongs to the face region when the interpolated face-mask indicator exceeds this
+FACE_REGION_THRESHOLD = 0.5
+#: images per subject of the single- vs multi-image study (Liu et al.'s figure)
+STUDY_IMAGES_PER_SUBJECT = (1, 2, 4, 8)
+
+
+@dataclass
+class PhotometricFitConfig:
+    """Options of :func:`fit_photometric`.
+
+    Attributes:
+        n_steps: Adam steps of the photometric refinement (0 = landmark fit + SH only).
+        lr_coeff: Adam step for the standardised shape/expression/albedo coefficients.
+        lr_angle: Adam step for pitch/yaw/roll, rad.
+        lr_trans: Adam step for the translation, px.
+        lr_log_scale: Adam step for the log of the scale.
+        lr_sh: Adam step for the 27 SH coefficients.
+        photo_weight: weight of the per-image mean squared colour error (per pixel,
+            summed over RGB); the landmark and prior terms have weight 1.
+        landmark_std_px: landmark noise std, px (the landmark term is ``sum d^2 / std^2``).
+        shape_prior: multiplier of the identity prior ``||alpha_id / std_id||^2``.
+        exp_prior: the same for expression.
+        albedo_prior: the same for albedo.
+        n_shape: leading identity components fitted (None = all).
+        n_exp: leading expression components fitted (None = all).
+        n_albedo: leading albedo components fitted (None = all).
+        backend: rasterizer backend (see :class:`facelab.render.RenderSettings`).
+        landmark_fit: options of the initial :func:`fit_landmarks` (its ``n_shape`` and
+            ``n_exp`` are set from this config).
+    """
+
+    n_steps: int = 60
+    lr_coeff: float = 0.05
+    lr_angle: float = 0.005
+    lr_trans: float = 0.1
+    lr_log_scale: float = 0.005
+    lr_sh: float = 0.01
+    photo_weight: float = 50000.0
+    landmark_std_px: float = 2.0
+    shape_prior: float = 1.0
+    exp_prior: float = 1.0
+    albedo_prior: float = 1.0
+    n_shape: int | None = 40
+    n_exp: int | None = None
+    n_albedo: int | None = 20
+    backend: str = "auto"
+    landmark_fit: LandmarkFitConfig = field(default_factory=LandmarkFitConfig)
+
+
+@dataclass
+class PhotometricFit:
+    """Result of :func:`fit_photometric` (B images, G identity groups).
+
+    Attributes:
+        alpha_id: ``(G, K_id)`` float, identity coefficients (zero past ``n_shape``).
+        beta: ``(G, K_alb)`` float, albedo coefficients (zero past ``n_albedo``).
+        alpha_exp: ``(B, K_exp)`` float, expression coefficients.
+        pose: ``(B, 6)`` float ``[pitch, yaw, roll, tx, ty, scale]`` (rad, px, px/mm).
+        sh: ``(B, 27)`` float SH lighting, channel-major.
+        identity_shapes: ``(G, V, 3)`` float, mm, each group's neutral face.
+        shapes: ``(B, V, 3)`` float, mm, identity + expression per image.
+        photo_rmse: ``(B,)`` float, RMS colour error over the fitted face pixels (per channel).
+        residual_px: ``(B,)`` float, px, RMS landmark error.
+        group_index: ``(B,)`` long, row of ``alpha_id`` of each image.
+        group_labels: ``(G,)`` long, the label of each group.
+        losses: ``{"total", "photo", "landmark", "prior"}`` -> list of floats, one per step.
+        init: the :class:`LandmarkFit` the refinement started from.
+    """
+
+    alpha_id: torch.Tensor
+    beta: torch.Tensor
+    alpha_exp: torch.Tensor
+    pose: torch.Tensor
+    sh: torch.Tensor
+    identity_shapes: torch.Tensor
+    shapes: torch.Tensor
+    photo_rmse: torch.Tensor
+    residual_px: torch.Tensor
+    group_index: torch.Tensor
+    group_labels: torch.Tensor
+    losses: dict = field(repr=False)
+    init: LandmarkFit | None = field(default=None, repr=False)
+
+
+def identity_rmse(fitted: torch.Tensor, truth: torch.Tensor, vertex_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """RMS vertex distance between fitted and true shapes, in the model frame (no alignment).
+
+    Args:
+        fitted: ``(B, V, 3)`` float, mm.
+        truth: ``(B, V, 3)`` float, mm.
+        vertex_mask: ``(V,)`` bool or None: only these vertices (e.g. ``model.face_mask``).
+
+    Returns:
+        ``(B,)`` float, mm.
+
+    >>> identity_rmse(torch.zeros(1, 2, 3), torch.tensor([[[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]]]))
+    tensor([3.5355])
+    """
+    check_tensor(fitted, "fitted", ("B", "V", 3))
+    check_tensor(truth, "truth", tuple(fitted.shape))
+    d2 = ((fitted - truth) ** 2).sum(-1)
+    if vertex_mask is not None:
+        check_tensor(vertex_mask, "vertex_mask", (fitted.shape[1],), dtype_kind=None)
+        d2 = d2[:, vertex_mask.to(fitted.device).bool()]
+    return d2.mean(-1).sqrt()
+
+
+# ------------------------------------------------------------------ helpers
+def _resolve(config: PhotometricFitConfig | None, options: dict) -> PhotometricFitConfig:
+    cfg = config if config is not None else PhotometricFitConfig()
+    names = {f.name for f in dataclasses.fields(PhotometricFitConfig)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"fit_photometric: unknown option(s) {unknown}; known: {sorted(names)}")
+    cfg = dataclasses.replace(cfg, **options)
+    if not isinstance(cfg.n_steps, int) or isinstance(cfg.n_steps, bool) or cfg.n_steps < 0:
+        raise ValueError(f"n_steps: expected an int >= 0, got {cfg.n_steps!r}")
+    for name in ("lr_coeff", "lr_angle", "lr_trans", "lr_log_scale", "lr_sh", "landmark_std_px"):
+        check_positive(getattr(cfg, name), name)
+    for name in ("photo_weight", "shape_prior", "exp_prior", "albedo_prior"):
+        if not getattr(cfg, name) >= 0:
+            raise ValueError(f"{name}: must be >= 0, got {getattr(cfg, name)}")
+    return cfg
+
+
+def _n_components(n: int | None, have: int, name: str) -> int:
+    if n is None:
+        return have
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"{name}: expected an int >= 0 or None, got {n!r}")
+    return min(n, have)
+
+
+def _face_region(frags, face_mask: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, H, W)`` float: covered pixels whose triangle lies in the model's face region."""
+    B = frags.pix_to_face.shape[0]
+    attr = face_mask.to(frags.bary.dtype)[None, :, None].expand(B, -1, 1)
+    inside = interpolate(frags, attr, faces)[..., 0] > FACE_REGION_THRESHOLD
+    return (inside & frags.mask).to(frags.bary.dtype)[:, None]
+
+
+def _fit_sh(images: torch.Tensor, albedo_px: torch.Tensor, normals: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Closed-form SH: per image and channel, least squares ``image ~ albedo * (Y(n) . l)``.
+
+    ``images, albedo_px, normals: (B, 3, H, W)``, ``weight: (B, 1, H, W)`` -> ``(B, 27)``.
+    """
+    Y = sh_basis(normals.permute(0, 2, 3, 1)).flatten(1, 2)  # (B, P, 9)
+    w = weight.flatten(1)[..., None]  # (B, P, 1)
+    rows = []
+    for c in range(3):
+        A = albedo_px[:, c].flatten(1)[..., None] * Y  # (B, P, 9)
+        AtA = (A * w).transpose(1, 2) @ A
+        ridge = SH_RIDGE * AtA.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(MIN_STD)
+        AtA = AtA + ridge[:, None, None] * torch.eye(9, dtype=A.dtype, device=A.device)
+        Atb = (A * w).transpose(1, 2) @ images[:, c].flatten(1)[..., None]
+        rows.append(torch.linalg.solve(AtA, Atb)[..., 0])
+    return torch.cat(rows, dim=1)  # channel-major, as facelab.render.sh
+
+
+def _check_inputs(model, images, landmarks2d, masks, init):
+    if not isinstance(model, MorphableModel):
+        raise TypeError(f"model: expected a MorphableModel, got {type(model).__name__}")
+    if model.n_albedo == 0:
+        raise ValueError("model: has no albedo basis; photometric fitting needs one")
+    check_tensor(images, "images", ("B", 3, "H", "W"))
+    B = images.shape[0]
+    check_tensor(landmarks2d, "landmarks2d", (B, N_LANDMARKS, 2))
+    if masks is not None:
+        check_tensor(masks, "masks", (B, 1, images.shape[2], images.shape[3]))
+    if init is not None and not isinstance(init, LandmarkFit):
+        raise TypeError(f"init: expected a LandmarkFit or None, got {type(init).__name__}")
+    if init is not None and init.pose.shape[0] != B:
+        raise ValueError(f"init: fitted {init.pose.shape[0]} images, but images has {B}")
+
+
+# ------------------------------------------------------------------ the fit
+def fit_photometric(
+    model: MorphableModel,
+    images: torch.Tensor,
+    landmarks2d: torch.Tensor,
+    groups: torch.Tensor | None = None,
+    masks: torch.Tensor | None = None,
+    init: LandmarkFit | None = None,
+    config: PhotometricFitConfig | None = None,
+    **options,
+) -> PhotometricFit:
+    """Fit identity + albedo per group and expression, pose, SH light per image to photos.
+
+    Analysis by synthesis: landmark fit, closed-form lighting, then Adam on the masked
+    photometric error + landmark error + Gaussian priors (module docstring;
+    ``book/04_fitting.ipynb``).
+
+    Args:
+        model: a :class:`MorphableModel` with 68 landmarks and an albedo basis.
+        images: ``(B, 3, H, W)`` float RGB in [0, 1].
+        landmarks2d: ``(B, 68, 2)`` float, px (x right, y down).
+        groups: ``(B,)`` integer identity labels (images with equal labels share
+            ``alpha_id`` and ``beta``), or None (every image its own identity).
+        masks: ``(B, 1, H, W)`` float in [0, 1] or None: 1 where an occluder hides the
+            face; those pixels are left out of the photometric term.
+        init: a :class:`LandmarkFit` of the same images and groups, or None (computed).
+        config: a :class:`PhotometricFitConfig`; ``**options`` override its fields.
+
+    Returns:
+        :class:`PhotometricFit`.
+
+    >>> from facelab.data import make_suite
+    >>> suite = make_suite("webface", n_identities=1, images_per_identity=2, image_size=32, resolution="quick")
+    >>> b = suite.batch(torch.arange(2))
+    >>> fit = fit_photometric(suite.model, b["image"], b["landmarks2d"], b["label"], n_steps=2)
+    >>> fit.alpha_id.shape[0], fit.sh.shape, len(fit.losses["total"])
+    (1, torch.Size([2, 27]), 2)
+    """
+    _check_inputs(model, images, landmarks2d, masks, init)
+    cfg = _resolve(config, options)
+    B, _, H, W = images.shape
+    dev, dt = images.device, images.dtype
+    labels, group_index = _groups(groups, B, dev)
+    G = labels.shape[0]
+    k_id = _n_components(cfg.n_shape, model.n_shape, "n_shape")
+    k_exp = _n_components(cfg.n_exp, model.n_exp, "n_exp")
+    k_alb = _n_components(cfg.n_albedo, model.n_albedo, "n_albedo")
+    m = model.to(dev, dt)
+
+    if init is None:
+        lm_cfg = dataclasses.replace(cfg.landmark_fit, n_shape=k_id, n_exp=k_exp, landmark_std_px=cfg.landmark_std_px)
+        init = fit_landmarks(m, landmarks2d, groups, config=lm_cfg)
+    elif init.alpha_id.shape[0] != G:
+        raise ValueError(f"init: has {init.alpha_id.shape[0]} identity groups, but groups has {G}")
+
+    std_id = m.shape_std[:k_id].clamp_min(MIN_STD)
+    std_exp = m.exp_std[:k_exp].clamp_min(MIN_STD)
+    std_alb = m.albedo_std[:k_alb].clamp_min(MIN_STD)
+    a_id = (init.alpha_id[:, :k_id].to(dev, dt) / std_id).clone().requires_grad_(True)
+    a_exp = (init.alpha_exp[:, :k_exp].to(dev, dt) / std_exp).clone().requires_grad_(True)
+    b_alb = torch.zeros(G, k_alb, dtype=dt, device=dev, requires_grad=True)
+    angles = init.pose[:, :3].to(dev, dt).clone().requires_grad_(True)
+    trans = init.pose[:, 3:5].to(dev, dt).clone().requires_grad_(True)
+    log_scale = init.pose[:, 5:6].to(dev, dt).log().clone().requires_grad_(True)
+
+    settings = RenderSettings(image_size=(H, W), backend=cfg.backend)
+    faces, lm_idx = m.faces.to(dev), m.landmarks.to(dev)
+    visible = torch.ones_like(images[:, :1]) if masks is None else (1 - masks.to(dt)).clamp(0, 1)
+    shape_basis, exp_basis, alb_basis = m.shape_basis[:, :k_id], m.exp_basis[:, :k_exp], m.albedo_basis[:, :k_alb]
+
+    def geometry():
+        offs = ((a_id * std_id) @ shape_basis.T).reshape(G, -1, 3)
+        identity = m.mean_shape + offs
+        verts = identity[group_index] + ((a_exp * std_exp) @ exp_basis.T).reshape(B, -1, 3)
+        albedo = m.mean_albedo + ((b_alb * std_alb) @ alb_basis.T).reshape(G, -1, 3)
+        pose = torch.cat([angles, trans, log_scale.exp()], dim=1)
+        return identity, verts, albedo[group_index], pose
+
+    # closed-form lighting for the landmark fit's geometry under the mean albedo
+    with torch.no_grad():
+        _, verts, albedo, pose = geometry()
+        grey = torch.zeros(B, 27, dtype=dt, device=dev)
+        probe = render(verts, faces, albedo, grey, pose, settings=settings)
+        albedo_px = interpolate(probe.fragments, albedo, faces).permute(0, 3, 1, 2)
+        region = _face_region(probe.fragments, m.face_mask, faces) * visible
+        sh0 = _fit_sh(images, albedo_px, probe.normals, region)
+    sh = sh0.clone().requires_grad_(True)
+
+    optimiser = torch.optim.Adam([
+        {"params": [a_id, a_exp, b_alb], "lr": cfg.lr_coeff},
+        {"params": [angles], "lr": cfg.lr_angle},
+        {"params": [trans], "lr": cfg.lr_trans},
+        {"params": [log_scale], "lr": cfg.lr_log_scale},
+        {"params": [sh], "lr": cfg.lr_sh},
+    ])
+    losses = {"total": [], "photo": [], "landmark": [], "prior": []}
+
+    def objective():
+        identity, verts, albedo, pose = geometry()
+        out = render(verts, faces, albedo, sh, pose, landmarks_idx=lm_idx, settings=settings)
+        weight = _face_region(out.fragments, m.face_mask, faces) * visible
+        sq = ((out.image - images) ** 2).sum(1, keepdim=True) * weight
+        photo = sq.flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1.0)  # (B,)
+        lm_sq = ((out.landmarks2d - landmarks2d) ** 2).sum((1, 2))  # (B,)
+        prior = (cfg.shape_prior * (a_id ** 2).sum() + cfg.albedo_prior * (b_alb ** 2).sum()
+                 + cfg.exp_prior * (a_exp ** 2).sum())
+        parts = (cfg.photo_weight * photo.sum(), lm_sq.sum() / cfg.landmark_std_px ** 2, prior)
+        return parts, photo, lm_sq, identity, verts
+
+    for _ in range(cfg.n_steps):
+        optimiser.zero_grad()
+        (photo_t, lm_t, prior_t), *_ = objective()
+        total = photo_t + lm_t + prior_t
+        total.backward()  # a sum over images, so that each image's steps do not depend on the batch
+        optimiser.step()
+        total = total / B
+        for key, value in zip(("total", "photo", "landmark", "prior"), (total, photo_t / B, lm_t / B, prior_t / B)):
+            losses[key].append(float(value.detach()))
+
+    with torch.no_grad():
+        _, photo, lm_sq, identity, verts = objective()
+        _, _, _, pose = geometry()
+    full_id = torch.zeros(G, m.n_shape, dtype=dt, device=dev)
+    full_id[:, :k_id] = a_id.detach() * std_id
+    full_exp = torch.zeros(B, m.n_exp, dtype=dt, device=dev)
+    full_exp[:, :k_exp] = a_exp.detach() * std_exp
+    full_alb = torch.zeros(G, m.n_albedo, dtype=dt, device=dev)
+    full_alb[:, :k_alb] = b_alb.detach() * std_alb
+    return PhotometricFit(
+        alpha_id=full_id, beta=full_alb, alpha_exp=full_exp, pose=pose.detach(), sh=sh.detach(),
+        identity_shapes=identity.detach(), shapes=verts.detach(), photo_rmse=(photo / 3).sqrt(),
+        residual_px=(lm_sq / N_LANDMARKS).sqrt(), group_index=group_index, group_labels=labels,
+        losses=losses, init=init,
+    )
+
+
+# ------------------------------------------------------------- the webface study
+@dataclass
+class CollectionFitConfig:
+    """``facelab fit webface``: training targets for a webface suite, and the single- vs multi-image study.
+
+    Attributes:
+        profile: ``"quick"`` (small suite, CPU minutes) or ``"full"`` (the suite's own size).
+        n_identities: subjects (0 = the profile's default).
+        images_per_identity: photos per subject (0 = the profile's default; the study
+            uses the first 1, 2, 4, 8 of them that exist).
+        image_size: px.
+        resolution: morphable-model resolution (``quick``, ``default``, ``large``).
+        seed: suite seed.
+        n_steps: Adam steps of :func:`fit_photometric`.
+        n_shape, n_albedo: leading components fitted.
+        batch_identities: subjects fitted together in one batch.
+    """
+
+    profile: str = "quick"
+    n_identities: int = 0
+    images_per_identity: int = 0
+    image_size: int = 64
+    resolution: str = "quick"
+    seed: int = 0
+    n_steps: int = 60
+    n_shape: int = 40
+    n_albedo: int = 20
+    batch_identities: int = 16
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILE_DEFAULTS:
+            raise ValueError(f"profile: expected one of {sorted(PROFILE_DEFAULTS)}, got {self.profile!r}")
+        for key, value in PROFILE_DEFAULTS[self.profile].items():
+            if getattr(self, key) == 0:
+                setattr(self, key, value)
+        check_positive(self.n_identities, "n_identities", integer=True)
+        check_positive(self.images_per_identity, "images_per_identity", integer=True)
+        check_positive(self.batch_identities, "batch_identities", integer=True)
+
+
+#: suite sizes of ``facelab fit webface`` per profile (full: the webface suite's own)
+PROFILE_DEFAULTS = {
+    "quick": dict(n_identities=16, images_per_identity=8),
+    "full": dict(n_identities=10_000, images_per_identity=40),
+}
+
+
+def _fit_suite_images(suite, index: torch.Tensor, grouped: bool, cfg: CollectionFitConfig) -> tuple[PhotometricFit, dict]:
+    batch = suite.batch(index)
+    fit = fit_photometric(
+        suite.model, batch["image"], batch["landmarks2d"], batch["label"] if grouped else None,
+        masks=batch["occlusion_mask"], n_steps=cfg.n_steps, n_shape=cfg.n_shape, n_albedo=cfg.n_albedo,
+    )
+    return fit, batch
+
+
+def fit_collection_study(cfg: CollectionFitConfig, progress=None) -> tuple[dict, dict]:
+    """Fit a webface suite per identity (all its photos jointly) and measure identity-shape error.
+
+    Returns ``(targets, report)``: ``targets`` holds numpy-ready tensors ``alpha_id (N_id, K)``,
+    ``beta (N_id, K_alb)``, ``identity_labels (N_id,)`` and per image ``alpha_exp``, ``pose``,
+    ``sh``, ``labels``; ``report`` holds the face-region identity RMSE (mm, no alignment,
+    vs the true neutral shape) of single-image and multi-image fits for 1, 2, 4, 8 images
+    per subject (those that fit in ``images_per_identity``), and timings.
+
+    >>> cfg = CollectionFitConfig(n_identities=1, images_per_identity=2, image_size=32, n_steps=1)
+    >>> targets, report = fit_collection_study(cfg)
+    >>> targets["alpha_id"].shape[0], [row["images_per_subject"] for row in report["study"]]
+    (1, [1, 2])
+    """
+    from facelab.data import make_suite
+
+    suite = make_suite("webface", n_identities=cfg.n_identities, images_per_identity=cfg.images_per_identity,
+                       image_size=cfg.image_size, resolution=cfg.resolution, seed=cfg.seed)
+    M, N = cfg.images_per_identity, cfg.n_identities
+    counts = [n for n in STUDY_IMAGES_PER_SUBJECT if n <= M]
+    face = suite.model.face_mask
+    timings = {}
+    say = progress or (lambda msg: None)
+
+    def chunks(n_images):
+        for first in range(0, N, cfg.batch_identities):
+            ids = torch.arange(first, min(first + cfg.batch_identities, N))
+            yield (ids[:, None] * M + torch.arange(n_images)).reshape(-1)
+
+    # single-image fits of every study image (independent of how many images a subject has)
+    start = time.perf_counter()
+    single_err = torch.zeros(N, counts[-1])
+    single_alpha = torch.zeros(N, counts[-1], suite.model.n_shape)
+    for index in chunks(counts[-1]):
+        fit, batch = _fit_suite_images(suite, index, False, cfg)
+        err = identity_rmse(fit.identity_shapes, batch["shape_identity"], face)
+        rows = batch["label"]
+        single_err[rows, index % M] = err.float()
+        single_alpha[rows, index % M] = fit.alpha_id.float()
+        say(f"single-image fits: {int(index[-1]) + 1}/{N * M} images")
+    timings["single_s"] = time.perf_counter() - start
+
+    study, targets = [], None
+    for n in sorted(set(counts) | {M}, reverse=True):
+        start = time.perf_counter()
+        parts = {k: [] for k in ("alpha_id", "beta", "identity_labels", "alpha_exp", "pose", "sh", "labels", "err")}
+        for index in chunks(n):
+            fit, batch = _fit_suite_images(suite, index, True, cfg)
+            truth = batch["shape_identity"][::n]  # rows are subject-major, as the sorted group labels
+            parts["err"].append(identity_rmse(fit.identity_shapes, truth, face))
+            for key, value in (("alpha_id", fit.alpha_id), ("beta", fit.beta), ("identity_labels", fit.group_labels),
+                               ("alpha_exp", fit.alpha_exp), ("pose", fit.pose), ("sh", fit.sh), ("labels", batch["label"])):
+                parts[key].append(value)
+            say(f"multi-image fits, {n} per subject: {int(index[-1]) // M + 1}/{N} subjects")
+        timings[f"multi_{n}_s"] = time.perf_counter() - start
+        merged = {k: torch.cat(v) for k, v in parts.items()}
+        if n == M:
+            targets = {k: v for k, v in merged.items() if k != "err"}
+        if n in counts:
+            mean_alpha = single_alpha[:, :n].mean(1)
+            averaged = identity_rmse(suite.model.shape(mean_alpha.to(suite.model.dtype)),
+                                     suite.identities(suite.table.identity[torch.arange(N) * M])["shape"], face)
+            study.append({
+                "images_per_subject": n,
+                "single_image_rmse_mm": float(single_err[:, :n].mean()),
+                "single_image_averaged_rmse_mm": float(averaged.mean()),
+                "multi_image_rmse_mm": float(merged["err"].mean()),
+            })
+    study.sort(key=lambda row: row["images_per_subject"])
+    report = {
+        "suite": "webface", "n_identities": N, "images_per_identity": M, "image_size": cfg.image_size,
+        "resolution": cfg.resolution, "n_steps": cfg.n_steps, "n_shape": cfg.n_shape, "n_albedo": cfg.n_albedo,
+        "metric": "identity-shape RMSE over the face region, mm, model frame, vs the true neutral shape",
+        "study": study, "timings_s": timings,
+    }
+    return targets, report

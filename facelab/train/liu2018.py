@@ -1,0 +1,419 @@
+"""Training recipe of Liu et al. 2018 (:mod:`facelab.models.liu2018`) in three phases on ``webface``.
+
+* **Phase I** (encoder): the encoder and its code heads regress the 3DMM coefficients,
+  ``L_I = mean |[c_Id, c_Res] - [alpha_id / std_id, alpha_exp / std_exp]|^2`` (Euclidean
+  loss on the standardised coefficients, :meth:`~facelab.models.liu2018.Liu2018Model.code_targets`);
+  the decoders stay at their basis initialisation.
+* **Phase II** (decoders, encoder frozen): ``f_Id`` and ``f_Res`` are trained separately,
+  ``L_II = mean_v |s_mean + f_Id(c_Id) - s_Id*|^2 + mean_v |f_Res(c_Res) - (s* - s_Id*)|^2``
+  (mm^2; the two terms touch disjoint parameters, so their sum trains them independently).
+* **Phase III** (joint, end to end): ``L = lambda_R L_R + L_C`` with
+  ``L_R = mean_v |s - s*|^2`` (mm^2) the reconstruction loss of the full shape and ``L_C``
+  the identification loss on ``c_Id`` (A-Softmax with SphereFace's annealing, or softmax).
+
+Targets: the paper builds them by fitting a 3DMM to all photos of each subject.
+``targets="truth"`` (the only source for now) uses the suite's exact ``alpha_id`` /
+``alpha_exp`` and true shapes instead, i.e. an oracle fit.
+
+The run folder holds one sub-folder per phase (``phase1/`` ... with the
+:class:`~facelab.train.trainer.Trainer`'s ``last.pt`` and logs) and, once a phase is done,
+its checkpoint ``phase1.pt`` / ``phase2.pt`` / ``phase3.pt`` (load any with
+:func:`facelab.train.load_model`) and ``summary.json`` (the last logged row of each
+phase). Calling again resumes: finished phases are skipped, an interrupted one resumes.
+
+``quick`` trains a ``sphere_tiny`` on 64x64 images of the ~1.4k-vertex mesh from an
+in-memory pool (100 identities x 8 images); ``full`` streams 112x96 images into sphere20.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from facelab.checks import check_choice, check_image_size, check_positive
+from facelab.config import cache_dir
+from facelab.train.checkpoint import atomic_torch_save, load_checkpoint
+from facelab.train.trainer import PROFILES, StepLoader, TrainConfig, Trainer, step_indices
+
+MODEL_NAME = "liu2018"
+PHASES = (1, 2, 3)
+TARGET_SOURCES = ("truth",)
+POOL_KEYS = ("image", "label", "alpha_id", "alpha_exp", "shape", "shape_identity")
+POOL_FORMAT = "facelab-liu2018-pool-v1"
+POOL_RENDER_BATCH = 64
+FINAL_LR_FRACTION = 0.05  # each phase's cosine schedule ends at this fraction of its lr
+SUMMARY_JSON = "summary.json"
+
+PROFILE_DEFAULTS = {
+    "quick": dict(depth="sphere_tiny", embedding_dim=128, image_size=(64, 64), resolution="quick",
+                  phase_steps=(500, 100, 500), batch_size=32, n_identities=100, images_per_identity=8,
+                  pool=True, num_workers=0, num_threads=1),
+    "full": dict(depth="sphere20", embedding_dim=512, image_size=(112, 96), resolution="default",
+                 phase_steps=(20_000, 5_000, 20_000), batch_size=64, n_identities=0, images_per_identity=0,
+                 pool=False, num_workers=4, num_threads=-1),
+}
+
+
+@dataclass
+class Liu2018TrainConfig:
+    """Options of :func:`train_liu2018`. Zero / empty values take the profile's default.
+
+    Attributes:
+        profile: ``"quick"`` (CPU, minutes) or ``"full"`` (GPU).
+        out_dir: the run folder ("" = ``runs/liu2018-<profile>``).
+        depth: SphereFace preset of the encoder, ``"sphere_tiny"`` or ``"sphere20"``.
+        embedding_dim: encoder output length (feeds the code heads).
+        image_size: ``(H, W)`` px. resolution: SynthFaces mesh preset.
+        n_id, n_res: code lengths (0: the morphable model's ``n_shape`` / ``n_exp``).
+        targets: source of the Phase I/II targets; ``"truth"`` = the suite's exact
+            coefficients and shapes (stands in for the paper's multi-image 3DMM fit).
+        loss: ``"asoftmax"`` (annealed, SphereFace) or ``"softmax"``, the Phase III ``L_C``.
+        margin_m: the A-Softmax margin.
+        lambda_r: weight of the reconstruction loss ``L_R`` (mm^2) in Phase III.
+        phase_steps: optimisation steps of phases I, II, III.
+        phase_lr: Adam learning rates of phases I, II, III.
+        batch_size, weight_decay, grad_clip, log_every, ckpt_every, seed, device:
+            see :class:`~facelab.train.trainer.TrainConfig`.
+        n_identities, images_per_identity: size of the ``webface`` suite (0: suite default).
+        pool: pre-render the suite once and sample batches from memory, else stream.
+        cache_pool: keep the rendered pool on disk under :func:`facelab.config.cache_dir`.
+        num_workers: ``DataLoader`` workers when streaming (-1: the profile's).
+        num_threads: torch CPU threads while training (-1: leave; 0: the profile's).
+        progress: show progress bars.
+
+    >>> Liu2018TrainConfig().depth, Liu2018TrainConfig(profile="full").image_size
+    ('sphere_tiny', (112, 96))
+    """
+
+    profile: str = "quick"
+    out_dir: str = ""
+    depth: str = ""
+    embedding_dim: int = 0
+    image_size: tuple[int, ...] = ()
+    resolution: str = ""
+    n_id: int = 0
+    n_res: int = 0
+    targets: str = "truth"
+    loss: str = "asoftmax"
+    margin_m: int = 4
+    lambda_r: float = 1.0
+    phase_steps: tuple[int, ...] = ()
+    phase_lr: tuple[float, ...] = (1e-3, 1e-2, 3e-4)
+    batch_size: int = 0
+    weight_decay: float = 1e-4
+    grad_clip: float = 10.0
+    log_every: int = 10
+    ckpt_every: int = 100
+    seed: int = 0
+    device: str = "cpu"
+    n_identities: int = 0
+    images_per_identity: int = 0
+    pool: bool | None = None
+    cache_pool: bool = True
+    num_workers: int = -1
+    num_threads: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice(self.profile, "profile", PROFILES)
+        check_choice(self.targets, "targets", TARGET_SOURCES)
+        check_choice(self.loss, "loss", ("asoftmax", "softmax"))
+        defaults = PROFILE_DEFAULTS[self.profile]
+        for key in ("depth", "embedding_dim", "resolution", "batch_size", "n_identities", "images_per_identity"):
+            if not getattr(self, key):
+                setattr(self, key, defaults[key])
+        self.image_size = check_image_size(self.image_size or defaults["image_size"])
+        self.phase_steps = tuple(self.phase_steps or defaults["phase_steps"])
+        self.phase_lr = tuple(self.phase_lr)
+        for name in ("phase_steps", "phase_lr"):
+            if len(getattr(self, name)) != len(PHASES):
+                raise ValueError(f"{name}: expected one value per phase (3), got {getattr(self, name)}")
+        for steps in self.phase_steps:
+            check_positive(steps, "phase_steps", integer=True)
+        for lr in self.phase_lr:
+            check_positive(lr, "phase_lr")
+        if not self.lambda_r >= 0:
+            raise ValueError(f"lambda_r: the reconstruction weight must be >= 0, got {self.lambda_r}")
+        if self.pool is None:
+            self.pool = defaults["pool"]
+        if self.num_workers < 0:
+            self.num_workers = defaults["num_workers"]
+        if self.num_threads == 0:
+            self.num_threads = defaults["num_threads"]
+        if not self.out_dir:
+            self.out_dir = f"runs/liu2018-{self.profile}"
+
+    def train_config(self, phase: int) -> TrainConfig:
+        """The :class:`TrainConfig` of phase ``phase`` (1, 2 or 3), in ``out_dir/phase<k>``."""
+        check_choice(phase, "phase", PHASES)
+        return TrainConfig(steps=self.phase_steps[phase - 1], batch_size=self.batch_size, lr=self.phase_lr[phase - 1],
+                           weight_decay=self.weight_decay, log_every=self.log_every, ckpt_every=self.ckpt_every,
+                           seed=self.seed, out_dir=str(Path(self.out_dir) / f"phase{phase}"), device=self.device,
+                           profile=self.profile, grad_clip=self.grad_clip, progress=self.progress)
+
+
+# ------------------------------------------------------------------ losses
+def _vertex_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared per-vertex distance of ``(B, V, 3)`` mm shapes, mm^2."""
+    return ((pred - target) ** 2).sum(-1).mean()
+
+
+def phase1_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    """Phase I: Euclidean loss between ``[c_Id, c_Res]`` and the standardised 3DMM coefficients.
+
+    Args:
+        model: a :class:`~facelab.models.liu2018.Liu2018Model`.
+        batch: ``image (B, 3, H, W)`` float [0, 1], ``alpha_id (B, K_id)``, ``alpha_exp (B, K_exp)``.
+
+    Returns:
+        ``(loss, {"id", "res"})``: mean squared code errors (dimensionless) over all code
+        components together, and over each part.
+
+    >>> from facelab.models.liu2018 import Liu2018Config, Liu2018Model
+    >>> from facelab.models.sphereface import SphereConfig
+    >>> from facelab.morphable import SynthFacesConfig, build_synthfaces
+    >>> mm = build_synthfaces(SynthFacesConfig(resolution="quick"))
+    >>> net = Liu2018Model(mm, Liu2018Config(SphereConfig("sphere_tiny", embedding_dim=8, input_size=(32, 32))))
+    >>> b = {"image": torch.zeros(2, 3, 32, 32), "alpha_id": torch.zeros(2, mm.n_shape), "alpha_exp": torch.zeros(2, mm.n_exp)}
+    >>> loss, m = phase1_loss(net, b); loss.shape, sorted(m)
+    (torch.Size([]), ['id', 'res'])
+    """
+    c_id, c_res = model.encode(batch["image"])
+    t_id, t_res = model.code_targets(batch["alpha_id"], batch["alpha_exp"])
+    err_id, err_res = (c_id - t_id) ** 2, (c_res - t_res) ** 2
+    loss = torch.cat([err_id, err_res], 1).mean()
+    return loss, {"id": err_id.mean().detach(), "res": err_res.mean().detach()}
+
+
+def phase2_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    """Phase II: the decoders fit the true identity shape and residual (encoder frozen).
+
+    Args:
+        model: a :class:`~facelab.models.liu2018.Liu2018Model`.
+        batch: ``image (B, 3, H, W)``, ``shape (B, V, 3)`` mm, ``shape_identity (B, V, 3)`` mm.
+
+    Returns:
+        ``(L_id + L_res, {"id", "res", "rmse_id_mm", "rmse_res_mm"})`` with
+        ``L_id = mean_v |s_mean + f_Id(c_Id) - s_Id*|^2`` and
+        ``L_res = mean_v |f_Res(c_Res) - (s* - s_Id*)|^2`` in mm^2.
+    """
+    with torch.no_grad():  # the encoder is frozen: no graph through it
+        c_id, c_res = model.encode(batch["image"])
+    out = model.decode(c_id, c_res)
+    loss_id = _vertex_mse(out["shape_id"], batch["shape_identity"])
+    loss_res = _vertex_mse(out["delta_res"], batch["shape"] - batch["shape_identity"])
+    metrics = {"id": loss_id.detach(), "res": loss_res.detach(),
+               "rmse_id_mm": loss_id.detach().sqrt(), "rmse_res_mm": loss_res.detach().sqrt()}
+    return loss_id + loss_res, metrics
+
+
+class Phase3Loss(nn.Module):
+    """Phase III: ``L = lambda_R L_R + L_C`` (joint training).
+
+    ``forward(model, batch) -> (loss, metrics)``; the batch needs ``image``, ``shape``
+    ``(B, V, 3)`` mm and ``label (B,)`` long. Metrics: ``rec`` (``L_R``, mm^2),
+    ``rmse_mm``, ``cls`` (``L_C``), ``acc`` (training identification accuracy of the
+    margin-free scores) and, for A-Softmax, ``lambda`` (the annealing weight used).
+    """
+
+    def __init__(self, lambda_r: float = 1.0) -> None:
+        super().__init__()
+        if not lambda_r >= 0:
+            raise ValueError(f"lambda_r: must be >= 0, got {lambda_r}")
+        self.lambda_r = lambda_r
+
+    def forward(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
+        out = model(batch["image"])
+        head = model.classifier
+        lam = getattr(head, "current_lambda", None)
+        rec = _vertex_mse(out["shape"], batch["shape"])
+        cls = model.classification_loss(out["c_id"], batch["label"])
+        with torch.no_grad():
+            acc = (head.predict(out["c_id"]) == batch["label"]).float().mean()
+        metrics = {"rec": rec.detach(), "rmse_mm": rec.detach().sqrt(), "cls": cls.detach(), "acc": acc}
+        if lam is not None:
+            metrics["lambda"] = torch.tensor(float(lam))
+        return self.lambda_r * rec + cls, metrics
+
+
+# -------------------------------------------------------------------- data
+def _suite(cfg: Liu2018TrainConfig):
+    from facelab.data import make_suite
+
+    sizes = {k: getattr(cfg, k) for k in ("n_identities", "images_per_identity") if getattr(cfg, k)}
+    return make_suite("webface", profile=cfg.profile, image_size=cfg.image_size, resolution=cfg.resolution,
+                      seed=cfg.seed, **sizes)
+
+
+def _pool_path(collection) -> Path:
+    key = json.dumps(dataclasses.asdict(collection.config), sort_keys=True, default=str)
+    digest = hashlib.sha1((POOL_FORMAT + key).encode()).hexdigest()[:16]
+    return cache_dir() / "pools" / f"{collection.config.suite}-liu2018-{digest}.pt"
+
+
+def render_pool(collection, cache: bool = True, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Every image of ``collection`` with the fields the three phases need, in memory.
+
+    Returns ``{image (N, 3, H, W) uint8, label (N,), alpha_id (N, K_id), alpha_exp (N, K_exp),
+    shape (N, V, 3) mm, shape_identity (N, V, 3) mm}`` on the CPU. With ``cache`` the pool
+    is read from / written to ``cache_dir()/pools`` (keyed by the suite config).
+    """
+    path = _pool_path(collection)
+    if cache and path.exists():
+        try:
+            pool = torch.load(path, weights_only=True)
+            if set(pool) == set(POOL_KEYS) and pool["image"].shape[0] == len(collection):
+                return pool
+        except Exception:  # a damaged cache is re-rendered, never trusted
+            pass
+    parts = {k: [] for k in POOL_KEYS}
+    for batch in collection.batches(POOL_RENDER_BATCH, progress=progress):
+        for k in POOL_KEYS:
+            v = batch[k].detach().cpu()
+            parts[k].append((v.clamp(0, 1) * 255).round().to(torch.uint8) if k == "image" else v)
+    pool = {k: torch.cat(v) for k, v in parts.items()}
+    if cache:
+        atomic_torch_save(pool, path)
+    return pool
+
+
+def pool_batches(pool: dict[str, torch.Tensor], batch_size: int, seed: int = 0):
+    """A callable ``step -> batch`` sampling ``pool`` by :func:`~facelab.train.trainer.step_indices`.
+
+    >>> pool = {"image": torch.zeros(6, 3, 4, 4, dtype=torch.uint8), "label": torch.arange(6)}
+    >>> pool_batches(pool, 4)(0)["image"].dtype
+    torch.float32
+    """
+    n = pool["image"].shape[0]
+
+    def get(step: int) -> dict:
+        idx = step_indices(n, batch_size, step, seed)
+        batch = {k: v[idx] for k, v in pool.items()}
+        batch["image"] = batch["image"].float() / 255
+        return batch
+
+    return get
+
+
+# ------------------------------------------------------------------ model
+def model_config(cfg: Liu2018TrainConfig, morphable, n_classes: int) -> dict:
+    """The checkpoint's model config: ``{"resolution", "model": Liu2018Config as a dict}``."""
+    from facelab.models.liu2018 import Liu2018Config
+    from facelab.models.sphereface import SphereConfig
+
+    encoder = SphereConfig(cfg.depth, embedding_dim=cfg.embedding_dim, input_size=tuple(cfg.image_size))
+    model_cfg = Liu2018Config(encoder=encoder, n_id=cfg.n_id or morphable.n_shape, n_res=cfg.n_res or morphable.n_exp,
+                              loss=cfg.loss, n_classes=n_classes, margin_m=cfg.margin_m)
+    return {"resolution": cfg.resolution, "model": dataclasses.asdict(model_cfg)}
+
+
+def build_liu2018_model(config: dict) -> nn.Module:
+    """An untrained :class:`~facelab.models.liu2018.Liu2018Model` from a :func:`model_config` dict.
+
+    This is the ``"liu2018"`` builder of :func:`facelab.train.checkpoint.build_model`.
+
+    >>> cfg = {"resolution": "quick", "model": {"encoder": {"depth": "sphere_tiny", "embedding_dim": 8,
+    ...        "input_size": [32, 32]}, "n_classes": 3}}
+    >>> build_liu2018_model(cfg).n_id
+    80
+    """
+    from facelab.models.liu2018 import Liu2018Config, Liu2018Model
+    from facelab.morphable import SynthFacesConfig, build_synthfaces
+
+    if not isinstance(config, dict) or "resolution" not in config or "model" not in config:
+        raise ValueError(f"config: expected a dict with 'resolution' and 'model' keys, got {config!r}")
+    morphable = build_synthfaces(SynthFacesConfig(resolution=config["resolution"]))
+    return Liu2018Model(morphable, Liu2018Config(**config["model"]))
+
+
+# ------------------------------------------------------------------ recipe
+def train_liu2018(config: Liu2018TrainConfig | None = None, **overrides) -> Path:
+    """Train :class:`~facelab.models.liu2018.Liu2018Model` in three phases on ``webface``; returns the run folder.
+
+    See the module docstring for the phases and the folder layout. ``overrides`` replace
+    fields of ``config``. An interrupted run resumes when called again.
+    """
+    cfg = dataclasses.replace(config or Liu2018TrainConfig(), **overrides)
+    threads = torch.get_num_threads()
+    try:
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        _train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return Path(cfg.out_dir)
+
+
+def phase_parameters(model, phase: int) -> list[nn.Parameter]:
+    """The parameters phase ``phase`` trains: I encoder + code heads, II decoders, III all."""
+    check_choice(phase, "phase", PHASES)
+    if phase == 1:
+        modules = (model.encoder, model.id_head, model.res_head)
+    elif phase == 2:
+        modules = (model.id_decoder, model.res_decoder)
+    else:
+        return list(model.parameters())
+    return [p for m in modules for p in m.parameters()]
+
+
+def _train(cfg: Liu2018TrainConfig) -> None:
+    from facelab.train.trainer import seed_everything
+
+    collection = _suite(cfg)
+    morphable = collection.model
+    n_classes = collection.config.n_identities
+    seed_everything(cfg.seed)  # the initial weights depend on the seed only
+    model = build_liu2018_model(model_config(cfg, morphable, n_classes))
+    total = sum(cfg.phase_steps)
+    if cfg.pool:
+        pool = render_pool(collection, cache=cfg.cache_pool, progress=cfg.progress)
+        batches = pool_batches(pool, cfg.batch_size, cfg.seed)
+    else:
+        batches = StepLoader(collection, cfg.batch_size, total, seed=cfg.seed, num_workers=cfg.num_workers)
+    losses = {1: phase1_loss, 2: phase2_loss, 3: Phase3Loss(cfg.lambda_r)}
+    root = Path(cfg.out_dir)
+    summary_path = root / SUMMARY_JSON
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    for phase in PHASES:
+        final = root / f"phase{phase}.pt"
+        if final.exists():  # finished earlier: take its weights and go on
+            model.load_state_dict(load_checkpoint(final, expect_model=MODEL_NAME)["state_dict"])
+            continue
+        tcfg = cfg.train_config(phase)
+        optimizer = torch.optim.AdamW(phase_parameters(model, phase), lr=tcfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(tcfg.steps))
+        trainer = Trainer(model, optimizer, batches, losses[phase], tcfg, scheduler=scheduler, model_name=MODEL_NAME,
+                          model_config=model_config(cfg, morphable, n_classes), extra_config=cfg)
+        result = trainer.fit()
+        _copy_atomic(trainer.checkpoint_path, final)
+        summary[f"phase{phase}"] = result["metrics"]
+        summary_path.write_text(json.dumps(summary, indent=2))
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cosine(steps: int):
+    def factor(step: int) -> float:
+        t = min(step, steps) / steps
+        return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return factor

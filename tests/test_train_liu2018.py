@@ -1,0 +1,190 @@
+"""Tests of the Liu et al. 2018 three-phase recipe (facelab.train.liu2018)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from facelab.train.checkpoint import load_model
+from facelab.train.liu2018 import (
+    Liu2018TrainConfig, Phase3Loss, build_liu2018_model, phase1_loss, phase2_loss, phase_parameters, pool_batches,
+    render_pool, train_liu2018, _suite,
+)
+
+TINY = dict(image_size=(32, 32), resolution="quick", n_identities=16, images_per_identity=4, batch_size=16,
+            phase_steps=(30, 20, 30), embedding_dim=32, log_every=5, progress=False, cache_pool=False)
+EVAL_STEPS = (0, 1, 2)  # fixed pool batches the phase objectives are compared on
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    cfg = Liu2018TrainConfig(out_dir=str(tmp_path_factory.mktemp("liu") / "run"), loss="softmax", **TINY)
+    out = train_liu2018(cfg)
+    return cfg, out
+
+
+def _initial_model(out, seed: int):
+    """The run's untrained model: the recipe builds it right after seeding."""
+    model_config = load_model(out / "phase1.pt")[1]["model_config"]
+    torch.manual_seed(seed)
+    return build_liu2018_model(model_config)
+
+
+def _objective(model, loss_fn, batches) -> float:
+    model.train(False)
+    with torch.no_grad():
+        return sum(float(loss_fn(model, batches(s))[0]) for s in EVAL_STEPS) / len(EVAL_STEPS)
+
+
+# ----------------------------------------------------------------- config
+def test_config_profiles_and_defaults():
+    quick, full = Liu2018TrainConfig(), Liu2018TrainConfig(profile="full")
+    assert (quick.depth, quick.image_size, quick.resolution) == ("sphere_tiny", (64, 64), "quick")
+    assert (full.depth, full.image_size, full.resolution) == ("sphere20", (112, 96), "default")
+    assert quick.targets == "truth" and quick.out_dir == "runs/liu2018-quick"
+    assert len(quick.phase_steps) == 3
+
+
+@pytest.mark.parametrize("bad", [dict(profile="huge"), dict(targets="fit"), dict(loss="arcface"),
+                                 dict(phase_steps=(1, 2)), dict(phase_steps=(1, 0, 1)), dict(lambda_r=-1.0),
+                                 dict(phase_lr=(1e-3, -1.0, 1e-3))])
+def test_config_bad_values_raise(bad):
+    with pytest.raises(ValueError):
+        Liu2018TrainConfig(**bad)
+
+
+def test_phase_parameters_partition():
+    model = build_liu2018_model({"resolution": "quick", "model": {
+        "encoder": {"depth": "sphere_tiny", "embedding_dim": 8, "input_size": (32, 32)}, "n_classes": 4}})
+    p1 = {id(p) for p in phase_parameters(model, 1)}
+    p2 = {id(p) for p in phase_parameters(model, 2)}
+    assert not p1 & p2
+    assert {id(p) for p in model.id_decoder.parameters()} <= p2
+    assert {id(p) for p in model.encoder.parameters()} <= p1
+    assert len(phase_parameters(model, 3)) == len(list(model.parameters()))
+    with pytest.raises(ValueError):
+        phase_parameters(model, 4)
+
+
+# ------------------------------------------------------------------ losses
+def test_phase1_loss_is_zero_at_targets_and_matches_hand_value():
+    model = build_liu2018_model({"resolution": "quick", "model": {
+        "encoder": {"depth": "sphere_tiny", "embedding_dim": 8, "input_size": (32, 32)}}})
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        c_id, c_res = model.encode(images)
+    # coefficients whose standardised codes equal the prediction: loss 0
+    batch = {"image": images, "alpha_id": c_id * model.shape_std, "alpha_exp": c_res * model.exp_std}
+    loss, _ = phase1_loss(model, batch)
+    assert float(loss.detach()) == pytest.approx(0.0, abs=1e-8)
+    # shifting every target code by 1 gives loss exactly 1
+    batch = {"image": images, "alpha_id": (c_id + 1) * model.shape_std, "alpha_exp": (c_res + 1) * model.exp_std}
+    loss, metrics = phase1_loss(model, batch)
+    assert float(loss.detach()) == pytest.approx(1.0, rel=1e-4)
+    assert float(metrics["id"]) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_phase2_and_phase3_losses_hand_values():
+    model = build_liu2018_model({"resolution": "quick", "model": {
+        "encoder": {"depth": "sphere_tiny", "embedding_dim": 8, "input_size": (32, 32)}, "n_classes": 3,
+        "loss": "softmax"}})
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(images)
+    shift = torch.tensor([1.0, 2.0, 2.0])  # |shift|^2 = 9 mm^2 at every vertex
+    batch = {"image": images, "shape_identity": out["shape_id"] + shift, "shape": out["shape"] + 2 * shift,
+             "label": torch.tensor([0, 2])}
+    loss, metrics = phase2_loss(model, batch)
+    # identity part off by shift, residual part off by shift as well
+    assert float(metrics["id"]) == pytest.approx(9.0, rel=1e-4)
+    assert float(metrics["res"]) == pytest.approx(9.0, rel=1e-4)
+    assert float(metrics["rmse_id_mm"]) == pytest.approx(3.0, rel=1e-4)
+    loss3, m3 = Phase3Loss(lambda_r=0.5)(model, batch)
+    assert float(m3["rec"]) == pytest.approx(36.0, rel=1e-4)
+    expected_cls = float(model.classification_loss(out["c_id"], batch["label"]).detach())
+    assert float(loss3.detach()) == pytest.approx(0.5 * 36.0 + expected_cls, rel=1e-4)
+    with pytest.raises(ValueError):
+        Phase3Loss(lambda_r=-1)
+
+
+def test_phase2_does_not_train_the_encoder():
+    model = build_liu2018_model({"resolution": "quick", "model": {
+        "encoder": {"depth": "sphere_tiny", "embedding_dim": 8, "input_size": (32, 32)}}})
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = model(images)
+    loss, _ = phase2_loss(model, {"image": images, "shape": out["shape"] + 1, "shape_identity": out["shape_id"] + 1})
+    loss.backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert model.id_decoder.linear.bias.grad is not None
+
+
+# -------------------------------------------------------------- tiny run
+def test_tiny_run_writes_phase_checkpoints(tiny_run):
+    cfg, out = tiny_run
+    summary = json.loads((out / "summary.json").read_text())
+    for phase in (1, 2, 3):
+        path = out / f"phase{phase}.pt"
+        assert path.exists()
+        model, ckpt = load_model(path, expect_model="liu2018")
+        assert ckpt["step"] == cfg.phase_steps[phase - 1]
+        assert model.n_id > 0 and model.classifier is not None
+        assert (out / f"phase{phase}" / "metrics.csv").exists()
+        assert summary[f"phase{phase}"]["step"] == cfg.phase_steps[phase - 1]
+
+
+def test_tiny_run_each_phase_lowers_its_objective(tiny_run):
+    cfg, out = tiny_run
+    collection = _suite(cfg)
+    batches = pool_batches(render_pool(collection, cache=False), cfg.batch_size, seed=123)
+    before = _initial_model(out, cfg.seed)
+    models = [before] + [load_model(out / f"phase{p}.pt")[0] for p in (1, 2, 3)]
+    objectives = {1: phase1_loss, 2: phase2_loss, 3: Phase3Loss(cfg.lambda_r)}
+    for phase, loss_fn in objectives.items():
+        start = _objective(models[phase - 1], loss_fn, batches)
+        end = _objective(models[phase], loss_fn, batches)
+        assert end < start, f"phase {phase}: objective {start:.4f} -> {end:.4f}"
+
+
+def test_tiny_run_freezes_the_right_parts(tiny_run):
+    cfg, out = tiny_run
+    init = _initial_model(out, cfg.seed).state_dict()
+    s1, s2 = (load_model(out / f"phase{p}.pt")[0].state_dict() for p in (1, 2))
+    # Phase I leaves the decoders at the basis initialisation; Phase II leaves the encoder alone
+    assert torch.equal(s1["id_decoder.linear.weight"], init["id_decoder.linear.weight"])
+    assert not torch.equal(s1["id_head.weight"], init["id_head.weight"])
+    assert torch.equal(s2["id_head.weight"], s1["id_head.weight"])
+    assert not torch.equal(s2["id_decoder.linear.bias"], s1["id_decoder.linear.bias"])
+
+
+def test_rerun_skips_finished_phases(tiny_run):
+    cfg, out = tiny_run
+    stamp = (out / "phase3.pt").stat().st_mtime_ns
+    train_liu2018(cfg)
+    assert (out / "phase3.pt").stat().st_mtime_ns == stamp
+
+
+def test_cli_train_liu2018_tiny(tmp_path):
+    from facelab.cli import main
+
+    sets = ["image_size=[32,32]", "n_identities=8", "images_per_identity=4", "batch_size=8", "phase_steps=[3,2,3]",
+            "embedding_dim=16", "progress=False", "cache_pool=False"]
+    argv = ["train", "liu2018", "--out", str(tmp_path / "cli")]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    assert (tmp_path / "cli" / "phase3.pt").exists()
+
+
+def test_vertex_loss_gradcheck():
+    from facelab.train.liu2018 import _vertex_mse
+
+    gen = torch.Generator().manual_seed(3)
+    pred = torch.randn(2, 5, 3, dtype=torch.float64, generator=gen, requires_grad=True)
+    target = torch.randn(2, 5, 3, dtype=torch.float64, generator=gen)
+    assert torch.autograd.gradcheck(lambda p: _vertex_mse(p, target), (pred,))
+    # hand value: every vertex 1 mm off along x, y and z -> squared distance 3 mm^2
+    assert float(_vertex_mse(torch.zeros(2, 5, 3), torch.ones(2, 5, 3))) == pytest.approx(3.0)
