@@ -5,6 +5,7 @@
     facelab render --gallery [--out gallery.png]
     facelab bench render [--json]
     facelab bench synth [--json]
+    facelab bench infer [liu2018] [--json]
     facelab fit webface --out DIR [--profile quick|full] [--set key=value ...]
     facelab eval verify|recon|baselines ...   (see facelab.eval_cli)
 """
@@ -58,7 +59,20 @@ def _cmd_render(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    if args.what == "render":
+    if args.what != "infer" and args.model is not None:
+        raise ValueError(f"model: only 'bench infer' takes a model, got {args.model!r}")
+    if args.what == "infer":
+        from facelab.bench.infer import bench_infer
+
+        result = bench_infer(model=args.model or "liu2018")
+        if not args.json:
+            for profile in ("quick", "full"):
+                row = result[profile]
+                print(f"{profile} ({row['encoder']}, {row['params']} params): "
+                      f"{row['batch_1_ms_per_image']:.2f} ms/image at batch 1, {row['batch_64_ms_per_image']:.2f} at batch 64")
+            print(f"{result['threads']} CPU threads; the paper: {result['paper_ms_per_image_gpu']} ms/image on a GTX 1080")
+            return 0
+    elif args.what == "render":
         from facelab.bench.render import bench_render
 
         result = bench_render(batch=args.batch)
@@ -154,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("bench", help="print measured performance figures")
-    p.add_argument("what", choices=["render", "synth"])
+    p.add_argument("what", choices=["render", "synth", "infer"])
+    p.add_argument("model", nargs="?", choices=["liu2018"], help="network timed by 'bench infer' (default liu2018)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--batch", type=int, default=32, help="render batch size")
     p.add_argument("--size", type=int, default=64, help="synth image size")
