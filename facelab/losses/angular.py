@@ -289,7 +289,8 @@ class _ClassifierHead(nn.Module):
         nn.init.xavier_uniform_(self.weight)
 
     def logits(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """``(B, C)`` logits with the head's margin; each concrete head defines it."""
+        raise TypeError(f"{type(self).__name__}: a classifier head must define logits()")
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of ``features (B, D)`` against ``labels (B,)``: a scalar."""
