@@ -8,6 +8,7 @@
     facelab bench infer [liu2018] [--json]
     facelab fit webface --out DIR [--profile quick|full] [--set key=value ...]
     facelab eval verify|recon|baselines ...   (see facelab.eval_cli)
+    facelab reproduce liu2018 --out DIR [--profile quick|full] [--json] [--set train.k=v|eval.k=v|baselines.k=v ...]
 """
 
 from __future__ import annotations
@@ -126,6 +127,15 @@ def _cmd_fit(args) -> int:
     return 0
 
 
+def _cmd_reproduce(args) -> int:
+    from facelab.metrics.report import write_json
+    from facelab.reproduce.liu2018 import reproduce_liu2018, results_markdown
+
+    result = reproduce_liu2018(args.profile, args.out, args.set, with_baselines=not args.no_baselines)
+    print(write_json(result, indent=None) if args.json else results_markdown(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facelab", description="facelab: 3D face reconstruction and recognition on SynthFaces.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=32, help="render batch size")
     p.add_argument("--size", type=int, default=64, help="synth image size")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("reproduce", help="train and score a paper's ablation table (results.json, results.md)")
+    p.add_argument("paper", choices=["liu2018"])
+    p.add_argument("--out", required=True, help="run folder (phase checkpoints are reused when present)")
+    p.add_argument("--profile", default="quick", choices=["quick", "full"])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--set", action="append", default=[], metavar="GROUP.KEY=VALUE",
+                   help="override a train./eval./baselines. config field (repeatable)")
+    p.add_argument("--no-baselines", action="store_true", help="skip the mean-face / oracle / landmark-fit rows")
+    p.set_defaults(func=_cmd_reproduce)
 
     from facelab.eval_cli import add_eval_parser
 

@@ -1,0 +1,112 @@
+"""Tests of the Liu et al. 2018 ablation reproduction (facelab.reproduce.liu2018)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from facelab.cli import main
+from facelab.reproduce.liu2018 import (
+    COLUMNS, Liu2018Evaluable, _split_overrides, baseline_rows, load_phase, reproduce_liu2018, results_markdown,
+)
+
+TRAIN = dict(image_size="32,32", n_identities=16, images_per_identity=4, batch_size=16, phase_steps="6,4,6",
+             embedding_dim=16, log_every=2, progress="false", cache_pool="false")
+EVAL = dict(micc_identities=1, bu3dfe_identities=1, lfw_identities=20, lfw_pairs_per_fold=3, icp_iters=5)
+BASE = dict(micc_identities=1, bu3dfe_identities=1, lfw_identities=20, lfw_pairs_per_fold=3, oracle_ks=10, icp_iters=5)
+TINY = ([f"train.{k}={v}" for k, v in TRAIN.items()] + [f"eval.{k}={v}" for k, v in EVAL.items()]
+        + [f"baselines.{k}={v}" for k, v in BASE.items()])
+ROW_KEYS = {"phase", "disentangling", "identification_loss", *COLUMNS}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("repro") / "run"
+    return out, reproduce_liu2018("quick", out, TINY)
+
+
+@pytest.mark.slow
+def test_reproduce_keys_and_files(tiny):
+    out, result = tiny
+    assert [r["phase"] for r in result["rows"]] == ["I", "II", "III"]
+    assert result["rows"][2]["identification_loss"] == "A-Softmax"
+    for row in result["rows"]:
+        assert set(row) == ROW_KEYS
+        assert all(np.isfinite(row[c]) for c in COLUMNS)
+        assert 0.0 <= row["lfw_accuracy"] <= 1.0 and row["rmse_micc"] > 0
+    assert {"mean_face", "oracle_k10", "landmark_fit"} <= set(result["baselines"])
+    assert set(result["yaw_rmse"]) == {str(y) for y in range(0, 91, 10)} | {"overall"}
+    assert result["seconds"] > 0
+    assert json.loads((out / "results.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+    assert "| III | yes | A-Softmax |" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_phase_i_is_the_linear_3dmm(tiny):
+    """Phase I's decoders are the bases: decoding c_Id equals mean + B_id (c_Id * std)."""
+    from facelab.morphable import SynthFacesConfig, build_synthfaces
+
+    out, _ = tiny
+    model = load_phase(out / "phase1.pt")
+    mm = build_synthfaces(SynthFacesConfig(resolution="quick"))
+    code = torch.randn(2, model.model.n_id, generator=torch.Generator().manual_seed(0))
+    expected = mm.mean_shape + (mm.shape_basis @ (code * mm.shape_std).T).T.reshape(2, -1, 3)
+    torch.testing.assert_close(model.decode_identity(code), expected, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_reuses_checkpoints_and_cli(tiny, capsys):
+    out, first = tiny
+    stamp = (out / "phase3.pt").stat().st_mtime_ns
+    assert main(["reproduce", "liu2018", "--out", str(out), "--json", "--no-baselines",
+                 *[a for s in TINY if not s.startswith("baselines.") for a in ("--set", s)]]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (out / "phase3.pt").stat().st_mtime_ns == stamp  # not retrained
+    assert printed["baselines"] == {}
+    # same checkpoints, same suites: the same numbers
+    assert [r["rmse_bu3dfe_pose"] for r in printed["rows"]] == pytest.approx([r["rmse_bu3dfe_pose"] for r in first["rows"]])
+
+
+def test_adapter_matches_model_forward():
+    from facelab.train.liu2018 import build_liu2018_model
+
+    torch.manual_seed(0)
+    net = build_liu2018_model({"resolution": "quick", "model": {"encoder": {"depth": "sphere_tiny", "embedding_dim": 8,
+                                                                            "input_size": [32, 32]}}}).eval()
+    images = torch.rand(2, 3, 32, 32)
+    wrapped = Liu2018Evaluable(net, "quick")
+    out, ref = wrapped.reconstruct(images), net(images)
+    torch.testing.assert_close(out["identity_shape"], ref["shape_id"])
+    torch.testing.assert_close(out["embedding"], ref["c_id"])
+    torch.testing.assert_close(wrapped.decode_identity(ref["c_id"]), ref["shape_id"])
+    assert wrapped.config.resolution == "quick" and wrapped.config.image_size == (32, 32)
+
+
+def test_bad_inputs_raise(tmp_path):
+    with pytest.raises(TypeError, match="model"):
+        Liu2018Evaluable(torch.nn.Linear(2, 2), "quick")
+    with pytest.raises(ValueError, match="overrides"):
+        _split_overrides(["phase_steps=1,1,1"])
+    with pytest.raises(ValueError, match="profile"):
+        reproduce_liu2018("medium", tmp_path)
+    with pytest.raises(ValueError, match="unknown config key"):
+        reproduce_liu2018("quick", tmp_path, ["train.nope=1"])
+
+
+def test_split_overrides_and_baseline_rows():
+    groups = _split_overrides({"train.phase_steps": (1, 2, 3), "eval.icp_iters": 4})
+    assert groups == {"train": ["phase_steps=1,2,3"], "eval": ["icp_iters=4"], "baselines": []}
+    b = {"micc": {"landmark_fit": {"all": {"mean": 9.0}}, "landmark_fit_avg": {"all": {"mean": 1.5}}},
+         "bu3dfe": {"rmse": {"landmark_fit": {"overall": 2.5}}}, "lfw": {"landmark_fit": {"accuracy_mean": 0.8}}}
+    # the landmark fit's MICC number is its "average over identity" row, like the phases'
+    assert baseline_rows(b) == {"landmark_fit": {"rmse_micc": 1.5, "rmse_bu3dfe_shape": 2.5, "lfw_accuracy": 0.8}}
+
+
+def test_results_markdown_lists_every_phase():
+    rows = [{"phase": p, "disentangling": True, "identification_loss": "none", **{c: i + 0.25 for c in COLUMNS}}
+            for i, p in enumerate(["I", "II"])]
+    md = results_markdown({"profile": "quick", "rows": rows, "baselines": {}, "yaw_rmse": {"0": 1.0}, "seconds": 2})
+    assert "| I | yes | none | 0.250 |" in md and "| II | yes | none | 1.250 |" in md and "not run" in md
