@@ -28,7 +28,6 @@ in-memory pool (100 identities x 8 images); ``full`` streams 112x96 images into 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -41,16 +40,14 @@ import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_image_size, check_positive
-from facelab.config import cache_dir
-from facelab.train.checkpoint import atomic_torch_save, load_checkpoint
-from facelab.train.trainer import PROFILES, StepLoader, TrainConfig, Trainer, step_indices
+from facelab.train.checkpoint import load_checkpoint
+from facelab.train import pools
+from facelab.train.trainer import PROFILES, StepLoader, TrainConfig, Trainer
 
 MODEL_NAME = "liu2018"
 PHASES = (1, 2, 3)
 TARGET_SOURCES = ("truth",)
 POOL_KEYS = ("image", "label", "alpha_id", "alpha_exp", "shape", "shape_identity")
-POOL_FORMAT = "facelab-liu2018-pool-v1"
-POOL_RENDER_BATCH = 64
 FINAL_LR_FRACTION = 0.05  # each phase's cosine schedule ends at this fraction of its lr
 SUMMARY_JSON = "summary.json"
 
@@ -255,54 +252,15 @@ def _suite(cfg: Liu2018TrainConfig):
                       seed=cfg.seed, **sizes)
 
 
-def _pool_path(collection) -> Path:
-    key = json.dumps(dataclasses.asdict(collection.config), sort_keys=True, default=str)
-    digest = hashlib.sha1((POOL_FORMAT + key).encode()).hexdigest()[:16]
-    return cache_dir() / "pools" / f"{collection.config.suite}-liu2018-{digest}.pt"
-
-
 def render_pool(collection, cache: bool = True, progress: bool = False) -> dict[str, torch.Tensor]:
-    """Every image of ``collection`` with the fields the three phases need, in memory.
+    """Every image of ``collection`` with the fields the three phases need (:data:`POOL_KEYS`), in memory.
 
-    Returns ``{image (N, 3, H, W) uint8, label (N,), alpha_id (N, K_id), alpha_exp (N, K_exp),
-    shape (N, V, 3) mm, shape_identity (N, V, 3) mm}`` on the CPU. With ``cache`` the pool
-    is read from / written to ``cache_dir()/pools`` (keyed by the suite config).
+    See :func:`facelab.train.pools.render_pool`; cached under ``cache_dir()/pools``.
     """
-    path = _pool_path(collection)
-    if cache and path.exists():
-        try:
-            pool = torch.load(path, weights_only=True)
-            if set(pool) == set(POOL_KEYS) and pool["image"].shape[0] == len(collection):
-                return pool
-        except Exception:  # a damaged cache is re-rendered, never trusted
-            pass
-    parts = {k: [] for k in POOL_KEYS}
-    for batch in collection.batches(POOL_RENDER_BATCH, progress=progress):
-        for k in POOL_KEYS:
-            v = batch[k].detach().cpu()
-            parts[k].append((v.clamp(0, 1) * 255).round().to(torch.uint8) if k == "image" else v)
-    pool = {k: torch.cat(v) for k, v in parts.items()}
-    if cache:
-        atomic_torch_save(pool, path)
-    return pool
+    return pools.render_pool(collection, POOL_KEYS, "liu2018", cache=cache, progress=progress)
 
 
-def pool_batches(pool: dict[str, torch.Tensor], batch_size: int, seed: int = 0):
-    """A callable ``step -> batch`` sampling ``pool`` by :func:`~facelab.train.trainer.step_indices`.
-
-    >>> pool = {"image": torch.zeros(6, 3, 4, 4, dtype=torch.uint8), "label": torch.arange(6)}
-    >>> pool_batches(pool, 4)(0)["image"].dtype
-    torch.float32
-    """
-    n = pool["image"].shape[0]
-
-    def get(step: int) -> dict:
-        idx = step_indices(n, batch_size, step, seed)
-        batch = {k: v[idx] for k, v in pool.items()}
-        batch["image"] = batch["image"].float() / 255
-        return batch
-
-    return get
+pool_batches = pools.pool_batches
 
 
 # ------------------------------------------------------------------ model

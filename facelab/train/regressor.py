@@ -23,8 +23,6 @@ through ``DataLoader`` workers into a ResNet-50.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +31,11 @@ import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_image_size
-from facelab.config import cache_dir
-from facelab.train.checkpoint import atomic_torch_save
+from facelab.train import pools
 from facelab.train.trainer import PROFILES, StepLoader, TrainConfig, Trainer, step_indices
 
 MODEL_NAME = "regressor"
 POOL_KEYS = ("image", "alpha_id", "alpha_exp", "pose", "sh", "landmarks2d")
-POOL_FORMAT = "facelab-pool-v1"
-POOL_RENDER_BATCH = 64
 STAT_BATCHES = 4  # streamed batches used for the pose/SH statistics when there is no pool
 FINAL_LR_FRACTION = 0.05  # cosine schedule ends at this fraction of lr
 ID_WEIGHTINGS = ("uniform", "geometric")
@@ -205,49 +200,15 @@ def _suite(cfg: RegressorTrainConfig):
                       seed=cfg.seed, **sizes)
 
 
-def _pool_path(collection) -> Path:
-    key = json.dumps(dataclasses.asdict(collection.config), sort_keys=True, default=str)
-    digest = hashlib.sha1((POOL_FORMAT + key).encode()).hexdigest()[:16]
-    return cache_dir() / "pools" / f"{collection.config.suite}-{digest}.pt"
-
-
 def render_pool(collection, cache: bool = True, progress: bool = False) -> dict[str, torch.Tensor]:
-    """Every image of ``collection`` with the fields the regressor needs, in memory.
+    """Every image of ``collection`` with the fields the regressor need (:data:`POOL_KEYS`), in memory.
 
-    Returns ``{image (N, 3, H, W) uint8, alpha_id, alpha_exp, pose, sh, landmarks2d}`` (CPU).
-    With ``cache`` the pool is read from / written to ``cache_dir()/pools`` (keyed by the
-    suite config), so a second run skips rendering.
+    See :func:`facelab.train.pools.render_pool`; cached under ``cache_dir()/pools``.
     """
-    path = _pool_path(collection)
-    if cache and path.exists():
-        try:
-            pool = torch.load(path, weights_only=True)
-            if set(pool) == set(POOL_KEYS) and pool["image"].shape[0] == len(collection):
-                return pool
-        except Exception:  # a damaged cache is re-rendered, never trusted
-            pass
-    parts = {k: [] for k in POOL_KEYS}
-    for batch in collection.batches(POOL_RENDER_BATCH, progress=progress):
-        for k in POOL_KEYS:
-            v = batch[k].detach().cpu()
-            parts[k].append((v.clamp(0, 1) * 255).round().to(torch.uint8) if k == "image" else v)
-    pool = {k: torch.cat(v) for k, v in parts.items()}
-    if cache:
-        atomic_torch_save(pool, path)
-    return pool
+    return pools.render_pool(collection, POOL_KEYS, "regressor", cache=cache, progress=progress)
 
 
-def pool_batches(pool: dict[str, torch.Tensor], batch_size: int, seed: int = 0):
-    """A callable ``step -> batch`` sampling ``pool`` by :func:`~facelab.train.trainer.step_indices`."""
-    n = pool["image"].shape[0]
-
-    def get(step: int) -> dict:
-        idx = step_indices(n, batch_size, step, seed)
-        batch = {k: v[idx] for k, v in pool.items()}
-        batch["image"] = batch["image"].float() / 255
-        return batch
-
-    return get
+pool_batches = pools.pool_batches
 
 
 # ------------------------------------------------------------------ recipe
