@@ -105,3 +105,18 @@ def check_image_size(value, name: str = "image_size", minimum: int = 8) -> tuple
     if len(size) != 2 or min(size) < minimum:
         raise ValueError(f"{name}: expected (H, W) with both >= {minimum}, got {size}")
     return size
+
+
+def check_nonnegative_int(value, name: str) -> int:
+    """Check that ``value`` is an int >= 0 (not a bool).
+
+    >>> check_nonnegative_int(0, "n_refine")
+    0
+    >>> check_nonnegative_int(-1, "n_refine")
+    Traceback (most recent call last):
+    ...
+    ValueError: n_refine: expected an int >= 0, got -1
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name}: expected an int >= 0, got {value!r}")
+    return value

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from facelab.camera.rotation import euler_to_rotation, rotation_to_euler
-from facelab.checks import check_positive, check_tensor
+from facelab.checks import check_nonnegative_int, check_positive, check_tensor
 from facelab.morphable.model import MorphableModel
 
 __all__ = ["estimate_pose", "fit_landmarks", "LandmarkFit", "LandmarkFitConfig", "project_landmarks"]
@@ -294,8 +294,7 @@ def _resolve_config(config: LandmarkFitConfig | None, overrides: dict) -> Landma
         raise TypeError(f"fit_landmarks: unknown option(s) {unknown}; known: {sorted(names)}")
     cfg = dataclasses.replace(cfg, **overrides)
     check_positive(cfg.n_iter, "n_iter", integer=True)
-    if not isinstance(cfg.n_refine, int) or isinstance(cfg.n_refine, bool) or cfg.n_refine < 0:
-        raise ValueError(f"n_refine: expected an int >= 0, got {cfg.n_refine!r}")
+    check_nonnegative_int(cfg.n_refine, "n_refine")
     check_positive(cfg.landmark_std_px, "landmark_std_px")
     for name in ("shape_prior", "exp_prior"):
         if not getattr(cfg, name) >= 0:

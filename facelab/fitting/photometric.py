@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from facelab.checks import check_positive, check_tensor
+from facelab.checks import check_nonnegative_int, check_positive, check_tensor
 from facelab.fitting.landmarks import N_LANDMARKS, LandmarkFit, LandmarkFitConfig, _groups, fit_landmarks
 from facelab.morphable.model import MorphableModel
 from facelab.render.rasterize import interpolate
@@ -155,8 +155,7 @@ def _resolve(config: PhotometricFitConfig | None, options: dict) -> PhotometricF
     if unknown:
         raise TypeError(f"fit_photometric: unknown option(s) {unknown}; known: {sorted(names)}")
     cfg = dataclasses.replace(cfg, **options)
-    if not isinstance(cfg.n_steps, int) or isinstance(cfg.n_steps, bool) or cfg.n_steps < 0:
-        raise ValueError(f"n_steps: expected an int >= 0, got {cfg.n_steps!r}")
+    check_nonnegative_int(cfg.n_steps, "n_steps")
     for name in ("lr_coeff", "lr_angle", "lr_trans", "lr_log_scale", "lr_sh", "landmark_std_px"):
         check_positive(getattr(cfg, name), name)
     for name in ("photo_weight", "shape_prior", "exp_prior", "albedo_prior"):

@@ -245,11 +245,7 @@ class Phase3Loss(nn.Module):
 
 # -------------------------------------------------------------------- data
 def _suite(cfg: Liu2018TrainConfig):
-    from facelab.data import make_suite
-
-    sizes = {k: getattr(cfg, k) for k in ("n_identities", "images_per_identity") if getattr(cfg, k)}
-    return make_suite("webface", profile=cfg.profile, image_size=cfg.image_size, resolution=cfg.resolution,
-                      seed=cfg.seed, **sizes)
+    return pools.recipe_suite("webface", cfg)
 
 
 def render_pool(collection, cache: bool = True, progress: bool = False) -> dict[str, torch.Tensor]:

@@ -21,6 +21,16 @@ from facelab.train.trainer import step_indices
 POOL_RENDER_BATCH = 64
 
 
+def recipe_suite(suite: str, cfg):
+    """The training suite of a recipe config (``profile``, ``image_size``, ``resolution``,
+    ``seed`` and optional ``n_identities`` / ``images_per_identity``; 0 = the suite's default)."""
+    from facelab.data import make_suite
+
+    sizes = {k: getattr(cfg, k) for k in ("n_identities", "images_per_identity") if getattr(cfg, k)}
+    return make_suite(suite, profile=cfg.profile, image_size=cfg.image_size, resolution=cfg.resolution,
+                      seed=cfg.seed, **sizes)
+
+
 def pool_path(collection, keys: tuple[str, ...], tag: str) -> Path:
     """``cache_dir()/pools/<suite>-<tag>-<digest>.pt``, keyed by the suite config and ``keys``."""
     key = json.dumps([dataclasses.asdict(collection.config), list(keys), tag], sort_keys=True, default=str)

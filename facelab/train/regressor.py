@@ -193,15 +193,11 @@ class RegressorLoss(nn.Module):
 
 # -------------------------------------------------------------------- data
 def _suite(cfg: RegressorTrainConfig):
-    from facelab.data import make_suite
-
-    sizes = {k: getattr(cfg, k) for k in ("n_identities", "images_per_identity") if getattr(cfg, k)}
-    return make_suite("lp", profile=cfg.profile, image_size=cfg.image_size, resolution=cfg.resolution,
-                      seed=cfg.seed, **sizes)
+    return pools.recipe_suite("lp", cfg)
 
 
 def render_pool(collection, cache: bool = True, progress: bool = False) -> dict[str, torch.Tensor]:
-    """Every image of ``collection`` with the fields the regressor need (:data:`POOL_KEYS`), in memory.
+    """Every image of ``collection`` with the fields the regressor needs (:data:`POOL_KEYS`), in memory.
 
     See :func:`facelab.train.pools.render_pool`; cached under ``cache_dir()/pools``.
     """
