@@ -6,7 +6,7 @@
     facelab bench render [--json]
     facelab bench synth [--json]
     facelab bench infer [liu2018] [--json]
-    facelab fit webface --out DIR [--profile quick|full] [--set key=value ...]
+    facelab fit SUITE_OR_DIR --out DIR [--profile quick|full] [--set key=value ...]
     facelab eval verify|recon|baselines ...   (see facelab.eval_cli)
     facelab reproduce liu2018 --out DIR [--profile quick|full] [--json] [--set train.k=v|eval.k=v|baselines.k=v ...]
 """
@@ -110,20 +110,60 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _fit_source(source: str, overrides: list[str]):
+    """``facelab fit``'s positional: an existing folder (a saved collection) or a suite name."""
+    from facelab.data import SUITES, SavedCollection
+    from facelab.fitting import FIT_SUITES
+    from facelab.fitting.photometric import SUITE_FIELDS
+
+    path = Path(source)
+    if path.is_dir():  # an existing folder wins over a suite name
+        for item in overrides:
+            key = item.split("=", 1)[0].strip()
+            if key in SUITE_FIELDS:
+                raise ValueError(f"--set {key}: describes a suite to generate, but SUITE_OR_DIR {source!r} is a saved folder")
+        try:
+            return SavedCollection(path)
+        except FileNotFoundError as err:
+            raise ValueError(f"SUITE_OR_DIR {source!r}: folder holds no saved collection "
+                             f"(write one with `facelab synth SUITE --out {source}`): {err}") from None
+        except ValueError as err:
+            raise ValueError(f"SUITE_OR_DIR {source!r}: {err}") from None
+    if source in FIT_SUITES:
+        return None
+    if source in SUITES:
+        raise ValueError(f"SUITE_OR_DIR {source!r}: `facelab fit` generates only {', '.join(FIT_SUITES)}; "
+                         f"write {source} with `facelab synth {source} --out DIR` and fit DIR")
+    raise ValueError(f"SUITE_OR_DIR {source!r}: neither a suite ({', '.join(FIT_SUITES)}) nor an existing folder")
+
+
 def _cmd_fit(args) -> int:
-    import numpy as np
-
     from facelab.config import apply_overrides
-    from facelab.fitting import CollectionFitConfig, fit_collection_study
+    from facelab.fitting import CollectionFitConfig, fit_collection, fit_collection_study, save_fitted_targets
 
-    cfg = apply_overrides(CollectionFitConfig(profile=args.profile), args.set)
+    if any(item.split("=", 1)[0].strip() == "suite" for item in args.set):
+        raise ValueError("--set suite: give the suite as SUITE_OR_DIR")
+    saved = _fit_source(args.source, args.set)
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
-    targets, report = fit_collection_study(cfg, progress=say)
+    if saved is None:
+        cfg = apply_overrides(CollectionFitConfig(profile=args.profile, suite=args.source), args.set)
+        targets, report = fit_collection_study(cfg, progress=say)
+    else:
+        cfg = apply_overrides(CollectionFitConfig(profile=args.profile), args.set)
+        try:
+            targets, report = fit_collection(saved, cfg, progress=say)
+        except ValueError as err:
+            raise ValueError(f"SUITE_OR_DIR {args.source!r}: {err}") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "targets.npz", **{k: v.detach().cpu().numpy() for k, v in targets.items()})
+    save_fitted_targets(out / "targets.npz", targets)
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps({"out": str(out), "study": report["study"]}))
+    summary = {"out": str(out), "identity_rmse_mm": report["identity_rmse_mm"]}
+    if "study" in report:
+        summary["study"] = report["study"]
+    else:
+        summary.update(images=report["n_images"], identities=report["n_identities"])
+    print(json.dumps(summary))
     return 0
 
 
@@ -169,10 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a training config field (repeatable)")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("fit", help="multi-image 3DMM fitting of a suite: training targets + single- vs multi-image report")
-    p.add_argument("suite", choices=["webface"])
+    p = sub.add_parser("fit", help="multi-image 3DMM fitting of a suite or saved folder: training targets + fitted-vs-true report")
+    p.add_argument("source", metavar="SUITE_OR_DIR",
+                   help="webface, collections or lp (generated; adds the single- vs multi-image study), "
+                        "or a folder written by `facelab synth` (an existing folder wins over a suite name)")
     p.add_argument("--out", required=True, help="output folder (targets.npz, report.json)")
-    p.add_argument("--profile", default="quick", choices=["quick", "full"])
+    p.add_argument("--profile", default="quick", choices=["quick", "full"], help="suite size (generated suites only)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a CollectionFitConfig field (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=_cmd_fit)

@@ -13,13 +13,13 @@ from facelab.reproduce.liu2018 import (
     COLUMNS, Liu2018Evaluable, _split_overrides, baseline_rows, load_phase, reproduce_liu2018, results_markdown,
 )
 
-TRAIN = dict(image_size="32,32", n_identities=16, images_per_identity=4, batch_size=16, phase_steps="6,4,6",
+TRAIN = dict(image_size="32,32", render_size="48,48", n_identities=16, images_per_identity=4, batch_size=16, phase_steps="6,4,6",
              embedding_dim=16, log_every=2, progress="false", cache_pool="false")
 EVAL = dict(micc_identities=1, bu3dfe_identities=1, lfw_identities=20, lfw_pairs_per_fold=3, icp_iters=5)
 BASE = dict(micc_identities=1, bu3dfe_identities=1, lfw_identities=20, lfw_pairs_per_fold=3, oracle_ks=10, icp_iters=5)
 TINY = ([f"train.{k}={v}" for k, v in TRAIN.items()] + [f"eval.{k}={v}" for k, v in EVAL.items()]
         + [f"baselines.{k}={v}" for k, v in BASE.items()])
-ROW_KEYS = {"phase", "disentangling", "identification_loss", *COLUMNS}
+ROW_KEYS = {"phase", "stage", "disentangling", "identification_loss", *COLUMNS}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,9 @@ def tiny(tmp_path_factory):
 @pytest.mark.slow
 def test_reproduce_keys_and_files(tiny):
     out, result = tiny
-    assert [r["phase"] for r in result["rows"]] == ["I", "II", "III"]
-    assert result["rows"][2]["identification_loss"] == "A-Softmax"
+    assert [r["phase"] for r in result["rows"]] == ["I", "II", "II", "III", "III"]
+    assert [r["disentangling"] for r in result["rows"]] == [True, False, True, True, True]
+    assert [r["identification_loss"] for r in result["rows"]] == ["none", "none", "none", "softmax", "A-Softmax"]
     for row in result["rows"]:
         assert set(row) == ROW_KEYS
         assert all(np.isfinite(row[c]) for c in COLUMNS)
@@ -41,7 +42,7 @@ def test_reproduce_keys_and_files(tiny):
     assert set(result["yaw_rmse"]) == {str(y) for y in range(0, 91, 10)} | {"overall"}
     assert result["seconds"] > 0
     assert json.loads((out / "results.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
-    assert "| III | yes | A-Softmax |" in (out / "results.md").read_text()
+    assert "| phase3 | III | yes | A-Softmax |" in (out / "results.md").read_text()
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from facelab.train.liu2018 import (
     render_pool, train_liu2018, _suite,
 )
 
-TINY = dict(image_size=(32, 32), resolution="quick", n_identities=16, images_per_identity=4, batch_size=16,
+TINY = dict(image_size=(32, 32), render_size=(48, 48), resolution="quick", n_identities=16, images_per_identity=4, batch_size=16,
             phase_steps=(30, 20, 30), embedding_dim=32, log_every=5, progress=False, cache_pool=False)
 EVAL_STEPS = (0, 1, 2)  # fixed pool batches the phase objectives are compared on
 
@@ -78,13 +78,23 @@ def test_phase1_loss_is_zero_at_targets_and_matches_hand_value():
         c_id, c_res = model.encode(images)
     # coefficients whose standardised codes equal the prediction: loss 0
     batch = {"image": images, "alpha_id": c_id * model.shape_std, "alpha_exp": c_res * model.exp_std}
-    loss, _ = phase1_loss(model, batch)
-    assert float(loss.detach()) == pytest.approx(0.0, abs=1e-8)
-    # shifting every target code by 1 gives loss exactly 1
+    for metric in ("basis", "code"):
+        loss, _ = phase1_loss(model, batch, metric)
+        assert float(loss.detach()) == pytest.approx(0.0, abs=1e-6)
+    # shifting every target code by 1 gives loss exactly 1 on the codes...
     batch = {"image": images, "alpha_id": (c_id + 1) * model.shape_std, "alpha_exp": (c_res + 1) * model.exp_std}
-    loss, metrics = phase1_loss(model, batch)
+    loss, metrics = phase1_loss(model, batch, "code")
     assert float(loss.detach()) == pytest.approx(1.0, rel=1e-4)
     assert float(metrics["id"]) == pytest.approx(1.0, rel=1e-4)
+    # ...and sum_k std_k^2 / V mm^2 per part in the basis metric (orthonormal bases)
+    loss, metrics = phase1_loss(model, batch, "basis")
+    n_verts = model.mean_shape.shape[0]
+    want_id = float((model.shape_std.double() ** 2).sum() / n_verts)
+    want_res = float((model.exp_std.double() ** 2).sum() / n_verts)
+    assert float(metrics["id"]) == pytest.approx(want_id, rel=1e-3)
+    assert float(loss.detach()) == pytest.approx(want_id + want_res, rel=1e-3)
+    with pytest.raises(ValueError, match="metric"):
+        phase1_loss(model, batch, "cosine")
 
 
 def test_phase2_and_phase3_losses_hand_values():
@@ -139,7 +149,7 @@ def test_tiny_run_writes_phase_checkpoints(tiny_run):
 def test_tiny_run_each_phase_lowers_its_objective(tiny_run):
     cfg, out = tiny_run
     collection = _suite(cfg)
-    batches = pool_batches(render_pool(collection, cache=False), cfg.batch_size, seed=123)
+    batches = pool_batches(render_pool(collection, cache=False, align_to=cfg.image_size), cfg.batch_size, seed=123)
     before = _initial_model(out, cfg.seed)
     models = [before] + [load_model(out / f"phase{p}.pt")[0] for p in (1, 2, 3)]
     objectives = {1: phase1_loss, 2: phase2_loss, 3: Phase3Loss(cfg.lambda_r)}

@@ -20,12 +20,13 @@ Lighting starts from the closed-form least-squares SH fit under the mean albedo.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from facelab.checks import check_nonnegative_int, check_positive, check_tensor
+from facelab.checks import check_choice, check_nonnegative_int, check_positive, check_tensor
 from facelab.fitting.landmarks import N_LANDMARKS, LandmarkFit, LandmarkFitConfig, _groups, fit_landmarks
 from facelab.morphable.model import MorphableModel
 from facelab.render.rasterize import interpolate
@@ -34,6 +35,7 @@ from facelab.render.sh import sh_basis
 
 __all__ = [
     "PhotometricFitConfig", "PhotometricFit", "fit_photometric", "identity_rmse",
+    "CollectionFitConfig", "fit_collection", "fit_collection_study", "FIT_SUITES",
 ]
 
 #: model standard deviations are clamped to at least this so standardisation stays finite
@@ -350,13 +352,23 @@ def fit_photometric(
     )
 
 
-# ------------------------------------------------------------- the webface study
+# ------------------------------------------------- collections: training targets and the study
+#: suites ``facelab fit`` generates itself (several photos per identity); others are fitted from a saved folder
+FIT_SUITES = ("webface", "collections", "lp")
+#: fields of :class:`CollectionFitConfig` that describe the suite to generate (not used for a given collection)
+SUITE_FIELDS = ("profile", "suite", "n_identities", "images_per_identity", "image_size", "resolution", "seed")
+#: per-image quantities of a fit kept in the targets (collection order)
+_PER_IMAGE = ("alpha_exp", "pose", "sh", "photo_rmse", "residual_px")
+_METRIC = "identity-shape RMSE over the face region, mm, model frame, vs the true neutral shape"
+
+
 @dataclass
 class CollectionFitConfig:
-    """``facelab fit webface``: training targets for a webface suite, and the single- vs multi-image study.
+    """``facelab fit``: multi-image training targets of a collection, and the single- vs multi-image study.
 
     Attributes:
         profile: ``"quick"`` (small suite, CPU minutes) or ``"full"`` (the suite's own size).
+        suite: the suite :func:`fit_collection_study` generates, one of :data:`FIT_SUITES`.
         n_identities: subjects (0 = the profile's default).
         images_per_identity: photos per subject (0 = the profile's default; the study
             uses the first 1, 2, 4, 8 of them that exist).
@@ -366,9 +378,13 @@ class CollectionFitConfig:
         n_steps: Adam steps of :func:`fit_photometric`.
         n_shape, n_albedo: leading components fitted.
         batch_identities: subjects fitted together in one batch.
+
+    :func:`fit_collection` fits a given collection and uses only ``n_steps``, ``n_shape``,
+    ``n_albedo`` and ``batch_identities`` (the others, :data:`SUITE_FIELDS`, describe a suite to generate).
     """
 
     profile: str = "quick"
+    suite: str = "webface"
     n_identities: int = 0
     images_per_identity: int = 0
     image_size: int = 64
@@ -382,37 +398,152 @@ class CollectionFitConfig:
     def __post_init__(self) -> None:
         if self.profile not in PROFILE_DEFAULTS:
             raise ValueError(f"profile: expected one of {sorted(PROFILE_DEFAULTS)}, got {self.profile!r}")
-        for key, value in PROFILE_DEFAULTS[self.profile].items():
+        check_choice(self.suite, "suite", FIT_SUITES)
+        defaults = PROFILE_DEFAULTS[self.profile]
+        if not defaults:
+            from facelab.data.suites import PROFILE_SIZES
+
+            defaults = {k: PROFILE_SIZES["full"][self.suite][k] for k in ("n_identities", "images_per_identity")}
+        for key, value in defaults.items():
             if getattr(self, key) == 0:
                 setattr(self, key, value)
         check_positive(self.n_identities, "n_identities", integer=True)
         check_positive(self.images_per_identity, "images_per_identity", integer=True)
         check_positive(self.batch_identities, "batch_identities", integer=True)
+        check_nonnegative_int(self.n_steps, "n_steps")
 
 
-#: suite sizes of ``facelab fit webface`` per profile (full: the webface suite's own)
+#: suite sizes of ``facelab fit SUITE`` per profile (full, empty: the suite's own, :data:`facelab.data.suites.PROFILE_SIZES`)
 PROFILE_DEFAULTS = {
     "quick": dict(n_identities=16, images_per_identity=8),
-    "full": dict(n_identities=10_000, images_per_identity=40),
+    "full": {},
 }
 
 
-def _fit_suite_images(suite, index: torch.Tensor, grouped: bool, cfg: CollectionFitConfig) -> tuple[PhotometricFit, dict]:
-    batch = suite.batch(index)
-    fit = fit_photometric(
-        suite.model, batch["image"], batch["landmarks2d"], batch["label"] if grouped else None,
-        masks=batch["occlusion_mask"], n_steps=cfg.n_steps, n_shape=cfg.n_shape, n_albedo=cfg.n_albedo,
-    )
-    return fit, batch
+def _subject_images(labels: torch.Tensor) -> list[torch.Tensor]:
+    """Per identity label present (ascending), the indices of its images in collection order."""
+    order = torch.argsort(labels, stable=True)
+    _, counts = torch.unique_consecutive(labels[order], return_counts=True)
+    return list(torch.split(order, counts.tolist()))
+
+
+def _fit_chunks(view, subjects: list[torch.Tensor], n: int | None, grouped: bool, cfg: CollectionFitConfig):
+    """Fit the first ``n`` images (None: all) of every subject, ``cfg.batch_identities`` subjects per batch.
+
+    Yields ``(first, index, fit)``: the chunk's first subject, its image indices (subject-major)
+    and the :class:`PhotometricFit` (one group per subject if ``grouped``, else per image).
+    """
+    for first in range(0, len(subjects), cfg.batch_identities):
+        index = torch.cat([s[:n] for s in subjects[first:first + cfg.batch_identities]])
+        batch = view.batch(index)
+        fit = fit_photometric(
+            view.model, batch["image"], batch["landmarks2d"], batch["label"] if grouped else None,
+            masks=batch["occlusion_mask"], n_steps=cfg.n_steps, n_shape=cfg.n_shape, n_albedo=cfg.n_albedo,
+        )
+        yield first, index, fit
+
+
+def _fit_all_images(view, subjects: list[torch.Tensor], n: int | None, cfg: CollectionFitConfig, say) -> dict:
+    """Multi-image fits of the first ``n`` images (None: all) of every subject, merged over chunks.
+
+    Returns per-subject ``alpha_id, beta, identity_labels, err`` (face-region identity RMSE, mm),
+    and per-image ``index`` plus :data:`_PER_IMAGE` rows in the order of ``index``.
+    """
+    parts = {k: [] for k in ("alpha_id", "beta", "identity_labels", "err", "index") + _PER_IMAGE}
+    face = view.model.face_mask
+    for first, index, fit in _fit_chunks(view, subjects, n, True, cfg):
+        # the group rows follow the sorted labels, as the subjects of the chunk
+        firsts = torch.cumsum(torch.bincount(fit.group_index, minlength=fit.group_labels.shape[0]), 0)
+        firsts = torch.cat([firsts.new_zeros(1), firsts[:-1]])
+        truth = view.truth(view.identity[index[firsts.cpu()]])
+        parts["err"].append(identity_rmse(fit.identity_shapes, truth, face))
+        for key in ("alpha_id", "beta", *_PER_IMAGE):
+            parts[key].append(getattr(fit, key))
+        parts["identity_labels"].append(fit.group_labels)
+        parts["index"].append(index)
+        done = min(first + cfg.batch_identities, len(subjects))
+        say(f"multi-image fits, {n or 'all'} per subject: {done}/{len(subjects)} subjects")
+    return {k: torch.cat([v.detach().cpu() for v in vs]) for k, vs in parts.items()}
+
+
+def _targets(view, merged: dict) -> dict:
+    """The ``targets`` dict of :func:`facelab.fitting.save_fitted_targets`: per-image rows in collection order."""
+    n = len(view)
+    if merged["index"].shape[0] != n:
+        raise ValueError(f"{view.name}: fitted {merged['index'].shape[0]} of its {n} images")
+    targets = {k: merged[k] for k in ("alpha_id", "beta", "identity_labels")}
+    for key in _PER_IMAGE:
+        rows = torch.zeros((n,) + tuple(merged[key].shape[1:]), dtype=merged[key].dtype)
+        rows[merged["index"]] = merged[key]
+        targets[key] = rows
+    targets["labels"] = view.labels.clone()
+    targets["identity"] = view.identity.clone()
+    targets["suite_config"] = json.dumps(view.config)
+    return targets
+
+
+def fit_collection(collection, cfg: CollectionFitConfig | None = None, progress=None) -> tuple[dict, dict]:
+    """Fit every identity of a collection to all its photos jointly: Liu et al.'s training targets.
+
+    Each subject gets one identity shape and albedo, each photo its expression, pose and light
+    (:func:`fit_photometric` with ``groups`` = the identity labels), ``cfg.batch_identities``
+    subjects per batch. Works for any suite (``micc``, ``bu3dfe``, ... saved with ``facelab synth``).
+
+    Args:
+        collection: a :class:`~facelab.data.PhotoCollection` or :class:`~facelab.data.SavedCollection`.
+        cfg: uses ``n_steps``, ``n_shape``, ``n_albedo``, ``batch_identities`` (default :class:`CollectionFitConfig`).
+        progress: None or a callable taking a progress message (str).
+
+    Returns:
+        ``(targets, report)``: ``targets`` for :func:`facelab.fitting.save_fitted_targets`
+        (``alpha_id (G, K_id)``, ``beta (G, K_alb)``, ``identity_labels (G,)``; per image in
+        collection order ``alpha_exp (N, K_exp)``, ``pose (N, 6)``, ``sh (N, 27)``, ``photo_rmse (N,)``,
+        ``residual_px (N,)`` px, ``labels (N,)``, ``identity (N,)``; ``suite_config`` JSON str);
+        ``report`` a JSON-ready dict with ``identity_rmse_mm`` (mean face-region RMSE of the
+        fitted vs the true neutral shape, mm), counts, fit settings and timings.
+
+    Raises:
+        ValueError: every identity has a single image (nothing to fit jointly).
+
+    >>> from facelab.data import make_suite
+    >>> suite = make_suite("webface", n_identities=2, images_per_identity=2, image_size=32, resolution="quick")
+    >>> targets, report = fit_collection(suite, CollectionFitConfig(n_steps=1))
+    >>> targets["alpha_id"].shape[0], targets["alpha_exp"].shape[0], report["n_identities"]
+    (2, 4, 2)
+    """
+    from facelab.fitting.targets import CollectionView
+
+    cfg = cfg if cfg is not None else CollectionFitConfig()
+    if not isinstance(cfg, CollectionFitConfig):
+        raise TypeError(f"cfg: expected a CollectionFitConfig or None, got {type(cfg).__name__}")
+    view = CollectionView(collection)
+    subjects = _subject_images(view.labels)
+    counts = torch.tensor([s.shape[0] for s in subjects])
+    if int(counts.max()) < 2:
+        raise ValueError(f"{view.name}: every identity has a single image; multi-image fitting needs several per identity")
+    say = progress or (lambda msg: None)
+    start = time.perf_counter()
+    merged = _fit_all_images(view, subjects, None, cfg, say)
+    report = {
+        "source": view.name, "suite": view.config.get("suite"), "n_images": len(view), "n_identities": len(subjects),
+        "images_per_identity": {"min": int(counts.min()), "mean": float(counts.float().mean()), "max": int(counts.max())},
+        "image_size": view.config.get("image_size"), "resolution": view.config.get("resolution"),
+        "n_steps": cfg.n_steps, "n_shape": cfg.n_shape, "n_albedo": cfg.n_albedo,
+        "metric": _METRIC, "identity_rmse_mm": float(merged["err"].mean()),
+        "landmark_rmse_px": float(merged["residual_px"].mean()), "photo_rmse": float(merged["photo_rmse"].mean()),
+        "timings_s": {"fit_s": time.perf_counter() - start},
+    }
+    return _targets(view, merged), report
 
 
 def fit_collection_study(cfg: CollectionFitConfig, progress=None) -> tuple[dict, dict]:
-    """Fit a webface suite per identity (all its photos jointly) and measure identity-shape error.
+    """Fit a generated suite per identity (all its photos jointly) and measure identity-shape error.
 
-    Returns ``(targets, report)``: ``targets`` holds numpy-ready tensors ``alpha_id (N_id, K)``,
-    ``beta (N_id, K_alb)``, ``identity_labels (N_id,)`` and per image ``alpha_exp``, ``pose``,
-    ``sh``, ``labels``; ``report`` holds the face-region identity RMSE (mm, no alignment,
-    vs the true neutral shape) of single-image and multi-image fits for 1, 2, 4, 8 images
+    Builds ``cfg.suite`` (``webface`` by default) at the config's size. Returns
+    ``(targets, report)``: ``targets`` as :func:`fit_collection` (all photos of each subject;
+    write with :func:`facelab.fitting.save_fitted_targets`); ``report`` holds the face-region
+    identity RMSE (mm, no alignment, vs the true neutral shape) of the targets
+    (``identity_rmse_mm``) and of single-image and multi-image fits for 1, 2, 4, 8 images
     per subject (those that fit in ``images_per_identity``), and timings.
 
     >>> cfg = CollectionFitConfig(n_identities=1, images_per_identity=2, image_size=32, n_steps=1)
@@ -421,64 +552,57 @@ def fit_collection_study(cfg: CollectionFitConfig, progress=None) -> tuple[dict,
     (1, [1, 2])
     """
     from facelab.data import make_suite
+    from facelab.fitting.targets import CollectionView
 
-    suite = make_suite("webface", n_identities=cfg.n_identities, images_per_identity=cfg.images_per_identity,
+    suite = make_suite(cfg.suite, n_identities=cfg.n_identities, images_per_identity=cfg.images_per_identity,
                        image_size=cfg.image_size, resolution=cfg.resolution, seed=cfg.seed)
-    M, N = cfg.images_per_identity, cfg.n_identities
+    view = CollectionView(suite)
+    subjects = _subject_images(view.labels)
+    N, M = len(subjects), min(s.shape[0] for s in subjects)
     counts = [n for n in STUDY_IMAGES_PER_SUBJECT if n <= M]
     face = suite.model.face_mask
     timings = {}
     say = progress or (lambda msg: None)
 
-    def chunks(n_images):
-        for first in range(0, N, cfg.batch_identities):
-            ids = torch.arange(first, min(first + cfg.batch_identities, N))
-            yield (ids[:, None] * M + torch.arange(n_images)).reshape(-1)
-
     # single-image fits of every study image (independent of how many images a subject has)
     start = time.perf_counter()
     single_err = torch.zeros(N, counts[-1])
     single_alpha = torch.zeros(N, counts[-1], suite.model.n_shape)
-    for index in chunks(counts[-1]):
-        fit, batch = _fit_suite_images(suite, index, False, cfg)
-        err = identity_rmse(fit.identity_shapes, batch["shape_identity"], face)
-        rows = batch["label"]
-        single_err[rows, index % M] = err.float()
-        single_alpha[rows, index % M] = fit.alpha_id.float()
-        say(f"single-image fits: {int(index[-1]) + 1}/{N * M} images")
+    for first, index, fit in _fit_chunks(view, subjects, counts[-1], False, cfg):
+        rows = slice(first, first + index.shape[0] // counts[-1])
+        err = identity_rmse(fit.identity_shapes, view.truth(view.identity[index]), face)
+        single_err[rows] = err.float().cpu().reshape(-1, counts[-1])
+        single_alpha[rows] = fit.alpha_id.float().cpu().reshape(-1, counts[-1], suite.model.n_shape)
+        say(f"single-image fits: {rows.stop * counts[-1]}/{N * counts[-1]} images")
     timings["single_s"] = time.perf_counter() - start
 
-    study, targets = [], None
+    truth = view.truth(view.identity[torch.stack([s[0] for s in subjects])])
+    study, targets, everything = [], None, all(s.shape[0] == M for s in subjects)
     for n in sorted(set(counts) | {M}, reverse=True):
         start = time.perf_counter()
-        parts = {k: [] for k in ("alpha_id", "beta", "identity_labels", "alpha_exp", "pose", "sh", "labels", "err")}
-        for index in chunks(n):
-            fit, batch = _fit_suite_images(suite, index, True, cfg)
-            truth = batch["shape_identity"][::n]  # rows are subject-major, as the sorted group labels
-            parts["err"].append(identity_rmse(fit.identity_shapes, truth, face))
-            for key, value in (("alpha_id", fit.alpha_id), ("beta", fit.beta), ("identity_labels", fit.group_labels),
-                               ("alpha_exp", fit.alpha_exp), ("pose", fit.pose), ("sh", fit.sh), ("labels", batch["label"])):
-                parts[key].append(value)
-            say(f"multi-image fits, {n} per subject: {int(index[-1]) // M + 1}/{N} subjects")
+        merged = _fit_all_images(view, subjects, n, cfg, say)
         timings[f"multi_{n}_s"] = time.perf_counter() - start
-        merged = {k: torch.cat(v) for k, v in parts.items()}
-        if n == M:
-            targets = {k: v for k, v in merged.items() if k != "err"}
+        if n == M and everything:
+            targets, identity_err = _targets(view, merged), merged["err"]
         if n in counts:
             mean_alpha = single_alpha[:, :n].mean(1)
-            averaged = identity_rmse(suite.model.shape(mean_alpha.to(suite.model.dtype)),
-                                     suite.identities(suite.table.identity[torch.arange(N) * M])["shape"], face)
+            averaged = identity_rmse(suite.model.shape(mean_alpha.to(suite.model.dtype)), truth, face)
             study.append({
                 "images_per_subject": n,
                 "single_image_rmse_mm": float(single_err[:, :n].mean()),
                 "single_image_averaged_rmse_mm": float(averaged.mean()),
                 "multi_image_rmse_mm": float(merged["err"].mean()),
             })
+    if targets is None:  # subjects with different photo counts: the targets use all of each one's photos
+        start = time.perf_counter()
+        merged = _fit_all_images(view, subjects, None, cfg, say)
+        timings["multi_all_s"] = time.perf_counter() - start
+        targets, identity_err = _targets(view, merged), merged["err"]
     study.sort(key=lambda row: row["images_per_subject"])
     report = {
-        "suite": "webface", "n_identities": N, "images_per_identity": M, "image_size": cfg.image_size,
+        "suite": cfg.suite, "n_identities": N, "images_per_identity": M, "image_size": cfg.image_size,
         "resolution": cfg.resolution, "n_steps": cfg.n_steps, "n_shape": cfg.n_shape, "n_albedo": cfg.n_albedo,
-        "metric": "identity-shape RMSE over the face region, mm, model frame, vs the true neutral shape",
-        "study": study, "timings_s": timings,
+        "metric": _METRIC, "identity_rmse_mm": float(identity_err.mean()),
+        "study": study, "timings_s": timings, "suite_config": view.config,
     }
     return targets, report

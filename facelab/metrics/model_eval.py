@@ -118,6 +118,9 @@ def _suite(model, name: str, profile: str, cfg: ModelEvalConfig, **sizes):
 def predict_suite(model, suite, batch_size: int = 64) -> dict[str, torch.Tensor]:
     """Run ``model.reconstruct`` over every image of ``suite`` (in order), with the ground truth.
 
+    A model with a ``prepare_images(batch) -> images`` method (e.g. one that wants
+    five-point aligned crops) gets its images through it.
+
     Returns CPU tensors: the model's ``shape, identity_shape (N, V, 3)`` mm, ``embedding (N, D)``,
     ``landmarks2d`` (if the model gives them) and the truth ``gt_shape, gt_identity (N, V, 3)``,
     ``gt_landmarks2d (N, 68, 2)``, ``label, condition, yaw_deg (N,)``.
@@ -127,8 +130,9 @@ def predict_suite(model, suite, batch_size: int = 64) -> dict[str, torch.Tensor]
     keep_gt = {"shape": "gt_shape", "shape_identity": "gt_identity", "landmarks2d": "gt_landmarks2d",
                "label": "label", "condition": "condition", "yaw_deg": "yaw_deg"}
     parts: dict[str, list] = {}
+    prepare = getattr(model, "prepare_images", None)
     for batch in suite.batches(batch_size):
-        out = model.reconstruct(batch["image"], morphable)
+        out = model.reconstruct(prepare(batch) if prepare else batch["image"], morphable)
         for k in keep_pred:
             if k in out:
                 parts.setdefault(k, []).append(out[k].detach().cpu())

@@ -18,6 +18,8 @@ recognition feature: the classification head (A-Softmax or softmax) acts on it.
 
 The 3DMM conventions (bases, standardised coefficients, mm) are explained in the book
 chapter ``book/02_morphable_models.ipynb``.
+
+Book chapter: ``book/05_encoder_decoder.ipynb``.
 """
 
 from __future__ import annotations

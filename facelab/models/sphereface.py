@@ -16,6 +16,8 @@ Presets (:data:`SPHERE_PRESETS`):
 * ``"sphere_tiny"``: widths 16-32-64-128, 1 unit per stage, for the CPU (64x64 or 112x96).
 
 Images are ``(B, 3, H, W)`` float; the network does not normalise them.
+
+Book chapter: ``book/05_encoder_decoder.ipynb``.
 """
 
 from __future__ import annotations

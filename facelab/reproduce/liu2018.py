@@ -34,7 +34,14 @@ from torch import nn
 from facelab.checks import check_choice
 
 PROFILES = ("quick", "full")
-PHASE_FILES = {1: "phase1.pt", 2: "phase2.pt", 3: "phase3.pt"}
+#: the ablation rows, in table order: (training stage, phase, identity disentangling, identification loss)
+ROWS = (
+    ("phase1", "I", True, "none"),
+    ("phase2_joint", "II", False, "none"),
+    ("phase2", "II", True, "none"),
+    ("phase3_softmax", "III", True, "softmax"),
+    ("phase3", "III", True, "A-Softmax"),
+)
 FRONTAL_YAW_MAX_DEG = 10  # "frontal-ish" expression images: yaw 0 and +-10 degrees
 NEUTRAL = "neutral"
 RESULTS_JSON = "results.json"
@@ -47,11 +54,16 @@ BASELINE_MICC_ROW = {"landmark_fit": "landmark_fit_avg"}
 
 class Liu2018Evaluable(nn.Module):
     """Wraps a :class:`~facelab.models.liu2018.Liu2018Model` into the interface of
-    :func:`facelab.metrics.evaluate_model`: ``config.image_size``, ``config.resolution``,
-    ``reconstruct(images, morphable)`` and ``decode_identity(c_id, morphable)``.
+    :func:`facelab.metrics.evaluate_model`: ``config.image_size`` (of the photos),
+    ``config.resolution``, ``prepare_images(batch)``, ``reconstruct(images, morphable)`` and
+    ``decode_identity(code, morphable)``.
 
-    ``reconstruct`` maps ``images (B, 3, H, W)`` float [0, 1] to ``shape``, ``identity_shape``
-    ``(B, V, 3)`` mm and ``embedding`` = ``c_Id (B, n_id)``.
+    ``prepare_images`` cuts five-point aligned crops from the batch's photos when the model
+    was trained on them (``align``; photos rendered at ``render_size``). ``reconstruct`` maps
+    encoder inputs ``(B, 3, H, W)`` float [0, 1] to ``shape``, ``identity_shape`` ``(B, V, 3)``
+    mm and ``embedding`` = ``c_Id (B, n_id)``. A model trained without identity
+    disentangling (``disentangled=False``) has no identity part: its embedding is the whole
+    code ``[c_Id, c_Res]`` and its identity shape is the full shape.
 
     >>> from facelab.train.liu2018 import build_liu2018_model
     >>> net = build_liu2018_model({"resolution": "quick", "model": {"encoder": {"depth": "sphere_tiny",
@@ -62,22 +74,40 @@ class Liu2018Evaluable(nn.Module):
     (torch.Size([2, 1353, 3]), torch.Size([2, 80]), (32, 32))
     """
 
-    def __init__(self, model: nn.Module, resolution: str) -> None:
+    def __init__(self, model: nn.Module, resolution: str, align: bool = False, render_size=None,
+                 disentangled: bool = True) -> None:
         super().__init__()
         if not hasattr(model, "encode") or not hasattr(model, "id_decoder"):
             raise TypeError(f"model: expected a Liu2018Model, got {type(model).__name__}")
         self.model = model
-        self.config = SimpleNamespace(image_size=tuple(model.config.encoder.input_size), resolution=resolution)
+        self.input_size = tuple(model.config.encoder.input_size)
+        self.align, self.disentangled = bool(align), bool(disentangled)
+        photo = tuple(render_size) if (align and render_size) else self.input_size
+        self.config = SimpleNamespace(image_size=photo, resolution=resolution)
+
+    def prepare_images(self, batch: dict) -> torch.Tensor:
+        """The encoder inputs of a suite batch: aligned crops (``align``) or the photos."""
+        if not self.align:
+            return batch["image"]
+        from facelab.data.align import align_faces
+
+        return align_faces(batch["image"], batch["landmarks2d"], self.input_size)[0]
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, morphable=None) -> dict[str, torch.Tensor]:
         out = self.model(images)
+        if not self.disentangled:
+            return {"shape": out["shape"], "identity_shape": out["shape"],
+                    "embedding": torch.cat([out["c_id"], out["c_res"]], 1)}
         return {"shape": out["shape"], "identity_shape": out["shape_id"], "embedding": out["c_id"]}
 
     @torch.no_grad()
-    def decode_identity(self, c_id: torch.Tensor, morphable=None) -> torch.Tensor:
-        """``c_id (B, n_id)`` -> neutral identity shape ``(B, V, 3)`` mm."""
-        return self.model.mean_shape + self.model.id_decoder(c_id)
+    def decode_identity(self, code: torch.Tensor, morphable=None) -> torch.Tensor:
+        """``code (B, D)`` (an embedding of :meth:`reconstruct`) -> neutral identity shape ``(B, V, 3)`` mm."""
+        if not self.disentangled:
+            n = self.model.n_id
+            return self.model.decode(code[:, :n], code[:, n:])["shape"]
+        return self.model.mean_shape + self.model.id_decoder(code)
 
 
 def load_phase(path) -> Liu2018Evaluable:
@@ -85,7 +115,9 @@ def load_phase(path) -> Liu2018Evaluable:
     from facelab.train.checkpoint import load_model
 
     model, ckpt = load_model(Path(path), map_location="cpu")
-    return Liu2018Evaluable(model.eval(), ckpt["model_config"]["resolution"]).eval()
+    inp = ckpt["model_config"].get("input", {})
+    return Liu2018Evaluable(model.eval(), ckpt["model_config"]["resolution"], align=inp.get("align", False),
+                            render_size=inp.get("render_size"), disentangled=inp.get("disentangled", True)).eval()
 
 
 def _split_overrides(overrides) -> dict[str, list[str]]:
@@ -179,11 +211,12 @@ def results_markdown(result: dict) -> str:
     """
     from facelab.metrics.report import markdown_table
 
-    rows = {r["phase"]: {"disentangling": "yes" if r["disentangling"] else "no",
-                         "identification loss": r["identification_loss"], **{c: r[c] for c in COLUMNS}}
+    rows = {r.get("stage", r["phase"]): {**({"phase": r["phase"]} if "stage" in r else {}),
+                                         "disentangling": "yes" if r["disentangling"] else "no",
+                                         "identification loss": r["identification_loss"], **{c: r[c] for c in COLUMNS}}
             for r in result["rows"]}
     parts = [f"# Liu et al. 2018 ablation on SynthFaces ({result['profile']} profile)",
-             "**Phases** (RMSE in mm; LFW: verification accuracy of c_Id)\n\n" + markdown_table(rows, row_header="phase"),
+             "**Phases** (RMSE in mm; LFW: verification accuracy of c_Id)\n\n" + markdown_table(rows, row_header="stage"),
              "**Baselines** (bu3dfe: full shape, all expressions and yaws)\n\n"
              + (markdown_table(result["baselines"], row_header="method") if result["baselines"] else "not run"),
              "**Phase III identity RMSE (mm) per |yaw| (degrees), neutral BU-3DFE images**\n\n"
@@ -217,7 +250,7 @@ def reproduce_liu2018(profile: str = "quick", out_dir="runs/reproduce-liu2018", 
     from facelab.metrics.baselines import BaselineConfig, run_baselines
     from facelab.metrics.model_eval import ModelEvalConfig
     from facelab.metrics.report import write_json
-    from facelab.train.liu2018 import Liu2018TrainConfig, train_liu2018
+    from facelab.train.liu2018 import ABLATION_STAGES, Liu2018TrainConfig, train_liu2018
 
     check_choice(profile, "profile", PROFILES)
     groups = _split_overrides(overrides)
@@ -226,16 +259,22 @@ def reproduce_liu2018(profile: str = "quick", out_dir="runs/reproduce-liu2018", 
     train_cfg = apply_overrides(Liu2018TrainConfig(profile=profile, out_dir=str(out)), groups["train"])
     train_cfg.out_dir = str(out)
     eval_cfg = apply_overrides(ModelEvalConfig(), groups["eval"])
-    if not all((out / f).exists() for f in PHASE_FILES.values()):
-        train_liu2018(train_cfg)
+    if "stages" not in {o.split("=", 1)[0] for o in groups["train"]}:
+        train_cfg.stages = ABLATION_STAGES
+    train_liu2018(train_cfg)  # trains only the stages whose checkpoint is missing
     t_train = time.perf_counter() - start
-    loss_name = {"asoftmax": "A-Softmax", "softmax": "softmax"}[train_cfg.loss]
-    labels = {1: ("I", "none"), 2: ("II", "none"), 3: ("III", loss_name)}
+    loss_name = {"asoftmax": "A-Softmax", "softmax": "softmax"}
     rows, yaw_rmse = [], {}
-    for phase, name in PHASE_FILES.items():
-        cols, per_yaw = score_phase(load_phase(out / name), profile, eval_cfg)
-        rows.append({"phase": labels[phase][0], "disentangling": True, "identification_loss": labels[phase][1], **cols})
-        yaw_rmse = per_yaw  # the last phase (III) is kept
+    for stage, phase, disentangling, loss in ROWS:
+        if stage not in train_cfg.stages:
+            continue
+        if stage == "phase3":
+            loss = loss_name[train_cfg.loss]
+        cols, per_yaw = score_phase(load_phase(out / f"{stage}.pt"), profile, eval_cfg)
+        rows.append({"phase": phase, "disentangling": disentangling, "identification_loss": loss, "stage": stage,
+                     **cols})
+        if stage == "phase3":
+            yaw_rmse = per_yaw
     baselines = {}
     if with_baselines:
         bcfg = apply_overrides(BaselineConfig(profile=profile), groups["baselines"])

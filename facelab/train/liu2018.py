@@ -1,9 +1,14 @@
 """Training recipe of Liu et al. 2018 (:mod:`facelab.models.liu2018`) in three phases on ``webface``.
 
-* **Phase I** (encoder): the encoder and its code heads regress the 3DMM coefficients,
-  ``L_I = mean |[c_Id, c_Res] - [alpha_id / std_id, alpha_exp / std_exp]|^2`` (Euclidean
-  loss on the standardised coefficients, :meth:`~facelab.models.liu2018.Liu2018Model.code_targets`);
-  the decoders stay at their basis initialisation.
+* **Phase I** (encoder): the encoder and its code heads regress the 3DMM coefficients with a
+  Euclidean loss. The codes are standardised (``c = alpha / std``,
+  :meth:`~facelab.models.liu2018.Liu2018Model.code_targets`) but the distance is measured
+  between the *unstandardised* coefficients ``alpha`` (facelab's and BFM's convention), i.e.
+  through the frozen basis-initialised decoders:
+  ``L_I = mean_v |f_Id(c_Id) - f_Id(c_Id*)|^2 + mean_v |f_Res(c_Res) - f_Res(c_Res*)|^2``
+  (mm^2; for orthonormal bases ``= sum_k std_k^2 (c_k - c_k*)^2 / V``). A loss on the
+  standardised codes weighs a 0.1 mm component like a 3 mm one, and on SynthFaces it
+  learns nothing in the quick budget (``phase1_metric="code"`` keeps it for comparison).
 * **Phase II** (decoders, encoder frozen): ``f_Id`` and ``f_Res`` are trained separately,
   ``L_II = mean_v |s_mean + f_Id(c_Id) - s_Id*|^2 + mean_v |f_Res(c_Res) - (s* - s_Id*)|^2``
   (mm^2; the two terms touch disjoint parameters, so their sum trains them independently).
@@ -11,9 +16,22 @@
   ``L_R = mean_v |s - s*|^2`` (mm^2) the reconstruction loss of the full shape and ``L_C``
   the identification loss on ``c_Id`` (A-Softmax with SphereFace's annealing, or softmax).
 
+Ablation stages (trained when listed in ``stages``; the paper's last table):
+
+* ``phase2_joint``: Phase II *without identity disentangling*: from Phase I, both decoders
+  are trained together on the full shape only, ``L = mean_v |s - s*|^2``, so nothing ties
+  ``c_Id`` to the identity;
+* ``phase3_softmax``: Phase III with plain softmax as ``L_C`` instead of A-Softmax.
+
+Input: like SphereFace, the encoder sees **aligned crops**: photos are rendered at
+``render_size`` and warped by the five-point similarity onto SphereFace's template at
+``image_size`` (:mod:`facelab.data.align`; the five points come from the sample's
+landmarks, a perfect detector). ``align=False`` feeds the raw photos.
+
 Targets: the paper builds them by fitting a 3DMM to all photos of each subject.
-``targets="truth"`` (the only source for now) uses the suite's exact ``alpha_id`` /
-``alpha_exp`` and true shapes instead, i.e. an oracle fit.
+``targets="truth"`` uses the suite's exact ``alpha_id`` / ``alpha_exp`` and true shapes
+(an oracle fit); ``targets="fitted"`` reads a ``facelab fit`` result (``targets_path``)
+made on the same suite.
 
 The run folder holds one sub-folder per phase (``phase1/`` ... with the
 :class:`~facelab.train.trainer.Trainer`'s ``last.pt`` and logs) and, once a phase is done,
@@ -21,8 +39,8 @@ its checkpoint ``phase1.pt`` / ``phase2.pt`` / ``phase3.pt`` (load any with
 :func:`facelab.train.load_model`) and ``summary.json`` (the last logged row of each
 phase). Calling again resumes: finished phases are skipped, an interrupted one resumes.
 
-``quick`` trains a ``sphere_tiny`` on 64x64 images of the ~1.4k-vertex mesh from an
-in-memory pool (100 identities x 8 images); ``full`` streams 112x96 images into sphere20.
+``quick`` trains a ``sphere_tiny`` on 64x64 aligned crops of 128 px photos of the
+~1.4k-vertex mesh from an in-memory pool; ``full`` streams 112x96 crops into sphere20.
 """
 
 from __future__ import annotations
@@ -46,16 +64,27 @@ from facelab.train.trainer import PROFILES, StepLoader, TrainConfig, Trainer
 
 MODEL_NAME = "liu2018"
 PHASES = (1, 2, 3)
-TARGET_SOURCES = ("truth",)
+#: stage name -> (phase whose steps / lr it uses, the stage it starts from, L_C override)
+STAGES = {
+    "phase1": (1, None, None),
+    "phase2": (2, "phase1", None),
+    "phase3": (3, "phase2", None),
+    "phase2_joint": (2, "phase1", None),
+    "phase3_softmax": (3, "phase2", "softmax"),
+}
+DEFAULT_STAGES = ("phase1", "phase2", "phase3")
+ABLATION_STAGES = DEFAULT_STAGES + ("phase2_joint", "phase3_softmax")
+TARGET_SOURCES = ("truth", "fitted")
+PHASE1_METRICS = ("basis", "code")
 POOL_KEYS = ("image", "label", "alpha_id", "alpha_exp", "shape", "shape_identity")
 FINAL_LR_FRACTION = 0.05  # each phase's cosine schedule ends at this fraction of its lr
 SUMMARY_JSON = "summary.json"
 
 PROFILE_DEFAULTS = {
-    "quick": dict(depth="sphere_tiny", embedding_dim=128, image_size=(64, 64), resolution="quick",
-                  phase_steps=(500, 100, 500), batch_size=32, n_identities=100, images_per_identity=8,
-                  pool=True, num_workers=0, num_threads=1),
-    "full": dict(depth="sphere20", embedding_dim=512, image_size=(112, 96), resolution="default",
+    "quick": dict(depth="sphere_tiny", embedding_dim=128, image_size=(64, 64), render_size=(128, 128),
+                  resolution="quick", phase_steps=(1500, 300, 1500), batch_size=64, n_identities=1000,
+                  images_per_identity=8, pool=True, num_workers=0, num_threads=2),
+    "full": dict(depth="sphere20", embedding_dim=512, image_size=(112, 96), render_size=(224, 192), resolution="default",
                  phase_steps=(20_000, 5_000, 20_000), batch_size=64, n_identities=0, images_per_identity=0,
                  pool=False, num_workers=4, num_threads=-1),
 }
@@ -70,10 +99,20 @@ class Liu2018TrainConfig:
         out_dir: the run folder ("" = ``runs/liu2018-<profile>``).
         depth: SphereFace preset of the encoder, ``"sphere_tiny"`` or ``"sphere20"``.
         embedding_dim: encoder output length (feeds the code heads).
-        image_size: ``(H, W)`` px. resolution: SynthFaces mesh preset.
+        image_size: ``(H, W)`` px of the encoder input (the aligned crop).
+        render_size: ``(H, W)`` px of the rendered photos the crops are cut from.
+        align: feed five-point aligned crops (SphereFace's preprocessing), else the photos
+            themselves (then ``render_size`` is ignored).
+        resolution: SynthFaces mesh preset.
         n_id, n_res: code lengths (0: the morphable model's ``n_shape`` / ``n_exp``).
-        targets: source of the Phase I/II targets; ``"truth"`` = the suite's exact
-            coefficients and shapes (stands in for the paper's multi-image 3DMM fit).
+        targets: source of the Phase I/II/III shape targets; ``"truth"`` = the suite's exact
+            coefficients and shapes; ``"fitted"`` = a multi-image 3DMM fit of the same suite
+            (``facelab fit webface --out DIR`` writes ``DIR/targets.npz``; give it as
+            ``targets_path``), as the paper built them.
+        targets_path: the ``targets.npz`` of ``targets="fitted"``.
+        phase1_metric: ``"basis"`` (Euclidean in the unstandardised coefficients, mm^2) or
+            ``"code"`` (Euclidean in the standardised codes).
+        stages: the stages to train, in order (see :data:`STAGES`).
         loss: ``"asoftmax"`` (annealed, SphereFace) or ``"softmax"``, the Phase III ``L_C``.
         margin_m: the A-Softmax margin.
         lambda_r: weight of the reconstruction loss ``L_R`` (mm^2) in Phase III.
@@ -90,6 +129,12 @@ class Liu2018TrainConfig:
 
     >>> Liu2018TrainConfig().depth, Liu2018TrainConfig(profile="full").image_size
     ('sphere_tiny', (112, 96))
+    >>> Liu2018TrainConfig(stages=("phase4",))
+    Traceback (most recent call last):
+    ...
+    ValueError: stages: unknown value 'phase4'; expected one of 'phase1', 'phase2', 'phase3', 'phase2_joint', 'phase3_softmax'
+
+    ``photo_size`` is what the suite renders: ``render_size`` with alignment, else ``image_size``.
     """
 
     profile: str = "quick"
@@ -97,10 +142,15 @@ class Liu2018TrainConfig:
     depth: str = ""
     embedding_dim: int = 0
     image_size: tuple[int, ...] = ()
+    render_size: tuple[int, ...] = ()
+    align: bool = True
     resolution: str = ""
     n_id: int = 0
     n_res: int = 0
     targets: str = "truth"
+    targets_path: str = ""
+    phase1_metric: str = "basis"
+    stages: tuple[str, ...] = DEFAULT_STAGES
     loss: str = "asoftmax"
     margin_m: int = 4
     lambda_r: float = 1.0
@@ -125,11 +175,18 @@ class Liu2018TrainConfig:
         check_choice(self.profile, "profile", PROFILES)
         check_choice(self.targets, "targets", TARGET_SOURCES)
         check_choice(self.loss, "loss", ("asoftmax", "softmax"))
+        check_choice(self.phase1_metric, "phase1_metric", PHASE1_METRICS)
+        self.stages = tuple(self.stages)
+        for stage in self.stages:
+            check_choice(stage, "stages", list(STAGES))
+        if self.targets == "fitted" and not self.targets_path:
+            raise ValueError("targets_path: targets='fitted' needs the targets.npz written by `facelab fit`")
         defaults = PROFILE_DEFAULTS[self.profile]
         for key in ("depth", "embedding_dim", "resolution", "batch_size", "n_identities", "images_per_identity"):
             if not getattr(self, key):
                 setattr(self, key, defaults[key])
         self.image_size = check_image_size(self.image_size or defaults["image_size"])
+        self.render_size = check_image_size(self.render_size or defaults["render_size"])
         self.phase_steps = tuple(self.phase_steps or defaults["phase_steps"])
         self.phase_lr = tuple(self.phase_lr)
         for name in ("phase_steps", "phase_lr"):
@@ -150,12 +207,16 @@ class Liu2018TrainConfig:
         if not self.out_dir:
             self.out_dir = f"runs/liu2018-{self.profile}"
 
-    def train_config(self, phase: int) -> TrainConfig:
-        """The :class:`TrainConfig` of phase ``phase`` (1, 2 or 3), in ``out_dir/phase<k>``."""
+    @property
+    def photo_size(self) -> tuple[int, int]:
+        return tuple(self.render_size) if self.align else tuple(self.image_size)
+
+    def train_config(self, phase: int, stage: str | None = None) -> TrainConfig:
+        """The :class:`TrainConfig` of phase ``phase`` (1, 2 or 3), in ``out_dir/<stage>`` (default ``phase<k>``)."""
         check_choice(phase, "phase", PHASES)
         return TrainConfig(steps=self.phase_steps[phase - 1], batch_size=self.batch_size, lr=self.phase_lr[phase - 1],
                            weight_decay=self.weight_decay, log_every=self.log_every, ckpt_every=self.ckpt_every,
-                           seed=self.seed, out_dir=str(Path(self.out_dir) / f"phase{phase}"), device=self.device,
+                           seed=self.seed, out_dir=str(Path(self.out_dir) / (stage or f"phase{phase}")), device=self.device,
                            profile=self.profile, grad_clip=self.grad_clip, progress=self.progress)
 
 
@@ -165,16 +226,22 @@ def _vertex_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((pred - target) ** 2).sum(-1).mean()
 
 
-def phase1_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
-    """Phase I: Euclidean loss between ``[c_Id, c_Res]`` and the standardised 3DMM coefficients.
+def phase1_loss(model, batch: dict, metric: str = "basis") -> tuple[torch.Tensor, dict]:
+    """Phase I: Euclidean loss between the regressed codes and the 3DMM coefficients.
+
+    With ``metric="basis"`` the distance is taken between unstandardised coefficients,
+    through the (frozen, basis-initialised) decoders:
+    ``mean_v |f_Id(c_Id) - f_Id(c_Id*)|^2 + mean_v |f_Res(c_Res) - f_Res(c_Res*)|^2`` (mm^2);
+    with ``metric="code"``, ``mean |[c_Id, c_Res] - [c_Id*, c_Res*]|^2`` over the standardised
+    code components (dimensionless). ``c* =`` :meth:`~facelab.models.liu2018.Liu2018Model.code_targets`.
 
     Args:
         model: a :class:`~facelab.models.liu2018.Liu2018Model`.
         batch: ``image (B, 3, H, W)`` float [0, 1], ``alpha_id (B, K_id)``, ``alpha_exp (B, K_exp)``.
+        metric: ``"basis"`` or ``"code"``.
 
     Returns:
-        ``(loss, {"id", "res"})``: mean squared code errors (dimensionless) over all code
-        components together, and over each part.
+        ``(loss, {"id", "res"})``: the loss and its identity / residual parts.
 
     >>> from facelab.models.liu2018 import Liu2018Config, Liu2018Model
     >>> from facelab.models.sphereface import SphereConfig
@@ -185,11 +252,17 @@ def phase1_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
     >>> loss, m = phase1_loss(net, b); loss.shape, sorted(m)
     (torch.Size([]), ['id', 'res'])
     """
+    check_choice(metric, "metric", PHASE1_METRICS)
     c_id, c_res = model.encode(batch["image"])
     t_id, t_res = model.code_targets(batch["alpha_id"], batch["alpha_exp"])
-    err_id, err_res = (c_id - t_id) ** 2, (c_res - t_res) ** 2
-    loss = torch.cat([err_id, err_res], 1).mean()
-    return loss, {"id": err_id.mean().detach(), "res": err_res.mean().detach()}
+    if metric == "code":
+        err_id, err_res = (c_id - t_id) ** 2, (c_res - t_res) ** 2
+        loss = torch.cat([err_id, err_res], 1).mean()
+        return loss, {"id": err_id.mean().detach(), "res": err_res.mean().detach()}
+    # decoders are linear: f(c) - f(c*) = W (c - c*), the bias cancels
+    loss_id = _vertex_mse(model.id_decoder(c_id - t_id) - model.id_decoder.linear.bias.view(1, -1, 3), 0.0)
+    loss_res = _vertex_mse(model.res_decoder(c_res - t_res) - model.res_decoder.linear.bias.view(1, -1, 3), 0.0)
+    return loss_id + loss_res, {"id": loss_id.detach(), "res": loss_res.detach()}
 
 
 def phase2_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -212,6 +285,21 @@ def phase2_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
     metrics = {"id": loss_id.detach(), "res": loss_res.detach(),
                "rmse_id_mm": loss_id.detach().sqrt(), "rmse_res_mm": loss_res.detach().sqrt()}
     return loss_id + loss_res, metrics
+
+
+def phase2_joint_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
+    """Phase II *without identity disentangling*: both decoders fit the full shape together.
+
+    ``L = mean_v |s_mean + f_Id(c_Id) + f_Res(c_Res) - s*|^2`` (mm^2, encoder frozen); nothing
+    asks ``f_Id(c_Id)`` to be the identity part. Batch keys: ``image``, ``shape (B, V, 3)`` mm.
+
+    Returns:
+        ``(loss, {"rmse_mm"})``.
+    """
+    with torch.no_grad():
+        c_id, c_res = model.encode(batch["image"])
+    loss = _vertex_mse(model.decode(c_id, c_res)["shape"], batch["shape"])
+    return loss, {"rmse_mm": loss.detach().sqrt()}
 
 
 class Phase3Loss(nn.Module):
@@ -245,30 +333,49 @@ class Phase3Loss(nn.Module):
 
 # -------------------------------------------------------------------- data
 def _suite(cfg: Liu2018TrainConfig):
-    return pools.recipe_suite("webface", cfg)
+    return pools.recipe_suite("webface", cfg, image_size=cfg.photo_size)
 
 
-def render_pool(collection, cache: bool = True, progress: bool = False) -> dict[str, torch.Tensor]:
+def render_pool(collection, cache: bool = True, progress: bool = False,
+                align_to: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
     """Every image of ``collection`` with the fields the three phases need (:data:`POOL_KEYS`), in memory.
 
+    ``align_to``: store five-point aligned crops of that ``(H, W)`` instead of the photos.
     See :func:`facelab.train.pools.render_pool`; cached under ``cache_dir()/pools``.
     """
-    return pools.render_pool(collection, POOL_KEYS, "liu2018", cache=cache, progress=progress)
+    keys = POOL_KEYS + (("landmarks2d",) if align_to else ())
+    pool = pools.render_pool(collection, keys, "liu2018", cache=cache, progress=progress, align_to=align_to)
+    return {k: v for k, v in pool.items() if k in POOL_KEYS}
+
+
+def _fitted(pool: dict, cfg: Liu2018TrainConfig, collection) -> dict:
+    """``pool`` with its shape targets replaced by those of a ``facelab fit`` result."""
+    from facelab.fitting.targets import load_fitted_targets
+
+    fitted = load_fitted_targets(cfg.targets_path, collection)
+    return {**pool, **{k: fitted[k].to(pool[k].dtype) for k in ("alpha_id", "alpha_exp", "shape", "shape_identity")}}
 
 
 pool_batches = pools.pool_batches
 
 
 # ------------------------------------------------------------------ model
-def model_config(cfg: Liu2018TrainConfig, morphable, n_classes: int) -> dict:
-    """The checkpoint's model config: ``{"resolution", "model": Liu2018Config as a dict}``."""
+def model_config(cfg: Liu2018TrainConfig, morphable, n_classes: int, loss: str | None = None,
+                 disentangled: bool = True) -> dict:
+    """The checkpoint's model config: ``{"resolution", "model": Liu2018Config as a dict, "input": {...}}``.
+
+    ``input`` says how photos become encoder inputs (``align``, ``render_size``) and whether
+    the codes are ``disentangled`` (False for the ``phase2_joint`` ablation); ``loss``
+    overrides ``cfg.loss``.
+    """
     from facelab.models.liu2018 import Liu2018Config
     from facelab.models.sphereface import SphereConfig
 
     encoder = SphereConfig(cfg.depth, embedding_dim=cfg.embedding_dim, input_size=tuple(cfg.image_size))
     model_cfg = Liu2018Config(encoder=encoder, n_id=cfg.n_id or morphable.n_shape, n_res=cfg.n_res or morphable.n_exp,
-                              loss=cfg.loss, n_classes=n_classes, margin_m=cfg.margin_m)
-    return {"resolution": cfg.resolution, "model": dataclasses.asdict(model_cfg)}
+                              loss=loss or cfg.loss, n_classes=n_classes, margin_m=cfg.margin_m)
+    return {"resolution": cfg.resolution, "model": dataclasses.asdict(model_cfg),
+            "input": {"align": cfg.align, "render_size": list(cfg.photo_size), "disentangled": disentangled}}
 
 
 def build_liu2018_model(config: dict) -> nn.Module:
@@ -320,37 +427,66 @@ def phase_parameters(model, phase: int) -> list[nn.Parameter]:
     return [p for m in modules for p in m.parameters()]
 
 
+def stage_loss(stage: str, cfg: Liu2018TrainConfig):
+    """The ``(model, batch) -> (loss, metrics)`` callable of a training stage (:data:`STAGES`)."""
+    check_choice(stage, "stage", list(STAGES))
+    if stage == "phase1":
+        return lambda model, batch: phase1_loss(model, batch, cfg.phase1_metric)
+    if stage == "phase2":
+        return phase2_loss
+    if stage == "phase2_joint":
+        return phase2_joint_loss
+    return Phase3Loss(cfg.lambda_r)
+
+
+def _batches(cfg: Liu2018TrainConfig, collection):
+    if cfg.pool:
+        pool = render_pool(collection, cache=cfg.cache_pool, progress=cfg.progress,
+                           align_to=tuple(cfg.image_size) if cfg.align else None)
+        if cfg.targets == "fitted":
+            pool = _fitted(pool, cfg, collection)
+        return pool_batches(pool, cfg.batch_size, cfg.seed)
+    if cfg.targets == "fitted":
+        raise ValueError("targets: 'fitted' needs pool=True (the fitted targets are per image of a fixed suite)")
+    stream = StepLoader(collection, cfg.batch_size, sum(cfg.phase_steps), seed=cfg.seed, num_workers=cfg.num_workers)
+    if not cfg.align:
+        return stream
+    return lambda step: pools.align_batch(stream(step), tuple(cfg.image_size))
+
+
 def _train(cfg: Liu2018TrainConfig) -> None:
     from facelab.train.trainer import seed_everything
 
     collection = _suite(cfg)
     morphable = collection.model
     n_classes = collection.config.n_identities
-    seed_everything(cfg.seed)  # the initial weights depend on the seed only
-    model = build_liu2018_model(model_config(cfg, morphable, n_classes))
-    total = sum(cfg.phase_steps)
-    if cfg.pool:
-        pool = render_pool(collection, cache=cfg.cache_pool, progress=cfg.progress)
-        batches = pool_batches(pool, cfg.batch_size, cfg.seed)
-    else:
-        batches = StepLoader(collection, cfg.batch_size, total, seed=cfg.seed, num_workers=cfg.num_workers)
-    losses = {1: phase1_loss, 2: phase2_loss, 3: Phase3Loss(cfg.lambda_r)}
+    batches = _batches(cfg, collection)
     root = Path(cfg.out_dir)
     summary_path = root / SUMMARY_JSON
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    for phase in PHASES:
-        final = root / f"phase{phase}.pt"
-        if final.exists():  # finished earlier: take its weights and go on
-            model.load_state_dict(load_checkpoint(final, expect_model=MODEL_NAME)["state_dict"])
+    for stage in cfg.stages:
+        final = root / f"{stage}.pt"
+        if final.exists():  # finished earlier
             continue
-        tcfg = cfg.train_config(phase)
+        phase, parent, loss_override = STAGES[stage]
+        mcfg = model_config(cfg, morphable, n_classes, loss=loss_override, disentangled=stage != "phase2_joint")
+        seed_everything(cfg.seed)  # the initial weights depend on the seed only
+        model = build_liu2018_model(mcfg)
+        if parent is not None:
+            if not (root / f"{parent}.pt").exists():
+                raise FileNotFoundError(f"stages: {stage} starts from {root / parent}.pt; train {parent!r} first")
+            state = load_checkpoint(root / f"{parent}.pt", expect_model=MODEL_NAME)["state_dict"]
+            if loss_override:  # another identification head: keep the fresh one
+                state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+            model.load_state_dict(state, strict=not loss_override)
+        tcfg = cfg.train_config(phase, stage)
         optimizer = torch.optim.AdamW(phase_parameters(model, phase), lr=tcfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(tcfg.steps))
-        trainer = Trainer(model, optimizer, batches, losses[phase], tcfg, scheduler=scheduler, model_name=MODEL_NAME,
-                          model_config=model_config(cfg, morphable, n_classes), extra_config=cfg)
+        trainer = Trainer(model, optimizer, batches, stage_loss(stage, cfg), tcfg, scheduler=scheduler,
+                          model_name=MODEL_NAME, model_config=mcfg, extra_config=cfg)
         result = trainer.fit()
         _copy_atomic(trainer.checkpoint_path, final)
-        summary[f"phase{phase}"] = result["metrics"]
+        summary[stage] = result["metrics"]
         summary_path.write_text(json.dumps(summary, indent=2))
 
 

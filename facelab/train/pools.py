@@ -21,31 +21,49 @@ from facelab.train.trainer import step_indices
 POOL_RENDER_BATCH = 64
 
 
-def recipe_suite(suite: str, cfg):
+def recipe_suite(suite: str, cfg, image_size: tuple[int, int] | None = None):
     """The training suite of a recipe config (``profile``, ``image_size``, ``resolution``,
-    ``seed`` and optional ``n_identities`` / ``images_per_identity``; 0 = the suite's default)."""
+    ``seed`` and optional ``n_identities`` / ``images_per_identity``; 0 = the suite's default).
+    ``image_size`` overrides the config's (e.g. the photo size before aligned cropping)."""
     from facelab.data import make_suite
 
     sizes = {k: getattr(cfg, k) for k in ("n_identities", "images_per_identity") if getattr(cfg, k)}
-    return make_suite(suite, profile=cfg.profile, image_size=cfg.image_size, resolution=cfg.resolution,
+    return make_suite(suite, profile=cfg.profile, image_size=image_size or cfg.image_size, resolution=cfg.resolution,
                       seed=cfg.seed, **sizes)
 
 
-def pool_path(collection, keys: tuple[str, ...], tag: str) -> Path:
-    """``cache_dir()/pools/<suite>-<tag>-<digest>.pt``, keyed by the suite config and ``keys``."""
-    key = json.dumps([dataclasses.asdict(collection.config), list(keys), tag], sort_keys=True, default=str)
+def pool_path(collection, keys: tuple[str, ...], tag: str, align_to: tuple[int, int] | None = None) -> Path:
+    """``cache_dir()/pools/<suite>-<tag>-<digest>.pt``, keyed by the suite config, ``keys`` and ``align_to``."""
+    key = json.dumps([dataclasses.asdict(collection.config), list(keys), tag] + ([list(align_to)] if align_to else []),
+                     sort_keys=True, default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     return cache_dir() / "pools" / f"{collection.config.suite}-{tag}-{digest}.pt"
 
 
-def render_pool(collection, keys: tuple[str, ...], tag: str, cache: bool = True, progress: bool = False) -> dict[str, torch.Tensor]:
+def align_batch(batch: dict, size: tuple[int, int]) -> dict:
+    """``batch`` with ``image`` replaced by five-point aligned ``size`` crops (:func:`facelab.data.align.align_faces`).
+
+    Needs ``image (B, 3, H, W)`` and ``landmarks2d (B, 68, 2)`` px; ``landmarks2d`` is moved
+    into crop pixels. Other fields are kept.
+    """
+    from facelab.data.align import align_faces
+
+    if "landmarks2d" not in batch:
+        raise KeyError("batch: aligning crops needs the 'landmarks2d' field")
+    crops, lm = align_faces(batch["image"], batch["landmarks2d"], size)
+    return {**batch, "image": crops, "landmarks2d": lm}
+
+
+def render_pool(collection, keys: tuple[str, ...], tag: str, cache: bool = True, progress: bool = False,
+                align_to: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
     """Every image of ``collection`` with the sample fields ``keys``, on the CPU.
 
     ``image`` is stored as ``(N, 3, H, W)`` uint8; the other fields as generated. With
-    ``cache`` the pool is read from / written to :func:`pool_path`; a damaged cache
-    file is re-rendered, never trusted.
+    ``align_to = (H', W')`` the images are stored as aligned crops of that size
+    (:func:`align_batch`). With ``cache`` the pool is read from / written to
+    :func:`pool_path`; a damaged cache file is re-rendered, never trusted.
     """
-    path = pool_path(collection, keys, tag)
+    path = pool_path(collection, keys, tag, align_to)
     if cache and path.exists():
         try:
             pool = torch.load(path, weights_only=True)
@@ -55,6 +73,8 @@ def render_pool(collection, keys: tuple[str, ...], tag: str, cache: bool = True,
             pass
     parts = {k: [] for k in keys}
     for batch in collection.batches(POOL_RENDER_BATCH, progress=progress):
+        if align_to:
+            batch = align_batch(batch, align_to)
         for k in keys:
             v = batch[k].detach().cpu()
             parts[k].append((v.clamp(0, 1) * 255).round().to(torch.uint8) if k == "image" else v)
