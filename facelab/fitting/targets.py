@@ -233,7 +233,7 @@ def load_fitted_targets(path: str | Path, collection, model: MorphableModel | No
         model: the morphable model the coefficients belong to (default: the collection's).
 
     Returns:
-        dict of float32 tensors on the model's device:
+        dict of tensors in the model's dtype, on its device:
         ``alpha_id (N, K_id)`` and ``alpha_exp (N, K_exp)`` unstandardised coefficients
         (zero past the fitted components; images of one identity share ``alpha_id``),
         ``shape_identity (N, V, 3)`` mm = ``model.shape(alpha_id)`` (neutral) and
