@@ -111,3 +111,25 @@ def test_results_markdown_lists_every_phase():
             for i, p in enumerate(["I", "II"])]
     md = results_markdown({"profile": "quick", "rows": rows, "baselines": {}, "yaw_rmse": {"0": 1.0}, "seconds": 2})
     assert "| I | yes | none | 0.250 |" in md and "| II | yes | none | 1.250 |" in md and "not run" in md
+
+
+@pytest.mark.slow
+def test_stage_checkpoints_evaluate_with_their_input_pipeline(tiny):
+    """A liu2018 checkpoint scored by `evaluate_model` sees aligned crops of render_size photos."""
+    from facelab.metrics.model_eval import ModelEvalConfig, evaluate_model
+
+    out, _ = tiny
+    wrapped = load_phase(out / "phase3.pt")
+    assert wrapped.align and wrapped.config.image_size == (48, 48) and wrapped.input_size == (32, 32)
+    batch = {"image": torch.rand(2, 3, 48, 48), "landmarks2d": torch.rand(2, 68, 2) * 30 + 9}
+    assert wrapped.prepare_images(batch).shape == (2, 3, 32, 32)
+    res = evaluate_model(out / "phase3.pt", "lfw", config=ModelEvalConfig(lfw_identities=20, lfw_pairs_per_fold=3))
+    assert res["image_size"] == [48, 48]
+    assert 0.0 <= next(iter(res["lfw"].values()))["accuracy_mean"] <= 1.0
+    joint = load_phase(out / "phase2_joint.pt")
+    assert not joint.disentangled
+    rec = joint.reconstruct(torch.rand(2, 3, 32, 32))
+    assert rec["embedding"].shape[1] == joint.model.n_id + joint.model.n_res
+    # without disentangling the "identity" is the whole code: decoding it gives the full shape
+    torch.testing.assert_close(joint.decode_identity(rec["embedding"]), rec["shape"])
+    torch.testing.assert_close(rec["identity_shape"], rec["shape"])

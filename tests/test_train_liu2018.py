@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ import torch
 from facelab.train.checkpoint import load_model
 from facelab.train.liu2018 import (
     Liu2018TrainConfig, Phase3Loss, build_liu2018_model, phase1_loss, phase2_loss, phase_parameters, pool_batches,
-    render_pool, train_liu2018, _suite,
+    render_pool, train_liu2018, _fitted, _suite,
 )
 
 TINY = dict(image_size=(32, 32), render_size=(48, 48), resolution="quick", n_identities=16, images_per_identity=4, batch_size=16,
@@ -198,3 +200,27 @@ def test_vertex_loss_gradcheck():
     assert torch.autograd.gradcheck(lambda p: _vertex_mse(p, target), (pred,))
     # hand value: every vertex 1 mm off along x, y and z -> squared distance 3 mm^2
     assert float(_vertex_mse(torch.zeros(2, 5, 3), torch.ones(2, 5, 3))) == pytest.approx(3.0)
+
+
+def test_fitted_targets_replace_the_truth(tmp_path):
+    """targets='fitted' trains on a `facelab fit` result of the same suite, not on the truth."""
+    from facelab.fitting import CollectionFitConfig, fit_collection, save_fitted_targets
+
+    cfg = Liu2018TrainConfig(out_dir=str(tmp_path / "run"), **{**TINY, "n_identities": 2, "images_per_identity": 2,
+                                                               "batch_size": 2, "phase_steps": (1, 1, 1)})
+    collection = _suite(cfg)
+    targets, _ = fit_collection(collection, CollectionFitConfig(n_steps=2, n_shape=4, n_albedo=2))
+    path = save_fitted_targets(tmp_path / "targets.npz", targets)
+    fitted = dataclasses.replace(cfg, targets="fitted", targets_path=str(path))
+    pool = render_pool(collection, cache=False, align_to=cfg.image_size)
+    got = _fitted(pool, fitted, collection)
+    assert not torch.allclose(got["shape_identity"], pool["shape_identity"])
+    assert torch.equal(got["image"], pool["image"]) and got["alpha_id"].shape == pool["alpha_id"].shape
+    # only the 4 fitted identity components are non-zero
+    assert torch.count_nonzero(got["alpha_id"][:, 4:]) == 0
+    train_liu2018(fitted)
+    assert (Path(fitted.out_dir) / "phase3.pt").exists()
+    with pytest.raises(ValueError, match="targets_path"):
+        Liu2018TrainConfig(targets="fitted")
+    with pytest.raises(ValueError, match="pool"):
+        train_liu2018(dataclasses.replace(fitted, pool=False, out_dir=str(tmp_path / "stream")))

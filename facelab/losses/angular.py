@@ -1,8 +1,8 @@
 """Angular-margin classification losses for face recognition.
 
-Each loss is a plain function that turns features and a class weight matrix into
-logits, plus a thin ``nn.Module`` that owns the weight matrix and applies
-cross-entropy:
+Book chapter: ``book/06_losses.ipynb``. Each loss is a plain function that turns
+features and a class weight matrix into logits, plus a thin ``nn.Module`` that owns
+the weight matrix and applies cross-entropy:
 
 * :func:`a_softmax_logits` / :class:`ASoftmaxLoss`: SphereFace's A-Softmax (Liu et al.
   2017), a *multiplicative* angular margin ``cos(m theta)`` made monotone by

@@ -95,6 +95,10 @@ def _load(checkpoint_or_model, device: str):
         return checkpoint_or_model.to(device).eval(), None, {"checkpoint": None, "model_name": type(checkpoint_or_model).__name__, "step": None}
     path = Path(checkpoint_or_model)
     model, ckpt = load_model(path, map_location=device)
+    if ckpt["model_name"] == "liu2018":  # the encoder-decoder needs its input pipeline (aligned crops)
+        from facelab.reproduce.liu2018 import evaluable
+
+        model = evaluable(model, ckpt).to(device).eval()
     return model, ckpt, {"checkpoint": str(path), "model_name": ckpt["model_name"], "step": ckpt["step"]}
 
 

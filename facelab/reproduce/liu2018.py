@@ -110,14 +110,19 @@ class Liu2018Evaluable(nn.Module):
         return self.model.mean_shape + self.model.id_decoder(code)
 
 
+def evaluable(model: nn.Module, checkpoint: dict) -> Liu2018Evaluable:
+    """Wrap a loaded Liu et al. model with the input pipeline recorded in its ``checkpoint``."""
+    inp = checkpoint["model_config"].get("input", {})
+    return Liu2018Evaluable(model.eval(), checkpoint["model_config"]["resolution"], align=inp.get("align", False),
+                            render_size=inp.get("render_size"), disentangled=inp.get("disentangled", True)).eval()
+
+
 def load_phase(path) -> Liu2018Evaluable:
-    """The phase checkpoint ``path`` as an evaluable model (CPU, eval mode)."""
+    """The stage checkpoint ``path`` (e.g. ``phase3.pt``) as an evaluable model (CPU, eval mode)."""
     from facelab.train.checkpoint import load_model
 
     model, ckpt = load_model(Path(path), map_location="cpu")
-    inp = ckpt["model_config"].get("input", {})
-    return Liu2018Evaluable(model.eval(), ckpt["model_config"]["resolution"], align=inp.get("align", False),
-                            render_size=inp.get("render_size"), disentangled=inp.get("disentangled", True)).eval()
+    return evaluable(model, ckpt)
 
 
 def _split_overrides(overrides) -> dict[str, list[str]]:
