@@ -123,7 +123,10 @@ def align_faces(images: torch.Tensor, landmarks2d: torch.Tensor, out_size: tuple
     H, W = images.shape[-2:]
     Ho, Wo = check_image_size(out_size or (H, W))
     dst = template((Ho, Wo)).to(images)
-    A, b = similarity_2d(five_points(landmarks2d).to(images.dtype), dst.expand(images.shape[0], 5, 2))
+    try:
+        A, b = similarity_2d(five_points(landmarks2d).to(images.dtype), dst.expand(images.shape[0], 5, 2))
+    except ValueError as err:
+        raise ValueError(f"landmarks2d: {err}") from None
     # grid_sample needs, for each crop pixel, the photo point it comes from: the inverse map.
     A_inv = torch.linalg.inv(A)
     # normalised coordinates (align_corners=False): u = 2 x / W - 1

@@ -129,29 +129,33 @@ def load_bfm2017(path, landmarks=None, face_mask=None) -> MorphableModel:
     path = existing_file(path, "BFM2017 model file")
     try:
         fh = h5py.File(path, "r")
-    except OSError as err:
+    except (OSError, KeyError, RuntimeError) as err:
         raise ValueError(f"{path}: not a readable HDF5 file ({err})") from None
-    with fh:
-        mean_flat = _h5(fh, path, "shape/model/mean")
-        mean = mean_vertices(mean_flat, path, "shape/model/mean")
-        V = mean.shape[0]
-        shape = _h5_pca(fh, path, "shape", V)
-        cells = _h5(fh, path, "shape/representer/cells")
-        if cells.ndim != 2 or cells.shape[0] != 3:
-            raise ValueError(f"{path}: 'shape/representer/cells' must be (3, F), got shape {cells.shape}")
-        faces = check_faces(cells.T, V, path, "shape/representer/cells", one_based=False)
-        points = _h5(fh, path, "shape/representer/points") if "shape/representer/points" in fh else None
-        if points is not None and points.shape != (3, V):
-            raise ValueError(f"{path}: 'shape/representer/points' must be (3, {V}), got shape {points.shape}")
-        exp = None
-        if "expression" in fh:
-            exp = _h5_pca(fh, path, "expression", V)
-            # statismo expression models carry their own mean offset; fold it into the mean shape
-            mean = mean + _h5_mean(fh, path, "expression", V)
-        mean_albedo, albedo = None, None
-        if "color" in fh:
-            mean_albedo = _h5_mean(fh, path, "color", V) / BFM2017_COLOUR_MAX
-            albedo = _h5_pca(fh, path, "color", V)
+    # corrupt HDF5 metadata surfaces as KeyError / OSError / RuntimeError from any h5py call
+    try:
+        with fh:
+            mean_flat = _h5(fh, path, "shape/model/mean")
+            mean = mean_vertices(mean_flat, path, "shape/model/mean")
+            V = mean.shape[0]
+            shape = _h5_pca(fh, path, "shape", V)
+            cells = _h5(fh, path, "shape/representer/cells")
+            if cells.ndim != 2 or cells.shape[0] != 3:
+                raise ValueError(f"{path}: 'shape/representer/cells' must be (3, F), got shape {cells.shape}")
+            faces = check_faces(cells.T, V, path, "shape/representer/cells", one_based=False)
+            points = _h5(fh, path, "shape/representer/points") if "shape/representer/points" in fh else None
+            if points is not None and points.shape != (3, V):
+                raise ValueError(f"{path}: 'shape/representer/points' must be (3, {V}), got shape {points.shape}")
+            exp = None
+            if "expression" in fh:
+                exp = _h5_pca(fh, path, "expression", V)
+                # statismo expression models carry their own mean offset; fold it into the mean shape
+                mean = mean + _h5_mean(fh, path, "expression", V)
+            mean_albedo, albedo = None, None
+            if "color" in fh:
+                mean_albedo = _h5_mean(fh, path, "color", V) / BFM2017_COLOUR_MAX
+                albedo = _h5_pca(fh, path, "color", V)
+    except (OSError, KeyError, RuntimeError) as err:
+        raise ValueError(f"{path}: corrupt HDF5 file ({type(err).__name__}: {err})") from None
     return assemble_model(
         path=path, fmt="bfm2017-h5", name="bfm2017", mean_shape=mean, faces=faces,
         shape=shape, exp=exp, albedo=albedo, mean_albedo=mean_albedo, landmarks=landmarks, face_mask=face_mask,

@@ -58,7 +58,11 @@ def read_pairs(path) -> list[Pair]:
     [('Ann', 1, 'Ann', 2, True, 0), ('Ann', 1, 'Bob', 3, False, 0)]
     """
     path = existing_file(path, "LFW pairs file")
-    lines = [ln.split() for ln in path.read_text().splitlines()]
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a text file ({err})") from None
+    lines = [ln.split() for ln in text.splitlines()]
     lines = [(n, ln) for n, ln in enumerate(lines, 1) if ln]
     if not lines:
         raise ValueError(f"{path}: empty pairs file")
@@ -93,10 +97,14 @@ def _pair(parts: list[str], matched: bool, fold: int, path: Path, lineno: int) -
         raise ValueError(f"{path}:{lineno}: expected a {kind} line, got {' '.join(parts)!r}")
     try:
         if matched:
-            return Pair(parts[0], int(parts[1]), parts[0], int(parts[2]), True, fold)
-        return Pair(parts[0], int(parts[1]), parts[2], int(parts[3]), False, fold)
+            pair = Pair(parts[0], int(parts[1]), parts[0], int(parts[2]), True, fold)
+        else:
+            pair = Pair(parts[0], int(parts[1]), parts[2], int(parts[3]), False, fold)
     except ValueError:
         raise ValueError(f"{path}:{lineno}: image numbers must be integers, got {' '.join(parts)!r}") from None
+    if pair.idx1 < 1 or pair.idx2 < 1:  # LFW numbers images from 1; 0 or -3 would name no file
+        raise ValueError(f"{path}:{lineno}: image numbers must be >= 1, got {' '.join(parts)!r}")
+    return pair
 
 
 def lfw_image_path(root, name: str, index: int) -> Path:

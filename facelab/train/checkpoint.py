@@ -16,8 +16,10 @@ optimizer          ``optimizer.state_dict()`` or None
 scheduler          ``scheduler.state_dict()`` or None
 step, epoch        training progress (ints)
 train_config       the training config as a JSON-ready dict
-rng                torch / CUDA / numpy / Python RNG states (or None)
-extra              free-form JSON-ready dict
+rng                torch / CUDA / numpy / Python RNG states (or None); rank 0's under torchrun
+rng_per_rank       a list of such states, one per rank (absent in older files)
+extra              free-form JSON-ready dict (the trainer stores ``recipe``, ``data_position``
+                   and ``world_size`` here)
 =================  =========================================================
 
 Only tensors and plain Python values are stored, so :func:`load_checkpoint` reads with
@@ -154,6 +156,7 @@ def save_checkpoint(
     epoch: int = 0,
     train_config=None,
     rng_state: bool = True,
+    rng_per_rank: list | None = None,
     extra: dict | None = None,
 ) -> Path:
     """Write a facelab checkpoint atomically (see the module docstring for the layout).
@@ -167,6 +170,8 @@ def save_checkpoint(
         step, epoch: training progress.
         train_config: the training config (dataclass, dict or None).
         rng_state: also store the RNG states (for exact resumption).
+        rng_per_rank: the RNG states of every rank (:func:`get_rng_state` gathered from each
+            process); replaces this process's state when given.
         extra: more JSON-ready values.
 
     Returns:
@@ -200,9 +205,11 @@ def save_checkpoint(
         "step": step,
         "epoch": epoch,
         "train_config": _config_dict(train_config),
-        "rng": get_rng_state() if rng_state else None,
+        "rng": (rng_per_rank[0] if rng_per_rank else get_rng_state()) if rng_state else None,
         "extra": dict(extra or {}),
     }
+    if rng_state and rng_per_rank:
+        payload["rng_per_rank"] = list(rng_per_rank)
     return atomic_torch_save(payload, path)
 
 

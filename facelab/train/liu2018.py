@@ -186,7 +186,7 @@ class Liu2018TrainConfig:
             if not getattr(self, key):
                 setattr(self, key, defaults[key])
         self.image_size = check_image_size(self.image_size or defaults["image_size"])
-        self.render_size = check_image_size(self.render_size or defaults["render_size"])
+        self.render_size = check_image_size(self.render_size or defaults["render_size"], "render_size")
         self.phase_steps = tuple(self.phase_steps or defaults["phase_steps"])
         self.phase_lr = tuple(self.phase_lr)
         for name in ("phase_steps", "phase_lr"):
@@ -455,6 +455,7 @@ def _batches(cfg: Liu2018TrainConfig, collection):
 
 
 def _train(cfg: Liu2018TrainConfig) -> None:
+    from facelab.train.distributed import barrier, is_main_process
     from facelab.train.trainer import seed_everything
 
     collection = _suite(cfg)
@@ -475,19 +476,23 @@ def _train(cfg: Liu2018TrainConfig) -> None:
         if parent is not None:
             if not (root / f"{parent}.pt").exists():
                 raise FileNotFoundError(f"stages: {stage} starts from {root / parent}.pt; train {parent!r} first")
-            state = load_checkpoint(root / f"{parent}.pt", expect_model=MODEL_NAME)["state_dict"]
-            if loss_override:  # another identification head: keep the fresh one
+            ckpt = load_checkpoint(root / f"{parent}.pt", expect_model=MODEL_NAME)
+            state = ckpt["state_dict"]
+            other_head = ckpt["model_config"]["model"].get("loss") != mcfg["model"]["loss"]
+            if other_head:  # another identification head: keep the fresh one
                 state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-            model.load_state_dict(state, strict=not loss_override)
+            model.load_state_dict(state, strict=not other_head)
         tcfg = cfg.train_config(phase, stage)
         optimizer = torch.optim.AdamW(phase_parameters(model, phase), lr=tcfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(tcfg.steps))
         trainer = Trainer(model, optimizer, batches, stage_loss(stage, cfg), tcfg, scheduler=scheduler,
                           model_name=MODEL_NAME, model_config=mcfg, extra_config=cfg)
         result = trainer.fit()
-        _copy_atomic(trainer.checkpoint_path, final)
-        summary[stage] = result["metrics"]
-        summary_path.write_text(json.dumps(summary, indent=2))
+        if is_main_process():  # under torchrun only rank 0 writes
+            _copy_atomic(trainer.checkpoint_path, final)
+            summary[stage] = result["metrics"]
+            summary_path.write_text(json.dumps(summary, indent=2))
+        barrier()
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:

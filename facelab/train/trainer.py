@@ -14,7 +14,18 @@ step and RNG states are restored and the logs are cut back to that step. When ba
 come from a callable ``step -> batch`` (see :func:`step_indices`), a resumed run ends with
 bitwise the same weights as an uninterrupted one on CPU. A NaN or Inf loss stops training
 with :class:`NonFiniteLossError` before the bad step touches the weights; ``last.pt`` keeps
-the last good state.
+the last good state. A ``last.pt`` written for another model (name or config) is refused
+with a ``ValueError`` naming the file instead of being half-loaded.
+
+Multi-process (``torchrun --nproc_per_node N``, see :mod:`facelab.train.distributed`): the
+trainer starts the process group (gloo on CPU, nccl on CUDA), every rank builds the same
+global batch for a step and trains on its contiguous share through
+``DistributedDataParallel``; the loss callable still receives the plain model. Metrics are
+averaged over ranks before logging, only rank 0 writes ``config.json``, logs and
+checkpoints (the others wait on a barrier), each rank's RNG state is stored in the
+checkpoint (``rng_per_rank``) and restored on resume, and rank ``r`` of a fresh run seeds
+with ``seed + RANK_SEED_STRIDE * r``. The same config on 1 and 2 processes at the same
+global batch agrees to float32 rounding (``tests/test_distributed.py`` measures it).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -34,7 +46,8 @@ from torch import nn
 
 from facelab.checks import check_choice, check_positive
 from facelab.config import to_dict
-from facelab.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from facelab.train import distributed as D
+from facelab.train.checkpoint import TMP_SUFFIX, _config_dict, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 
 PROFILES = ("quick", "full")
 CHECKPOINT_NAME = "last.pt"
@@ -241,7 +254,7 @@ class Trainer:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
         self.config = config
-        self.device = torch.device(config.device)
+        self.device = D.resolve_device(config.device)
         self.model = model.to(self.device)
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -253,6 +266,7 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.step = 0
         self.resumed_from: int | None = None
+        self.dist = D.dist_env()
 
     # ----------------------------------------------------------- bookkeeping
     @property
@@ -267,24 +281,58 @@ class Trainer:
         return record
 
     def save(self) -> Path:
-        """Write ``last.pt`` atomically at the current step."""
-        return save_checkpoint(
-            self.checkpoint_path, model_name=self.model_name, model_config=self.model_config,
-            state_dict=self.model.state_dict(), optimizer=self.optimizer, scheduler=self.scheduler,
-            step=self.step, epoch=0, train_config=self.config,
-            extra={"recipe": self._config_record().get("recipe", {})},
-        )
+        """Write ``last.pt`` atomically at the current step (collective under torchrun: every rank
+        calls it, rank 0 writes, the others wait)."""
+        rng_states = D.all_gather_objects(get_rng_state())
+        if self.dist.is_main:
+            save_checkpoint(
+                self.checkpoint_path, model_name=self.model_name, model_config=self.model_config,
+                state_dict=self.model.state_dict(), optimizer=self.optimizer, scheduler=self.scheduler,
+                step=self.step, epoch=0, train_config=self.config, rng_per_rank=rng_states,
+                extra={"recipe": self._config_record().get("recipe", {}),
+                       "data_position": {"step": self.step, "stateless": callable(self.batches)},
+                       "world_size": self.dist.world_size},
+            )
+        D.barrier()
+        return self.checkpoint_path
 
-    def _resume(self) -> None:
-        ckpt = load_checkpoint(self.checkpoint_path, expect_model=self.model_name, map_location=self.device)
-        self.model.load_state_dict(ckpt["state_dict"])
-        if ckpt.get("optimizer") is not None:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scheduler is not None and ckpt.get("scheduler") is not None:
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("rng") is not None:
-            set_rng_state(ckpt["rng"])
+    def _read_checkpoint(self) -> dict | None:
+        """Rank 0 reads ``last.pt`` (if any) and sends it to every rank (no shared disk needed for resume)."""
+        ckpt = None
+        if self.dist.is_main and self.checkpoint_path.exists():
+            ckpt = load_checkpoint(self.checkpoint_path, expect_model=self.model_name, map_location="cpu")
+        return D.broadcast_object(ckpt)
+
+    def _resume(self, ckpt: dict) -> None:
+        path = self.checkpoint_path
+        mine = json.loads(json.dumps(_config_dict(self.model_config), default=str))
+        theirs = json.loads(json.dumps(ckpt["model_config"], default=str))
+        if mine != theirs:
+            keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise ValueError(f"{path}: was written for another {self.model_name!r} model config (differs in {keys}); "
+                             f"use another out_dir or delete the checkpoint to start over")
+        try:
+            self.model.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as err:
+            raise ValueError(f"{path}: the weights do not fit this {self.model_name!r} model ({err})") from None
+        try:
+            if ckpt.get("optimizer") is not None:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.scheduler is not None and ckpt.get("scheduler") is not None:
+                self.scheduler.load_state_dict(ckpt["scheduler"])
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise ValueError(f"{path}: the optimiser/scheduler state does not fit this run's "
+                             f"({type(err).__name__}: {err})") from None
         self.step = self.resumed_from = int(ckpt["step"])
+        per_rank = ckpt.get("rng_per_rank") or ([ckpt["rng"]] if ckpt.get("rng") is not None else [])
+        if len(per_rank) == self.dist.world_size:
+            set_rng_state(per_rank[self.dist.rank])
+        else:
+            # another process count: the batches are still exact, in-step randomness is reseeded
+            warnings.warn(f"{path}: written by {len(per_rank)} process(es), resumed on {self.dist.world_size}; "
+                          f"RNG states are reseeded from (seed, rank, step), so the run is not bitwise "
+                          f"identical to an uninterrupted one", stacklevel=3)
+            seed_everything(self.config.seed + D.RANK_SEED_STRIDE * self.dist.rank + self.step)
 
     def _trim_logs(self) -> list[dict]:
         """Keep log rows up to the resumed step (later rows belong to the lost steps)."""
@@ -325,29 +373,48 @@ class Trainer:
         ``metrics`` is the last logged row.
         """
         cfg = self.config
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / CONFIG_JSON).write_text(json.dumps(self._config_record(), indent=2, default=str))
-        if self.checkpoint_path.exists():
-            self._resume()
+        self.dist = D.init_distributed(self.device)
+        main = self.dist.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / CONFIG_JSON).write_text(json.dumps(self._config_record(), indent=2, default=str))
+            # partial checkpoints of a run killed mid-write; last.pt itself is always whole
+            for stale in self.out_dir.glob(f".{CHECKPOINT_NAME}.*{TMP_SUFFIX}"):
+                stale.unlink(missing_ok=True)
+        ckpt = self._read_checkpoint()
+        if ckpt is not None:
+            self._resume(ckpt)
         else:
-            seed_everything(cfg.seed)
-        rows = self._trim_logs()
+            seed_everything(cfg.seed + D.RANK_SEED_STRIDE * self.dist.rank)
+        del ckpt
+        # wrapped after resuming: DDP copies rank 0's weights to every rank when it is built
+        forward = D.wrap_ddp(self.model, self.loss_fn, self.device) if self.dist.distributed else None
+        rows = self._trim_logs() if main else []
         iterator = None if callable(self.batches) else iter(self.batches)
         sums: dict[str, float] = {}
         n_in_row = 0
         start_time = time.perf_counter()
         bar = None
-        if cfg.progress:
+        if cfg.progress and main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.model_name}", unit="step")
         try:
             while self.step < cfg.steps:
-                batch = _to_device(self._next_batch(iterator), self.device)
+                batch = self._next_batch(iterator)
+                if self.dist.distributed:
+                    batch = D.shard_batch(batch, self.dist.rank, self.dist.world_size)
+                batch = _to_device(batch, self.device)
                 self.model.train()
-                loss, metrics = self.loss_fn(self.model, batch)
-                if not torch.isfinite(loss.detach()).all():
-                    raise NonFiniteLossError(self._nan_message(loss))
+                if forward is None:
+                    loss, metrics = self.loss_fn(self.model, batch)
+                else:
+                    forward.train()
+                    loss, metrics = forward(batch)
+                # reduced before backward: every rank sees a NaN on any rank and stops together
+                values = D.all_reduce_mean({"loss": loss.detach(), **metrics})
+                if not (torch.isfinite(loss.detach()).all() and math.isfinite(values["loss"])):
+                    raise NonFiniteLossError(self._nan_message(values["loss"]))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
@@ -356,7 +423,6 @@ class Trainer:
                 if self.scheduler is not None:
                     self.scheduler.step()
                 self.step += 1
-                values = {"loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n_in_row += 1
@@ -364,7 +430,8 @@ class Trainer:
                     row = {"step": self.step, **{k: v / n_in_row for k, v in sums.items()},
                            "lr": self.optimizer.param_groups[0]["lr"], "time_s": round(time.perf_counter() - start_time, 3)}
                     rows.append(row)
-                    self._write_logs(rows)
+                    if main:
+                        self._write_logs(rows)
                     sums, n_in_row = {}, 0
                     if bar is not None:
                         bar.set_postfix(loss=f"{row['loss']:.4g}")
@@ -378,11 +445,11 @@ class Trainer:
         return {"step": self.step, "resumed_from": self.resumed_from, "metrics": rows[-1] if rows else {},
                 "out_dir": self.out_dir, "checkpoint": self.checkpoint_path}
 
-    def _nan_message(self, loss: torch.Tensor) -> str:
+    def _nan_message(self, loss: float) -> str:
         if self.checkpoint_path.exists():
             good = f"the last good checkpoint is {self.checkpoint_path} (step {load_checkpoint(self.checkpoint_path)['step']})"
         else:
             good = f"no checkpoint was written yet in {self.out_dir}"
-        value = "NaN" if math.isnan(float(loss.detach().reshape(-1)[0])) else "Inf"
+        value = "NaN" if math.isnan(loss) else "Inf"
         return (f"step {self.step + 1}: the loss is {value}; training stopped before updating the weights, "
                 f"{good}. Lower the learning rate or check the batch for bad values.")
