@@ -82,7 +82,7 @@ SUMMARY_JSON = "summary.json"
 
 PROFILE_DEFAULTS = {
     "quick": dict(depth="sphere_tiny", embedding_dim=128, image_size=(64, 64), render_size=(128, 128),
-                  resolution="quick", phase_steps=(1500, 300, 1500), batch_size=64, n_identities=1000,
+                  resolution="quick", phase_steps=(1200, 300, 1500), batch_size=64, n_identities=2000,
                   images_per_identity=8, pool=True, num_workers=0, num_threads=2),
     "full": dict(depth="sphere20", embedding_dim=512, image_size=(112, 96), render_size=(224, 192), resolution="default",
                  phase_steps=(20_000, 5_000, 20_000), batch_size=64, n_identities=0, images_per_identity=0,
@@ -155,7 +155,7 @@ class Liu2018TrainConfig:
     margin_m: int = 4
     lambda_r: float = 1.0
     phase_steps: tuple[int, ...] = ()
-    phase_lr: tuple[float, ...] = (1e-3, 1e-2, 3e-4)
+    phase_lr: tuple[float, ...] = (1e-3, 1e-2, 1e-3)
     batch_size: int = 0
     weight_decay: float = 1e-4
     grad_clip: float = 10.0
