@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import example, HealthCheck, given, settings, strategies as st
 
 from facelab.io import load_300wlp, load_bfm2009, load_bfm2017, load_flame, load_sfm, read_mesh, read_pairs, write_mesh
 from facelab.morphable.model import MorphableModel, load_npz
@@ -26,7 +26,8 @@ from facelab.train.checkpoint import load_checkpoint, load_model, save_checkpoin
 
 MAX_EXAMPLES = 30
 CLEAR_ERRORS = (ValueError, FileNotFoundError, TypeError)
-FUZZ = settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+FUZZ = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True,  # same cases every run
+                 suppress_health_check=[HealthCheck.too_slow],
                 print_blob=True)
 
 # A damage is (kind, position as a fraction of the file, bytes); up to three are applied in turn.
@@ -201,6 +202,7 @@ def test_morphable_npz_damaged(files, damages):
 
 @FUZZ
 @given(damages=DAMAGES)
+@example(damages=[("overwrite", 0.058357950161708874, b"H")])  # found by hypothesis: a float32 overflow
 def test_300wlp_damaged(files, damages):
     out = load_damaged(load_300wlp, files["300wlp"], "img.mat", damages)
     if out is not None:

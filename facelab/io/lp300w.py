@@ -65,7 +65,8 @@ def load_300wlp(path) -> dict:
     for k, a in raw.items():
         if a.dtype.kind not in "fiu":
             raise ValueError(f"{path}: '{k}' must be numeric, got dtype {a.dtype}")
-        check_finite(a.astype(np.float64), path, k)
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, and are refused
+            check_finite(a.astype(np.float32), path, k)
     pose = as_vector(raw["Pose_Para"], path, "Pose_Para", length=POSE_LENGTH)
     out = {
         "path": str(path),

@@ -196,8 +196,8 @@ class Liu2018TrainConfig:
             check_positive(steps, "phase_steps", integer=True)
         for lr in self.phase_lr:
             check_positive(lr, "phase_lr")
-        if not self.lambda_r >= 0:
-            raise ValueError(f"lambda_r: the reconstruction weight must be >= 0, got {self.lambda_r}")
+        if not (self.lambda_r >= 0 and math.isfinite(self.lambda_r)):
+            raise ValueError(f"lambda_r: the reconstruction weight must be finite and >= 0, got {self.lambda_r}")
         if self.pool is None:
             self.pool = defaults["pool"]
         if self.num_workers < 0:
