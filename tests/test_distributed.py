@@ -13,17 +13,24 @@ import pytest
 import torch
 
 from facelab.train import distributed as D
+from facelab.reproduce.liu2018 import load_phase
 from facelab.train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN_TIMEOUT_S = 300
-# Measured (2 vs 1 process, tiny Liu et al. run, 8+4+8 Adam steps, float32): logged losses
-# agree to 1e-7 relative, weights to 3e-5 absolute / 2.4e-4 of each tensor's largest entry.
-# Adam divides by sqrt(v), which magnifies the rounding of the split-batch mean a little.
-LOSS_RTOL = 1e-5
-WEIGHT_RTOL = 2e-3
+# Measured (2 vs 1 process, tiny Liu et al. run, 8+4+8 Adam steps at lr 1e-3, float32):
+# * Phases I and II: logged losses agree to 1e-7 relative, the codes to 2e-4 and the shapes to
+#   1e-6; weight tensors to 3e-3 of their norm (biases, whose gradients are tiny: the rounding of
+#   the split-batch mean then picks the sign of Adam's lr-sized steps).
+# * Phase III (A-Softmax, 16 identities): the margin function amplifies those differences; the
+#   loss agrees to 7e-5, the codes to 1e-2 and the shapes to 4e-5. Weights are not compared there:
+#   a few near-zero biases differ by 10 % of their (tiny) norm without changing any output.
+LOSS_RTOL = {"phase1": 1e-5, "phase2": 1e-5, "phase3": 5e-4}
+OUTPUT_RTOL = {"phase1": 1e-3, "phase2": 1e-3, "phase3": 5e-2}
+WEIGHT_RTOL = 2e-2
+WEIGHT_ATOL = 1e-4  # absolute floor for near-zero tensors
 # Metrics are averaged over ranks. A nonlinear one (an RMSE, the sqrt of a batch mean) is then
 # the mean of the shares' RMSEs, which is <= the global one (Jensen; 0.2 % to 17 % below here).
 
@@ -46,7 +53,7 @@ LIU_WORKER = textwrap.dedent("""
     cfg = Liu2018TrainConfig(out_dir=out, image_size=(32, 32), render_size=(48, 48), resolution="quick",
                              n_identities=16, images_per_identity=4, batch_size=16, phase_steps=(8, 4, 8),
                              embedding_dim=32, log_every=2, ckpt_every=4, progress=False, cache_pool=False,
-                             pool=True, num_threads=1)
+                             pool=True, num_threads=1, phase_lr=(1e-3, 1e-3, 1e-3))
     train_liu2018(cfg)
     with open(os.path.join(out, f"rows-rank{os.environ.get('RANK', 'single')}.json"), "w") as fh:
         json.dump(seen, fh)
@@ -190,10 +197,17 @@ def test_liu2018_two_processes_match_one(tmp_path):
         for k, wa in a["state_dict"].items():
             wb = b["state_dict"][k]
             if wa.is_floating_point():
-                scale = wa.abs().max().clamp_min(1e-12)
-                assert ((wa - wb).abs().max() / scale) < WEIGHT_RTOL, (stage, k)
+                diff, size = float((wa - wb).norm()), float(wa.norm())
+                if stage != "phase3":
+                    assert diff <= WEIGHT_RTOL * size + WEIGHT_ATOL, (stage, k, diff, size)
             else:
                 assert torch.equal(wa, wb), (stage, k)  # e.g. the A-Softmax iteration counter
+        # the function the weights compute: the codes and shapes of fixed images
+        images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        out_a, out_b = (load_phase(d / f"{stage}.pt").model(images) for d in (one, two))
+        for key in ("c_id", "c_res", "shape"):
+            err = float((out_a[key] - out_b[key]).norm() / out_a[key].norm().clamp_min(1e-12))
+            assert err < OUTPUT_RTOL[stage], (stage, key, err)
         rows_a = [json.loads(x) for x in (one / stage / "metrics.jsonl").read_text().splitlines()]
         rows_b = [json.loads(x) for x in (two / stage / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
@@ -203,9 +217,9 @@ def test_liu2018_two_processes_match_one(tmp_path):
             for key in ra:
                 if key.startswith("rmse"):
                     # sqrt of a mean: the mean over ranks of sqrt(share mean) is at most sqrt(global mean)
-                    assert 0 < rb[key] <= ra[key] * (1 + LOSS_RTOL), (stage, key)
+                    assert 0 < rb[key] <= ra[key] * (1 + LOSS_RTOL[stage]), (stage, key)
                 elif key not in ("time_s", "step"):
-                    assert rb[key] == pytest.approx(ra[key], rel=LOSS_RTOL, abs=1e-7), (stage, key)
+                    assert rb[key] == pytest.approx(ra[key], rel=LOSS_RTOL[stage], abs=1e-7), (stage, key)
 
 
 @pytest.mark.slow

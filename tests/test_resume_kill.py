@@ -112,9 +112,6 @@ def _rows(out: Path, stage: str) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="known bug (issue 8 open): after a SIGKILL the resumed liu2018 run drifts "
-                   "from the uninterrupted one at ~1e-5 relative, two steps after the restored checkpoint; "
-                   "uninterrupted runs are bit-identical")
 def test_sigkill_at_random_step_and_mid_write_then_resume_is_bitwise_identical(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

@@ -415,10 +415,13 @@ class Trainer:
                 values = D.all_reduce_mean({"loss": loss.detach(), **metrics})
                 if not (torch.isfinite(loss.detach()).all() and math.isfinite(values["loss"])):
                     raise NonFiniteLossError(self._nan_message(values["loss"]))
+                # frozen parameters get grads too (e.g. Phase I's decoders); zero them so nothing
+                # accumulates outside the checkpoint and clipping sees only what is trained
+                self.model.zero_grad(set_to_none=True)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(self._trained_parameters(), cfg.grad_clip)
                 self.optimizer.step()
                 if self.scheduler is not None:
                     self.scheduler.step()
@@ -444,6 +447,10 @@ class Trainer:
                 bar.close()
         return {"step": self.step, "resumed_from": self.resumed_from, "metrics": rows[-1] if rows else {},
                 "out_dir": self.out_dir, "checkpoint": self.checkpoint_path}
+
+    def _trained_parameters(self) -> list[torch.Tensor]:
+        """The parameters the optimiser updates (gradient clipping looks at these only)."""
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def _nan_message(self, loss: float) -> str:
         if self.checkpoint_path.exists():
