@@ -6,6 +6,7 @@
     facelab bench render [--json]
     facelab bench synth [--json]
     facelab bench infer [liu2018] [--json]
+    facelab train regressor|liu2018|gao2020 [--out DIR] [--profile quick|full] [--set key=value ...]
     facelab fit SUITE_OR_DIR --out DIR [--profile quick|full] [--set key=value ...]
     facelab eval verify|recon|baselines ...   (see facelab.eval_cli)
     facelab reproduce liu2018 --out DIR [--profile quick|full] [--json] [--set train.k=v|eval.k=v|baselines.k=v ...]
@@ -99,6 +100,9 @@ def _cmd_train(args) -> int:
     if args.model == "liu2018":
         from facelab.train.liu2018 import Liu2018TrainConfig as Config, train_liu2018 as train
         checkpoint = "phase3.pt"
+    elif args.model == "gao2020":
+        from facelab.train.gao2020 import Gao2020TrainConfig as Config, train_gao2020 as train
+        checkpoint = "step2.pt"
     else:
         from facelab.train.regressor import RegressorTrainConfig as Config, train_regressor as train
         checkpoint = "last.pt"
@@ -106,6 +110,7 @@ def _cmd_train(args) -> int:
     if args.out:
         cfg.out_dir = args.out
     out = train(cfg)
+    out = out["out_dir"] if isinstance(out, dict) else out
     print(json.dumps({"model": args.model, "profile": args.profile, "out": str(out), "checkpoint": str(Path(out) / checkpoint)}))
     return 0
 
@@ -169,10 +174,30 @@ def _cmd_fit(args) -> int:
 
 def _cmd_reproduce(args) -> int:
     from facelab.metrics.report import write_json
-    from facelab.reproduce.liu2018 import reproduce_liu2018, results_markdown
 
-    result = reproduce_liu2018(args.profile, args.out, args.set, with_baselines=not args.no_baselines)
+    if args.paper == "gao2020":
+        from facelab.reproduce.gao2020 import reproduce_gao2020, results_markdown
+
+        result = reproduce_gao2020(args.profile, args.out, args.set, liu=args.liu, with_baseline=not args.no_baselines)
+        result.pop("heat_maps")  # per-vertex arrays: in results.json, too long for the terminal
+    else:
+        from facelab.reproduce.liu2018 import reproduce_liu2018, results_markdown
+
+        result = reproduce_liu2018(args.profile, args.out, args.set, with_baselines=not args.no_baselines)
     print(write_json(result, indent=None) if args.json else results_markdown(result))
+    return 0
+
+
+def _cmd_artifacts(args) -> int:
+    from facelab.reproduce import artifacts as A
+
+    if args.action == "export":
+        if not args.run_dir or not args.cmdline:
+            raise SystemExit("facelab artifacts export NAME --run-dir DIR --cmdline '...': both are required")
+        print(A.export_run(args.run_dir, args.name, args.cmdline))
+    else:
+        manifest = A.verify_artifacts(args.name)
+        print(f"{args.name}: {len(manifest['files'])} files match {A.MANIFEST} ({manifest['command']})")
     return 0
 
 
@@ -202,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_render)
 
     p = sub.add_parser("train", help="train a model; resumes when the output folder holds a checkpoint")
-    p.add_argument("model", choices=["regressor", "liu2018"],
-                   help="regressor: image -> 3DMM coefficients (the baseline encoder); liu2018: Liu et al. 2018 in three phases")
+    p.add_argument("model", choices=["regressor", "liu2018", "gao2020"],
+                   help="regressor: image -> 3DMM coefficients (the baseline encoder); liu2018: Liu et al. 2018 in three "
+                        "phases; gao2020: Gao et al. 2020 in two steps (GCN, then CNN albedo)")
     p.add_argument("--profile", default="quick", choices=["quick", "full"])
     p.add_argument("--out", help="run folder (default runs/<model>-<profile>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a training config field (repeatable)")
@@ -228,14 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("reproduce", help="train and score a paper's ablation table (results.json, results.md)")
-    p.add_argument("paper", choices=["liu2018"])
+    p.add_argument("paper", choices=["liu2018", "gao2020"])
     p.add_argument("--out", required=True, help="run folder (phase checkpoints are reused when present)")
     p.add_argument("--profile", default="quick", choices=["quick", "full"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--set", action="append", default=[], metavar="GROUP.KEY=VALUE",
                    help="override a train./eval./baselines. config field (repeatable)")
     p.add_argument("--no-baselines", action="store_true", help="skip the mean-face / oracle / landmark-fit rows")
+    p.add_argument("--liu", help="gao2020: the Liu et al. row's phase3.pt or reproduce-liu2018 folder "
+                                 "(default: book/artifacts/liu2018-quick in the quick profile)")
     p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser("artifacts", help="export / verify the book's committed model-only checkpoints (book/artifacts)")
+    p.add_argument("action", choices=["export", "verify"])
+    p.add_argument("name", help="artifact name, e.g. liu2018-quick")
+    p.add_argument("--run-dir", help="export: the run folder whose *.pt to export")
+    p.add_argument("--cmdline", help="export: the command that produced the run folder (recorded)")
+    p.set_defaults(func=_cmd_artifacts)
 
     from facelab.eval_cli import add_eval_parser
 

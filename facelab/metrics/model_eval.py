@@ -99,6 +99,10 @@ def _load(checkpoint_or_model, device: str):
         from facelab.reproduce.liu2018 import evaluable
 
         model = evaluable(model, ckpt).to(device).eval()
+    elif ckpt["model_name"] == "gao2020":  # identity shape = the neutral decode of c_id
+        from facelab.reproduce.gao2020 import Gao2020Evaluable
+
+        model = Gao2020Evaluable(model).to(device).eval()
     return model, ckpt, {"checkpoint": str(path), "model_name": ckpt["model_name"], "step": ckpt["step"]}
 
 
@@ -150,10 +154,16 @@ def _np(x: torch.Tensor) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- MICC
-def _micc(model, profile: str, cfg: ModelEvalConfig) -> dict:
-    suite = _suite(model, "micc", profile, cfg, n_identities=cfg.micc_identities)
+def micc_suite(model, profile: str, cfg: ModelEvalConfig):
+    """The MICC-style suite ``model`` is scored on (its image size and mesh resolution)."""
+    return _suite(model, "micc", profile, cfg.resolved(profile), n_identities=cfg.resolved(profile).micc_identities)
+
+
+def score_micc(model, profile: str, cfg: ModelEvalConfig, suite=None, pred: dict | None = None) -> dict:
+    """MICC rows of ``model``; ``suite``/``pred`` (from :func:`predict_suite`) are reused when given."""
+    suite = suite if suite is not None else micc_suite(model, profile, cfg)
     morphable = suite.model
-    pred = predict_suite(model, suite, cfg.batch_size)
+    pred = pred if pred is not None else predict_suite(model, suite, cfg.batch_size)
     faces = morphable.faces.numpy()
     lm = morphable.landmarks.numpy()
     scans = {lab: _np(suite.scan(lab)) for lab in range(suite.n_identities)}
@@ -251,7 +261,7 @@ def evaluate_model(checkpoint_or_model, suite: str, profile: str = "quick", out_
                   "image_size": list(_model_setting(model, "image_size")), "resolution": _model_setting(model, "resolution"),
                   "config": dataclasses.asdict(cfg)}
         if suite == "micc":
-            result["micc"] = _micc(model, profile, cfg)
+            result["micc"] = score_micc(model, profile, cfg)
         elif suite == "bu3dfe":
             result["bu3dfe"] = _bu3dfe(model, profile, cfg)
         else:

@@ -4,11 +4,18 @@
 * :mod:`~facelab.models.regressor`: the image -> 3DMM coefficient regression baseline.
 * :mod:`~facelab.models.sphereface`: SphereFace encoders (sphere20, a tiny CPU variant).
 * :mod:`~facelab.models.liu2018`: Liu et al. 2018's identity/residual decoders and model.
+* :mod:`~facelab.models.gcn`: Chebyshev graph convolutions and COMA-style mesh coders.
+* :mod:`~facelab.models.gao2020`: Gao et al. 2020's encoder, graph decoders, renderer and shape critic.
 """
 
 from facelab.models.regressor import CoefficientRegressor, RegressorConfig
 from facelab.models.liu2018 import IdentityDecoder, Liu2018Config, Liu2018Model, ResidualDecoder
 from facelab.models.sphereface import SphereConfig, SphereNet, sphere20, sphere_tiny
+from facelab.models.gcn import ChebConv, GraphDecoder, GraphEncoder, scaled_laplacian
+from facelab.models.gao2020 import (
+    GAO2020_PROFILES, CNNAlbedoDecoder, Gao2020Config, Gao2020Model, ShapeDiscriminator,
+    build_gao2020_model, gao2020_model_config,
+)
 from facelab.models.resnet import BACKBONES, BasicBlock, Bottleneck, ResNet, build_backbone, resnet18, resnet50, resnet_tiny
 
 __all__ = [
@@ -16,4 +23,7 @@ __all__ = [
     "CoefficientRegressor", "RegressorConfig",
     "SphereConfig", "SphereNet", "sphere20", "sphere_tiny",
     "Liu2018Config", "Liu2018Model", "IdentityDecoder", "ResidualDecoder",
+    "scaled_laplacian", "ChebConv", "GraphDecoder", "GraphEncoder",
+    "GAO2020_PROFILES", "Gao2020Config", "Gao2020Model", "CNNAlbedoDecoder", "ShapeDiscriminator",
+    "gao2020_model_config", "build_gao2020_model",
 ]

@@ -1,0 +1,146 @@
+"""Trained book artifacts: model-only checkpoints of a recorded ``facelab reproduce`` run.
+
+Training every ablation row of chapters 7 and 8 from scratch takes longer than a book
+build should (the quick profiles take 13 and ~20 minutes on a 2-core CPU). So the
+checkpoints that ``facelab reproduce <paper> --profile quick`` trained are committed under
+``book/artifacts/<name>/``, stripped of optimiser and RNG state, together with a
+``manifest.json`` that records the command, the facelab version, the git commit and the
+SHA-256 of every file. A chapter copies them into its run folder with :func:`restore_run`
+(the recipe then skips the stages that exist) and scores them live; with
+``RETRAIN = True`` it trains them itself.
+
+>>> sorted(EXPORT_KEYS)[:3]
+['extra', 'facelab_version', 'format']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from facelab.train.checkpoint import atomic_torch_save, load_checkpoint
+
+ARTIFACTS_DIR = Path(__file__).resolve().parents[2] / "book" / "artifacts"
+MANIFEST = "manifest.json"
+# what a model-only checkpoint keeps (no optimiser, scheduler or RNG state)
+EXPORT_KEYS = ("format", "format_version", "facelab_version", "torch_version", "model_name", "model_config",
+               "state_dict", "step", "epoch", "train_config", "extra")
+RESULT_FILES = ("results.json", "results.md", "summary.json")
+LOG_FILES = ("metrics.csv",)  # each stage folder's training log (the chapters plot the curves)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_checkpoint(src, dst) -> Path:
+    """Write the model-only part of checkpoint ``src`` to ``dst`` (atomically); returns ``dst``."""
+    ckpt = load_checkpoint(src)
+    return atomic_torch_save({k: ckpt[k] for k in EXPORT_KEYS if k in ckpt}, Path(dst))
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ARTIFACTS_DIR.parents[1], capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def export_run(run_dir, name: str, command: str, root=ARTIFACTS_DIR) -> Path:
+    """Export every top-level ``*.pt`` of ``run_dir`` (model-only) and its result files to ``root/name``.
+
+    Args:
+        run_dir: the output folder of a reproduce/train command.
+        name: artifact name, e.g. ``"liu2018-quick"``.
+        command: the command line that produced ``run_dir`` (recorded in the manifest).
+
+    Returns:
+        The artifact folder.
+    """
+    run_dir = Path(run_dir)
+    ckpts = sorted(run_dir.glob("*.pt"))
+    if not ckpts:
+        raise FileNotFoundError(f"run_dir: {run_dir} holds no *.pt checkpoint to export")
+    dest = Path(root) / name
+    dest.mkdir(parents=True, exist_ok=True)
+    for src in ckpts:
+        export_checkpoint(src, dest / src.name)
+    for fname in RESULT_FILES:
+        if (run_dir / fname).is_file():
+            shutil.copyfile(run_dir / fname, dest / fname)
+    for src in ckpts:
+        for log in LOG_FILES:
+            if (run_dir / src.stem / log).is_file():
+                (dest / src.stem).mkdir(exist_ok=True)
+                shutil.copyfile(run_dir / src.stem / log, dest / src.stem / log)
+    files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file() and p.name != MANIFEST)
+    import facelab
+
+    manifest = {"name": name, "command": command, "facelab_version": facelab.__version__,
+                "git_commit": _git_commit(), "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                "files": {f: {"sha256": _sha256(dest / f), "bytes": (dest / f).stat().st_size} for f in files}}
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return dest
+
+
+def verify_artifacts(name: str, root=ARTIFACTS_DIR) -> dict:
+    """Check ``root/name`` against its manifest; returns the manifest.
+
+    Raises:
+        FileNotFoundError: no such artifact, or a listed file is missing.
+        ValueError: a file's SHA-256 differs from the manifest (named).
+    """
+    folder = Path(root) / name
+    if not (folder / MANIFEST).is_file():
+        raise FileNotFoundError(f"{folder / MANIFEST}: no such artifact manifest")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    for fname, meta in manifest["files"].items():
+        path = folder / fname
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: listed in {MANIFEST} but missing")
+        if _sha256(path) != meta["sha256"]:
+            raise ValueError(f"{path}: SHA-256 differs from {MANIFEST}; the artifact was modified or damaged")
+    return manifest
+
+
+def has_artifact(name: str, root=ARTIFACTS_DIR) -> bool:
+    """Whether ``root/name/manifest.json`` exists."""
+    return (Path(root) / name / MANIFEST).is_file()
+
+
+def restore_run(name: str, out_dir, root=ARTIFACTS_DIR) -> list[str]:
+    """Copy artifact ``name``'s checkpoints and training logs into ``out_dir`` (those missing
+    there), after verifying them.
+
+    Returns the checkpoint file names now in ``out_dir`` that came from the artifact
+    (empty when there is no such artifact). The recipes skip every stage whose final
+    checkpoint exists, so a reproduce call on ``out_dir`` then only scores.
+
+    >>> restore_run("no-such-artifact", "/tmp/unused")
+    []
+    """
+    if not has_artifact(name, root):
+        return []
+    manifest = verify_artifacts(name, root)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    restored = []
+    for fname in manifest["files"]:
+        if fname.endswith(".pt") or Path(fname).name in LOG_FILES:
+            if not (out / fname).exists():
+                (out / fname).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(root) / name / fname, out / fname)
+            if fname.endswith(".pt"):
+                restored.append(fname)
+    return restored
+

@@ -1,0 +1,269 @@
+"""Reproduce Gao et al. 2020's MICC tables on SynthFaces: ``facelab reproduce gao2020``.
+
+The run trains (or reuses) four variants of :mod:`facelab.train.gao2020` and scores them on
+the ``micc`` suite with the MICC protocol of :mod:`facelab.metrics.model_eval`:
+
+* **Table 1 analogue**: point-to-plane error (mm), mean ± std over subjects, per condition
+  (cooperative / indoor / outdoor), for "average over identity" and "three-view", with rows
+  for the full model, the Liu et al. 2018 model (Phase III of ``facelab reproduce liu2018``)
+  and the landmark-only linear 3DMM fit (:mod:`facelab.metrics.baselines`).
+* **Table 2 analogue**: "average over identity" for the ablations *w/o L_recog*,
+  *w/o L_adv*, *conventional Laplacian* and the full model.
+* ``identity_consistency``: per model, the standard deviation over a subject's video
+  frames of the identity shape's error (rigidly aligned RMSE against the true identity
+  shape, mm), averaged over subjects and videos — the paper's "spread across frames".
+
+Book chapter: ``book/08_gao2020.ipynb``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import nn
+
+from facelab.checks import check_choice
+
+PROFILES = ("quick", "full")
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+# variant -> Gao2020TrainConfig overrides (paper's Table 2 rows)
+VARIANTS = {
+    "full": {},
+    "no_recog": {"use_recog": False},
+    "no_adv": {"use_adv": False},
+    "laplacian": {"smoothness": "laplacian"},
+}
+VARIANT_LABELS = {"full": "Full model", "no_recog": "w/o L_recog", "no_adv": "w/o L_adv",
+                  "laplacian": "conventional Laplacian"}
+FINAL_STAGE = "step2"
+TABLE1_ROWS = ("average_over_identity", "three_view")
+LIU_ARTIFACT = "liu2018-quick"
+# the landmark-fit baseline's rows of facelab.metrics.baselines.micc_baselines per protocol
+BASELINE_ROWS = {"average_over_identity": "landmark_fit_avg", "three_view": "landmark_fit_3view"}
+
+
+class Gao2020Evaluable(nn.Module):
+    """A :class:`~facelab.models.gao2020.Gao2020Model` in the interface of
+    :func:`facelab.metrics.evaluate_model`: ``reconstruct(images)`` gives the full shape, the
+    identity shape (``neutral_shape(c_id)``: ``c_exp = 0`` is the neutral expression, facelab's
+    convention) and ``c_id`` as the embedding; ``decode_identity(code)`` decodes an
+    (averaged) identity code to the neutral shape.
+
+    >>> from facelab.models.gao2020 import Gao2020Config, Gao2020Model
+    >>> from facelab.morphable.synthfaces import SynthFacesConfig, build_synthfaces
+    >>> net = Gao2020Model(Gao2020Config(image_size=(32, 32)), build_synthfaces(SynthFacesConfig(resolution="quick")))
+    >>> out = Gao2020Evaluable(net).reconstruct(torch.zeros(2, 3, 32, 32))
+    >>> out["shape"].shape, out["embedding"].shape
+    (torch.Size([2, 1353, 3]), torch.Size([2, 128]))
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not hasattr(model, "neutral_shape") or not hasattr(model, "encode"):
+            raise TypeError(f"model: expected a Gao2020Model, got {type(model).__name__}")
+        self.model = model
+        self.config = SimpleNamespace(image_size=tuple(model.config.image_size), resolution=model.config.resolution)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, morphable=None) -> dict[str, torch.Tensor]:
+        codes = self.model.encode(images)
+        shape = self.model.decode_shape(codes["c_id"], codes["c_exp"])
+        return {"shape": shape, "identity_shape": self.model.neutral_shape(codes["c_id"]), "embedding": codes["c_id"]}
+
+    @torch.no_grad()
+    def decode_identity(self, code: torch.Tensor, morphable=None) -> torch.Tensor:
+        """``code (B, id_dim)`` -> neutral identity shape ``(B, V, 3)`` mm."""
+        return self.model.neutral_shape(code)
+
+
+def load_gao(path) -> Gao2020Evaluable:
+    """Checkpoint ``path`` (``step1.pt`` / ``step2.pt``) as an evaluable model (CPU, eval mode)."""
+    from facelab.train.checkpoint import load_model
+
+    model, _ = load_model(Path(path), expect_model="gao2020", map_location="cpu")
+    return Gao2020Evaluable(model).eval()
+
+
+def identity_consistency(pred: dict, mask: np.ndarray) -> dict[str, float]:
+    """Spread of the identity shape's error across a subject's frames.
+
+    Args:
+        pred: :func:`~facelab.metrics.model_eval.predict_suite` output (``identity_shape``,
+            ``gt_identity (N, V, 3)`` mm, ``label``, ``condition (N,)``).
+        mask: ``(V,)`` bool, the vertices scored.
+
+    Returns:
+        ``{"std_mm": mean over (subject, video) of the std over frames of the rigidly aligned
+        identity RMSE, "mean_mm": mean of that RMSE}``.
+
+    >>> v = torch.zeros(4, 3, 3); v[:, 1, 0] = 1; v[:, 2, 1] = 1
+    >>> pred = {"identity_shape": v, "gt_identity": v, "label": torch.zeros(4), "condition": torch.zeros(4)}
+    >>> identity_consistency(pred, np.ones(3, bool))["std_mm"]
+    0.0
+    """
+    from facelab.metrics.reconstruction import rmse
+
+    err = np.asarray(rmse(pred["identity_shape"].double().numpy(), pred["gt_identity"].double().numpy(),
+                          mask=mask, align="rigid"))
+    key = (pred["label"].long() * 1000 + pred["condition"].long()).numpy()
+    stds = [float(err[key == k].std()) for k in np.unique(key)]
+    return {"std_mm": float(np.mean(stds)), "mean_mm": float(err.mean())}
+
+
+def per_vertex_error(pred_verts: torch.Tensor, gt_verts: torch.Tensor, mask: np.ndarray) -> np.ndarray:
+    """``(V,)`` distance (mm) of each vertex after rigid alignment on ``mask`` (for heat maps)."""
+    from facelab.metrics.reconstruction import align_to
+
+    p = pred_verts.double().numpy()
+    g = gt_verts.double().numpy()
+    aligned = align_to(p, g, np.nonzero(mask)[0], "rigid")
+    return np.linalg.norm(aligned - g, axis=1)
+
+
+def score_model(model, profile: str, eval_cfg, suite=None) -> dict:
+    """MICC rows, identity consistency and heat-map material of one evaluable model."""
+    from facelab.metrics.model_eval import micc_suite, predict_suite, score_micc
+
+    suite = suite if suite is not None else micc_suite(model, profile, eval_cfg)
+    cfg = eval_cfg.resolved(profile)
+    pred = predict_suite(model, suite, cfg.batch_size)
+    mask = suite.model.face_mask.numpy()
+    micc = score_micc(model, profile, cfg, suite=suite, pred=pred)
+    # heat map: subject 0's cooperative video, identity codes averaged, against the scan
+    first = torch.nonzero((pred["label"] == 0) & (pred["condition"] == 0)).flatten()
+    avg = model.decode_identity(pred["embedding"][first].mean(0, keepdim=True))[0]
+    heat = per_vertex_error(avg, suite.scan(0), mask)
+    return {"micc": micc, "identity_consistency": identity_consistency(pred, mask),
+            "heat_map": {"subject": 0, "condition": suite.condition_names[0], "errors_mm": heat.tolist()}}
+
+
+def _table_row(micc: dict, row: str) -> dict:
+    return {cond: {"mean": v["mean"], "std": v["std"]} for cond, v in micc[row].items() if cond != "all"}
+
+
+def _liu_model(liu, profile: str):
+    """The Liu et al. Phase III model: a checkpoint path, a run folder, or the committed artifact."""
+    from facelab.reproduce.artifacts import ARTIFACTS_DIR, has_artifact
+    from facelab.reproduce.liu2018 import load_phase
+
+    if liu is None and profile == "quick" and has_artifact(LIU_ARTIFACT):
+        liu = ARTIFACTS_DIR / LIU_ARTIFACT
+    if liu is None:
+        return None, None
+    path = Path(liu)
+    path = path / "phase3.pt" if path.is_dir() else path
+    return load_phase(path), str(path)
+
+
+def _split_overrides(overrides) -> dict[str, list[str]]:
+    from facelab.reproduce.liu2018 import _split_overrides as split
+
+    return split(overrides)
+
+
+def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", overrides=None, liu=None,
+                      variants=tuple(VARIANTS), with_baseline: bool = True) -> dict:
+    """Train (or reuse) the Gao et al. 2020 variants and write the MICC tables (module docstring).
+
+    Args:
+        profile: ``"quick"`` (CPU) or ``"full"``.
+        out_dir: run folder; variant ``v`` trains into ``out_dir/v`` (reused when its final
+            checkpoint exists); ``results.json`` and ``results.md`` are written here.
+        overrides: ``["train.KEY=VALUE", "eval.KEY=VALUE", "baselines.KEY=VALUE"]`` for
+            :class:`~facelab.train.gao2020.Gao2020TrainConfig`,
+            :class:`~facelab.metrics.model_eval.ModelEvalConfig` and
+            :class:`~facelab.metrics.baselines.BaselineConfig`.
+        liu: the Liu et al. row: a ``phase3.pt``, a ``facelab reproduce liu2018`` folder, or
+            None for the committed ``book/artifacts/liu2018-quick`` (quick profile; no row otherwise).
+        variants: which of :data:`VARIANTS` to train and score (``"full"`` is required).
+        with_baseline: add the landmark-only linear 3DMM fit row.
+
+    Returns:
+        ``{"profile", "table1": {row_name: {condition: {"mean", "std"}}} per protocol under
+        keys "average_over_identity" / "three_view", "table2": {variant: {condition: {...}}},
+        "identity_consistency": {model: {"std_mm", "mean_mm"}}, "heat_maps", "train_seconds",
+        "seconds", "train_config", "liu_checkpoint"}``.
+    """
+    from facelab.config import apply_overrides
+    from facelab.metrics.baselines import BaselineConfig, run_baselines
+    from facelab.metrics.model_eval import ModelEvalConfig, micc_suite
+    from facelab.metrics.report import write_json
+    from facelab.train.gao2020 import Gao2020TrainConfig, train_gao2020
+
+    check_choice(profile, "profile", PROFILES)
+    for v in variants:
+        check_choice(v, "variants", list(VARIANTS))
+    if "full" not in variants:
+        raise ValueError(f"variants: must include 'full' (the reference row), got {list(variants)}")
+    groups = _split_overrides(overrides)
+    start = time.perf_counter()
+    out = Path(out_dir)
+    eval_cfg = apply_overrides(ModelEvalConfig(), groups["eval"])
+    train_cfgs = {}
+    for v in variants:
+        cfg = apply_overrides(Gao2020TrainConfig(profile=profile, out_dir=str(out / v)), groups["train"])
+        for key, value in VARIANTS[v].items():
+            setattr(cfg, key, value)
+        cfg.out_dir = str(out / v)
+        train_cfgs[v] = cfg
+        train_gao2020(cfg)  # skips the steps whose checkpoint exists
+    t_train = time.perf_counter() - start
+
+    scores, suite = {}, None
+    for v in variants:
+        model = load_gao(out / v / f"{FINAL_STAGE}.pt")
+        suite = suite if suite is not None else micc_suite(model, profile, eval_cfg)
+        scores[v] = score_model(model, profile, eval_cfg, suite=suite)
+    liu_model, liu_path = _liu_model(liu, profile)
+    if liu_model is not None:
+        scores["liu2018"] = score_model(liu_model, profile, eval_cfg)
+
+    table1 = {row: {} for row in TABLE1_ROWS}
+    for name, label in (("full", "Ours (Gao et al. 2020, full)"), ("liu2018", "Liu et al. 2018 (Phase III)")):
+        if name in scores:
+            for row in TABLE1_ROWS:
+                table1[row][label] = _table_row(scores[name]["micc"], row)
+    if with_baseline:
+        bcfg = apply_overrides(BaselineConfig(profile=profile, suites=("micc",)), groups["baselines"])
+        base = run_baselines(config=bcfg)["micc"]
+        for row, name in BASELINE_ROWS.items():
+            table1[row]["Linear 3DMM, landmark fit"] = _table_row(base, name)
+    table2 = {VARIANT_LABELS[v]: _table_row(scores[v]["micc"], "average_over_identity") for v in variants}
+    result = {
+        "profile": profile, "out_dir": str(out), "table1": table1, "table2": table2,
+        "identity_consistency": {VARIANT_LABELS.get(k, k): s["identity_consistency"] for k, s in scores.items()},
+        "heat_maps": {VARIANT_LABELS.get(k, k): s["heat_map"] for k, s in scores.items()},
+        "liu_checkpoint": liu_path,
+        "train_config": {v: dataclasses.asdict(c) for v, c in train_cfgs.items()},
+        "train_seconds": round(t_train, 2), "seconds": round(time.perf_counter() - start, 2),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(result, out / RESULTS_JSON)
+    (out / RESULTS_MD).write_text(results_markdown(result))
+    return result
+
+
+def _fmt(cell: dict | None) -> str:
+    return "—" if not cell else f"{cell['mean']:.3f} ± {cell['std']:.3f}"
+
+
+def results_markdown(result: dict) -> str:
+    """Tables 1 and 2 and the identity consistency as Markdown."""
+    conds = ("cooperative", "indoor", "outdoor")
+    head = "| method | " + " | ".join(conds) + " |\n| --- | " + " | ".join("---" for _ in conds) + " |\n"
+    parts = [f"Gao et al. 2020 on SynthFaces ({result['profile']} profile); MICC point-to-plane error, mm, mean ± std over subjects.\n"]
+    for row in TABLE1_ROWS:
+        parts.append(f"\n**Table 1, {row.replace('_', ' ')}**\n\n" + head + "".join(
+            f"| {name} | " + " | ".join(_fmt(v.get(c)) for c in conds) + " |\n" for name, v in result["table1"][row].items()))
+    parts.append("\n**Table 2, ablation (average over identity)**\n\n" + head + "".join(
+        f"| {name} | " + " | ".join(_fmt(v.get(c)) for c in conds) + " |\n" for name, v in result["table2"].items()))
+    parts.append("\n**Identity consistency** (std over a subject's frames of the identity-shape RMSE, mm)\n\n"
+                 "| model | std | mean |\n| --- | --- | --- |\n" + "".join(
+                     f"| {k} | {v['std_mm']:.3f} | {v['mean_mm']:.3f} |\n" for k, v in result["identity_consistency"].items()))
+    return "".join(parts)

@@ -1,0 +1,69 @@
+"""Book artifacts: export strips training state, the manifest catches damage, restore feeds the recipes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from facelab.reproduce import artifacts as A
+from facelab.train.checkpoint import load_model, save_checkpoint
+
+
+def _run(tmp_path):
+    run = tmp_path / "run"
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    save_checkpoint(run / "stage.pt", model_name="regressor", model_config={"x": 1}, state_dict=net.state_dict(),
+                    optimizer=opt, step=3)
+    (run / "results.json").write_text("{}")
+    (run / "stage").mkdir()
+    (run / "stage" / "metrics.csv").write_text("step,loss\n1,2.0\n")
+    return run, net
+
+
+def test_export_keeps_weights_drops_training_state(tmp_path):
+    run, net = _run(tmp_path)
+    dest = A.export_run(run, "demo", "facelab reproduce demo", root=tmp_path / "art")
+    ckpt = torch.load(dest / "stage.pt", weights_only=True)
+    assert "optimizer" not in ckpt and "rng" not in ckpt and ckpt["step"] == 3
+    for k, v in net.state_dict().items():
+        assert torch.equal(ckpt["state_dict"][k], v)
+    manifest = json.loads((dest / A.MANIFEST).read_text())
+    assert manifest["command"] == "facelab reproduce demo" and set(manifest["files"]) == {"stage.pt", "results.json", "stage/metrics.csv"}
+
+
+def test_verify_names_a_modified_file(tmp_path):
+    run, _ = _run(tmp_path)
+    dest = A.export_run(run, "demo", "cmd", root=tmp_path / "art")
+    A.verify_artifacts("demo", root=tmp_path / "art")
+    with open(dest / "stage.pt", "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(ValueError, match="stage.pt: SHA-256 differs"):
+        A.verify_artifacts("demo", root=tmp_path / "art")
+    with pytest.raises(FileNotFoundError, match="no such artifact"):
+        A.verify_artifacts("other", root=tmp_path / "art")
+    with pytest.raises(FileNotFoundError, match="no \\*.pt"):
+        A.export_run(tmp_path, "x", "cmd", root=tmp_path / "art")
+
+
+def test_restore_copies_only_missing_checkpoints(tmp_path):
+    run, _ = _run(tmp_path)
+    A.export_run(run, "demo", "cmd", root=tmp_path / "art")
+    out = tmp_path / "out"
+    assert A.restore_run("demo", out, root=tmp_path / "art") == ["stage.pt"]
+    assert (out / "stage.pt").is_file() and not (out / "results.json").exists()
+    assert (out / "stage" / "metrics.csv").read_text().startswith("step,loss")
+    assert A.restore_run("missing", out, root=tmp_path / "art") == []
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in A.ARTIFACTS_DIR.glob("*") if (p / A.MANIFEST).is_file()))
+def test_committed_artifacts_match_manifest_and_load(name):
+    manifest = A.verify_artifacts(name)
+    for fname in manifest["files"]:
+        if fname.endswith(".pt"):
+            model, ckpt = load_model(A.ARTIFACTS_DIR / name / fname)
+            assert "optimizer" not in ckpt and sum(p.numel() for p in model.parameters()) > 0
