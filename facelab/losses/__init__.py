@@ -6,6 +6,7 @@
 * :mod:`~facelab.losses.landmark`: 2D landmark loss + landmark GDL (eq. 6).
 * :mod:`~facelab.losses.shape`: shape L1, pairwise shape, template smoothness, albedo symmetry (eqs. 7-10).
 * :mod:`~facelab.losses.adversarial`: WGAN-div critic and generator losses (eq. 11).
+* :mod:`~facelab.losses.sir`: the SIR loss in the geometry-weighted space (facelab's definition; ``book/09_sir.ipynb``).
 
 Book chapter: ``book/06_losses.ipynb``.
 """
@@ -26,6 +27,7 @@ from facelab.losses.shape import (
     albedo_symmetry, laplacian_smoothness, pairwise_shape_loss, shape_l1, swap_partners,
     template_smoothness, uniform_laplacian,
 )
+from facelab.losses.sir import SIR_MARGIN_MM, SIRLoss, geometry_weighted, sir_loss, sir_loss_terms
 
 __all__ = [
     "psi", "a_softmax_logits", "cosface_logits", "arcface_logits", "softmax_logits",
@@ -40,4 +42,6 @@ __all__ = [
     "LaplacianSmoothnessLoss", "AlbedoSymmetryLoss",
     "WGAN_DIV_K", "WGAN_DIV_P", "wgan_div_critic_loss", "wgan_div_generator_loss", "sample_real_shapes",
     "WGANDivCriticLoss", "WGANDivGeneratorLoss",
+    # SIR (identity-aware shape), book/09_sir.ipynb
+    "SIR_MARGIN_MM", "geometry_weighted", "sir_loss_terms", "sir_loss", "SIRLoss",
 ]
