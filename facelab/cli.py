@@ -6,10 +6,11 @@
     facelab bench render [--json]
     facelab bench synth [--json]
     facelab bench infer [liu2018] [--json]
-    facelab train regressor|liu2018|gao2020 [--out DIR] [--profile quick|full] [--set key=value ...]
+    facelab train regressor|liu2018|gao2020|sir [--out DIR] [--profile quick|full] [--set key=value ...]
     facelab fit SUITE_OR_DIR --out DIR [--profile quick|full] [--set key=value ...]
     facelab eval verify|recon|baselines ...   (see facelab.eval_cli)
     facelab reproduce liu2018 --out DIR [--profile quick|full] [--json] [--set train.k=v|eval.k=v|baselines.k=v ...]
+    facelab reproduce sir --out DIR [--profile quick|full] [--json] [--liu PHASE3] [--set train.k=v|eval.k=v|sir.k=v ...]
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ def _cmd_train(args) -> int:
     elif args.model == "gao2020":
         from facelab.train.gao2020 import Gao2020TrainConfig as Config, train_gao2020 as train
         checkpoint = "step2.pt"
+    elif args.model == "sir":
+        from facelab.train.sir import SIRTrainConfig as Config, train_sir as train
+        checkpoint = "sfm_sir.pt"
     else:
         from facelab.train.regressor import RegressorTrainConfig as Config, train_regressor as train
         checkpoint = "last.pt"
@@ -180,6 +184,10 @@ def _cmd_reproduce(args) -> int:
 
         result = reproduce_gao2020(args.profile, args.out, args.set, liu=args.liu, with_baseline=not args.no_baselines)
         result.pop("heat_maps")  # per-vertex arrays: in results.json, too long for the terminal
+    elif args.paper == "sir":
+        from facelab.reproduce.sir import reproduce_sir, results_markdown
+
+        result = reproduce_sir(args.profile, args.out, args.set, liu=args.liu)
     else:
         from facelab.reproduce.liu2018 import reproduce_liu2018, results_markdown
 
@@ -227,9 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_render)
 
     p = sub.add_parser("train", help="train a model; resumes when the output folder holds a checkpoint")
-    p.add_argument("model", choices=["regressor", "liu2018", "gao2020"],
+    p.add_argument("model", choices=["regressor", "liu2018", "gao2020", "sir"],
                    help="regressor: image -> 3DMM coefficients (the baseline encoder); liu2018: Liu et al. 2018 in three "
-                        "phases; gao2020: Gao et al. 2020 in two steps (GCN, then CNN albedo)")
+                        "phases; gao2020: Gao et al. 2020 in two steps (GCN, then CNN albedo); sir: mixed-label "
+                        "shape regressor with recognition / SIR losses and the Sphere Face Model")
     p.add_argument("--profile", default="quick", choices=["quick", "full"])
     p.add_argument("--out", help="run folder (default runs/<model>-<profile>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a training config field (repeatable)")
@@ -254,14 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("reproduce", help="train and score a paper's ablation table (results.json, results.md)")
-    p.add_argument("paper", choices=["liu2018", "gao2020"])
+    p.add_argument("paper", choices=["liu2018", "gao2020", "sir"])
     p.add_argument("--out", required=True, help="run folder (phase checkpoints are reused when present)")
     p.add_argument("--profile", default="quick", choices=["quick", "full"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--set", action="append", default=[], metavar="GROUP.KEY=VALUE",
                    help="override a train./eval./baselines. config field (repeatable)")
     p.add_argument("--no-baselines", action="store_true", help="skip the mean-face / oracle / landmark-fit rows")
-    p.add_argument("--liu", help="gao2020: the Liu et al. row's phase3.pt or reproduce-liu2018 folder "
+    p.add_argument("--liu", help="gao2020, sir: the Liu et al. row's phase3.pt or reproduce-liu2018 folder "
                                  "(default: book/artifacts/liu2018-quick in the quick profile)")
     p.set_defaults(func=_cmd_reproduce)
 

@@ -17,7 +17,8 @@
   only needs *its* forward to enclose every use of the parameters, so gradients of all of
   them are averaged in the backward pass. ``find_unused_parameters=True`` lets a phase
   leave parameters without gradients (frozen encoder, unused heads).
-* :func:`all_reduce_mean` averages the logged metrics over ranks; only rank 0 writes files
+* :func:`all_reduce_mean` averages the logged metrics over ranks (:func:`all_reduce_grads` the
+  gradients of a network trained outside DDP, e.g. a GAN critic); only rank 0 writes files
   (:func:`is_main_process`), the others wait at :func:`barrier`.
 
 Everything here is a no-op on one process, so the same code runs everywhere.
@@ -171,6 +172,36 @@ def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
     return {k: float(v) / world for k, v in zip(names, vec[1:].tolist())}
 
 
+def all_reduce_grads(parameters) -> None:
+    """Average the ``.grad`` of ``parameters`` over ranks, in place (what DDP does for the model).
+
+    For networks trained outside DDP, e.g. a GAN critic with its own optimiser. Parameters
+    without a gradient are skipped (every rank must skip the same ones); the gradients travel
+    as one flat vector per dtype. A no-op on one process.
+
+    >>> p = nn.Parameter(torch.ones(2)); p.grad = torch.full((2,), 3.0)
+    >>> all_reduce_grads([p]); p.grad.tolist()
+    [3.0, 3.0]
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    world = dist.get_world_size()
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for p in parameters:
+        if p.grad is not None:
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        device = flat.device
+        flat = flat.to(_comm_device())
+        dist.all_reduce(flat)
+        flat = (flat / world).to(device)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
 def broadcast_object(obj, src: int = 0):
     """``obj`` from rank ``src`` on every rank (pickled; the identity on one process)."""
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
@@ -280,4 +311,19 @@ def wrap_ddp(model: nn.Module, loss_fn, device: torch.device) -> nn.Module:
         return forward
     device = torch.device(device)
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    # DDP cannot broadcast sparse tensors; sparse buffers (a mesh's graph Laplacians, up-sampling
+    # matrices) are constants built identically on every rank, so DDP leaves them alone
+    sparse = sparse_buffer_names(forward)
+    if sparse:
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(forward, sparse)
     return nn.parallel.DistributedDataParallel(forward, device_ids=ids, find_unused_parameters=True)
+
+
+def sparse_buffer_names(module: nn.Module) -> list[str]:
+    """Fully qualified names of ``module``'s sparse buffers (which DDP cannot synchronise).
+
+    >>> m = nn.Module(); m.register_buffer("L", torch.eye(2).to_sparse()); m.register_buffer("w", torch.ones(1))
+    >>> sparse_buffer_names(m)
+    ['L']
+    """
+    return [name for name, buf in module.named_buffers() if buf is not None and buf.is_sparse]

@@ -17,6 +17,15 @@ with :class:`NonFiniteLossError` before the bad step touches the weights; ``last
 the last good state. A ``last.pt`` written for another model (name or config) is refused
 with a ``ValueError`` naming the file instead of being half-loaded.
 
+Adversarial training: an optional ``critic`` (a :class:`CriticStep` or any object with
+``step(model, batch, step) -> metrics``, ``state_dict()`` and ``load_state_dict()``) is
+called once per training step, *after* the model's optimiser step, with the same batch; it
+runs its own updates (``n_critic`` discriminator steps with its own optimiser, WGAN style).
+Its state (weights and optimiser) is stored in the checkpoint (``extra["critic"]``) and
+restored on resume, so a resumed adversarial run is still bitwise identical; its metrics are
+logged in the same rows. Under torchrun a :class:`CriticStep` averages its gradients over
+ranks (:func:`facelab.train.distributed.all_reduce_grads`) and starts from rank 0's weights.
+
 Multi-process (``torchrun --nproc_per_node N``, see :mod:`facelab.train.distributed`): the
 trainer starts the process group (gloo on CPU, nccl on CUDA), every rank builds the same
 global batch for a step and trains on its contiguous share through
@@ -161,7 +170,10 @@ class StepBatches(torch.utils.data.IterableDataset):
         for k, step in enumerate(self.steps):
             if k % nw == wid:
                 with torch.no_grad():
-                    yield self.collection.batch(step_indices(len(self.collection), self.batch_size, step, self.seed))
+                    batch = self.collection.batch(step_indices(len(self.collection), self.batch_size, step, self.seed))
+                # yielded outside no_grad: a generator suspended inside it would leave gradients
+                # off in the caller (the training loop itself when num_workers=0)
+                yield batch
 
 
 class StepLoader:
@@ -195,6 +207,90 @@ class StepLoader:
         return next(self._iterator)
 
 
+CRITIC_STATE_KEY = "critic"  # where the critic's state lives in a checkpoint's ``extra``
+
+
+class CriticStep:
+    """``n_critic`` updates of a critic (discriminator) per training step, with its own optimiser.
+
+    Subclass and override :meth:`loss` (or pass ``loss_fn``): it returns the critic's loss
+    (minimised) and metrics for one update. :meth:`step` runs the updates: zero the critic's
+    gradients, backward, average them over ranks under torchrun, optimiser step. The
+    :class:`Trainer` calls :meth:`step` after every model update and stores
+    :meth:`state_dict` (critic weights, optimiser, update count) in its checkpoints.
+
+    Metrics are averaged over the ``n_critic`` updates; ``critic_loss`` is always among them.
+    A NaN or Inf critic loss raises :class:`NonFiniteLossError` before the critic is touched.
+
+    Args:
+        critic: the critic network (moved to the trainer's device with the model).
+        optimizer: its optimiser (e.g. RMSprop for WGAN).
+        n_critic: critic updates per training step (>= 1).
+        loss_fn: ``loss_fn(critic, model, batch, step, k) -> (loss, {name: value})`` for update
+            ``k`` of training step ``step`` (0-based), used by the default :meth:`loss`.
+
+    >>> critic = nn.Linear(1, 1)
+    >>> step = CriticStep(critic, torch.optim.SGD(critic.parameters(), lr=0.1), n_critic=2,
+    ...                   loss_fn=lambda c, m, b, s, k: (c(b["x"]).mean(), {}))
+    >>> metrics = step.step(None, {"x": torch.ones(3, 1)}, 0)
+    >>> step.updates, sorted(metrics)
+    (2, ['critic_loss'])
+    """
+
+    def __init__(self, critic: nn.Module, optimizer: torch.optim.Optimizer, n_critic: int = 1, loss_fn=None) -> None:
+        if not isinstance(critic, nn.Module):
+            raise TypeError(f"critic: expected an nn.Module, got {type(critic).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        check_positive(n_critic, "n_critic", integer=True)
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError("loss_fn: expected a callable (critic, model, batch, step, k) -> (loss, metrics)")
+        self.critic, self.optimizer, self.n_critic, self.loss_fn = critic, optimizer, n_critic, loss_fn
+        self.updates = 0  # critic updates done so far (checkpointed)
+
+    def loss(self, model: nn.Module, batch: dict, step: int, k: int) -> tuple[torch.Tensor, dict]:
+        """The critic's loss and metrics for its update ``k`` of training step ``step``."""
+        if self.loss_fn is None:
+            raise NotImplementedError("CriticStep: override loss() or pass loss_fn")
+        return self.loss_fn(self.critic, model, batch, step, k)
+
+    def step(self, model: nn.Module, batch: dict, step: int) -> dict[str, float]:
+        """Run ``n_critic`` critic updates; returns their mean metrics (floats, averaged over ranks)."""
+        sums: dict[str, float] = {}
+        self.critic.train()
+        for k in range(self.n_critic):
+            loss, metrics = self.loss(model, batch, step, k)
+            values = D.all_reduce_mean({"critic_loss": loss.detach(), **metrics})
+            if not (torch.isfinite(loss.detach()).all() and math.isfinite(values["critic_loss"])):
+                raise NonFiniteLossError(f"step {step + 1}, critic update {k + 1}: the critic loss is "
+                                         f"{values['critic_loss']}; training stopped before updating the critic. "
+                                         f"Lower the critic's learning rate or check the batch for bad values.")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            D.all_reduce_grads(self.critic.parameters())
+            self.optimizer.step()
+            self.updates += 1
+            for name, v in values.items():
+                sums[name] = sums.get(name, 0.0) + v
+        return {name: v / self.n_critic for name, v in sums.items()}
+
+    def to(self, device) -> "CriticStep":
+        """Move the critic to ``device`` (its parameters stay the optimiser's)."""
+        self.critic.to(device)
+        return self
+
+    def state_dict(self) -> dict:
+        return {"critic": self.critic.state_dict(), "optimizer": self.optimizer.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = [k for k in ("critic", "optimizer", "updates") if k not in state]
+        if missing:
+            raise ValueError(f"state: critic state lacks {missing}")
+        self.critic.load_state_dict(state["critic"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state["updates"])
+
+
 def _to_device(batch, device: torch.device):
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
@@ -217,6 +313,9 @@ class Trainer:
         model_name, model_config: stored in checkpoints so :func:`~facelab.train.checkpoint.load_model`
             can rebuild the model (``model_config`` defaults to ``model.config`` if present).
         extra_config: more config (e.g. the recipe's dataclass) for ``config.json`` and checkpoints.
+        critic: optional adversarial critic (a :class:`CriticStep` or an object with ``step(model,
+            batch, step) -> metrics``, ``state_dict()``, ``load_state_dict()``), called after every
+            model update with the same batch; checkpointed and restored with the model.
 
     >>> import tempfile
     >>> net = nn.Linear(1, 1)
@@ -224,7 +323,7 @@ class Trainer:
     >>> batch = {"x": torch.ones(4, 1), "y": 2 * torch.ones(4, 1)}
     >>> def loss_fn(m, b):
     ...     loss = ((m(b["x"]) - b["y"]) ** 2).mean()
-    ...     return loss, {"mse": loss}
+    ...     return loss, {"mse": loss.detach()}
     >>> out = Trainer(net, torch.optim.SGD(net.parameters(), lr=0.1), lambda s: batch, loss_fn, cfg,
     ...               model_name="linear", model_config={}).fit()
     >>> out["step"], out["metrics"]["mse"] < 1.0
@@ -242,6 +341,7 @@ class Trainer:
         model_name: str = "model",
         model_config=None,
         extra_config=None,
+        critic=None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -253,6 +353,10 @@ class Trainer:
             raise TypeError("batches: expected a callable step -> batch or an iterable of batches")
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
+        if critic is not None and not all(callable(getattr(critic, name, None))
+                                          for name in ("step", "state_dict", "load_state_dict")):
+            raise TypeError(f"critic: expected an object with step(model, batch, step), state_dict() and "
+                            f"load_state_dict() (e.g. a CriticStep), got {type(critic).__name__}")
         self.config = config
         self.device = D.resolve_device(config.device)
         self.model = model.to(self.device)
@@ -263,6 +367,9 @@ class Trainer:
         self.model_name = model_name
         self.model_config = model_config if model_config is not None else getattr(model, "config", {})
         self.extra_config = extra_config
+        self.critic = critic
+        if critic is not None and callable(getattr(critic, "to", None)):
+            critic.to(self.device)
         self.out_dir = Path(config.out_dir)
         self.step = 0
         self.resumed_from: int | None = None
@@ -285,13 +392,15 @@ class Trainer:
         calls it, rank 0 writes, the others wait)."""
         rng_states = D.all_gather_objects(get_rng_state())
         if self.dist.is_main:
+            extra = {"recipe": self._config_record().get("recipe", {}),
+                     "data_position": {"step": self.step, "stateless": callable(self.batches)},
+                     "world_size": self.dist.world_size}
+            if self.critic is not None:
+                extra[CRITIC_STATE_KEY] = self.critic.state_dict()
             save_checkpoint(
                 self.checkpoint_path, model_name=self.model_name, model_config=self.model_config,
                 state_dict=self.model.state_dict(), optimizer=self.optimizer, scheduler=self.scheduler,
-                step=self.step, epoch=0, train_config=self.config, rng_per_rank=rng_states,
-                extra={"recipe": self._config_record().get("recipe", {}),
-                       "data_position": {"step": self.step, "stateless": callable(self.batches)},
-                       "world_size": self.dist.world_size},
+                step=self.step, epoch=0, train_config=self.config, rng_per_rank=rng_states, extra=extra,
             )
         D.barrier()
         return self.checkpoint_path
@@ -323,6 +432,17 @@ class Trainer:
         except (ValueError, KeyError, RuntimeError) as err:
             raise ValueError(f"{path}: the optimiser/scheduler state does not fit this run's "
                              f"({type(err).__name__}: {err})") from None
+        critic_state = (ckpt.get("extra") or {}).get(CRITIC_STATE_KEY)
+        if (critic_state is None) != (self.critic is None):
+            has, run = ("no", "with") if critic_state is None else ("a", "without")
+            raise ValueError(f"{path}: holds {has} critic state but this run is {run} a critic; "
+                             f"use another out_dir or delete the checkpoint to start over")
+        if self.critic is not None:
+            try:
+                self.critic.load_state_dict(critic_state)
+            except (ValueError, KeyError, RuntimeError) as err:
+                raise ValueError(f"{path}: the critic state does not fit this run's critic "
+                                 f"({type(err).__name__}: {err})") from None
         self.step = self.resumed_from = int(ckpt["step"])
         per_rank = ckpt.get("rng_per_rank") or ([ckpt["rng"]] if ckpt.get("rng") is not None else [])
         if len(per_rank) == self.dist.world_size:
@@ -386,6 +506,9 @@ class Trainer:
             self._resume(ckpt)
         else:
             seed_everything(cfg.seed + D.RANK_SEED_STRIDE * self.dist.rank)
+            if self.critic is not None and self.dist.distributed:
+                # like DDP for the model: every rank starts from rank 0's critic
+                self.critic.load_state_dict(D.broadcast_object(self.critic.state_dict()))
         del ckpt
         # wrapped after resuming: DDP copies rank 0's weights to every rank when it is built
         forward = D.wrap_ddp(self.model, self.loss_fn, self.device) if self.dist.distributed else None
@@ -425,6 +548,12 @@ class Trainer:
                 self.optimizer.step()
                 if self.scheduler is not None:
                     self.scheduler.step()
+                if self.critic is not None:
+                    critic_values = self.critic.step(self.model, batch, self.step)
+                    clash = sorted(set(critic_values) & set(values))
+                    if clash:
+                        raise ValueError(f"critic: its metrics {clash} clash with the loss's; rename them")
+                    values.update(D.all_reduce_mean(critic_values))
                 self.step += 1
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v

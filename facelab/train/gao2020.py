@@ -1,0 +1,616 @@
+"""Training recipe of Gao et al. 2020 (:mod:`facelab.models.gao2020`): semi-supervised, adversarial,
+two steps, on hybrid batches of ``lp`` (labelled) and ``collections`` (unlabelled) images.
+
+Every training step sees a *hybrid batch*: ``batch_lp`` images of ``lp`` (the 300W-LP stand-in,
+with exact 3DMM coefficients) and ``batch_col`` images of ``collections`` (the CelebA stand-in,
+identity labels only). The model encodes each photo, decodes shape and albedo, renders the
+face back (:meth:`~facelab.models.gao2020.Gao2020Model.render`) and is trained with the losses
+of the paper's figure 2 (all means; see :mod:`facelab.losses`):
+
+========================  ===========  ==================================================================
+term (metric)             images       definition
+========================  ===========  ==================================================================
+``photo``, ``gdl``        all          eq. 5: masked ``||I_hat - I||^2`` and the gradient difference loss;
+                                       mask = data face mask x (1 - occlusion mask) x rendered coverage
+``lmk``, ``lmk_gdl``      all          eq. 6: landmark distance^2 and landmark-pair GDL, in 64-px units
+                                       (:data:`LANDMARK_REF_WIDTH`), so the weights do not change with
+                                       ``image_size``
+``smooth``                all          eq. 9 (``smoothness="template"``) or the conventional Laplacian
+``symm``                  all          eq. 10, albedo symmetry
+``adv``                   all          eq. 11, ``-E[D(s_hat)]`` (WGAN-div generator side)
+``shape``                 ``lp``       eq. 7, L1 to ``morphable.shape(alpha_id, alpha_exp)`` (the 3DMM
+                                       shape, as the paper), face region
+``pair``                  ``lp``       eq. 8 with facelab's neutral partner (``c_exp = 0`` is neutral)
+``recog``                 collections  eq. 4, softmax + ``w_center`` x center loss on ``c_id``
+========================  ===========  ==================================================================
+
+The total is ``sum_k w_k * term_k`` (:class:`Gao2020TrainConfig`'s ``w_*``; ``recog`` is
+``w_recog * (L_soft + w_center * L_center)``). The discriminator
+(:class:`~facelab.models.gao2020.ShapeDiscriminator`) is the trainer's critic
+(:class:`~facelab.train.trainer.CriticStep`): after every model update it takes ``n_critic``
+RMSprop steps on the WGAN-div loss, real shapes sampled from the linear model vs the shapes the
+model just reconstructed (detached).
+
+Ablation switches: ``use_recog=False`` drops ``recog`` (and the identity head),
+``use_adv=False`` drops ``adv`` and the discriminator, ``smoothness="laplacian"`` swaps eq. 9
+for the conventional Laplacian.
+
+Two steps, as the paper: ``step1`` trains with the GCN albedo decoder (albedo from ``c_id``
+only); ``step2`` continues from ``step1``'s weights (model, identity head, discriminator) with
+``albedo="cnn"``, the U-Net-style decoder bridged to the encoder.
+
+The run folder holds ``step1/`` and ``step2/`` (the :class:`~facelab.train.trainer.Trainer`'s
+``last.pt``, ``metrics.csv``, ``metrics.jsonl``, ``config.json``), once a step is done its
+checkpoint ``step1.pt`` / ``step2.pt`` (a ``"gao2020"`` model: load it with
+:func:`facelab.train.load_model`; ``extra["recognition"]`` holds the identity head and
+``extra["critic"]`` the discriminator), and ``summary.json`` (the last logged row of each
+step). Calling again resumes: finished steps are skipped, an interrupted one resumes exactly.
+
+``quick`` renders small ``lp`` / ``collections`` pools once (cached) and trains a
+``resnet_tiny`` at 64x64 on the 1353-vertex mesh on the CPU; ``full`` streams the full-size
+suites into a ResNet-50 on the GPU.
+
+Book chapter: ``book/08_gao2020.ipynb``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from facelab.checks import check_choice, check_image_size, check_positive
+from facelab.train import distributed as D
+from facelab.train import pools
+from facelab.train.checkpoint import load_checkpoint, save_checkpoint
+from facelab.train.trainer import PROFILES, CriticStep, StepLoader, TrainConfig, Trainer, step_indices
+
+MODEL_NAME = "gao2020"
+#: the trainer's module (model + identity head); its ``last.pt`` files are internal to a run
+TRAIN_MODEL_NAME = "gao2020_train"
+STEPS = ("step1", "step2")
+STEP_ALBEDO = {"step1": "gcn", "step2": "cnn"}
+SMOOTHNESS = ("template", "laplacian")
+SOURCE_LP, SOURCE_COL = 0, 1
+LP_KEYS = ("image", "label", "alpha_id", "alpha_exp", "landmarks2d", "face_mask", "occlusion_mask")
+COL_KEYS = ("image", "label", "landmarks2d", "face_mask", "occlusion_mask")
+#: landmark losses are measured in units of ``image width / LANDMARK_REF_WIDTH`` px (= px at 64 px)
+LANDMARK_REF_WIDTH = 64
+#: the collections' step indices use ``seed + COL_SEED_OFFSET`` (another order than lp's)
+COL_SEED_OFFSET = 1
+MASK_LEVELS = 255  # the pools keep the photo masks as uint8
+SUMMARY_JSON = "summary.json"
+WEIGHTS = ("w_photo", "w_gdl", "w_lmk", "w_lmk_gdl", "w_shape", "w_pair", "w_smooth", "w_symm", "w_recog", "w_adv")
+
+PROFILE_DEFAULTS = {
+    # quick: the pools render in ~20 s on one core the first time (then cached). One thread:
+    # a step is hundreds of small ops, and with 2 threads on a 2-core machine where another
+    # process holds a core, each op waits on OpenMP's barrier (measured 0.9 -> 11.8 s/step)
+    "quick": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", lp_identities=100,
+                  lp_images_per_identity=12, col_identities=150, col_images_per_identity=16, steps=(600, 150),
+                  lr=5e-4, pool=True, num_workers=0, num_threads=1),
+    # full: the paper's ResNet-50, suites at their full size, streamed
+    "full": dict(backbone="resnet50", image_size=(128, 128), resolution="default", lp_identities=0,
+                 lp_images_per_identity=0, col_identities=0, col_images_per_identity=0, steps=(40_000, 20_000),
+                 lr=1e-4, pool=False, num_workers=4, num_threads=-1),
+}
+
+
+@dataclass
+class Gao2020TrainConfig:
+    """Options of :func:`train_gao2020`. Zero / empty values take the profile's default (suite sizes: -1).
+
+    Attributes:
+        profile: ``"quick"`` (CPU, minutes) or ``"full"`` (GPU).
+        out_dir: the run folder ("" = ``runs/gao2020-<profile>``).
+        seed: seeds the initial weights, the batch order and the critic's real samples.
+        backbone: encoder trunk (``"resnet_tiny"``, ``"resnet18"``, ``"resnet50"``).
+        image_size: ``(H, W)`` px of the photos and of the rendered reconstruction.
+        resolution: SynthFaces mesh preset.
+        cheb_k: Chebyshev order of the graph convolutions (0: the model's default, the paper's 6).
+            The graph coders dominate a CPU step and cost about linearly in it.
+        gcn_channels: graph-decoder widths, coarsest first (empty: the model's default).
+        lp_identities, lp_images_per_identity: size of the labelled ``lp`` suite (-1: the
+            profile's; 0: the suite's default).
+        col_identities, col_images_per_identity: size of the unlabelled ``collections`` suite
+            (same convention); ``col_identities`` is the number of classes of the recognition loss.
+        batch_lp, batch_col: images of each suite in a hybrid batch.
+        steps: optimisation steps of ``step1`` (GCN albedo) and ``step2`` (CNN albedo).
+        lr: Adam learning rate of the encoder-decoder (the paper: 1e-4; 0: the profile's).
+            ``quick`` uses 5e-4: its few hundred CPU steps are a tiny fraction of the paper's
+            200 epochs, and even at 5e-4 the shape terms move slowly in that budget.
+        critic_lr: RMSprop learning rate of the discriminator (the paper: 5e-5).
+        n_critic: discriminator updates per model update.
+        w_photo, w_gdl, w_lmk, w_lmk_gdl, w_shape, w_pair, w_smooth, w_symm, w_recog, w_adv:
+            loss weights (see the module docstring; the paper gives none). ``w_center`` is the
+            center loss's weight inside the recognition loss (eq. 4's ``lambda_center``).
+            Defaults balance the terms' gradients on the encoder after a few quick steps
+            (recognition, landmarks, shape and pair of the same order); ``w_adv = 1e-3``
+            because at ``1e-2`` the generator outran the discriminator within ~100 quick steps
+            (the critic's Wasserstein estimate turned negative and the shapes grew noisy).
+        use_recog: train with the recognition loss (ablation: False).
+        use_adv: train with the adversarial loss and the discriminator (ablation: False).
+        smoothness: ``"template"`` (eq. 9) or ``"laplacian"`` (the conventional loss; ablation).
+        grad_clip: max global gradient norm of the encoder-decoder (0: off).
+        log_every, ckpt_every, device: see :class:`~facelab.train.trainer.TrainConfig`.
+        pool: pre-render the suites once and sample batches from memory, else stream them.
+        cache_pool: keep the rendered pools on disk under :func:`facelab.config.cache_dir`.
+        num_workers: ``DataLoader`` workers per suite when streaming (-1: the profile's).
+        num_threads: torch CPU threads while training (-1: leave; 0: the profile's).
+        progress: show progress bars.
+
+    >>> Gao2020TrainConfig().backbone, Gao2020TrainConfig(profile="full").lr
+    ('resnet_tiny', 0.0001)
+    >>> Gao2020TrainConfig(smoothness="cotangent")
+    Traceback (most recent call last):
+    ...
+    ValueError: smoothness: unknown value 'cotangent'; expected one of 'template', 'laplacian'
+    """
+
+    profile: str = "quick"
+    out_dir: str = ""
+    seed: int = 0
+    backbone: str = ""
+    image_size: tuple[int, ...] = ()
+    resolution: str = ""
+    cheb_k: int = 0
+    gcn_channels: tuple[int, ...] = ()
+    lp_identities: int = -1
+    lp_images_per_identity: int = -1
+    col_identities: int = -1
+    col_images_per_identity: int = -1
+    batch_lp: int = 16
+    batch_col: int = 16
+    steps: tuple[int, ...] = ()
+    lr: float = 0.0
+    critic_lr: float = 5e-5
+    n_critic: int = 1
+    w_photo: float = 1.0
+    w_gdl: float = 1.0
+    w_lmk: float = 0.01
+    w_lmk_gdl: float = 0.01
+    w_shape: float = 1.0
+    w_pair: float = 1.0
+    w_smooth: float = 0.1
+    w_symm: float = 1.0
+    w_recog: float = 0.1
+    w_center: float = 0.003
+    w_adv: float = 0.001
+    use_recog: bool = True
+    use_adv: bool = True
+    smoothness: str = "template"
+    grad_clip: float = 10.0
+    log_every: int = 10
+    ckpt_every: int = 50
+    device: str = "cpu"
+    pool: bool | None = None
+    cache_pool: bool = True
+    num_workers: int = -1
+    num_threads: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice(self.profile, "profile", PROFILES)
+        check_choice(self.smoothness, "smoothness", SMOOTHNESS)
+        defaults = PROFILE_DEFAULTS[self.profile]
+        for key in ("backbone", "resolution", "lr"):
+            if not getattr(self, key):
+                setattr(self, key, defaults[key])
+        for key in ("lp_identities", "lp_images_per_identity", "col_identities", "col_images_per_identity"):
+            if getattr(self, key) < 0:
+                setattr(self, key, defaults[key])
+        self.image_size = check_image_size(self.image_size or defaults["image_size"])
+        self.steps = tuple(self.steps or defaults["steps"])
+        if len(self.steps) != len(STEPS):
+            raise ValueError(f"steps: expected one value per training step ({len(STEPS)}: {', '.join(STEPS)}), got {self.steps}")
+        for steps in self.steps:
+            check_positive(steps, "steps", integer=True)
+        for name in ("batch_col", "n_critic", "log_every", "ckpt_every"):
+            check_positive(getattr(self, name), name, integer=True)
+        if not isinstance(self.batch_lp, int) or self.batch_lp < 2:
+            raise ValueError(f"batch_lp: the pairwise loss needs >= 2 labelled images per batch, got {self.batch_lp}")
+        check_positive(self.lr, "lr")
+        if not isinstance(self.cheb_k, int) or self.cheb_k < 0:
+            raise ValueError(f"cheb_k: expected an int >= 1 (0: the model's default), got {self.cheb_k!r}")
+        self.gcn_channels = tuple(self.gcn_channels)
+        check_positive(self.critic_lr, "critic_lr")
+        for name in WEIGHTS + ("w_center", "grad_clip"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
+        if self.pool is None:
+            self.pool = defaults["pool"]
+        if self.num_workers < 0:
+            self.num_workers = defaults["num_workers"]
+        if self.num_threads == 0:
+            self.num_threads = defaults["num_threads"]
+        if not self.out_dir:
+            self.out_dir = f"runs/gao2020-{self.profile}"
+
+    def train_config(self, stage: str) -> TrainConfig:
+        """The :class:`TrainConfig` of training step ``stage`` (``"step1"`` / ``"step2"``), in ``out_dir/<stage>``."""
+        check_choice(stage, "stage", STEPS)
+        return TrainConfig(steps=self.steps[STEPS.index(stage)], batch_size=self.batch_lp + self.batch_col, lr=self.lr,
+                           weight_decay=0.0, log_every=self.log_every, ckpt_every=self.ckpt_every, seed=self.seed,
+                           out_dir=str(Path(self.out_dir) / stage), device=self.device, profile=self.profile,
+                           grad_clip=self.grad_clip, progress=self.progress)
+
+
+# ------------------------------------------------------------------ model
+def model_config(cfg: Gao2020TrainConfig, albedo: str = "gcn") -> dict:
+    """The ``"gao2020"`` checkpoint's model config (:func:`facelab.models.gao2020.gao2020_model_config`).
+
+    >>> model_config(Gao2020TrainConfig(), "cnn")["model"]["albedo"]
+    'cnn'
+    """
+    from facelab.models.gao2020 import Gao2020Config, gao2020_model_config
+    from facelab.morphable import SynthFacesConfig
+
+    check_choice(albedo, "albedo", tuple(STEP_ALBEDO.values()))
+    sizes = {k: v for k, v in (("cheb_k", cfg.cheb_k), ("gcn_channels", tuple(cfg.gcn_channels))) if v}
+    # the profile's architecture (quick: narrower graph layers, Chebyshev order 3), then the config's choices
+    model_cfg = Gao2020Config.for_profile(cfg.profile, backbone=cfg.backbone, image_size=tuple(cfg.image_size),
+                                          resolution=cfg.resolution, albedo=albedo, **sizes)
+    # the suites' world (facelab.data.synth.PhotoCollection) is SynthFacesConfig(resolution=...)
+    return gao2020_model_config(model_cfg, SynthFacesConfig(resolution=cfg.resolution))
+
+
+class Gao2020Trainee(nn.Module):
+    """What the trainer trains: the model plus the identity head of the recognition loss.
+
+    Args:
+        model: a :class:`~facelab.models.gao2020.Gao2020Model`.
+        recognition: a :class:`~facelab.losses.recognition.RecognitionLoss` on ``c_id``, or
+            None (``use_recog=False``).
+
+    Its ``state_dict`` has ``model.*`` and ``recognition.*`` keys; the exported
+    ``step1.pt`` / ``step2.pt`` hold the model's own (see :func:`export_checkpoint`).
+    """
+
+    def __init__(self, model: nn.Module, recognition: nn.Module | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.recognition = recognition
+
+    def forward(self, images: torch.Tensor) -> dict:
+        return self.model(images)
+
+
+@contextmanager
+def _frozen(module: nn.Module | None):
+    """``module``'s parameters take no gradient inside the block (the generator's view of the critic)."""
+    params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+class ShapeCritic(CriticStep):
+    """The discriminator's WGAN-div updates (Gao et al. 2020, eq. 11; Wu et al. 2018).
+
+    Real shapes: :func:`~facelab.losses.adversarial.sample_real_shapes` from the linear model
+    (global RNG: checkpointed by the trainer, per rank under torchrun). Fake shapes: the
+    reconstructions of the step's model forward, detached (:class:`Gao2020Loss` hands them
+    over in :attr:`fake`); without them (a loss that did not run) the model reconstructs the
+    batch under ``no_grad``. Metrics: ``critic_loss``, ``d_wdist`` (the Wasserstein
+    estimate ``E[D(real)] - E[D(fake)]``) and ``d_penalty``.
+    """
+
+    def __init__(self, discriminator: nn.Module, morphable, lr: float, n_critic: int = 1) -> None:
+        super().__init__(discriminator, torch.optim.RMSprop(discriminator.parameters(), lr=lr), n_critic)
+        self.morphable = morphable
+        self.fake: torch.Tensor | None = None
+
+    def loss(self, model, batch, step, k):
+        from facelab.losses.adversarial import sample_real_shapes, wgan_div_critic_loss
+
+        fake = self.fake
+        if fake is None:
+            net = model.model if isinstance(model, Gao2020Trainee) else model
+            with torch.no_grad():
+                codes = net.encode(batch["image"])
+                fake = net.decode_shape(codes["c_id"], codes["c_exp"])
+        real = sample_real_shapes(self.morphable, fake.shape[0]).to(fake.device, fake.dtype)
+        loss, parts = wgan_div_critic_loss(self.critic, real, fake, return_parts=True)
+        return loss, {"d_wdist": parts["wdist"], "d_penalty": parts["penalty"]}
+
+    def step(self, model, batch, step):
+        try:
+            return super().step(model, batch, step)
+        finally:
+            self.fake = None
+
+
+class Gao2020Loss:
+    """The encoder-decoder's loss on a hybrid batch: ``(trainee, batch) -> (loss, metrics)``.
+
+    Args:
+        cfg: the recipe config (weights and switches).
+        morphable: the linear model (targets of ``shape`` and ``pair``), on the training device.
+        critic: the :class:`ShapeCritic` (``use_adv``), else None.
+
+    Batch (see :func:`hybrid_batches`): ``image (B, 3, H, W)`` [0, 1], ``photo_mask (B, 1, H, W)``
+    in [0, 1] (face and not occluded), ``landmarks2d (B, 68, 2)`` px, ``source (B,)``
+    (:data:`SOURCE_LP` / :data:`SOURCE_COL`), ``label (B,)`` (identity within its suite),
+    ``alpha_id (B, K_id)``, ``alpha_exp (B, K_exp)`` (zeros for collection rows).
+
+    Metrics: every unweighted term (module docstring), ``softmax``, ``center``, ``acc`` with
+    ``use_recog``. Plain class, not a module: under torchrun only the trainee is synchronised.
+    """
+
+    def __init__(self, cfg: Gao2020TrainConfig, morphable, critic: ShapeCritic | None = None) -> None:
+        if cfg.use_adv and critic is None:
+            raise ValueError("critic: use_adv=True needs the ShapeCritic")
+        self.cfg, self.morphable, self.critic = cfg, morphable, critic if cfg.use_adv else None
+
+    def __call__(self, trainee: Gao2020Trainee, batch: dict) -> tuple[torch.Tensor, dict]:
+        from facelab.losses.adversarial import wgan_div_generator_loss
+        from facelab.losses.landmark import landmark_gdl, landmark_loss
+        from facelab.losses.photometric import gradient_difference_loss, photometric_loss
+        from facelab.losses.shape import (
+            albedo_symmetry, laplacian_smoothness, pairwise_shape_loss, shape_l1, template_smoothness,
+        )
+
+        cfg, model = self.cfg, trainee.model
+        images = batch["image"]
+        codes = model.encode(images)
+        features = codes.pop("features")
+        out = {**codes, "shape": model.decode_shape(codes["c_id"], codes["c_exp"]),
+               "albedo": model.decode_albedo(codes["c_id"], features),
+               "pose": model.pose(codes["c_pose"]), "sh": model.light(codes["c_lgt"])}
+        rendered = model.render(out)
+        shape, albedo = out["shape"], out["albedo"]
+
+        terms: dict[str, torch.Tensor] = {}
+        mask = batch["photo_mask"] * rendered.mask
+        terms["photo"] = photometric_loss(rendered.image, images, mask, gdl_weight=0.0)
+        terms["gdl"] = gradient_difference_loss(rendered.image, images, mask)
+        unit = images.shape[-1] / LANDMARK_REF_WIDTH  # px per landmark unit
+        lm_pred, lm_true = rendered.landmarks2d / unit, batch["landmarks2d"] / unit
+        terms["lmk"] = landmark_loss(lm_pred, lm_true)
+        terms["lmk_gdl"] = landmark_gdl(lm_pred, lm_true)
+        if cfg.smoothness == "template":
+            terms["smooth"] = template_smoothness(shape, model.template, model.edge_index)
+        else:
+            terms["smooth"] = laplacian_smoothness(shape, model.edge_index)
+        terms["symm"] = albedo_symmetry(albedo, model.symmetry)
+
+        lp = batch["source"] == SOURCE_LP
+        alpha_id, alpha_exp = batch["alpha_id"][lp], batch["alpha_exp"][lp]
+        with torch.no_grad():
+            target = self.morphable.shape(alpha_id, alpha_exp).to(shape.dtype)
+        terms["shape"] = shape_l1(shape[lp], target, model.face_mask)
+        terms["pair"] = pairwise_shape_loss(model.decode_shape, out["c_id"][lp], out["c_exp"][lp], alpha_id, alpha_exp,
+                                            self.morphable, neutral=True, vertex_mask=model.face_mask)
+        metrics: dict[str, torch.Tensor] = {}
+        if cfg.use_recog:
+            col = ~lp
+            recog, parts = trainee.recognition(out["c_id"][col], batch["label"][col])
+            terms["recog"] = recog
+            metrics.update(parts)
+        if self.critic is not None:
+            with _frozen(self.critic.critic):
+                terms["adv"] = wgan_div_generator_loss(self.critic.critic, shape)
+            self.critic.fake = shape.detach()
+
+        loss = sum(getattr(cfg, f"w_{name}") * value for name, value in terms.items())
+        return loss, {**{k: v.detach() for k, v in terms.items()}, **metrics}
+
+
+# -------------------------------------------------------------------- data
+def _suites(cfg: Gao2020TrainConfig):
+    from facelab.data import make_suite
+
+    def suite(name: str, n_ids: int, per_id: int):
+        sizes = {k: v for k, v in (("n_identities", n_ids), ("images_per_identity", per_id)) if v}
+        return make_suite(name, profile=cfg.profile, image_size=tuple(cfg.image_size), resolution=cfg.resolution,
+                          seed=cfg.seed, **sizes)
+
+    return (suite("lp", cfg.lp_identities, cfg.lp_images_per_identity),
+            suite("collections", cfg.col_identities, cfg.col_images_per_identity))
+
+
+def _photo_mask(face_mask: torch.Tensor, occlusion_mask: torch.Tensor) -> torch.Tensor:
+    """Where the photometric loss looks: the face, minus occluders (the paper's segmentation mask)."""
+    return face_mask * (1 - occlusion_mask)
+
+
+def render_pools(cfg: Gao2020TrainConfig, lp_suite, col_suite) -> tuple[dict, dict]:
+    """The ``lp`` and ``collections`` pools, in memory (images and photo masks as uint8).
+
+    Rendered once and cached under ``cache_dir()/pools`` (:func:`facelab.train.pools.render_pool`).
+    """
+    out = []
+    for suite, keys in ((lp_suite, LP_KEYS), (col_suite, COL_KEYS)):
+        pool = pools.render_pool(suite, keys, MODEL_NAME, cache=cfg.cache_pool, progress=cfg.progress)
+        mask = _photo_mask(pool.pop("face_mask").float(), pool.pop("occlusion_mask").float())
+        pool["photo_mask"] = (mask.clamp(0, 1) * MASK_LEVELS).round().to(torch.uint8)
+        out.append(pool)
+    return out[0], out[1]
+
+
+def _as_training(part: dict, source: int, morphable) -> dict:
+    """A suite batch in the hybrid layout (floats, ``source``, zero coefficients for collections)."""
+    n = part["image"].shape[0]
+    image = part["image"]
+    image = image.float() / 255 if image.dtype == torch.uint8 else image
+    if "photo_mask" in part:
+        mask = part["photo_mask"]
+        mask = mask.float() / MASK_LEVELS if mask.dtype == torch.uint8 else mask
+    else:
+        mask = _photo_mask(part["face_mask"], part["occlusion_mask"])
+    zeros = image.new_zeros
+    return {"image": image, "photo_mask": mask, "landmarks2d": part["landmarks2d"],
+            "source": torch.full((n,), source, dtype=torch.long), "label": part["label"],
+            "alpha_id": part["alpha_id"] if source == SOURCE_LP else zeros(n, morphable.n_shape),
+            "alpha_exp": part["alpha_exp"] if source == SOURCE_LP else zeros(n, morphable.n_exp)}
+
+
+def merge_hybrid(lp: dict, col: dict, world_size: int = 1) -> dict:
+    """One hybrid batch from an ``lp`` part and a ``collections`` part (same keys).
+
+    Rows are laid out so that each rank's contiguous share (:func:`facelab.train.distributed.shard_batch`)
+    holds ``B_lp / W`` labelled then ``B_col / W`` unlabelled rows; on one process: all ``lp``
+    rows, then all collection rows.
+
+    >>> lp = {"x": torch.tensor([0, 1, 2, 3])}; col = {"x": torch.tensor([10, 11])}
+    >>> merge_hybrid(lp, col, 2)["x"].tolist()
+    [0, 1, 10, 2, 3, 11]
+    """
+    n_lp, n_col = (next(iter(part.values())).shape[0] for part in (lp, col))
+    if n_lp % world_size or n_col % world_size:
+        raise ValueError(f"batch_lp, batch_col: {n_lp} and {n_col} must both be multiples of the {world_size} "
+                         f"processes, so that every rank gets labelled and unlabelled images")
+    a, b = n_lp // world_size, n_col // world_size
+    return {k: torch.cat([t for r in range(world_size) for t in (lp[k][r * a:(r + 1) * a], col[k][r * b:(r + 1) * b])])
+            for k in lp}
+
+
+def hybrid_batches(lp_source, col_source, cfg: Gao2020TrainConfig, morphable, total_steps: int | None = None):
+    """A callable ``step -> hybrid batch`` (a pure function of ``(seed, step)``).
+
+    ``lp_source`` / ``col_source``: pools (:func:`render_pools`: sampled by
+    :func:`~facelab.train.trainer.step_indices`) or suites (streamed through
+    :class:`~facelab.train.trainer.StepLoader`). The world size of a torchrun job is read at
+    each call, so the layout matches :func:`merge_hybrid`'s sharding.
+    """
+    total_steps = total_steps or sum(cfg.steps)
+    seeds = (cfg.seed, cfg.seed + COL_SEED_OFFSET)
+
+    def getter(source, batch_size: int, seed: int):
+        if isinstance(source, dict):
+            n = source["image"].shape[0]
+            return lambda step: {k: v[step_indices(n, batch_size, step, seed)] for k, v in source.items()}
+        return StepLoader(source, batch_size, total_steps, seed=seed, num_workers=cfg.num_workers)
+
+    get_lp = getter(lp_source, cfg.batch_lp, seeds[0])
+    get_col = getter(col_source, cfg.batch_col, seeds[1])
+
+    def get(step: int) -> dict:
+        lp = _as_training(get_lp(step), SOURCE_LP, morphable)
+        col = _as_training(get_col(step), SOURCE_COL, morphable)
+        return merge_hybrid(lp, col, D.dist_env().world_size)
+
+    return get
+
+
+# ------------------------------------------------------------------ recipe
+def train_gao2020(config: Gao2020TrainConfig | None = None, **overrides) -> dict:
+    """Train :class:`~facelab.models.gao2020.Gao2020Model` in two steps on hybrid ``lp`` + ``collections`` batches.
+
+    See the module docstring for the losses and the folder layout. ``overrides`` replace
+    fields of ``config``. An interrupted run resumes when called again.
+
+    Returns:
+        ``{"out_dir": Path, "checkpoints": {step: Path}, "summary": {step: last logged row}}``.
+    """
+    cfg = dataclasses.replace(config or Gao2020TrainConfig(), **overrides)
+    threads = torch.get_num_threads()
+    try:
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        summary = _train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    root = Path(cfg.out_dir)
+    return {"out_dir": root, "checkpoints": {s: root / f"{s}.pt" for s in STEPS}, "summary": summary}
+
+
+def build_trainee(cfg: Gao2020TrainConfig, stage: str, morphable, n_classes: int):
+    """``(trainee, critic or None)`` of a training step, initialised from ``cfg.seed`` alone."""
+    from facelab.losses.recognition import RecognitionLoss
+    from facelab.models.gao2020 import Gao2020Config, ShapeDiscriminator, build_gao2020_model
+    from facelab.train.trainer import seed_everything
+
+    check_choice(stage, "stage", STEPS)
+    mcfg = model_config(cfg, STEP_ALBEDO[stage])
+    seed_everything(cfg.seed)  # the initial weights depend on the seed only
+    model = build_gao2020_model(mcfg)
+    recognition = RecognitionLoss(model.config.id_dim, n_classes, lambda_center=cfg.w_center) if cfg.use_recog else None
+    critic = None
+    if cfg.use_adv:
+        disc = ShapeDiscriminator(Gao2020Config.from_dict(mcfg["model"]), morphable)
+        critic = ShapeCritic(disc, morphable, cfg.critic_lr, cfg.n_critic)
+    return Gao2020Trainee(model, recognition), critic
+
+
+def export_checkpoint(src: str | Path, dst: str | Path, model_config: dict) -> Path:
+    """Write the trainer's ``last.pt`` (``src``) as a ``"gao2020"`` model checkpoint ``dst``.
+
+    ``state_dict``: the model's own weights; ``extra["recognition"]``: the identity head's
+    (or None); ``extra["critic"]``: the discriminator and its optimiser (if trained); the
+    optimiser of the encoder-decoder is dropped. Atomic, like every facelab checkpoint.
+    """
+    ckpt = load_checkpoint(src, expect_model=TRAIN_MODEL_NAME)
+    state = ckpt["state_dict"]
+    model_state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    recog_state = {k[len("recognition."):]: v for k, v in state.items() if k.startswith("recognition.")}
+    extra = {**ckpt.get("extra", {}), "recognition": recog_state or None, "trainer_checkpoint": str(src)}
+    return save_checkpoint(dst, model_name=MODEL_NAME, model_config=model_config, state_dict=model_state,
+                           step=ckpt["step"], train_config=ckpt.get("train_config"),
+                           rng_per_rank=ckpt.get("rng_per_rank") or ([ckpt["rng"]] if ckpt.get("rng") else None),
+                           extra=extra)
+
+
+def _load_parent(trainee: Gao2020Trainee, critic: ShapeCritic | None, path: Path) -> None:
+    """Start ``step2`` from ``step1.pt``: model weights, identity head and discriminator."""
+    ckpt = load_checkpoint(path, expect_model=MODEL_NAME)
+    trainee.model.load_state_dict(ckpt["state_dict"])
+    extra = ckpt.get("extra", {})
+    if trainee.recognition is not None:
+        if not extra.get("recognition"):
+            raise ValueError(f"{path}: holds no identity head (trained with use_recog=False); "
+                             f"this run has use_recog=True")
+        trainee.recognition.load_state_dict(extra["recognition"])
+    if critic is not None:
+        if not extra.get("critic"):
+            raise ValueError(f"{path}: holds no discriminator (trained with use_adv=False); this run has use_adv=True")
+        critic.load_state_dict(extra["critic"])
+
+
+def _train(cfg: Gao2020TrainConfig) -> dict:
+    lp_suite, col_suite = _suites(cfg)
+    device = D.resolve_device(cfg.device)
+    morphable = lp_suite.model.to(device)
+    n_classes = col_suite.config.n_identities
+    if cfg.pool:
+        lp_source, col_source = render_pools(cfg, lp_suite, col_suite)
+    else:
+        lp_source, col_source = lp_suite, col_suite
+    batches = hybrid_batches(lp_source, col_source, cfg, morphable)
+    root = Path(cfg.out_dir)
+    summary_path = root / SUMMARY_JSON
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    for k, stage in enumerate(STEPS):
+        final = root / f"{stage}.pt"
+        if final.exists():  # finished earlier
+            continue
+        trainee, critic = build_trainee(cfg, stage, morphable, n_classes)
+        if k > 0:
+            parent = root / f"{STEPS[k - 1]}.pt"
+            if not parent.exists():
+                raise FileNotFoundError(f"steps: {stage} starts from {parent}; train {STEPS[k - 1]!r} first")
+            _load_parent(trainee, critic, parent)
+        mcfg = model_config(cfg, STEP_ALBEDO[stage])
+        train_mcfg = {"gao2020": mcfg, "n_classes": n_classes if cfg.use_recog else 0}
+        tcfg = cfg.train_config(stage)
+        optimizer = torch.optim.Adam(trainee.parameters(), lr=cfg.lr)
+        trainer = Trainer(trainee, optimizer, batches, Gao2020Loss(cfg, morphable, critic), tcfg,
+                          model_name=TRAIN_MODEL_NAME, model_config=train_mcfg, extra_config=cfg, critic=critic)
+        result = trainer.fit()
+        if D.is_main_process():  # under torchrun only rank 0 writes
+            export_checkpoint(trainer.checkpoint_path, final, mcfg)
+            summary[stage] = result["metrics"]
+            summary_path.write_text(json.dumps(summary, indent=2))
+        D.barrier()
+    return summary

@@ -1,0 +1,348 @@
+"""Tests of the Gao et al. 2020 two-step recipe (facelab.train.gao2020)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from facelab.train import gao2020 as G
+from facelab.train.checkpoint import load_checkpoint, load_model
+from facelab.train.gao2020 import (
+    SOURCE_COL, SOURCE_LP, Gao2020Loss, Gao2020TrainConfig, build_trainee, hybrid_batches, merge_hybrid, render_pools,
+    train_gao2020,
+)
+from facelab.train.trainer import CRITIC_STATE_KEY, Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = dict(image_size=(32, 32), lp_identities=4, lp_images_per_identity=4, col_identities=4, col_images_per_identity=4,
+            batch_lp=4, batch_col=4, steps=(8, 4), log_every=1, ckpt_every=2, progress=False, cache_pool=False,
+            num_threads=1)
+RECOG_KEYS = {"recog", "softmax", "center", "acc"}
+ADV_KEYS = {"adv", "critic_loss", "d_wdist", "d_penalty"}
+ALWAYS_KEYS = {"loss", "photo", "gdl", "lmk", "lmk_gdl", "smooth", "symm", "shape", "pair"}
+
+
+def _rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def _equal_states(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], dict):
+            _equal_states(a[k], b[k])
+        elif isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), k
+        else:
+            assert a[k] == b[k], k
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    cfg = Gao2020TrainConfig(out_dir=str(tmp_path_factory.mktemp("gao") / "run"), **TINY)
+    return cfg, train_gao2020(cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    cfg = Gao2020TrainConfig(out_dir="unused", **TINY)
+    lp, col = G._suites(cfg)
+    return cfg, lp.model, render_pools(cfg, lp, col)
+
+
+# ----------------------------------------------------------------- config
+def test_config_profiles_and_defaults():
+    quick, full = Gao2020TrainConfig(), Gao2020TrainConfig(profile="full")
+    assert (quick.backbone, quick.image_size, quick.resolution, quick.pool) == ("resnet_tiny", (64, 64), "quick", True)
+    assert (full.backbone, full.lr, full.pool) == ("resnet50", 1e-4, False)
+    assert quick.critic_lr == 5e-5 and quick.n_critic == 1 and (quick.batch_lp, quick.batch_col) == (16, 16)
+    assert len(quick.steps) == 2 and quick.out_dir == "runs/gao2020-quick"
+    tcfg = quick.train_config("step2")
+    assert tcfg.steps == quick.steps[1] and tcfg.out_dir.endswith("step2") and tcfg.batch_size == 32
+
+
+@pytest.mark.parametrize("bad", [dict(profile="huge"), dict(smoothness="cot"), dict(steps=(1,)), dict(steps=(1, 0)),
+                                 dict(batch_lp=1), dict(batch_col=0), dict(lr=-1.0), dict(critic_lr=0.0),
+                                 dict(n_critic=0), dict(w_adv=-0.1), dict(w_photo=float("nan"))])
+def test_config_bad_values_raise(bad):
+    with pytest.raises(ValueError, match=next(iter(bad)) if next(iter(bad)) != "profile" else "profile"):
+        Gao2020TrainConfig(**bad)
+
+
+# -------------------------------------------------------------------- data
+def test_merge_hybrid_layout_and_errors():
+    lp = {"x": torch.arange(4)}
+    col = {"x": torch.arange(10, 16)}
+    assert merge_hybrid(lp, col)["x"].tolist() == [0, 1, 2, 3, 10, 11, 12, 13, 14, 15]
+    # two ranks: each contiguous half holds half of each part
+    assert merge_hybrid(lp, col, 2)["x"].tolist() == [0, 1, 10, 11, 12, 2, 3, 13, 14, 15]
+    with pytest.raises(ValueError, match="multiples of the 3 processes"):
+        merge_hybrid(lp, col, 3)
+
+
+def test_hybrid_batches_fields_and_determinism(tiny_data):
+    cfg, morphable, (lp_pool, col_pool) = tiny_data
+    get = hybrid_batches(lp_pool, col_pool, cfg, morphable)
+    b = get(3)
+    B = cfg.batch_lp + cfg.batch_col
+    assert b["image"].shape == (B, 3, 32, 32) and b["image"].dtype == torch.float32
+    assert b["photo_mask"].shape == (B, 1, 32, 32) and 0 <= float(b["photo_mask"].min()) <= float(b["photo_mask"].max()) <= 1
+    assert b["source"].tolist() == [SOURCE_LP] * cfg.batch_lp + [SOURCE_COL] * cfg.batch_col
+    assert b["alpha_id"].shape == (B, morphable.n_shape) and b["alpha_exp"].shape == (B, morphable.n_exp)
+    assert torch.count_nonzero(b["alpha_id"][cfg.batch_lp:]) == 0 and torch.count_nonzero(b["alpha_id"][:cfg.batch_lp]) > 0
+    assert b["label"].max() < cfg.col_identities
+    again = hybrid_batches(lp_pool, col_pool, cfg, morphable)(3)
+    assert all(torch.equal(b[k], again[k]) for k in b)
+    assert not torch.equal(get(4)["image"], b["image"])
+    # the mask is the data's face mask without occluders (an independent recomputation)
+    one = G._suites(cfg)[1].batch(torch.arange(4))
+    want = one["face_mask"] * (1 - one["occlusion_mask"])
+    got = col_pool["photo_mask"][:4].float() / G.MASK_LEVELS
+    assert torch.allclose(got, want, atol=0.5 / G.MASK_LEVELS + 1e-6)
+
+
+def test_streamed_batches_match_the_pool(tiny_data):
+    """pool=False (the full profile) renders the same hybrid batches on the fly."""
+    cfg, morphable, pools = tiny_data
+    stream_cfg = dataclasses.replace(cfg, pool=False, num_workers=0)
+    lp, col = G._suites(stream_cfg)
+    streamed = hybrid_batches(lp, col, stream_cfg, morphable)(2)
+    assert torch.is_grad_enabled()  # streaming in this process must not switch gradients off
+    pooled = hybrid_batches(*pools, cfg, morphable)(2)
+    assert streamed.keys() == pooled.keys()
+    for k in ("source", "label", "alpha_id", "alpha_exp", "landmarks2d"):
+        assert torch.allclose(streamed[k].float(), pooled[k].float(), rtol=1e-4, atol=1e-3), k
+    # the pool stores images and masks as uint8
+    assert (streamed["image"] - pooled["image"]).abs().max() <= 0.5 / 255 + 1e-6
+    assert (streamed["photo_mask"] - pooled["photo_mask"]).abs().max() <= 0.5 / G.MASK_LEVELS + 1e-6
+
+
+# ------------------------------------------------------------------ losses
+def test_loss_terms_at_a_fresh_model_match_hand_values(tiny_data):
+    """A fresh model reconstructs the template: shape L1 and smoothness have closed forms."""
+    cfg, morphable, (lp_pool, col_pool) = tiny_data
+    batch = hybrid_batches(lp_pool, col_pool, cfg, morphable)(0)
+    trainee, critic = build_trainee(cfg, "step1", morphable, cfg.col_identities)
+    loss, m = Gao2020Loss(cfg, morphable, critic)(trainee, batch)
+    assert ALWAYS_KEYS - {"loss"} | RECOG_KEYS | {"adv"} <= set(m)
+    assert all(math.isfinite(float(v)) for v in m.values())
+    # template smoothness of the template is 0; albedo = mean albedo, whose asymmetry is known
+    assert float(m["smooth"]) == 0.0
+    template = morphable.mean_shape
+    mirror = morphable.mean_albedo[morphable.symmetry]
+    assert float(m["symm"]) == pytest.approx(float((morphable.mean_albedo - mirror).abs().mean()), abs=1e-6)
+    # shape: mean |template - 3DMM shape| over the face region of the lp rows
+    lp = batch["source"] == SOURCE_LP
+    target = template + (morphable.shape_basis @ batch["alpha_id"][lp].T + morphable.exp_basis @ batch["alpha_exp"][lp].T
+                         ).T.reshape(-1, template.shape[0], 3)
+    err = (template - target).abs().mean(-1)[:, morphable.face_mask]
+    assert float(m["shape"]) == pytest.approx(float(err.mean()), rel=1e-4)
+    # the total is the weighted sum of the logged terms
+    total = sum(getattr(cfg, f"w_{k}") * float(m[k]) for k in ("photo", "gdl", "lmk", "lmk_gdl", "smooth", "symm",
+                                                                "shape", "pair", "recog", "adv"))
+    assert float(loss.detach()) == pytest.approx(total, rel=1e-5)
+    assert critic.fake is not None and critic.fake.shape == (batch["image"].shape[0], template.shape[0], 3)
+    assert not critic.fake.requires_grad
+    # the generator's backward leaves no gradient in the discriminator
+    loss.backward()
+    assert all(p.grad is None for p in critic.critic.parameters())
+    assert trainee.model.encoder.conv1.weight.grad is not None
+
+
+def test_laplacian_smoothness_is_not_zero_at_the_template(tiny_data):
+    cfg, morphable, (lp_pool, col_pool) = tiny_data
+    lap = dataclasses.replace(cfg, smoothness="laplacian")
+    batch = hybrid_batches(lp_pool, col_pool, cfg, morphable)(0)
+    trainee, critic = build_trainee(lap, "step1", morphable, cfg.col_identities)
+    _, m = Gao2020Loss(lap, morphable, critic)(trainee, batch)
+    from facelab.losses.shape import uniform_laplacian
+
+    want = uniform_laplacian(morphable.mean_shape[None], trainee.model.edge_index).abs().sum(-1).mean()
+    assert float(m["smooth"]) == pytest.approx(float(want), rel=1e-5) and float(want) > 0
+
+
+def test_loss_and_parent_errors(tiny_data, tmp_path):
+    from facelab.train.checkpoint import save_checkpoint
+
+    cfg, morphable, _ = tiny_data
+    with pytest.raises(ValueError, match="critic: use_adv=True needs the ShapeCritic"):
+        Gao2020Loss(cfg, morphable, None)
+    trainee, critic = build_trainee(cfg, "step2", morphable, cfg.col_identities)
+    # a step-1 checkpoint trained without the identity head / the discriminator cannot start this step 2
+    path = save_checkpoint(tmp_path / "step1.pt", model_name="gao2020", model_config=G.model_config(cfg),
+                           state_dict=trainee.model.state_dict(), step=1,
+                           extra={"recognition": None, CRITIC_STATE_KEY: critic.state_dict()})
+    with pytest.raises(ValueError, match="no identity head"):
+        G._load_parent(trainee, critic, path)
+    path = save_checkpoint(tmp_path / "step1.pt", model_name="gao2020", model_config=G.model_config(cfg),
+                           state_dict=trainee.model.state_dict(), step=1,
+                           extra={"recognition": trainee.recognition.state_dict()})
+    with pytest.raises(ValueError, match="no discriminator"):
+        G._load_parent(trainee, critic, path)
+
+
+def test_critic_step_uses_the_losss_fakes(tiny_data):
+    cfg, morphable, (lp_pool, col_pool) = tiny_data
+    batch = hybrid_batches(lp_pool, col_pool, cfg, morphable)(1)
+    trainee, critic = build_trainee(cfg, "step1", morphable, cfg.col_identities)
+    Gao2020Loss(cfg, morphable, critic)(trainee, batch)
+    before = [p.detach().clone() for p in critic.critic.parameters()]
+    metrics = critic.step(trainee, batch, 0)
+    assert set(metrics) == {"critic_loss", "d_wdist", "d_penalty"} and critic.fake is None and critic.updates == 1
+    assert any(not torch.equal(a, p) for a, p in zip(before, critic.critic.parameters()))
+    # without the loss's fakes the critic reconstructs the batch itself
+    assert critic.step(trainee, batch, 1).keys() == metrics.keys()
+
+
+# -------------------------------------------------------------- tiny run
+def test_tiny_run_writes_loadable_checkpoints(tiny_run):
+    cfg, result = tiny_run
+    out = result["out_dir"]
+    summary = json.loads((out / "summary.json").read_text())
+    for k, stage in enumerate(("step1", "step2")):
+        model, ckpt = load_model(out / f"{stage}.pt", expect_model="gao2020")
+        assert ckpt["step"] == cfg.steps[k] and summary[stage]["step"] == cfg.steps[k]
+        assert model.config.albedo == ("gcn", "cnn")[k] and model.config.image_size == (32, 32)
+        with torch.no_grad():
+            rec = model(torch.rand(2, 3, 32, 32))
+        assert rec["shape"].shape == (2, model.n_verts, 3) and torch.isfinite(rec["shape"]).all()
+        extra = ckpt["extra"]
+        assert extra["recognition"]["softmax.weight"].shape == (cfg.col_identities, model.config.id_dim)
+        # the discriminator continues across the steps: its update count runs on
+        assert extra[CRITIC_STATE_KEY]["updates"] == sum(cfg.steps[:k + 1]) * cfg.n_critic
+        rows = _rows(out / stage)
+        assert [r["step"] for r in rows] == list(range(1, cfg.steps[k] + 1))
+        assert ALWAYS_KEYS | RECOG_KEYS | ADV_KEYS <= set(rows[0])
+        assert all(math.isfinite(v) for r in rows for v in r.values())
+        assert result["checkpoints"][stage] == out / f"{stage}.pt"
+
+
+def test_step2_starts_from_step1(tiny_run):
+    cfg, result = tiny_run
+    out = result["out_dir"]
+    s1, s2 = (load_checkpoint(out / f"{s}.pt")["state_dict"] for s in ("step1", "step2"))
+    torch.manual_seed(cfg.seed)
+    fresh = build_trainee(cfg, "step1", G._suites(cfg)[0].model, cfg.col_identities)[0].model.state_dict()
+    # step 2 does not use the GCN albedo decoder: it keeps step 1's trained weights exactly
+    key = "albedo_decoder.fc.weight"
+    assert torch.equal(s2[key], s1[key]) and not torch.equal(s1[key], fresh[key])
+    # ... and trains the CNN albedo decoder, which step 1 left at its initialisation
+    key = "cnn_albedo.fc.weight"
+    assert torch.equal(s1[key], fresh[key]) and not torch.equal(s2[key], s1[key])
+
+
+def test_rerun_skips_finished_steps(tiny_run):
+    cfg, result = tiny_run
+    stamp = (result["out_dir"] / "step2.pt").stat().st_mtime_ns
+    train_gao2020(cfg)
+    assert (result["out_dir"] / "step2.pt").stat().st_mtime_ns == stamp
+
+
+def test_interrupted_and_deleted_runs_reproduce_bitwise(tiny_run, tmp_path, monkeypatch):
+    cfg, result = tiny_run
+    run = dataclasses.replace(cfg, out_dir=str(tmp_path / "run"))
+    real_save = Trainer.save
+
+    def crash_after_step2_checkpoint(self):
+        path = real_save(self)
+        if self.out_dir.name == "step2" and self.step == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return path
+
+    monkeypatch.setattr(Trainer, "save", crash_after_step2_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train_gao2020(run)
+    monkeypatch.setattr(Trainer, "save", real_save)
+    assert (tmp_path / "run" / "step1.pt").exists() and not (tmp_path / "run" / "step2.pt").exists()
+    torch.manual_seed(1234)  # another global RNG state, as in a fresh process
+    train_gao2020(run)
+
+    def compare(stage):
+        a = load_checkpoint(result["out_dir"] / f"{stage}.pt")
+        b = load_checkpoint(tmp_path / "run" / f"{stage}.pt")
+        _equal_states(a["state_dict"], b["state_dict"])
+        _equal_states(a["extra"]["recognition"], b["extra"]["recognition"])
+        _equal_states(a["extra"][CRITIC_STATE_KEY], b["extra"][CRITIC_STATE_KEY])
+
+    compare("step2")
+    # deleting the final checkpoint and its run folder retrains the step: the same weights again
+    (tmp_path / "run" / "step2.pt").unlink()
+    for f in sorted((tmp_path / "run" / "step2").iterdir()):
+        f.unlink()
+    train_gao2020(run)
+    compare("step2")
+    compare("step1")
+
+
+# --------------------------------------------------------------- ablations
+@pytest.mark.parametrize("switch, removed", [("use_recog", RECOG_KEYS), ("use_adv", ADV_KEYS)])
+def test_ablation_switches_remove_their_losses(tmp_path, switch, removed):
+    cfg = Gao2020TrainConfig(out_dir=str(tmp_path / "run"), **{**TINY, "steps": (2, 1)}, **{switch: False})
+    out = train_gao2020(cfg)["out_dir"]
+    for stage in ("step1", "step2"):
+        rows = _rows(out / stage)
+        assert not removed & set(rows[0]) and ALWAYS_KEYS <= set(rows[0])
+        ckpt = load_checkpoint(out / f"{stage}.pt")
+        if switch == "use_recog":
+            assert ckpt["extra"]["recognition"] is None and CRITIC_STATE_KEY in ckpt["extra"]
+        else:
+            assert CRITIC_STATE_KEY not in ckpt["extra"] and ckpt["extra"]["recognition"] is not None
+
+
+def test_smoothness_switch_changes_the_term(tiny_run, tmp_path):
+    cfg, result = tiny_run
+    lap = Gao2020TrainConfig(out_dir=str(tmp_path / "run"), **{**TINY, "steps": (1, 1)}, smoothness="laplacian")
+    out = train_gao2020(lap)["out_dir"]
+    # step 1 starts at the template: eq. 9 is exactly 0 there, the conventional Laplacian is not
+    assert _rows(result["out_dir"] / "step1")[0]["smooth"] == 0.0
+    assert _rows(out / "step1")[0]["smooth"] > 0.01
+
+
+def test_cli_train_gao2020_tiny(tmp_path):
+    from facelab.cli import main
+
+    sets = ["image_size=32,32", "lp_identities=2", "lp_images_per_identity=2", "col_identities=2",
+            "col_images_per_identity=2", "batch_lp=2", "batch_col=2", "steps=1,1", "progress=false", "cache_pool=false"]
+    argv = ["train", "gao2020", "--out", str(tmp_path / "cli")]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    assert load_model(tmp_path / "cli" / "step2.pt", expect_model="gao2020")[0].config.albedo == "cnn"
+
+
+# --------------------------------------------------------------- torchrun
+DDP_WORKER = textwrap.dedent(f"""
+    import sys
+    from facelab.train.gao2020 import Gao2020TrainConfig, train_gao2020
+
+    tiny = {TINY!r}
+    tiny["steps"] = (2, 1)
+    train_gao2020(Gao2020TrainConfig(out_dir=sys.argv[1], **tiny))
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_train_both_steps(tmp_path):
+    """Under torchrun every rank trains on labelled and unlabelled rows and the critic stays in sync."""
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = load_checkpoint(tmp_path / "run" / "step2.pt")
+    assert ckpt["extra"]["world_size"] == 2 and ckpt["extra"][CRITIC_STATE_KEY]["updates"] == 3
+    rows = _rows(tmp_path / "run" / "step1")
+    assert ALWAYS_KEYS | RECOG_KEYS | ADV_KEYS <= set(rows[0]) and all(math.isfinite(v) for v in rows[-1].values())
