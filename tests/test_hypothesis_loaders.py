@@ -237,3 +237,11 @@ def test_read_pairs_arbitrary_text(text):
             assert "pairs.txt" in str(err)
             return
         assert all(p.idx1 >= 1 and p.idx2 >= 1 for p in pairs)
+
+
+def test_read_mesh_refuses_colours_beyond_float32(tmp_path):
+    # found by CI's hypothesis run: a damaged PLY whose colours overflowed to inf in float32
+    path = tmp_path / "big.obj"
+    path.write_text("v 0 0 0 1e300 0 0\nv 1 0 0 0 0 0\nv 0 1 0 0 0 0\nf 1 2 3\n")
+    with pytest.raises(ValueError, match="big.obj: vertex colours"):
+        read_mesh(path)

@@ -28,6 +28,7 @@ import torch
 from facelab.io._util import existing_file, to_numpy
 
 MESH_SUFFIXES = (".obj", ".ply")
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # beyond this a value turns to inf in float32
 FLOAT_FORMAT = "%.9g"  # 9 significant digits reproduce any float32 exactly
 PLY_FORMATS = ("ascii", "binary_little_endian", "binary_big_endian")
 UCHAR_COLOUR_MAX = 255.0
@@ -86,6 +87,10 @@ def read_mesh(path) -> Mesh:
         raise ValueError(f"{path}: vertices must be (V, 3), got {verts.shape}")
     if not np.isfinite(verts).all():
         raise ValueError(f"{path}: vertex coordinates contain NaN or Inf")
+    if np.abs(verts).max(initial=0.0) > FLOAT32_MAX:
+        raise ValueError(f"{path}: vertex coordinates exceed the float32 range (|x| > {FLOAT32_MAX:.3g})")
+    if colors is not None and not (np.isfinite(colors).all() and np.abs(colors).max(initial=0.0) <= FLOAT32_MAX):
+        raise ValueError(f"{path}: vertex colours contain NaN, Inf or values beyond the float32 range")
     if faces.size and (faces.min() < 0 or faces.max() >= verts.shape[0]):
         raise ValueError(
             f"{path}: face indices must lie in [0, {verts.shape[0]}), got [{faces.min()}, {faces.max()}]"
