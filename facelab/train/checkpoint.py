@@ -309,3 +309,4 @@ def _build_regressor(cfg: dict) -> nn.Module:
 register_model("regressor", _build_regressor)
 register_model("liu2018", lambda cfg: __import__("facelab.train.liu2018", fromlist=["build_liu2018_model"]).build_liu2018_model(cfg))  # lazy import: no cycle
 register_model("gao2020", lambda cfg: __import__("facelab.models.gao2020", fromlist=["build_gao2020_model"]).build_gao2020_model(cfg))  # lazy import: no cycle
+register_model("sir", lambda cfg: __import__("facelab.train.sir", fromlist=["build_sir_model"]).build_sir_model(cfg))  # lazy import: no cycle

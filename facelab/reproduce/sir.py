@@ -1,0 +1,422 @@
+"""Reproduce the SIR / Sphere Face Model comparison on SynthFaces: ``facelab reproduce sir``.
+
+Book chapter: ``book/09_sir.ipynb``. :func:`reproduce_sir` trains (or reuses) the stages of
+:mod:`facelab.train.sir` and scores four rows:
+
+=====================================  ==========================================================
+row                                    model
+=====================================  ==========================================================
+``Liu et al. c_Id``                    Phase III of ``facelab reproduce liu2018`` (its ``c_Id``
+                                       is the embedding, its identity decoder the shape)
+``shape params + recognition (no SIR)``  ``params_recog.pt``: CosFace on the standardised
+                                       shape coefficients ``a`` of a linear 3DMM regressor
+``+ SIR loss``                         ``params_recog_sir.pt``: the same plus the SIR loss
+``SFM + SIR``                          ``sfm_sir.pt``: Sphere Face Model basis + SIR loss
+=====================================  ==========================================================
+
+Columns (facelab's definitions; the papers are available only as abstracts):
+
+* ``rmse_micc``: MICC-style point-to-plane error (mm), "average over identity", all
+  conditions (:mod:`facelab.metrics.model_eval`, quick: 5 subjects);
+* ``lfw_accuracy``: LFW-protocol verification accuracy of the shape parameters (the
+  embedding: ``a`` / ``c_Id``; cosine);
+* ``sir_ratio``: :func:`facelab.metrics.sir.sir_ratio` of the reconstructed *identity*
+  (neutral) shapes of every frame of a held-out ``micc``-style suite with
+  :data:`QUICK_SIR_IDENTITIES` subjects (rigid alignment, face region): mean
+  intra-identity over mean inter-identity shape distance, lower is better;
+* ``geo_rank1``: :func:`facelab.metrics.sir.geometric_rank1` of those reconstructions
+  against a **reconstructed** gallery: probes are the identity shapes of the indoor and
+  outdoor frames, each subject's reference is the identity shape reconstructed from the
+  most frontal frame of its cooperative video (can the *reconstructed* faces be told apart?);
+* ``geo_rank1_truth``: every frame's identity shape against each subject's **true**
+  neutral shape (needs the reconstructions to be right, not only distinct);
+* ``param_rank1``: rank-1 identification in *parameter* space with the same gallery and
+  probes (cosine of the embeddings): recognition in parameter space, to set against the
+  geometric rank-1 (the SIR paper's question);
+* ``intra_mm``, ``inter_mm``: the two means of the ratio.
+
+``sfm_vs_pca``: :func:`facelab.morphable.sphere.sfm_vs_pca` at equal dimension ``K`` (10, 20,
+40 and the recipe's SFM dimension) on held-out 3D shapes (:func:`facelab.train.sir.sfm_shapes`):
+representation RMSE and identity clustering (k-means NMI, verification accuracy) of the
+parameters, one dict per ``K``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facelab.checks import check_choice, check_positive
+
+PROFILES = ("quick", "full")
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+LIU_ROW = "Liu et al. c_Id"
+ROW_NAMES = {"params_recog": "shape params + recognition (no SIR)", "params_recog_sir": "+ SIR loss",
+             "sfm_sir": "SFM + SIR"}
+COLUMNS = ("rmse_micc", "lfw_accuracy", "sir_ratio", "geo_rank1", "geo_rank1_truth", "param_rank1",
+           "intra_mm", "inter_mm")
+SIR_MAX_PAIRS = 5_000  # intra / inter pairs of the ratio, each (sampled with the seed beyond this)
+LIU_ARTIFACT = "liu2018-quick"
+OVERRIDE_GROUPS = ("train", "eval", "sir")
+#: SIR-metric suite sizes (micc-style subjects; frames per video come from the suite profile)
+QUICK_SIR_IDENTITIES = 40
+FULL_SIR_IDENTITIES = 200
+QUICK_SIR_FRAMES = 4  # per video (3 videos per subject)
+GALLERY_CONDITION = 0  # cooperative video: the gallery frame is its most frontal one
+#: held-out 3D identities of the SFM-vs-PCA comparison
+SFM_TABLE_K = (10, 20, 40)  # SFM-vs-PCA dimensions besides the recipe's own
+QUICK_SFM_TEST_IDENTITIES = 60
+FULL_SFM_TEST_IDENTITIES = 300
+
+
+@dataclass
+class SIREvalConfig:
+    """Options of the SIR-metric columns. Zero means the profile's default.
+
+    Attributes:
+        identities: subjects of the ``micc``-style SIR suite (quick 40, full 200).
+        frames_per_video: frames per video (0: quick 4, full the suite profile's).
+        seed: seed of the suite. batch_size: images per forward pass.
+        align: alignment of :func:`~facelab.metrics.sir.sir_ratio` (``"rigid"``).
+        sfm_test_identities: held-out identities of ``sfm_vs_pca`` (quick 60, full 300).
+        sfm_k: the dimensions of the SFM-vs-PCA table, besides the recipe's SFM dimension.
+        num_threads: torch CPU threads while scoring (-1: leave; 0: quick 1).
+    """
+
+    identities: int = 0
+    frames_per_video: int = 0
+    seed: int = 0
+    batch_size: int = 64
+    align: str = "rigid"
+    sfm_test_identities: int = 0
+    sfm_k: tuple[int, ...] = SFM_TABLE_K
+    num_threads: int = 0
+
+    def resolved(self, profile: str) -> "SIREvalConfig":
+        """A copy with the profile's defaults filled in."""
+        check_choice(profile, "profile", PROFILES)
+        quick = profile == "quick"
+        check_positive(self.batch_size, "batch_size", integer=True)
+        return dataclasses.replace(
+            self, identities=self.identities or (QUICK_SIR_IDENTITIES if quick else FULL_SIR_IDENTITIES),
+            frames_per_video=self.frames_per_video or (QUICK_SIR_FRAMES if quick else 0),
+            sfm_test_identities=self.sfm_test_identities or (QUICK_SFM_TEST_IDENTITIES if quick else FULL_SFM_TEST_IDENTITIES),
+            num_threads=self.num_threads or (1 if quick else -1))
+
+
+class CachedSuite:
+    """A suite whose batches are rendered once and replayed, so several models are scored on
+    the very same images without re-rendering. Other attributes come from the wrapped suite.
+
+    >>> from facelab.data import make_suite
+    >>> s = CachedSuite(make_suite("micc", n_identities=1, frames_per_video=1, image_size=16, resolution="quick"))
+    >>> [b["image"].shape[0] for b in s.batches(2)], s.n_identities
+    ([2, 1], 1)
+    """
+
+    def __init__(self, suite) -> None:
+        self._suite = suite
+        self._cache: dict[int, list[dict]] = {}
+
+    def batches(self, batch_size: int = 64, indices=None, progress: bool = False):
+        if indices is not None:
+            return self._suite.batches(batch_size, indices, progress)
+        if batch_size not in self._cache:
+            self._cache[batch_size] = list(self._suite.batches(batch_size, progress=progress))
+        return iter(self._cache[batch_size])
+
+    def __getattr__(self, name):
+        return getattr(self._suite, name)
+
+    def __len__(self) -> int:
+        return len(self._suite)
+
+
+def _split_overrides(overrides) -> dict[str, list[str]]:
+    """``["train.steps=10", "sir.identities=8"]`` (or a dict) -> ``{"train": [...], "eval": [...], "sir": [...]}``."""
+    groups = {g: [] for g in OVERRIDE_GROUPS}
+    if overrides is None:
+        return groups
+    if isinstance(overrides, dict):
+        overrides = [f"{k}={v}" if not isinstance(v, (tuple, list)) else f"{k}={','.join(map(str, v))}"
+                     for k, v in overrides.items()]
+    for item in overrides:
+        group, _, field = item.split("=", 1)[0].partition(".")
+        if group not in groups or not field:
+            raise ValueError(f"overrides: {item!r} must start with one of {', '.join(g + '.' for g in OVERRIDE_GROUPS)}")
+        groups[group].append(item[len(group) + 1:])
+    return groups
+
+
+# ------------------------------------------------------------------ scoring
+def _np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().double().numpy()
+
+
+def _cosine_rank1(probe: np.ndarray, probe_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray) -> float:
+    p = probe / np.linalg.norm(probe, axis=1, keepdims=True).clip(1e-12)
+    g = gallery / np.linalg.norm(gallery, axis=1, keepdims=True).clip(1e-12)
+    return float(np.mean(gallery_labels[np.argmax(p @ g.T, axis=1)] == probe_labels))
+
+
+def gallery_split(label: np.ndarray, condition: np.ndarray, yaw_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(gallery, probes)`` image indices of a ``micc``-style suite.
+
+    Gallery: per subject, the most frontal frame of the cooperative video; probes: every frame
+    of the other videos (indoor, outdoor).
+
+    >>> g, p = gallery_split(np.array([0, 0, 0, 1, 1, 1]), np.array([0, 0, 1, 0, 0, 1]),
+    ...                      np.array([-20.0, 5.0, 0.0, 3.0, 30.0, 0.0]))
+    >>> g.tolist(), p.tolist()
+    ([1, 3], [2, 5])
+    """
+    gallery = []
+    for lab in np.unique(label):
+        coop = np.flatnonzero((label == lab) & (condition == GALLERY_CONDITION))
+        if coop.size == 0:
+            raise ValueError(f"label: subject {lab} has no cooperative frame for the gallery")
+        gallery.append(coop[np.argmin(np.abs(yaw_deg[coop]))])
+    return np.array(gallery), np.flatnonzero(condition != GALLERY_CONDITION)
+
+
+def score_sir(pred: dict, mask: np.ndarray, align: str = "rigid", max_pairs: int = SIR_MAX_PAIRS,
+              seed: int = 0) -> dict[str, float]:
+    """The SIR-metric columns of one model from its :func:`~facelab.metrics.model_eval.predict_suite`
+    output on a ``micc``-style suite (``identity_shape (N, V, 3)`` mm, ``embedding (N, D)``,
+    ``gt_identity``, ``label``, ``condition``, ``yaw_deg``); see the module docstring.
+
+    Args:
+        mask: ``(V,)`` bool, the vertices compared (the face region).
+        align: ``"rigid"``, ``"similarity"`` or ``"none"``.
+        max_pairs: intra / inter pairs drawn for the ratio (each kind), with ``seed``.
+
+    Returns:
+        ``{"sir_ratio", "geo_rank1", "geo_rank1_truth", "param_rank1", "intra_mm", "inter_mm"}``;
+        ``sir_ratio = intra_mm / inter_mm`` is exactly :func:`facelab.metrics.sir.sir_ratio` with
+        the same ``max_pairs`` and ``seed``.
+    """
+    from facelab.metrics.sir import _inter_pairs, _intra_pairs, _pair_rmse, _subsample, geometric_rank1
+
+    shapes = _np(pred["identity_shape"])[:, mask]
+    label = pred["label"].long().numpy()
+    cond = pred["condition"].long().numpy()
+    emb = _np(pred["embedding"])
+    # sir_ratio's own pair sampling, kept to report its numerator and denominator too
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(np.ascontiguousarray(shapes))
+    _, codes = np.unique(label, return_inverse=True)
+    ii, ij = _subsample(*_intra_pairs(codes), max_pairs, rng)
+    if ii.shape[0] == 0 or np.unique(codes).shape[0] < 2:
+        raise ValueError("pred: the SIR suite needs two identities and two frames of one identity")
+    ei, ej = _inter_pairs(codes, max_pairs, rng)
+    inter = float(_pair_rmse(x, ei, ej, align).mean())
+    intra = float(_pair_rmse(x, ii, ij, align).mean())
+    first = np.array([np.flatnonzero(label == lab)[0] for lab in np.unique(label)])
+    truth = _np(pred["gt_identity"])[first][:, mask]
+    gallery, probes = gallery_split(label, cond, _np(pred["yaw_deg"]))
+    return {
+        "sir_ratio": intra / inter,
+        "geo_rank1": geometric_rank1(shapes[probes], label[probes], shapes[gallery], label[gallery], align=align),
+        "geo_rank1_truth": geometric_rank1(shapes, label, truth, label[first], align=align),
+        "param_rank1": _cosine_rank1(emb[probes], label[probes], emb[gallery], label[gallery]),
+        "intra_mm": intra, "inter_mm": inter,
+    }
+
+
+class _Suites:
+    """The evaluation suites (MICC protocol, LFW, SIR), rendered once per image size / mesh."""
+
+    def __init__(self, profile: str, eval_cfg, sir_cfg: SIREvalConfig) -> None:
+        self.profile, self.eval_cfg, self.sir_cfg = profile, eval_cfg.resolved(profile), sir_cfg
+        self._cache: dict = {}
+
+    def get(self, model, name: str):
+        from facelab.data import make_suite
+
+        key = (tuple(model.config.image_size), model.config.resolution, name)
+        if key not in self._cache:
+            cfg = self.eval_cfg
+            common = dict(profile=self.profile, device=cfg.device, image_size=key[0], resolution=key[1])
+            if name == "micc":
+                sizes = {"n_identities": cfg.micc_identities} if cfg.micc_identities else {}
+                suite = make_suite("micc", seed=cfg.seed, **common, **sizes)
+            elif name == "lfw":
+                sizes = {k: v for k, v in (("n_identities", cfg.lfw_identities),
+                                           ("pairs_per_fold", cfg.lfw_pairs_per_fold)) if v}
+                suite = make_suite("lfw", seed=cfg.seed, **common, **sizes)
+            else:
+                sizes = {"frames_per_video": self.sir_cfg.frames_per_video} if self.sir_cfg.frames_per_video else {}
+                suite = make_suite("micc", seed=self.sir_cfg.seed, n_identities=self.sir_cfg.identities, **common, **sizes)
+            self._cache[key] = CachedSuite(suite)
+        return self._cache[key]
+
+
+def score_model(model, suites: _Suites) -> dict[str, float]:
+    """Every column of :data:`COLUMNS` for one evaluable model (see the module docstring)."""
+    from facelab.metrics.model_eval import predict_suite, score_micc
+    from facelab.metrics.verification import verify
+
+    cfg, sir_cfg = suites.eval_cfg, suites.sir_cfg
+    threads = torch.get_num_threads()
+    try:
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        micc = suites.get(model, "micc")
+        micc_pred = predict_suite(model, micc, cfg.batch_size)
+        rmse_micc = score_micc(model, suites.profile, cfg, suite=micc, pred=micc_pred)["average_over_identity"]["all"]["mean"]
+        lfw = suites.get(model, "lfw")
+        emb = _np(predict_suite(model, lfw, cfg.batch_size)["embedding"])
+        pairs = lfw.table.pairs.numpy()
+        acc = verify(emb[pairs[:, 0]], emb[pairs[:, 1]], lfw.table.issame.numpy(), n_folds=lfw.config.n_folds).accuracy_mean
+        sir = suites.get(model, "sir")
+        sir_cols = score_sir(predict_suite(model, sir, sir_cfg.batch_size), sir.model.face_mask.numpy(),
+                             align=sir_cfg.align, seed=sir_cfg.seed)
+    finally:
+        torch.set_num_threads(threads)
+    return {"rmse_micc": float(rmse_micc), "lfw_accuracy": float(acc), **sir_cols}
+
+
+# ------------------------------------------------------------------ rows
+def _liu_model(liu, profile: str):
+    """The Liu et al. Phase III model: a ``phase3.pt``, a ``reproduce liu2018`` folder, or (quick
+    profile, ``liu=None``) the committed ``book/artifacts/liu2018-quick``; ``(None, None)`` if none
+    or ``liu=False``."""
+    from facelab.reproduce.artifacts import ARTIFACTS_DIR, has_artifact
+    from facelab.reproduce.liu2018 import load_phase
+
+    if liu is False:
+        return None, None
+    if liu is None and profile == "quick" and has_artifact(LIU_ARTIFACT):
+        liu = ARTIFACTS_DIR / LIU_ARTIFACT
+    if liu is None:
+        return None, None
+    path = Path(liu)
+    path = path / "phase3.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"liu: {path} is not a Liu et al. phase3.pt checkpoint")
+    return load_phase(path), str(path)
+
+
+def sfm_vs_pca_table(train_cfg, sir_cfg: SIREvalConfig, ks=None) -> list[dict]:
+    """:func:`facelab.morphable.sphere.sfm_vs_pca` at each dimension of ``ks`` (default
+    ``sir_cfg.sfm_k``, and the recipe's SFM dimension): both models are fitted on the stage-1 3D
+    shapes (:func:`facelab.train.sir.sfm_shapes` of the population identities) and tested on
+    ``sir_cfg.sfm_test_identities`` held-out identities with the same kind of perturbation
+    (another seed). Returns one :func:`~facelab.morphable.sphere.sfm_vs_pca` dict per ``K``, in
+    increasing ``K``."""
+    from facelab.morphable.sphere import sfm_vs_pca
+    from facelab.train.sir import SFM_TEST_ID_START, sfm_config, sfm_shapes, sfm_train_ids
+
+    model_k = train_cfg.sfm_k or train_cfg.n_shape or _model_n_shape(train_cfg)
+    ks = sorted(set(ks if ks is not None else (*sir_cfg.sfm_k, model_k)))
+    tr_s, tr_l = sfm_shapes(train_cfg, sfm_train_ids(train_cfg))
+    test_ids = torch.arange(SFM_TEST_ID_START, SFM_TEST_ID_START + sir_cfg.sfm_test_identities)
+    te_s, te_l = sfm_shapes(train_cfg, test_ids, seed=train_cfg.seed + 1)
+    return [sfm_vs_pca(tr_s.double(), tr_l, te_s.double(), te_l, k, sfm_config(train_cfg), seed=sir_cfg.seed)
+            for k in ks]
+
+
+def _model_n_shape(train_cfg) -> int:
+    from facelab.morphable import SynthFacesConfig, build_synthfaces
+
+    return build_synthfaces(SynthFacesConfig(resolution=train_cfg.resolution)).n_shape
+
+
+def results_markdown(result: dict) -> str:
+    """The comparison table and the SFM-vs-PCA table of a :func:`reproduce_sir` result as Markdown.
+
+    >>> r = {"profile": "quick", "rows": [{"name": "+ SIR loss", "rmse_micc": 1.0, "lfw_accuracy": 0.7,
+    ...      "sir_ratio": 0.5, "geo_rank1": 0.2, "geo_rank1_truth": 0.1, "param_rank1": 0.3,
+    ...      "intra_mm": 1.0, "inter_mm": 2.0}], "sfm_vs_pca": None, "seconds": 1.0}
+    >>> "| + SIR loss | 1.000 | 0.700 | 0.500" in results_markdown(r)
+    True
+    """
+    from facelab.metrics.report import markdown_table
+
+    rows = {r["name"]: ({c: r.get(c) for c in COLUMNS} if r.get("rmse_micc") is not None else None)
+            for r in result["rows"]}
+    parts = [f"# SIR and the Sphere Face Model on SynthFaces ({result['profile']} profile)",
+             "**Comparison** (rmse_micc: MICC point-to-plane error, mm; lfw_accuracy: verification of the shape "
+             "parameters; sir_ratio: mean intra- over inter-identity distance of the reconstructed identity shapes, "
+             "lower is better; geo_rank1: rank-1 of reconstructed shapes against a reconstructed gallery; "
+             "geo_rank1_truth: against the true neutral shapes; param_rank1: rank-1 of the parameters, cosine; "
+             "intra_mm / inter_mm: aligned RMSE, mm)\n\n"
+             + markdown_table(rows, columns=list(COLUMNS), row_header="model")]
+    svp = result.get("sfm_vs_pca")
+    if svp:
+        table = {f"K = {r['K']}": {f"{m}_{k}": r[m][k] for k in ("rmse_mm", "nmi", "verification_accuracy")
+                                   for m in ("pca", "sfm")} for r in svp}
+        parts.append(f"**SFM vs PCA at equal dimension K** ({svp[0]['n_train']} training shapes, {svp[0]['n_test']} "
+                     f"held-out shapes of {svp[0]['n_test_identities']} identities; rmse_mm: representation error; nmi: "
+                     f"k-means clustering of the parameters; verification_accuracy: cosine)\n\n"
+                     + markdown_table(table, row_header="dimension"))
+    parts.append(f"Time: {result['seconds']} s (training {result.get('train_seconds')} s)")
+    return "\n\n".join(parts) + "\n"
+
+
+# ------------------------------------------------------------------ API
+def reproduce_sir(profile: str = "quick", out_dir="runs/reproduce-sir", overrides=None, liu=None,
+                  variants=tuple(ROW_NAMES), with_sfm_vs_pca: bool = True) -> dict:
+    """Train (or reuse) the SIR recipe's stages and score the comparison table (module docstring).
+
+    Args:
+        profile: ``"quick"`` (CPU) or ``"full"``.
+        out_dir: run folder: the stage checkpoints of :func:`facelab.train.sir.train_sir` (a stage
+            whose ``<stage>.pt`` exists is not retrained), ``results.json`` and ``results.md``.
+        overrides: ``["train.KEY=VALUE", "eval.KEY=VALUE", "sir.KEY=VALUE"]`` (or a dict with
+            such keys) for :class:`~facelab.train.sir.SIRTrainConfig`,
+            :class:`~facelab.metrics.model_eval.ModelEvalConfig` and :class:`SIREvalConfig`.
+        liu: the Liu et al. row: a ``phase3.pt`` or a ``facelab reproduce liu2018`` folder; None:
+            ``book/artifacts/liu2018-quick`` in the quick profile when present; False: none.
+            Without a checkpoint the row is listed with empty cells.
+        variants: the rows of :data:`ROW_NAMES` to train and score.
+        with_sfm_vs_pca: also run :func:`sfm_vs_pca_table`.
+
+    Returns:
+        ``{"profile", "out_dir", "rows": [{"name", "stage", "rmse_micc", "lfw_accuracy", "sir_ratio",
+        "geo_rank1", "geo_rank1_truth", "param_rank1", "intra_mm", "inter_mm"}], "sfm_vs_pca": [one
+        sfm_vs_pca dict per K],
+        "liu_checkpoint", "train_config", "sir_config", "train_seconds", "seconds"}``.
+    """
+    from facelab.config import apply_overrides
+    from facelab.metrics.model_eval import ModelEvalConfig
+    from facelab.metrics.report import write_json
+    from facelab.train.sir import SIRTrainConfig, load_sir, train_sir
+
+    check_choice(profile, "profile", PROFILES)
+    for v in variants:
+        check_choice(v, "variants", list(ROW_NAMES))
+    groups = _split_overrides(overrides)
+    start = time.perf_counter()
+    out = Path(out_dir)
+    train_cfg = apply_overrides(SIRTrainConfig(profile=profile, out_dir=str(out)), groups["train"])
+    train_cfg.out_dir = str(out)
+    if "variants" not in {o.split("=", 1)[0] for o in groups["train"]}:
+        train_cfg.variants = tuple(variants)
+    eval_cfg = apply_overrides(ModelEvalConfig(), groups["eval"])
+    sir_cfg = apply_overrides(SIREvalConfig(), groups["sir"]).resolved(profile)
+    train_sir(train_cfg)  # trains only the stages whose checkpoint is missing
+    t_train = time.perf_counter() - start
+
+    suites = _Suites(profile, eval_cfg, sir_cfg)
+    rows = []
+    liu_model, liu_path = _liu_model(liu, profile)
+    empty = {c: None for c in COLUMNS}
+    rows.append({"name": LIU_ROW, "stage": "liu2018_phase3",
+                 **(score_model(liu_model, suites) if liu_model is not None else empty)})
+    for v in train_cfg.variants:  # the function's variants, or a train.variants override
+        rows.append({"name": ROW_NAMES[v], "stage": v, **score_model(load_sir(out / f"{v}.pt"), suites)})
+    svp = sfm_vs_pca_table(train_cfg, sir_cfg) if with_sfm_vs_pca else None
+    result = {"profile": profile, "out_dir": str(out), "rows": rows, "sfm_vs_pca": svp, "liu_checkpoint": liu_path,
+              "train_config": dataclasses.asdict(train_cfg), "sir_config": dataclasses.asdict(sir_cfg),
+              "train_seconds": round(t_train, 2), "seconds": round(time.perf_counter() - start, 2)}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(result, out / RESULTS_JSON)
+    (out / RESULTS_MD).write_text(results_markdown(result))
+    return result

@@ -1,0 +1,803 @@
+"""Mixed-label training of an identity-aware shape regressor (the SIR recipe), on SynthFaces.
+
+Book chapter: ``book/09_sir.ipynb``. The SIR and Sphere Face Model papers are available to
+facelab only as abstracts (their public code is incomplete), so everything below except
+the paper's high-level ingredients (a recognition loss on shape parameters, the SIR
+regulariser, batches mixing identity-only and landmark-only samples, a two-stage Sphere
+Face Model) is **facelab's own definition**: the loss forms and weights, the batch layout,
+the shared ``base`` stage and the schedule.
+
+One :class:`~facelab.models.regressor.CoefficientRegressor` regresses, per image, the
+standardised identity coefficients ``a = alpha / sigma``, the expression coefficients, the
+weak-perspective pose and 27 SH lighting coefficients. Every training batch mixes
+
+* ``batch_lp`` **landmark-only** samples of ``lp`` (the 300W-LP stand-in; only the 68 2D
+  landmarks are used, none of its 3DMM parameters), and
+* ``batch_id`` **identity-only** samples of ``webface`` (the CASIA stand-in; only the
+  identity label is used): ``ids_per_batch`` identities x ``batch_id / ids_per_batch``
+  images each, so that the SIR loss sees same-identity pairs in every batch.
+
+Each loss applies only to the rows that carry its label (:class:`MixedLabelLoss`):
+
+================  ========  ==============================================================
+term (metric)     rows      definition
+================  ========  ==============================================================
+``lmk``           lp        mean px distance between the 68 landmarks of the decoded shape
+                            projected with the predicted pose (weak perspective) and the
+                            labelled ones, divided by ``sqrt(H W)``
+``prior``         lp        ``mean(a_id^2) + mean(a_exp^2)``: the Gaussian 3DMM prior
+``recog``         webface   CosFace (or ArcFace) on ``a_id``: the "shape parameters +
+                            recognition loss" of the SIR paper
+``sir``           webface   :func:`facelab.losses.sir.sir_loss` on ``a_id`` (centre/margin
+                            form in the geometry-weighted space ``sigma * a / sqrt(V)``,
+                            i.e. per-vertex RMS mm); for the SFM the same loss on the
+                            decoded identity offsets
+================  ========  ==============================================================
+
+``L = w_landmark lmk + w_prior prior + w_recog recog + w_sir sir``. The lighting output
+gets no supervision here (a photometric term would need an albedo model and a renderer in
+the loop, too slow for the CPU budget); it stays at the mean light.
+
+Stages (each a :class:`~facelab.train.trainer.Trainer` run in ``out_dir/<stage>/``, whose
+final checkpoint is copied to ``out_dir/<stage>.pt``; finished stages are skipped):
+
+* ``base``: mixed batches with landmarks, prior and recognition (no SIR), ``base_steps``
+  steps: the shared start of every variant (recognition from scratch is the slow part, and
+  training it once keeps the CPU budget).
+* ``params_recog``: ``steps`` more steps of the same loss (the "no SIR" row).
+* ``params_recog_sir``: ``steps`` steps with the SIR loss added.
+* ``sfm_sir``: the shape model is a :class:`~facelab.morphable.sphere.SphereFaceModel`
+  learned from 3D shapes with identity labels (stage 1, :func:`sfm_stage1`, saved as
+  ``sfm_stage1.npz``); this stage is SFM stage 2: its basis is fine-tuned jointly with the
+  encoder on the 2D images (learning rate ``lr * sfm_basis_lr_scale``), with the recognition
+  loss on the code's direction ``u`` and the SIR loss on the decoded geometry. The base
+  regressor's identity outputs are re-expressed in the SFM's coefficients
+  (:func:`reparametrise_head`) and the class weights restarted at each identity's mean
+  direction (:func:`init_class_weights`), so the variant starts from the same geometry.
+
+The variants start from ``base.pt`` with the same seed, steps and batches: the only
+difference between ``params_recog`` and ``params_recog_sir`` is the SIR term.
+
+``quick`` trains a ``resnet_tiny`` on 64x64 images of the 1353-vertex mesh from in-memory
+pools (200 ``webface`` identities x 16, 100 ``lp`` identities x 16; cached on disk), 900 base
+steps and 300 per variant: about 6 minutes on a 2-core CPU. ``full`` trains a ResNet-50 at
+112x96 on larger pools (GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from facelab.checks import check_choice, check_image_size, check_positive
+from facelab.train import pools
+from facelab.train.trainer import PROFILES, TrainConfig, Trainer
+
+MODEL_NAME = "sir"
+VARIANTS = ("params_recog", "params_recog_sir", "sfm_sir")
+BASE = "base"
+STAGES = (BASE,) + VARIANTS
+SFM_STAGE1 = "sfm_stage1.npz"
+SUMMARY_JSON = "summary.json"
+RECOG_LOSSES = ("cosface", "arcface")
+SHAPE_MODELS = ("pca", "sfm")
+LP_POOL_KEYS = ("image", "landmarks2d")
+ID_POOL_KEYS = ("image", "label")
+FINAL_LR_FRACTION = 0.05  # cosine schedule ends at this fraction of lr
+SFM_TEST_ID_START = 5_400_000  # world ids of held-out 3D identities (beyond the PCA population, in no suite)
+
+PROFILE_DEFAULTS = {
+    "quick": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", base_steps=900, steps=300,
+                  batch_lp=32, batch_id=32, ids_per_batch=8, n_identities=200, images_per_identity=16,
+                  lp_identities=100, lp_images_per_identity=16, sfm_identities=200, sfm_samples=5, pool=True,
+                  num_threads=1),
+    "full": dict(backbone="resnet50", image_size=(112, 96), resolution="default", base_steps=20_000, steps=5_000,
+                 batch_lp=32, batch_id=64, ids_per_batch=16, n_identities=2000, images_per_identity=20,
+                 lp_identities=1000, lp_images_per_identity=20, sfm_identities=2000, sfm_samples=10, pool=True,
+                 num_threads=-1),
+}
+
+
+@dataclass
+class SIRTrainConfig:
+    """Options of :func:`train_sir`. Zero / empty values take the profile's default.
+
+    Attributes:
+        profile: ``"quick"`` (CPU, minutes) or ``"full"`` (GPU).
+        out_dir: the run folder ("" = ``runs/sir-<profile>``).
+        variants: the variant stages to train after ``base`` (see :data:`VARIANTS`).
+        backbone, image_size, resolution: the regressor and the mesh (as the regressor recipe).
+        n_shape, n_exp: coefficients regressed (0: all of the model's).
+        base_steps: steps of the shared ``base`` stage; steps: steps of each variant after it.
+        batch_lp, batch_id: landmark-only / identity-only images per step.
+        ids_per_batch: identities among the ``batch_id`` images (each gets
+            ``batch_id // ids_per_batch`` images).
+        n_identities, images_per_identity: ``webface`` training suite size.
+        lp_identities, lp_images_per_identity: ``lp`` training suite size.
+        lr, weight_decay, grad_clip, log_every, ckpt_every, seed, device: the loop
+            (see :class:`~facelab.train.trainer.TrainConfig`).
+        recog_loss: ``"cosface"`` or ``"arcface"``; recog_s, recog_m: its scale and margin
+            (CosFace: cosine margin; ArcFace: radians).
+        w_landmark, w_prior, w_recog, w_sir: loss weights (``w_sir`` applies to the
+            ``*_sir`` variants only). sir_margin_mm: the SIR push margin (per-vertex RMS, mm).
+        sfm_k: SFM dimension (0: ``n_shape``). sfm_identities, sfm_samples: the 3D training
+            data of SFM stage 1 (identities x shapes each, identity + random expression).
+        sfm_steps, sfm_margin: stage-1 optimisation steps and angular margin (0: the
+            :class:`~facelab.morphable.sphere.SFMConfig` defaults).
+        sfm_basis_lr_scale: stage-2 learning rate of the SFM basis, relative to ``lr``.
+        pool: pre-render the training suites once (in memory, cached on disk).
+        cache_pool: keep rendered pools under :func:`facelab.config.cache_dir`.
+        num_threads: torch CPU threads (-1: leave; 0: profile default, quick = 1).
+        progress: show progress bars.
+    """
+
+    profile: str = "quick"
+    out_dir: str = ""
+    variants: tuple[str, ...] = VARIANTS
+    backbone: str = ""
+    image_size: tuple[int, ...] = ()
+    resolution: str = ""
+    n_shape: int = 0
+    n_exp: int = 0
+    base_steps: int = 0
+    steps: int = 0
+    batch_lp: int = 0
+    batch_id: int = 0
+    ids_per_batch: int = 0
+    n_identities: int = 0
+    images_per_identity: int = 0
+    lp_identities: int = 0
+    lp_images_per_identity: int = 0
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 10.0
+    log_every: int = 10
+    ckpt_every: int = 100
+    seed: int = 0
+    device: str = "cpu"
+    recog_loss: str = "cosface"
+    recog_s: float = 30.0
+    recog_m: float = 0.35
+    w_landmark: float = 10.0
+    w_prior: float = 0.01
+    w_recog: float = 1.0
+    w_sir: float = 1.0
+    sir_margin_mm: float = 3.0
+    sfm_k: int = 0
+    sfm_identities: int = 0
+    sfm_samples: int = 0
+    sfm_steps: int = 0
+    sfm_margin: float = 0.0
+    sfm_basis_lr_scale: float = 0.1
+    pool: bool | None = None
+    cache_pool: bool = True
+    num_threads: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice(self.profile, "profile", PROFILES)
+        check_choice(self.recog_loss, "recog_loss", RECOG_LOSSES)
+        self.variants = tuple(self.variants)
+        for v in self.variants:
+            check_choice(v, "variants", list(VARIANTS))
+        defaults = PROFILE_DEFAULTS[self.profile]
+        for key in ("backbone", "resolution", "base_steps", "steps", "batch_lp", "batch_id", "ids_per_batch",
+                    "n_identities", "images_per_identity", "lp_identities", "lp_images_per_identity",
+                    "sfm_identities", "sfm_samples"):
+            if not getattr(self, key):
+                setattr(self, key, defaults[key])
+        self.image_size = check_image_size(self.image_size or defaults["image_size"])
+        for key in ("base_steps", "steps", "batch_lp", "batch_id", "ids_per_batch", "n_identities",
+                    "images_per_identity", "lp_identities", "lp_images_per_identity", "sfm_identities",
+                    "sfm_samples"):
+            check_positive(getattr(self, key), key, integer=True)
+        if self.batch_id % self.ids_per_batch:
+            raise ValueError(f"batch_id: must be a multiple of ids_per_batch ({self.ids_per_batch}), got {self.batch_id}")
+        if self.ids_per_batch > self.n_identities:
+            raise ValueError(f"ids_per_batch: {self.ids_per_batch} exceeds the {self.n_identities} training identities")
+        for name in ("w_landmark", "w_prior", "w_recog", "w_sir", "sir_margin_mm", "sfm_margin", "sfm_basis_lr_scale"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name}: must be finite and >= 0, got {value}")
+        check_positive(self.recog_s, "recog_s")
+        if self.pool is None:
+            self.pool = defaults["pool"]
+        if self.num_threads == 0:
+            self.num_threads = defaults["num_threads"]
+        if not self.out_dir:
+            self.out_dir = f"runs/sir-{self.profile}"
+
+    def train_config(self, stage: str) -> TrainConfig:
+        """The :class:`TrainConfig` of ``stage`` (one of :data:`STAGES`), in ``out_dir/<stage>``."""
+        check_choice(stage, "stage", list(STAGES))
+        steps = self.base_steps if stage == BASE else self.steps
+        batch = self.batch_lp + self.batch_id
+        return TrainConfig(steps=steps, batch_size=batch, lr=self.lr, weight_decay=self.weight_decay,
+                           log_every=self.log_every, ckpt_every=self.ckpt_every, seed=self.seed,
+                           out_dir=str(Path(self.out_dir) / stage), device=self.device, profile=self.profile,
+                           grad_clip=self.grad_clip, progress=self.progress)
+
+
+# ------------------------------------------------------------------ model
+@dataclass
+class SIRNetConfig:
+    """Architecture of a :class:`SIRNet` (stored in its checkpoints).
+
+    Attributes:
+        backbone, n_shape, n_exp, image_size, resolution: the
+            :class:`~facelab.models.regressor.RegressorConfig` of the regressor (``n_shape`` is
+            the SFM dimension for ``shape_model="sfm"``).
+        n_classes: identities of the recognition head.
+        recog_loss, recog_s, recog_m: the head (:func:`facelab.losses.angular.build_classifier_loss`).
+        shape_model: ``"pca"`` (the SynthFaces linear model) or ``"sfm"`` (a trainable
+            :class:`~facelab.morphable.sphere.SphereFaceModel` basis).
+    """
+
+    backbone: str = "resnet_tiny"
+    n_shape: int = 80
+    n_exp: int = 30
+    image_size: tuple[int, int] = (64, 64)
+    resolution: str = "quick"
+    n_classes: int = 2
+    recog_loss: str = "cosface"
+    recog_s: float = 30.0
+    recog_m: float = 0.35
+    shape_model: str = "pca"
+
+    def __post_init__(self) -> None:
+        check_choice(self.recog_loss, "recog_loss", RECOG_LOSSES)
+        check_choice(self.shape_model, "shape_model", SHAPE_MODELS)
+        check_positive(self.n_classes, "n_classes", integer=True)
+        self.image_size = check_image_size(self.image_size)
+
+    def regressor_config(self):
+        from facelab.models.regressor import RegressorConfig
+
+        return RegressorConfig(backbone=self.backbone, n_shape=self.n_shape, n_exp=self.n_exp,
+                               image_size=self.image_size, resolution=self.resolution)
+
+
+class SIRNet(nn.Module):
+    """A coefficient regressor, its recognition head and its identity shape model.
+
+    Args:
+        config: a :class:`SIRNetConfig`.
+        morphable: the SynthFaces :class:`~facelab.morphable.model.MorphableModel` of
+            ``config.resolution`` (mean shape, expression basis, landmarks; and the identity
+            basis for ``shape_model="pca"``). Not stored in checkpoints (rebuilt from the
+            resolution), except the SFM, which is trained.
+        sfm: for ``shape_model="sfm"``, the :class:`~facelab.morphable.sphere.SphereFaceModel`
+            whose basis decodes the identity (a trainable sub-module); None builds an
+            untrained one of the right size, to be filled by a state dict.
+
+    The identity code is the regressor's standardised ``a_id (B, n_shape)``:
+
+    * ``pca``: ``identity = mean + U (sigma * a)``, the linear 3DMM;
+    * ``sfm``: ``identity = sfm.decode(a / |a|, r)``, the direction ``u = a / |a|`` on the
+      unit sphere and the SFM's radius ``r`` (see :meth:`identity_offset`).
+
+    ``reconstruct(images (B, 3, H, W) in [0, 1])`` gives the interface of
+    :func:`facelab.metrics.evaluate_model`: ``shape``, ``identity_shape (B, V, 3)`` mm,
+    ``embedding = a_id (B, n_shape)`` (its cosine is the verification score) and
+    ``landmarks2d (B, 68, 2)`` px.
+
+    >>> from facelab.morphable import SynthFacesConfig, build_synthfaces
+    >>> m = build_synthfaces(SynthFacesConfig(resolution="quick"))
+    >>> net = SIRNet(SIRNetConfig(n_shape=10, n_exp=5, image_size=(32, 32), n_classes=3), m)
+    >>> out = net.reconstruct(torch.rand(2, 3, 32, 32))
+    >>> out["identity_shape"].shape, out["embedding"].shape
+    (torch.Size([2, 1353, 3]), torch.Size([2, 10]))
+    """
+
+    def __init__(self, config: SIRNetConfig, morphable, sfm=None) -> None:
+        super().__init__()
+        from facelab.losses.angular import build_classifier_loss
+        from facelab.models.regressor import CoefficientRegressor
+
+        self.config = config
+        if morphable.n_exp < config.n_exp or (config.shape_model == "pca" and morphable.n_shape < config.n_shape):
+            raise ValueError(f"morphable: has {morphable.n_shape} identity / {morphable.n_exp} expression components, "
+                             f"the config asks for {config.n_shape} / {config.n_exp}")
+        self.regressor = CoefficientRegressor(config.regressor_config())
+        self.regressor.exp_std.copy_(morphable.exp_std[: config.n_exp])
+        self.head = build_classifier_loss(config.recog_loss, config.n_shape, config.n_classes,
+                                          s=config.recog_s, m=config.recog_m)
+        self.n_verts = morphable.n_verts
+        self.register_buffer("landmarks", morphable.landmarks.clone(), persistent=False)
+        self.register_buffer("exp_basis", morphable.exp_basis[:, : config.n_exp].clone(), persistent=False)
+        if config.shape_model == "pca":
+            self.regressor.shape_std.copy_(morphable.shape_std[: config.n_shape])
+            self.register_buffer("mean_shape", morphable.mean_shape.clone(), persistent=False)
+            self.register_buffer("id_basis", morphable.shape_basis[:, : config.n_shape].clone(), persistent=False)
+            self.sfm = None
+        else:
+            self.sfm = sfm if sfm is not None else _empty_sfm(morphable, config.n_shape)
+            if self.sfm.n_shape != config.n_shape:
+                raise ValueError(f"sfm: has {self.sfm.n_shape} components, the config asks for {config.n_shape}")
+
+    # ------------------------------------------------------------- decoding
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The regressor's output dict (see :class:`~facelab.models.regressor.CoefficientRegressor`)."""
+        return self.regressor(images)
+
+    def identity_offset(self, a_id: torch.Tensor) -> torch.Tensor:
+        """``a_id (B, n_shape)`` -> identity offset from the mean shape ``(B, V, 3)`` mm."""
+        if self.sfm is None:
+            return ((a_id * self.regressor.shape_std) @ self.id_basis.T).reshape(a_id.shape[0], -1, 3)
+        return sfm_identity(self.sfm, a_id) - self.sfm.mean
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """``(V, 3)`` mm, the mean shape of the identity model."""
+        return self.mean_shape if self.sfm is None else self.sfm.mean
+
+    def geometry(self, a_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x (B, D), scale (D,))``: the input of :func:`facelab.losses.sir.sir_loss` whose
+        geometry-weighted space ``x * scale / sqrt(V)`` measures per-vertex RMS distances (mm).
+
+        ``pca``: ``x = a_id``, ``scale = sigma`` (orthonormal basis: exact and cheap);
+        ``sfm``: ``x`` = the decoded identity offsets flattened to ``3V`` mm, ``scale = 1``
+        (the SFM basis is not orthonormal).
+        """
+        if self.sfm is None:
+            return a_id, self.regressor.shape_std
+        x = self.identity_offset(a_id).reshape(a_id.shape[0], -1)
+        return x, torch.ones(x.shape[1], dtype=x.dtype, device=x.device)
+
+    def landmarks2d(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(B, 68, 2)`` px: the landmarks of the decoded shape projected with the predicted pose."""
+        from facelab.camera import WeakPerspectiveCamera
+
+        a = out["a_id"]
+        rows = (3 * self.landmarks[:, None] + torch.arange(3, device=a.device)).reshape(-1)
+        if self.sfm is None:
+            lm = self.mean_shape[self.landmarks] + ((a * self.regressor.shape_std) @ self.id_basis[rows].T).reshape(
+                a.shape[0], -1, 3)
+        else:
+            lm = sfm_identity(self.sfm, a, vertices=self.landmarks)
+        if self.config.n_exp:
+            lm = lm + (out["alpha_exp"] @ self.exp_basis[rows].T).reshape(lm.shape)
+        return WeakPerspectiveCamera.from_pose(out["pose"]).project(lm)[..., :2]
+
+    def decode_identity(self, code: torch.Tensor, morphable=None) -> torch.Tensor:
+        """Neutral shapes ``(B, V, 3)`` mm of identity codes ``(B, n_shape)`` (e.g. averaged over a video)."""
+        return self.mean + self.identity_offset(code)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, morphable=None) -> dict[str, torch.Tensor]:
+        """Images -> ``shape``, ``identity_shape (B, V, 3)`` mm, ``embedding (B, n_shape)``, ``landmarks2d``."""
+        out = self(images)
+        identity = self.decode_identity(out["a_id"])
+        shape = identity
+        if self.config.n_exp:
+            shape = identity + (out["alpha_exp"] @ self.exp_basis.T).reshape(identity.shape)
+        return {"shape": shape, "identity_shape": identity, "embedding": out["a_id"],
+                "landmarks2d": self.landmarks2d(out), "pose": out["pose"]}
+
+
+def build_sir_model(config: dict) -> SIRNet:
+    """An untrained :class:`SIRNet` from its config dict (the ``"sir"`` checkpoint builder).
+
+    >>> build_sir_model({"n_shape": 8, "n_exp": 4, "image_size": [32, 32], "n_classes": 5}).head.n_classes
+    5
+    """
+    from facelab.config import from_dict
+    from facelab.morphable import SynthFacesConfig, build_synthfaces
+
+    cfg = from_dict(SIRNetConfig, config) if isinstance(config, dict) else config
+    return SIRNet(cfg, build_synthfaces(SynthFacesConfig(resolution=cfg.resolution)))
+
+
+def _register() -> None:
+    from facelab.train.checkpoint import register_model, registered_models
+
+    if MODEL_NAME not in registered_models():
+        register_model(MODEL_NAME, build_sir_model)
+
+
+_register()
+
+
+# ------------------------------------------------------------------ loss
+class MixedLabelLoss(nn.Module):
+    """The loss of the module docstring on a mixed batch; each term only on its rows.
+
+    Args:
+        image_size: ``(H, W)`` px (normalises the landmark term).
+        w_landmark, w_prior, w_recog, w_sir: weights (0 switches a term off).
+        sir_margin_mm: the SIR push margin, per-vertex RMS mm.
+
+    ``forward(model: SIRNet, batch) -> (loss, metrics)``. The batch holds ``image (B, 3, H, W)``,
+    ``landmarks2d (B, 68, 2)`` px (any value on rows without landmarks), ``has_landmarks (B,)``
+    bool and ``label (B,)`` long (``-1``: no identity label). Metrics: ``lmk`` (normalised),
+    ``lmk_px``, ``prior``, ``recog``, ``acc`` (training identification accuracy of the
+    margin-free scores), ``sir``, ``sir_pull``, ``sir_push`` (mm^2), each 0 when its rows are absent.
+
+    >>> from facelab.morphable import SynthFacesConfig, build_synthfaces
+    >>> net = SIRNet(SIRNetConfig(n_shape=6, n_exp=3, image_size=(32, 32), n_classes=2),
+    ...              build_synthfaces(SynthFacesConfig(resolution="quick")))
+    >>> batch = {"image": torch.rand(4, 3, 32, 32), "landmarks2d": torch.full((4, 68, 2), 16.0),
+    ...          "has_landmarks": torch.tensor([True, True, False, False]), "label": torch.tensor([-1, -1, 0, 1])}
+    >>> loss, metrics = MixedLabelLoss((32, 32))(net, batch)
+    >>> loss.shape, sorted(metrics)[:3]
+    (torch.Size([]), ['acc', 'lmk', 'lmk_px'])
+    """
+
+    def __init__(self, image_size, w_landmark: float = 10.0, w_prior: float = 0.01, w_recog: float = 1.0,
+                 w_sir: float = 0.0, sir_margin_mm: float = 3.0) -> None:
+        super().__init__()
+        H, W = check_image_size(image_size)
+        self.norm_px = math.sqrt(H * W)
+        for name, value in (("w_landmark", w_landmark), ("w_prior", w_prior), ("w_recog", w_recog),
+                            ("w_sir", w_sir), ("sir_margin_mm", sir_margin_mm)):
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name}: must be finite and >= 0, got {value}")
+        self.w_landmark, self.w_prior, self.w_recog, self.w_sir = w_landmark, w_prior, w_recog, w_sir
+        self.sir_margin_mm = sir_margin_mm
+
+    def forward(self, model: SIRNet, batch: dict) -> tuple[torch.Tensor, dict]:
+        from facelab.losses.sir import sir_loss_terms
+
+        for key in ("image", "landmarks2d", "has_landmarks", "label"):
+            if key not in batch:
+                raise KeyError(f"batch: a mixed-label batch needs {key!r}")
+        out = model(batch["image"])
+        zero = out["a_id"].new_zeros(())
+        lp, ided = batch["has_landmarks"].bool(), batch["label"] >= 0
+        terms = {k: zero for k in ("lmk", "lmk_px", "prior", "recog", "acc", "sir", "sir_pull", "sir_push")}
+        if lp.any():
+            sub = {k: v[lp] for k, v in out.items()}
+            px = (model.landmarks2d(sub) - batch["landmarks2d"][lp]).norm(dim=-1).mean()
+            terms["lmk_px"], terms["lmk"] = px, px / self.norm_px
+            prior = sub["a_id"].pow(2).mean()
+            if sub["a_exp"].numel():
+                prior = prior + sub["a_exp"].pow(2).mean()
+            terms["prior"] = prior
+        if ided.any():
+            a, labels = out["a_id"][ided], batch["label"][ided]
+            if self.w_recog > 0:
+                terms["recog"] = model.head(a, labels)
+                with torch.no_grad():
+                    terms["acc"] = (model.head.predict(a) == labels).float().mean()
+            if self.w_sir > 0:
+                x, scale = model.geometry(a)
+                pull, push = sir_loss_terms(x, labels, scale, self.sir_margin_mm, n_verts=model.n_verts)
+                terms["sir_pull"], terms["sir_push"], terms["sir"] = pull, push, pull + push
+        loss = (self.w_landmark * terms["lmk"] + self.w_prior * terms["prior"] + self.w_recog * terms["recog"]
+                + self.w_sir * terms["sir"])
+        return loss, {k: v.detach() for k, v in terms.items()}
+
+
+# -------------------------------------------------------------------- data
+def _suite(cfg: SIRTrainConfig, name: str):
+    from facelab.data import make_suite
+
+    if name == "lp":
+        sizes = dict(n_identities=cfg.lp_identities, images_per_identity=cfg.lp_images_per_identity)
+    else:
+        sizes = dict(n_identities=cfg.n_identities, images_per_identity=cfg.images_per_identity)
+    return make_suite(name, profile=cfg.profile, image_size=cfg.image_size, resolution=cfg.resolution,
+                      seed=cfg.seed, **sizes)
+
+
+def render_pools(cfg: SIRTrainConfig) -> dict[str, dict[str, torch.Tensor]]:
+    """``{"lp": {image, landmarks2d}, "webface": {image, label}}``: the rendered training suites.
+
+    Only these fields are kept, so no 3DMM parameter of ``lp`` and no shape of ``webface``
+    can reach the loss. Cached under ``cache_dir()/pools`` (:func:`facelab.train.pools.render_pool`).
+    """
+    return {"lp": pools.render_pool(_suite(cfg, "lp"), LP_POOL_KEYS, "sir", cache=cfg.cache_pool,
+                                    progress=cfg.progress),
+            "webface": pools.render_pool(_suite(cfg, "webface"), ID_POOL_KEYS, "sir", cache=cfg.cache_pool,
+                                         progress=cfg.progress)}
+
+
+def identity_indices(labels: torch.Tensor, ids_per_batch: int, per_id: int, step: int, seed: int = 0) -> torch.Tensor:
+    """Sample indices of one identity-only batch: ``ids_per_batch`` identities x ``per_id`` images.
+
+    A pure function of ``(seed, step)`` (exact resumption): identities are walked through seeded
+    permutations epoch by epoch; each identity's images are drawn without replacement (with
+    replacement if it has fewer than ``per_id``).
+
+    Args:
+        labels: ``(N,)`` long, the identity label of every pool sample.
+
+    Returns:
+        ``(ids_per_batch * per_id,)`` long, grouped by identity.
+
+    >>> idx = identity_indices(torch.arange(6).repeat_interleave(4), 2, 3, step=0)
+    >>> idx.shape, torch.arange(6).repeat_interleave(4)[idx].unique().numel()
+    (torch.Size([6]), 2)
+    """
+    check_positive(ids_per_batch, "ids_per_batch", integer=True)
+    check_positive(per_id, "per_id", integer=True)
+    uniq = torch.unique(labels)
+    if ids_per_batch > uniq.numel():
+        raise ValueError(f"ids_per_batch: {ids_per_batch} exceeds the {uniq.numel()} identities of the pool")
+    per_epoch = uniq.numel() // ids_per_batch
+    epoch, k = divmod(step, per_epoch)
+    order = torch.randperm(uniq.numel(), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    chosen = uniq[order[k * ids_per_batch:(k + 1) * ids_per_batch]]
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + 7_919 * step + 1)
+    out = []
+    for ident in chosen.tolist():
+        members = torch.nonzero(labels == ident).flatten()
+        if members.numel() >= per_id:
+            out.append(members[torch.randperm(members.numel(), generator=gen)[:per_id]])
+        else:
+            out.append(members[torch.randint(members.numel(), (per_id,), generator=gen)])
+    return torch.cat(out)
+
+
+def mixed_batches(lp_pool: dict, id_pool: dict | None, batch_lp: int, batch_id: int = 0, ids_per_batch: int = 1,
+                  seed: int = 0):
+    """A callable ``step -> mixed batch`` (see :class:`MixedLabelLoss` for the fields).
+
+    ``batch_lp`` landmark-only rows of ``lp_pool`` (``image`` uint8, ``landmarks2d``) followed by
+    ``batch_id`` identity-only rows of ``id_pool`` (``image`` uint8, ``label``); ``id_pool=None``
+    gives landmark-only batches. Depends only on ``(seed, step)``.
+
+    >>> lp = {"image": torch.zeros(8, 3, 4, 4, dtype=torch.uint8), "landmarks2d": torch.ones(8, 68, 2)}
+    >>> wf = {"image": torch.zeros(8, 3, 4, 4, dtype=torch.uint8), "label": torch.arange(4).repeat_interleave(2)}
+    >>> b = mixed_batches(lp, wf, 2, 4, ids_per_batch=2)(0)
+    >>> b["image"].shape, b["label"].tolist()[:2], b["has_landmarks"].tolist()[:3]
+    (torch.Size([6, 3, 4, 4]), [-1, -1], [True, True, False])
+    """
+    from facelab.train.trainer import step_indices
+
+    n_lp = lp_pool["image"].shape[0]
+    if id_pool is not None and batch_id % ids_per_batch:
+        raise ValueError(f"batch_id: must be a multiple of ids_per_batch ({ids_per_batch}), got {batch_id}")
+
+    def get(step: int) -> dict:
+        li = step_indices(n_lp, batch_lp, step, seed)
+        images = [lp_pool["image"][li]]
+        lm = [lp_pool["landmarks2d"][li].float()]
+        labels = [torch.full((batch_lp,), -1, dtype=torch.long)]
+        if id_pool is not None and batch_id:
+            ii = identity_indices(id_pool["label"], ids_per_batch, batch_id // ids_per_batch, step, seed + 1)
+            images.append(id_pool["image"][ii])
+            lm.append(torch.zeros(ii.numel(), *lm[0].shape[1:]))
+            labels.append(id_pool["label"][ii].long())
+        label = torch.cat(labels)
+        return {"image": torch.cat(images).float() / 255, "landmarks2d": torch.cat(lm), "label": label,
+                "has_landmarks": label < 0}
+
+    return get
+
+
+# ------------------------------------------------------------------ recipe
+def model_config(cfg: SIRTrainConfig, morphable, shape_model: str = "pca") -> SIRNetConfig:
+    """The :class:`SIRNetConfig` of a stage of ``cfg`` (``shape_model`` ``"pca"`` or ``"sfm"``)."""
+    n_shape = cfg.n_shape or morphable.n_shape
+    if shape_model == "sfm":
+        n_shape = cfg.sfm_k or n_shape
+    return SIRNetConfig(backbone=cfg.backbone, n_shape=n_shape, n_exp=cfg.n_exp if cfg.n_exp else morphable.n_exp,
+                        image_size=tuple(cfg.image_size), resolution=cfg.resolution, n_classes=cfg.n_identities,
+                        recog_loss=cfg.recog_loss, recog_s=cfg.recog_s, recog_m=cfg.recog_m, shape_model=shape_model)
+
+
+def stage_loss(stage: str, cfg: SIRTrainConfig) -> MixedLabelLoss:
+    """The :class:`MixedLabelLoss` of ``stage``: landmarks, prior and recognition; the ``*_sir``
+    variants add the SIR term."""
+    check_choice(stage, "stage", list(STAGES))
+    w_sir = cfg.w_sir if stage.endswith("_sir") else 0.0
+    return MixedLabelLoss(cfg.image_size, cfg.w_landmark, cfg.w_prior, cfg.w_recog, w_sir, cfg.sir_margin_mm)
+
+
+def train_sir(config: SIRTrainConfig | None = None, **overrides) -> Path:
+    """Train the SIR recipe's stages (module docstring); returns the run folder.
+
+    The folder holds ``base.pt`` and one ``<variant>.pt`` per variant (``"sir"`` models:
+    load with :func:`load_sir`), ``sfm_stage1.npz`` (the stage-1 Sphere Face Model, a
+    :class:`~facelab.morphable.model.MorphableModel` file), per-stage sub-folders with the
+    trainer's logs, and ``summary.json``. Finished stages are skipped; an interrupted one resumes.
+    ``overrides`` replace fields of ``config``.
+    """
+    cfg = dataclasses.replace(config or SIRTrainConfig(), **overrides)
+    threads = torch.get_num_threads()
+    try:
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        _train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return Path(cfg.out_dir)
+
+
+def load_sir(path) -> SIRNet:
+    """A ``"sir"`` checkpoint (``base.pt``, ``<variant>.pt``) as a :class:`SIRNet` in eval mode (CPU)."""
+    from facelab.train.checkpoint import load_model
+
+    model, _ = load_model(Path(path), expect_model=MODEL_NAME, map_location="cpu")
+    return model
+
+
+def _parameter_groups(model: SIRNet, cfg: SIRTrainConfig) -> list[dict]:
+    basis = [p for n, p in model.named_parameters() if n.startswith("sfm.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("sfm.")]
+    groups = [{"params": rest, "lr": cfg.lr}]
+    if basis:
+        groups.append({"params": basis, "lr": cfg.lr * cfg.sfm_basis_lr_scale, "weight_decay": 0.0})
+    return groups
+
+
+def _build_stage_model(stage: str, cfg: SIRTrainConfig, morphable, root: Path) -> tuple[SIRNet, SIRNetConfig]:
+    from facelab.train.checkpoint import load_checkpoint
+    from facelab.train.trainer import seed_everything
+
+    seed_everything(cfg.seed)  # the initial weights depend on the seed only
+    if stage != "sfm_sir":
+        mcfg = model_config(cfg, morphable, "pca")
+        model = SIRNet(mcfg, morphable)
+    else:
+        mcfg = model_config(cfg, morphable, "sfm")
+        model = SIRNet(mcfg, morphable, sfm=sfm_stage1(cfg, root, morphable))
+    if stage == BASE:
+        return model, mcfg
+    parent = root / f"{BASE}.pt"
+    if not parent.exists():
+        raise FileNotFoundError(f"variants: {stage} starts from {parent}; train {BASE!r} first")
+    state = load_checkpoint(parent, expect_model=MODEL_NAME)["state_dict"]
+    if stage == "sfm_sir":
+        pca = SIRNet(model_config(cfg, morphable, "pca"), morphable)
+        pca.load_state_dict(state)
+        reparametrise_head(pca, model)
+    else:
+        model.load_state_dict(state)
+    return model, mcfg
+
+
+def _train(cfg: SIRTrainConfig) -> None:
+    from facelab.morphable import SynthFacesConfig, build_synthfaces
+    from facelab.train.distributed import barrier, is_main_process
+    from facelab.train.liu2018 import _copy_atomic
+
+    if not cfg.pool:
+        raise ValueError("pool: the SIR recipe samples identity-balanced batches from rendered pools; set pool=True")
+    root = Path(cfg.out_dir)
+    stages = (BASE,) + tuple(cfg.variants)
+    todo = [s for s in stages if not (root / f"{s}.pt").exists()]
+    if not todo:
+        return
+    morphable = build_synthfaces(SynthFacesConfig(resolution=cfg.resolution))
+    data = render_pools(cfg)
+    summary_path = root / SUMMARY_JSON
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    for stage in todo:
+        model, mcfg = _build_stage_model(stage, cfg, morphable, root)
+        if stage == "sfm_sir" and not (root / stage / "last.pt").exists():
+            init_class_weights(model, data["webface"])  # a fresh start; a resumed run has its own
+        batches = mixed_batches(data["lp"], data["webface"], cfg.batch_lp, cfg.batch_id, cfg.ids_per_batch, cfg.seed)
+        tcfg = cfg.train_config(stage)
+        optimizer = torch.optim.AdamW(_parameter_groups(model, cfg), lr=tcfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(tcfg.steps))
+        trainer = Trainer(model, optimizer, batches, stage_loss(stage, cfg), tcfg, scheduler=scheduler,
+                          model_name=MODEL_NAME, model_config=mcfg, extra_config=cfg)
+        result = trainer.fit()
+        if is_main_process():
+            _copy_atomic(trainer.checkpoint_path, root / f"{stage}.pt")
+            summary[stage] = result["metrics"]
+            summary_path.write_text(json.dumps(summary, indent=2))
+        barrier()
+
+
+def _cosine(steps: int):
+    def factor(step: int) -> float:
+        t = min(step, steps) / steps
+        return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return factor
+
+
+# ------------------------------------------------------------------ SFM (stage 1 and helpers)
+def sfm_shapes(cfg: SIRTrainConfig, ids: torch.Tensor, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """3D training data of SFM stage 1: ``cfg.sfm_samples`` shapes per world identity in ``ids``.
+
+    Each shape is the identity's true neutral shape plus a random expression and 0.3 mm
+    Gaussian noise (:func:`facelab.morphable.sphere.noisy_identity_shapes`): a stand-in for
+    a 3D scan database with identity labels. Returns ``(shapes (N, V, 3) float32 mm, labels (N,))``.
+    """
+    from facelab.morphable import SynthFacesConfig, load_world
+    from facelab.morphable.sphere import noisy_identity_shapes
+
+    world = load_world(SynthFacesConfig(resolution=cfg.resolution))
+    shapes, labels = noisy_identity_shapes(world, ids, cfg.sfm_samples, seed=cfg.seed if seed is None else seed)
+    return shapes.float(), labels
+
+
+def sfm_train_ids(cfg: SIRTrainConfig) -> torch.Tensor:
+    """World ids of the stage-1 3D scans: the SynthFaces population (the PCA model's own scans)."""
+    from facelab.morphable import POPULATION_ID_START
+
+    return torch.arange(POPULATION_ID_START, POPULATION_ID_START + cfg.sfm_identities)
+
+
+def sfm_config(cfg: SIRTrainConfig):
+    """The :class:`~facelab.morphable.sphere.SFMConfig` of stage 1 (zero fields of ``cfg``: its defaults)."""
+    from facelab.morphable.sphere import SFMConfig
+
+    over = {k: v for k, v in (("n_steps", cfg.sfm_steps), ("margin", cfg.sfm_margin)) if v}
+    return SFMConfig(seed=cfg.seed, **over)
+
+
+def sfm_stage1(cfg: SIRTrainConfig, root, morphable):
+    """SFM stage 1, cached as ``root/sfm_stage1.npz`` (a MorphableModel file, see
+    :meth:`~facelab.morphable.sphere.SphereFaceModel.to_morphable`); returns the
+    :class:`~facelab.morphable.sphere.SphereFaceModel`."""
+    from facelab.morphable import MorphableModel
+    from facelab.morphable.sphere import SphereFaceModel, fit_sfm_stage1
+
+    path = Path(root) / SFM_STAGE1
+    if path.exists():
+        return SphereFaceModel.from_morphable(MorphableModel.load(path))
+    k = cfg.sfm_k or cfg.n_shape or morphable.n_shape
+    shapes, labels = sfm_shapes(cfg, sfm_train_ids(cfg))
+    sfm = fit_sfm_stage1(shapes.double(), labels, k, sfm_config(cfg)).float()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sfm.to_morphable(morphable).save(path)
+    return SphereFaceModel.from_morphable(MorphableModel.load(path))
+
+
+def _empty_sfm(morphable, k: int):
+    from facelab.morphable.sphere import SphereFaceModel
+
+    return SphereFaceModel(morphable.mean_shape.clone(), torch.zeros(3 * morphable.n_verts, k))
+
+
+def sfm_identity(sfm, a: torch.Tensor, vertices: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean + B a`` (``alpha = a = r u``, the regressor's code as SFM coefficients), optionally only
+    at ``vertices``: ``a (B, K)`` -> ``(B, V or len(vertices), 3)`` mm."""
+    if vertices is None:
+        return sfm.decode_alpha(a)
+    rows = (3 * vertices[:, None] + torch.arange(3, device=a.device)).reshape(-1)
+    return sfm.mean[vertices] + (a @ sfm.basis[rows].T).reshape(a.shape[0], -1, 3)
+
+
+@torch.no_grad()
+def reparametrise_head(pca_net: SIRNet, sfm_net: SIRNet) -> None:
+    """Copy ``pca_net``'s regressor into ``sfm_net``, re-expressing its identity outputs in the SFM's
+    coefficients, so that both decode the same identity shapes (up to the part outside the SFM's span).
+
+    The head is linear: ``a_pca = W f + b``. With ``M = B^+ U diag(sigma)`` and
+    ``d = B^+ (mean_pca - mean_sfm)`` (least squares, ``B`` the SFM basis), the SFM code
+    ``a_sfm = M a_pca + d`` is obtained with ``W' = M W`` and ``b' = M b + d``. Expression, pose
+    and light rows are copied unchanged; the recognition head is not touched.
+    """
+    if pca_net.sfm is not None or sfm_net.sfm is None:
+        raise ValueError("pca_net, sfm_net: expected a 'pca' SIRNet and an 'sfm' SIRNet")
+    sfm_net.regressor.load_state_dict({k: v for k, v in pca_net.regressor.state_dict().items()
+                                       if k != "shape_std" and not k.startswith("head.")}, strict=False)
+    B = sfm_net.sfm.basis.detach().double()
+    target = pca_net.id_basis.double() * pca_net.regressor.shape_std.double()
+    shift = (pca_net.mean_shape - sfm_net.sfm.mean).reshape(-1, 1).double()
+    sol = torch.linalg.lstsq(B, torch.cat([target, shift], 1)).solution
+    M, d = sol[:, :-1], sol[:, -1]
+    n_pca, n_sfm = pca_net.config.n_shape, sfm_net.config.n_shape
+    W, b = pca_net.regressor.head.weight.double(), pca_net.regressor.head.bias.double()
+    head_w, head_b = sfm_net.regressor.head.weight, sfm_net.regressor.head.bias
+    head_w[:n_sfm] = (M @ W[:n_pca]).to(head_w)
+    head_b[:n_sfm] = (M @ b[:n_pca] + d).to(head_b)
+    head_w[n_sfm:] = W[n_pca:].to(head_w)
+    head_b[n_sfm:] = b[n_pca:].to(head_b)
+
+
+@torch.no_grad()
+def init_class_weights(model: SIRNet, id_pool: dict, batch_size: int = 256) -> None:
+    """Set each identity's recognition weight to the mean direction of its images' codes
+    (the head's classes live in ``a``-space, which the SFM re-parametrisation changes)."""
+    was_training = model.training
+    model.eval()
+    labels = id_pool["label"].long()
+    sums = torch.zeros_like(model.head.weight)
+    for lo in range(0, labels.numel(), batch_size):
+        a = model(id_pool["image"][lo:lo + batch_size].float() / 255)["a_id"]
+        sums.index_add_(0, labels[lo:lo + batch_size], a / a.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    model.head.weight.copy_(sums / sums.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    model.train(was_training)
