@@ -204,7 +204,8 @@ def test_liu2018_two_processes_match_one(tmp_path):
                 assert torch.equal(wa, wb), (stage, k)  # e.g. the A-Softmax iteration counter
         # the function the weights compute: the codes and shapes of fixed images
         images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-        out_a, out_b = (load_phase(d / f"{stage}.pt").model(images) for d in (one, two))
+        with torch.no_grad():
+            out_a, out_b = (load_phase(d / f"{stage}.pt").model(images) for d in (one, two))
         for key in ("c_id", "c_res", "shape"):
             err = float((out_a[key] - out_b[key]).norm() / out_a[key].norm().clamp_min(1e-12))
             assert err < OUTPUT_RTOL[stage], (stage, key, err)
