@@ -7,6 +7,7 @@ the field's type, and rejects unknown keys by name.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import typing
@@ -114,3 +115,26 @@ def cache_dir() -> Path:
     root = Path(os.environ.get("FACELAB_CACHE", Path.home() / ".cache" / "facelab"))
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch CPU threads (``n <= 0``: leave as is), then restore.
+
+    >>> import torch
+    >>> before = torch.get_num_threads()
+    >>> with torch_threads(1):
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == before
+    True
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        if n > 0:
+            torch.set_num_threads(n)
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from facelab.checks import check_choice, check_positive, check_tensor
+from facelab.config import torch_threads
 from facelab.metrics.landmarks import landmark_nme, nme_by_yaw
 from facelab.metrics.protocols import PROTOCOL_ICP_ITERS, PROTOCOL_ICP_TOL, micc_error, micc_table
 from facelab.metrics.reconstruction import rmse
@@ -458,17 +459,12 @@ def run_baselines(profile: str = "quick", config: BaselineConfig | None = None, 
     cfg = dataclasses.replace(cfg, **overrides)
     out: dict = {"config": dataclasses.asdict(cfg)}
     timings = {}
-    threads = torch.get_num_threads()
     start = time.perf_counter()
-    try:
-        if cfg.num_threads > 0:
-            torch.set_num_threads(cfg.num_threads)
+    with torch_threads(cfg.num_threads):
         for name in cfg.suites:
             t0 = time.perf_counter()
             out[name] = _SUITE_FUNCTIONS[name](cfg, details=details)
             timings[name] = round(time.perf_counter() - t0, 2)
-    finally:
-        torch.set_num_threads(threads)
     timings["total"] = round(time.perf_counter() - start, 2)
     out["timings_s"] = timings
     return out

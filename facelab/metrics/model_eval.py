@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from facelab.checks import check_choice, check_positive
+from facelab.config import torch_threads
 from facelab.metrics.landmarks import landmark_nme, nme_by_yaw
 from facelab.metrics.baselines import by_abs_yaw, micc_rows
 from facelab.metrics.protocols import PROTOCOL_ICP_ITERS, PROTOCOL_ICP_TOL, micc_error
@@ -251,11 +252,8 @@ def evaluate_model(checkpoint_or_model, suite: str, profile: str = "quick", out_
     check_choice(suite, "suite", EVAL_SUITES)
     check_choice(profile, "profile", PROFILES)
     cfg = dataclasses.replace(config or ModelEvalConfig(), **overrides).resolved(profile)
-    threads = torch.get_num_threads()
     start = time.perf_counter()
-    try:
-        if cfg.num_threads > 0:
-            torch.set_num_threads(cfg.num_threads)
+    with torch_threads(cfg.num_threads):
         model, _, info = _load(checkpoint_or_model, cfg.device)
         result = {"suite": suite, "profile": profile, **info,
                   "image_size": list(_model_setting(model, "image_size")), "resolution": _model_setting(model, "resolution"),
@@ -266,8 +264,6 @@ def evaluate_model(checkpoint_or_model, suite: str, profile: str = "quick", out_
             result["bu3dfe"] = _bu3dfe(model, profile, cfg)
         else:
             result["lfw"] = _lfw(model, profile, cfg, info["model_name"])
-    finally:
-        torch.set_num_threads(threads)
     result["time_s"] = round(time.perf_counter() - start, 2)
     if out_dir is not None:
         write_report(result, out_dir)

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from facelab.checks import check_choice
+from facelab.config import torch_threads
 
 PROFILES = ("quick", "full")
 #: the ablation rows, in table order: (training stage, phase, identity disentangling, identification loss)
@@ -171,13 +172,8 @@ def score_phase(model: Liu2018Evaluable, profile: str, eval_cfg) -> tuple[dict, 
     cfg = eval_cfg.resolved(profile)
     micc = evaluate_model(model, "micc", profile, config=cfg)["micc"]
     lfw = evaluate_model(model, "lfw", profile, config=cfg)["lfw"]
-    threads = torch.get_num_threads()
-    try:
-        if cfg.num_threads > 0:
-            torch.set_num_threads(cfg.num_threads)
+    with torch_threads(cfg.num_threads):
         bu, yaw_rmse = _bu3dfe_columns(model, profile, cfg)
-    finally:
-        torch.set_num_threads(threads)
     cols = {"rmse_micc": micc["average_over_identity"]["all"]["mean"], **bu,
             "lfw_accuracy": next(iter(lfw.values()))["accuracy_mean"]}
     return cols, yaw_rmse

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from facelab.checks import check_choice, check_positive
+from facelab.config import torch_threads
 
 PROFILES = ("quick", "full")
 RESULTS_JSON = "results.json"
@@ -263,10 +264,7 @@ def score_model(model, suites: _Suites) -> dict[str, float]:
     from facelab.metrics.verification import verify
 
     cfg, sir_cfg = suites.eval_cfg, suites.sir_cfg
-    threads = torch.get_num_threads()
-    try:
-        if cfg.num_threads > 0:
-            torch.set_num_threads(cfg.num_threads)
+    with torch_threads(cfg.num_threads):
         micc = suites.get(model, "micc")
         micc_pred = predict_suite(model, micc, cfg.batch_size)
         rmse_micc = score_micc(model, suites.profile, cfg, suite=micc, pred=micc_pred)["average_over_identity"]["all"]["mean"]
@@ -277,8 +275,6 @@ def score_model(model, suites: _Suites) -> dict[str, float]:
         sir = suites.get(model, "sir")
         sir_cols = score_sir(predict_suite(model, sir, sir_cfg.batch_size), sir.model.face_mask.numpy(),
                              align=sir_cfg.align, seed=sir_cfg.seed)
-    finally:
-        torch.set_num_threads(threads)
     return {"rmse_micc": float(rmse_micc), "lfw_accuracy": float(acc), **sir_cols}
 
 

@@ -66,6 +66,7 @@ import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_image_size, check_positive
+from facelab.config import torch_threads
 from facelab.train import distributed as D
 from facelab.train import pools
 from facelab.train.checkpoint import load_checkpoint, save_checkpoint
@@ -515,13 +516,8 @@ def train_gao2020(config: Gao2020TrainConfig | None = None, **overrides) -> dict
         ``{"out_dir": Path, "checkpoints": {step: Path}, "summary": {step: last logged row}}``.
     """
     cfg = dataclasses.replace(config or Gao2020TrainConfig(), **overrides)
-    threads = torch.get_num_threads()
-    try:
-        if cfg.num_threads > 0:
-            torch.set_num_threads(cfg.num_threads)
+    with torch_threads(cfg.num_threads):
         summary = _train(cfg)
-    finally:
-        torch.set_num_threads(threads)
     root = Path(cfg.out_dir)
     return {"out_dir": root, "checkpoints": {s: root / f"{s}.pt" for s in STEPS}, "summary": summary}
 

@@ -58,9 +58,10 @@ import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_image_size, check_positive
+from facelab.config import torch_threads
 from facelab.train.checkpoint import load_checkpoint
 from facelab.train import pools
-from facelab.train.trainer import PROFILES, StepLoader, TrainConfig, Trainer
+from facelab.train.trainer import PROFILES, StepLoader, TrainConfig, Trainer, cosine_lr_factor
 
 MODEL_NAME = "liu2018"
 PHASES = (1, 2, 3)
@@ -405,13 +406,8 @@ def train_liu2018(config: Liu2018TrainConfig | None = None, **overrides) -> Path
     fields of ``config``. An interrupted run resumes when called again.
     """
     cfg = dataclasses.replace(config or Liu2018TrainConfig(), **overrides)
-    threads = torch.get_num_threads()
-    try:
-        if cfg.num_threads > 0:
-            torch.set_num_threads(cfg.num_threads)
+    with torch_threads(cfg.num_threads):
         _train(cfg)
-    finally:
-        torch.set_num_threads(threads)
     return Path(cfg.out_dir)
 
 
@@ -484,7 +480,7 @@ def _train(cfg: Liu2018TrainConfig) -> None:
             model.load_state_dict(state, strict=not other_head)
         tcfg = cfg.train_config(phase, stage)
         optimizer = torch.optim.AdamW(phase_parameters(model, phase), lr=tcfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(tcfg.steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, FINAL_LR_FRACTION))
         trainer = Trainer(model, optimizer, batches, stage_loss(stage, cfg), tcfg, scheduler=scheduler,
                           model_name=MODEL_NAME, model_config=mcfg, extra_config=cfg)
         result = trainer.fit()
@@ -505,10 +501,3 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
 
-
-def _cosine(steps: int):
-    def factor(step: int) -> float:
-        t = min(step, steps) / steps
-        return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return factor

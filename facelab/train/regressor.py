@@ -31,8 +31,9 @@ import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_image_size
+from facelab.config import torch_threads
 from facelab.train import pools
-from facelab.train.trainer import PROFILES, StepLoader, TrainConfig, Trainer, step_indices
+from facelab.train.trainer import PROFILES, StepLoader, TrainConfig, Trainer, cosine_lr_factor, step_indices
 
 MODEL_NAME = "regressor"
 POOL_KEYS = ("image", "alpha_id", "alpha_exp", "pose", "sh", "landmarks2d")
@@ -227,13 +228,8 @@ def train_regressor(config: RegressorTrainConfig | None = None, **overrides) -> 
     ``overrides`` replace fields of ``config``.
     """
     cfg = dataclasses.replace(config or RegressorTrainConfig(), **overrides)
-    threads = torch.get_num_threads()
-    try:
-        if cfg.num_threads > 0:
-            torch.set_num_threads(cfg.num_threads)
+    with torch_threads(cfg.num_threads):
         _train(cfg)
-    finally:
-        torch.set_num_threads(threads)
     return Path(cfg.out_dir)
 
 
@@ -257,15 +253,8 @@ def _train(cfg: RegressorTrainConfig) -> None:
     loss_fn = RegressorLoss(morphable, model.n_shape, model.n_exp, cfg.image_size, cfg.w_coeff, cfg.w_sh,
                             cfg.w_landmark, cfg.id_weighting).to(cfg.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(cfg.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(cfg.steps, FINAL_LR_FRACTION))
     trainer = Trainer(model, optimizer, batches, loss_fn, cfg.train_config(), scheduler=scheduler,
                       model_name=MODEL_NAME, model_config=model.config, extra_config=cfg)
     trainer.fit()
 
-
-def _cosine(steps: int):
-    def factor(step: int) -> float:
-        t = min(step, steps) / steps
-        return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return factor

@@ -76,8 +76,9 @@ import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_image_size, check_positive
+from facelab.config import torch_threads
 from facelab.train import pools
-from facelab.train.trainer import PROFILES, TrainConfig, Trainer
+from facelab.train.trainer import PROFILES, TrainConfig, Trainer, cosine_lr_factor
 
 MODEL_NAME = "sir"
 VARIANTS = ("params_recog", "params_recog_sir", "sfm_sir")
@@ -601,13 +602,8 @@ def train_sir(config: SIRTrainConfig | None = None, **overrides) -> Path:
     ``overrides`` replace fields of ``config``.
     """
     cfg = dataclasses.replace(config or SIRTrainConfig(), **overrides)
-    threads = torch.get_num_threads()
-    try:
-        if cfg.num_threads > 0:
-            torch.set_num_threads(cfg.num_threads)
+    with torch_threads(cfg.num_threads):
         _train(cfg)
-    finally:
-        torch.set_num_threads(threads)
     return Path(cfg.out_dir)
 
 
@@ -677,7 +673,7 @@ def _train(cfg: SIRTrainConfig) -> None:
         batches = mixed_batches(data["lp"], data["webface"], cfg.batch_lp, cfg.batch_id, cfg.ids_per_batch, cfg.seed)
         tcfg = cfg.train_config(stage)
         optimizer = torch.optim.AdamW(_parameter_groups(model, cfg), lr=tcfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(tcfg.steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, FINAL_LR_FRACTION))
         trainer = Trainer(model, optimizer, batches, stage_loss(stage, cfg), tcfg, scheduler=scheduler,
                           model_name=MODEL_NAME, model_config=mcfg, extra_config=cfg)
         result = trainer.fit()
@@ -687,13 +683,6 @@ def _train(cfg: SIRTrainConfig) -> None:
             summary_path.write_text(json.dumps(summary, indent=2))
         barrier()
 
-
-def _cosine(steps: int):
-    def factor(step: int) -> float:
-        t = min(step, steps) / steps
-        return FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * t))
-
-    return factor
 
 
 # ------------------------------------------------------------------ SFM (stage 1 and helpers)

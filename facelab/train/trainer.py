@@ -122,6 +122,20 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def cosine_lr_factor(steps: int, final_fraction: float):
+    """``step -> lr factor``: half a cosine from 1 at step 0 to ``final_fraction`` at ``steps`` (for ``LambdaLR``).
+
+    >>> f = cosine_lr_factor(10, 0.05)
+    >>> f(0), f(10), round(f(5), 3)
+    (1.0, 0.05, 0.525)
+    """
+    def factor(step: int) -> float:
+        t = min(step, steps) / steps
+        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return factor
+
+
 def step_indices(n: int, batch_size: int, step: int, seed: int = 0) -> torch.Tensor:
     """The sample indices of one training step: a pure function of ``(seed, step)``.
 
