@@ -12,7 +12,7 @@ from facelab.reproduce.gao2020 import VARIANT_LABELS, identity_consistency, repr
 
 TINY_TRAIN = ["train.image_size=32,32", "train.lp_identities=4", "train.lp_images_per_identity=4",
               "train.col_identities=4", "train.col_images_per_identity=4", "train.batch_lp=4", "train.batch_col=4",
-              "train.steps=2,1", "train.progress=false", "train.cache_pool=false", "train.log_every=1",
+              "train.steps=2,1", "train.warmup_steps=2", "train.batch_warmup=4", "train.progress=false", "train.cache_pool=false", "train.log_every=1",
               "train.ckpt_every=1"]
 TINY_EVAL = ["eval.micc_identities=2", "eval.icp_iters=3"]
 

@@ -25,7 +25,7 @@ from facelab.train.trainer import CRITIC_STATE_KEY, Trainer
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = dict(image_size=(32, 32), lp_identities=4, lp_images_per_identity=4, col_identities=4, col_images_per_identity=4,
-            batch_lp=4, batch_col=4, steps=(8, 4), log_every=1, ckpt_every=2, progress=False, cache_pool=False,
+            batch_lp=4, batch_col=4, steps=(8, 4), warmup_steps=4, batch_warmup=4, log_every=1, ckpt_every=2, progress=False, cache_pool=False,
             num_threads=1)
 RECOG_KEYS = {"recog", "softmax", "center", "acc"}
 ADV_KEYS = {"adv", "critic_loss", "d_wdist", "d_penalty"}
@@ -299,25 +299,27 @@ def test_ablation_switches_remove_their_losses(tmp_path, switch, removed):
             assert CRITIC_STATE_KEY not in ckpt["extra"] and ckpt["extra"]["recognition"] is not None
 
 
-def test_smoothness_switch_changes_the_term(tiny_run, tmp_path):
-    cfg, result = tiny_run
-    lap = Gao2020TrainConfig(out_dir=str(tmp_path / "run"), **{**TINY, "steps": (1, 1)}, smoothness="laplacian")
-    out = train_gao2020(lap)["out_dir"]
-    # step 1 starts at the template: eq. 9 is exactly 0 there, the conventional Laplacian is not
-    assert _rows(result["out_dir"] / "step1")[0]["smooth"] == 0.0
-    assert _rows(out / "step1")[0]["smooth"] > 0.01
+def test_smoothness_switch_changes_the_term(tmp_path):
+    short = {**TINY, "steps": (1, 1), "warmup_steps": 0}
+    template = train_gao2020(Gao2020TrainConfig(out_dir=str(tmp_path / "t"), **short))["out_dir"]
+    lap = train_gao2020(Gao2020TrainConfig(out_dir=str(tmp_path / "l"), **short, smoothness="laplacian"))["out_dir"]
+    # without a warm-up step 1 starts at the template: eq. 9 is exactly 0 there, the conventional Laplacian is not
+    assert _rows(template / "step1")[0]["smooth"] == 0.0
+    assert _rows(lap / "step1")[0]["smooth"] > 0.01
 
 
 def test_cli_train_gao2020_tiny(tmp_path):
     from facelab.cli import main
 
     sets = ["image_size=32,32", "lp_identities=2", "lp_images_per_identity=2", "col_identities=2",
-            "col_images_per_identity=2", "batch_lp=2", "batch_col=2", "steps=1,1", "progress=false", "cache_pool=false"]
+            "col_images_per_identity=2", "batch_lp=2", "batch_col=2", "steps=1,1", "warmup_steps=1", "batch_warmup=2",
+            "progress=false", "cache_pool=false"]
     argv = ["train", "gao2020", "--out", str(tmp_path / "cli")]
     for s in sets:
         argv += ["--set", s]
     assert main(argv) == 0
     assert load_model(tmp_path / "cli" / "step2.pt", expect_model="gao2020")[0].config.albedo == "cnn"
+    assert (tmp_path / "cli" / "warmup.pt").exists()
 
 
 # --------------------------------------------------------------- torchrun
@@ -346,3 +348,61 @@ def test_two_processes_train_both_steps(tmp_path):
     assert ckpt["extra"]["world_size"] == 2 and ckpt["extra"][CRITIC_STATE_KEY]["updates"] == 3
     rows = _rows(tmp_path / "run" / "step1")
     assert ALWAYS_KEYS | RECOG_KEYS | ADV_KEYS <= set(rows[0]) and all(math.isfinite(v) for v in rows[-1].values())
+
+
+# ----------------------------------------------------------------- warm-up
+def test_warmup_trains_first_and_step1_starts_from_it(tiny_run):
+    cfg, out = tiny_run
+    root = Path(cfg.out_dir)
+    warm = load_checkpoint(root / "warmup.pt", expect_model="gao2020")
+    assert warm["step"] == cfg.warmup_steps and warm["extra"]["recognition"] is None
+    rows = _rows(root / "warmup")
+    assert set(G.WARMUP_TERMS) <= set(rows[-1]) and not (RECOG_KEYS | ADV_KEYS) & set(rows[-1])
+    # the albedo decoder and the light head get no gradient in the warm-up: still the initial weights
+    init, _ = build_trainee(cfg, "step1", G._suites(cfg)[0].model, cfg.col_identities)
+    state = warm["state_dict"]
+    for name, value in init.model.state_dict().items():
+        if name.startswith(("albedo_decoder", "light_head")):
+            assert torch.equal(state[name], value), name
+    assert not torch.equal(state["shape_decoder.head.weight"], init.model.state_dict()["shape_decoder.head.weight"])
+    # step1's first logged row comes after loading the warm-up weights, not the initial ones
+    first = _rows(root / "step1")[0]
+    assert "warmup" in out["summary"] and math.isfinite(first["shape"])
+
+
+def test_warmup_loss_matches_hand_terms(tiny_data):
+    cfg, mm, (lp, _) = tiny_data
+    trainee, _ = build_trainee(dataclasses.replace(cfg, use_recog=False, use_adv=False), "step1", mm, 0)
+    batch = G.warmup_batches(lp, cfg, mm)(0)
+    loss, metrics = G.WarmupLoss(cfg, mm)(trainee, batch)
+    model = trainee.model
+    # a fresh model decodes the template (zero-initialised last layer): the shape term is the template's L1
+    target = mm.shape(batch["alpha_id"], batch["alpha_exp"])
+    face = model.face_mask.bool()
+    hand = (model.template - target)[:, face].abs().mean()
+    assert metrics["shape"].item() == pytest.approx(hand.item(), rel=1e-5)
+    total = cfg.w_shape * metrics["shape"] + cfg.w_pair * metrics["pair"] + cfg.w_lmk * metrics["lmk"]
+    assert loss.item() == pytest.approx(total.item(), rel=1e-6)
+    loss.backward()
+    assert model.shape_decoder.head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.light_head.parameters())
+
+
+def test_warmup_from_copies_and_checks_the_model(tiny_run, tmp_path):
+    cfg, _ = tiny_run
+    source = Path(cfg.out_dir) / "warmup.pt"
+    other = dataclasses.replace(cfg, out_dir=str(tmp_path / "other"), warmup_from=str(source), use_recog=False,
+                                steps=(2, 1))
+    train_gao2020(other)
+    assert (tmp_path / "other" / "warmup.pt").read_bytes() == source.read_bytes()
+    assert not (tmp_path / "other" / "warmup").exists()  # not retrained
+    with pytest.raises(FileNotFoundError, match="warmup_from"):
+        train_gao2020(dataclasses.replace(other, out_dir=str(tmp_path / "x"), warmup_from=str(tmp_path / "nope.pt")))
+    with pytest.raises(ValueError, match="warmup_from"):
+        train_gao2020(dataclasses.replace(other, out_dir=str(tmp_path / "y"), cheb_k=2))
+
+
+@pytest.mark.parametrize("bad", [dict(warmup_steps=-2), dict(batch_warmup=0), dict(warmup_lr=0.0)])
+def test_warmup_config_bad_values_raise(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        Gao2020TrainConfig(**bad)

@@ -58,7 +58,8 @@ PITCH_MAX = math.pi / 4
 ROLL_MAX = math.pi / 4
 #: Translation range: t = t0 + raw * SHIFT_RANGE * image size (px).
 SHIFT_RANGE = 0.25
-#: mm; the discriminator sees (shape - template) / SHAPE_SCALE_MM, of order 1.
+#: mm; the shape decoder outputs (shape - template) / SHAPE_SCALE_MM and the discriminator
+#: sees it, both of order 1.
 SHAPE_SCALE_MM = 10.0
 #: iBUG-68 indices (0-based) that frame the face, as the data does: brows and chin.
 BROW_LANDMARKS = (19, 24)
@@ -374,14 +375,18 @@ class Gao2020Model(nn.Module):
 
     # ---------------------------------------------------------------- decoders
     def decode_shape(self, c_id: torch.Tensor, c_exp: torch.Tensor) -> torch.Tensor:
-        """``template + f_shape([c_id, c_exp])``: ``(B, V, 3)`` mm, model frame.
+        """``template + SHAPE_SCALE_MM * f_shape([c_id, c_exp])``: ``(B, V, 3)`` mm, model frame.
+
+        The decoder's output is in units of :data:`SHAPE_SCALE_MM` so that its last layer
+        works at order 1: unscaled, it had to grow weights to several mm per unit and the
+        shape loss did not move in hundreds of steps.
 
         Args:
             c_id: ``(B, id_dim)``; c_exp: ``(B, exp_dim)``.
         """
         check_tensor(c_id, "c_id", ("B", self.config.id_dim))
         check_tensor(c_exp, "c_exp", (c_id.shape[0], self.config.exp_dim))
-        return self.template + self.shape_decoder(torch.cat([c_id, c_exp], dim=1))
+        return self.template + SHAPE_SCALE_MM * self.shape_decoder(torch.cat([c_id, c_exp], dim=1))
 
     def neutral_shape(self, c_id: torch.Tensor) -> torch.Tensor:
         """The neutral-expression shape ``decode_shape(c_id, 0)``: ``(B, V, 3)`` mm."""

@@ -1,6 +1,7 @@
 """Reproduce Gao et al. 2020's MICC tables on SynthFaces: ``facelab reproduce gao2020``.
 
-The run trains (or reuses) four variants of :mod:`facelab.train.gao2020` and scores them on
+The run trains (or reuses) four variants of :mod:`facelab.train.gao2020` (the full model first:
+the other three start from its shape warm-up) and scores them on
 the ``micc`` suite with the MICC protocol of :mod:`facelab.metrics.model_eval`:
 
 * **Table 1 analogue**: point-to-plane error (mm), mean ± std over subjects, per condition
@@ -201,6 +202,7 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
         check_choice(v, "variants", list(VARIANTS))
     if "full" not in variants:
         raise ValueError(f"variants: must include 'full' (the reference row), got {list(variants)}")
+    variants = ("full",) + tuple(v for v in variants if v != "full")  # its warm-up is the others' start
     groups = _split_overrides(overrides)
     start = time.perf_counter()
     out = Path(out_dir)
@@ -211,6 +213,8 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
         for key, value in VARIANTS[v].items():
             setattr(cfg, key, value)
         cfg.out_dir = str(out / v)
+        if v != "full" and cfg.warmup_steps:  # the ablations continue from the full model's warm-up
+            cfg.warmup_from = str(out / "full" / "warmup.pt")
         train_cfgs[v] = cfg
         train_gao2020(cfg)  # skips the steps whose checkpoint exists
     t_train = time.perf_counter() - start

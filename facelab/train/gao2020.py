@@ -35,13 +35,22 @@ Ablation switches: ``use_recog=False`` drops ``recog`` (and the identity head),
 ``use_adv=False`` drops ``adv`` and the discriminator, ``smoothness="laplacian"`` swaps eq. 9
 for the conventional Laplacian.
 
+**Warm-up** (facelab's addition, ``warmup_steps``; 0 switches it off): before ``step1`` the
+encoder and the shape decoder train on ``lp`` images alone with the shape, pairwise and
+landmark terms (landmarks projected with the predicted pose; nothing is rasterised, so a step
+costs about a third of a full one). On a CPU budget of a few hundred full steps the shape
+loss otherwise stays at the mean face's level: identity shows in a 64 px photo as sub-pixel
+detail, and the encoder needs thousands of steps to find it. The warm-up holds none of the
+ablated terms (recognition, adversarial, smoothness), so :func:`facelab.reproduce.gao2020`
+trains it once and every ablation continues from it (``warmup_from``).
+
 Two steps, as the paper: ``step1`` trains with the GCN albedo decoder (albedo from ``c_id``
 only); ``step2`` continues from ``step1``'s weights (model, identity head, discriminator) with
 ``albedo="cnn"``, the U-Net-style decoder bridged to the encoder.
 
-The run folder holds ``step1/`` and ``step2/`` (the :class:`~facelab.train.trainer.Trainer`'s
+The run folder holds ``warmup/`` (if any), ``step1/`` and ``step2/`` (the :class:`~facelab.train.trainer.Trainer`'s
 ``last.pt``, ``metrics.csv``, ``metrics.jsonl``, ``config.json``), once a step is done its
-checkpoint ``step1.pt`` / ``step2.pt`` (a ``"gao2020"`` model: load it with
+checkpoint ``warmup.pt`` / ``step1.pt`` / ``step2.pt`` (a ``"gao2020"`` model: load it with
 :func:`facelab.train.load_model`; ``extra["recognition"]`` holds the identity head and
 ``extra["critic"]`` the discriminator), and ``summary.json`` (the last logged row of each
 step). Calling again resumes: finished steps are skipped, an interrupted one resumes exactly.
@@ -70,13 +79,14 @@ from facelab.config import torch_threads
 from facelab.train import distributed as D
 from facelab.train import pools
 from facelab.train.checkpoint import load_checkpoint, save_checkpoint
-from facelab.train.trainer import PROFILES, CriticStep, StepLoader, TrainConfig, Trainer, step_indices
+from facelab.train.trainer import PROFILES, CriticStep, StepLoader, TrainConfig, Trainer, cosine_lr_factor, step_indices
 
 MODEL_NAME = "gao2020"
 #: the trainer's module (model + identity head); its ``last.pt`` files are internal to a run
 TRAIN_MODEL_NAME = "gao2020_train"
 STEPS = ("step1", "step2")
-STEP_ALBEDO = {"step1": "gcn", "step2": "cnn"}
+WARMUP = "warmup"
+STEP_ALBEDO = {WARMUP: "gcn", "step1": "gcn", "step2": "cnn"}
 SMOOTHNESS = ("template", "laplacian")
 SOURCE_LP, SOURCE_COL = 0, 1
 LP_KEYS = ("image", "label", "alpha_id", "alpha_exp", "landmarks2d", "face_mask", "occlusion_mask")
@@ -85,8 +95,11 @@ COL_KEYS = ("image", "label", "landmarks2d", "face_mask", "occlusion_mask")
 LANDMARK_REF_WIDTH = 64
 #: the collections' step indices use ``seed + COL_SEED_OFFSET`` (another order than lp's)
 COL_SEED_OFFSET = 1
+#: the warm-up's cosine schedule ends at this share of ``warmup_lr``
+WARMUP_FINAL_LR_FRACTION = 0.05
 MASK_LEVELS = 255  # the pools keep the photo masks as uint8
 SUMMARY_JSON = "summary.json"
+WARMUP_TERMS = ("shape", "pair", "lmk")
 WEIGHTS = ("w_photo", "w_gdl", "w_lmk", "w_lmk_gdl", "w_shape", "w_pair", "w_smooth", "w_symm", "w_recog", "w_adv")
 
 PROFILE_DEFAULTS = {
@@ -95,11 +108,11 @@ PROFILE_DEFAULTS = {
     # process holds a core, each op waits on OpenMP's barrier (measured 0.9 -> 11.8 s/step)
     "quick": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", lp_identities=100,
                   lp_images_per_identity=12, col_identities=150, col_images_per_identity=16, steps=(600, 150),
-                  lr=5e-4, pool=True, num_workers=0, num_threads=1),
+                  lr=5e-4, pool=True, num_workers=0, num_threads=1, warmup_steps=1500),
     # full: the paper's ResNet-50, suites at their full size, streamed
     "full": dict(backbone="resnet50", image_size=(128, 128), resolution="default", lp_identities=0,
                  lp_images_per_identity=0, col_identities=0, col_images_per_identity=0, steps=(40_000, 20_000),
-                 lr=1e-4, pool=False, num_workers=4, num_threads=-1),
+                 lr=1e-4, pool=False, num_workers=4, num_threads=-1, warmup_steps=0),
 }
 
 
@@ -123,6 +136,13 @@ class Gao2020TrainConfig:
             (same convention); ``col_identities`` is the number of classes of the recognition loss.
         batch_lp, batch_col: images of each suite in a hybrid batch.
         steps: optimisation steps of ``step1`` (GCN albedo) and ``step2`` (CNN albedo).
+        warmup_steps: steps of the shape warm-up before ``step1`` (module docstring; 0: none,
+            -1: the profile's: quick 1500, full 0).
+        batch_warmup: ``lp`` images per warm-up batch.
+        warmup_lr: peak learning rate of the warm-up (cosine decay to
+            :data:`WARMUP_FINAL_LR_FRACTION` of it).
+        warmup_from: a ``warmup.pt`` of another run with the same model config to start
+            ``step1`` from, instead of training the warm-up here (the ablations share one).
         lr: Adam learning rate of the encoder-decoder (the paper: 1e-4; 0: the profile's).
             ``quick`` uses 5e-4: its few hundred CPU steps are a tiny fraction of the paper's
             200 epochs, and even at 5e-4 the shape terms move slowly in that budget.
@@ -169,6 +189,10 @@ class Gao2020TrainConfig:
     batch_lp: int = 16
     batch_col: int = 16
     steps: tuple[int, ...] = ()
+    warmup_steps: int = -1
+    batch_warmup: int = 32
+    warmup_lr: float = 1e-3
+    warmup_from: str = ""
     lr: float = 0.0
     critic_lr: float = 5e-5
     n_critic: int = 1
@@ -212,6 +236,12 @@ class Gao2020TrainConfig:
             raise ValueError(f"steps: expected one value per training step ({len(STEPS)}: {', '.join(STEPS)}), got {self.steps}")
         for steps in self.steps:
             check_positive(steps, "steps", integer=True)
+        if self.warmup_steps == -1:
+            self.warmup_steps = defaults["warmup_steps"]
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps: expected an int >= 0 (-1: the profile's), got {self.warmup_steps!r}")
+        check_positive(self.batch_warmup, "batch_warmup", integer=True)
+        check_positive(self.warmup_lr, "warmup_lr")
         for name in ("batch_col", "n_critic", "log_every", "ckpt_every"):
             check_positive(getattr(self, name), name, integer=True)
         if not isinstance(self.batch_lp, int) or self.batch_lp < 2:
@@ -235,9 +265,13 @@ class Gao2020TrainConfig:
             self.out_dir = f"runs/gao2020-{self.profile}"
 
     def train_config(self, stage: str) -> TrainConfig:
-        """The :class:`TrainConfig` of training step ``stage`` (``"step1"`` / ``"step2"``), in ``out_dir/<stage>``."""
-        check_choice(stage, "stage", STEPS)
-        return TrainConfig(steps=self.steps[STEPS.index(stage)], batch_size=self.batch_lp + self.batch_col, lr=self.lr,
+        """The :class:`TrainConfig` of training step ``stage`` (``"warmup"`` / ``"step1"`` / ``"step2"``), in ``out_dir/<stage>``."""
+        check_choice(stage, "stage", (WARMUP,) + STEPS)
+        if stage == WARMUP:
+            steps, batch, lr = self.warmup_steps, self.batch_warmup, self.warmup_lr
+        else:
+            steps, batch, lr = self.steps[STEPS.index(stage)], self.batch_lp + self.batch_col, self.lr
+        return TrainConfig(steps=steps, batch_size=batch, lr=lr,
                            weight_decay=0.0, log_every=self.log_every, ckpt_every=self.ckpt_every, seed=self.seed,
                            out_dir=str(Path(self.out_dir) / stage), device=self.device, profile=self.profile,
                            grad_clip=self.grad_clip, progress=self.progress)
@@ -408,6 +442,40 @@ class Gao2020Loss:
         return loss, {**{k: v.detach() for k, v in terms.items()}, **metrics}
 
 
+class WarmupLoss:
+    """The warm-up's loss on a batch of ``lp`` images: ``w_shape * shape + w_pair * pair + w_lmk * lmk``.
+
+    The same terms as :class:`Gao2020Loss` (landmarks in the same units), but the landmarks
+    are the predicted shape's landmark vertices projected with the predicted pose, so nothing
+    is rasterised. Batch: ``image``, ``landmarks2d``, ``alpha_id``, ``alpha_exp`` (see
+    :func:`warmup_batches`). Metrics: the three unweighted terms.
+    """
+
+    def __init__(self, cfg: Gao2020TrainConfig, morphable) -> None:
+        self.cfg, self.morphable = cfg, morphable
+
+    def __call__(self, trainee: Gao2020Trainee, batch: dict) -> tuple[torch.Tensor, dict]:
+        from facelab.camera.projection import WeakPerspectiveCamera
+        from facelab.losses.landmark import landmark_loss
+        from facelab.losses.shape import pairwise_shape_loss, shape_l1
+
+        model, images = trainee.model, batch["image"]
+        codes = model.encode(images)
+        shape = model.decode_shape(codes["c_id"], codes["c_exp"])
+        camera = WeakPerspectiveCamera.from_pose(model.pose(codes["c_pose"]))
+        unit = images.shape[-1] / LANDMARK_REF_WIDTH
+        landmarks = camera.project(shape)[:, model.landmarks.long(), :2]
+        alpha_id, alpha_exp = batch["alpha_id"], batch["alpha_exp"]
+        with torch.no_grad():
+            target = self.morphable.shape(alpha_id, alpha_exp).to(shape.dtype)
+        terms = {"shape": shape_l1(shape, target, model.face_mask),
+                 "pair": pairwise_shape_loss(model.decode_shape, codes["c_id"], codes["c_exp"], alpha_id, alpha_exp,
+                                             self.morphable, neutral=True, vertex_mask=model.face_mask),
+                 "lmk": landmark_loss(landmarks / unit, batch["landmarks2d"] / unit)}
+        loss = sum(getattr(self.cfg, f"w_{name}") * value for name, value in terms.items())
+        return loss, {k: v.detach() for k, v in terms.items()}
+
+
 # -------------------------------------------------------------------- data
 def _suites(cfg: Gao2020TrainConfig):
     from facelab.data import make_suite
@@ -505,6 +573,19 @@ def hybrid_batches(lp_source, col_source, cfg: Gao2020TrainConfig, morphable, to
     return get
 
 
+def warmup_batches(lp_source, cfg: Gao2020TrainConfig, morphable):
+    """A callable ``step -> batch`` of ``batch_warmup`` ``lp`` images (pure function of ``(seed, step)``).
+
+    Under torchrun each rank takes its contiguous share (the trainer shards the batch).
+    """
+    if isinstance(lp_source, dict):
+        n = lp_source["image"].shape[0]
+        get = lambda step: {k: v[step_indices(n, cfg.batch_warmup, step, cfg.seed)] for k, v in lp_source.items()}  # noqa: E731
+    else:
+        get = StepLoader(lp_source, cfg.batch_warmup, cfg.warmup_steps, seed=cfg.seed, num_workers=cfg.num_workers)
+    return lambda step: _as_training(get(step), SOURCE_LP, morphable)
+
+
 # ------------------------------------------------------------------ recipe
 def train_gao2020(config: Gao2020TrainConfig | None = None, **overrides) -> dict:
     """Train :class:`~facelab.models.gao2020.Gao2020Model` in two steps on hybrid ``lp`` + ``collections`` batches.
@@ -558,10 +639,13 @@ def export_checkpoint(src: str | Path, dst: str | Path, model_config: dict) -> P
                            extra=extra)
 
 
-def _load_parent(trainee: Gao2020Trainee, critic: ShapeCritic | None, path: Path) -> None:
-    """Start ``step2`` from ``step1.pt``: model weights, identity head and discriminator."""
+def _load_parent(trainee: Gao2020Trainee, critic: ShapeCritic | None, path: Path, model_only: bool = False) -> None:
+    """Start ``step2`` from ``step1.pt``: model weights, identity head and discriminator
+    (``model_only``: ``step1`` from ``warmup.pt``, the model weights alone)."""
     ckpt = load_checkpoint(path, expect_model=MODEL_NAME)
     trainee.model.load_state_dict(ckpt["state_dict"])
+    if model_only:
+        return
     extra = ckpt.get("extra", {})
     if trainee.recognition is not None:
         if not extra.get("recognition"):
@@ -587,16 +671,19 @@ def _train(cfg: Gao2020TrainConfig) -> dict:
     root = Path(cfg.out_dir)
     summary_path = root / SUMMARY_JSON
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if cfg.warmup_steps and not (root / "step1.pt").exists():
+        summary.update(_warmup(cfg, lp_source, morphable, root))
     for k, stage in enumerate(STEPS):
         final = root / f"{stage}.pt"
         if final.exists():  # finished earlier
             continue
         trainee, critic = build_trainee(cfg, stage, morphable, n_classes)
-        if k > 0:
-            parent = root / f"{STEPS[k - 1]}.pt"
+        if k > 0 or cfg.warmup_steps:
+            previous = STEPS[k - 1] if k > 0 else WARMUP
+            parent = root / f"{previous}.pt"
             if not parent.exists():
-                raise FileNotFoundError(f"steps: {stage} starts from {parent}; train {STEPS[k - 1]!r} first")
-            _load_parent(trainee, critic, parent)
+                raise FileNotFoundError(f"steps: {stage} starts from {parent}; train {previous!r} first")
+            _load_parent(trainee, critic, parent, model_only=k == 0)
         mcfg = model_config(cfg, STEP_ALBEDO[stage])
         train_mcfg = {"gao2020": mcfg, "n_classes": n_classes if cfg.use_recog else 0}
         tcfg = cfg.train_config(stage)
@@ -610,3 +697,38 @@ def _train(cfg: Gao2020TrainConfig) -> dict:
             summary_path.write_text(json.dumps(summary, indent=2))
         D.barrier()
     return summary
+
+
+def _warmup(cfg: Gao2020TrainConfig, lp_source, morphable, root: Path) -> dict:
+    """Train (or copy from ``warmup_from``) ``root/warmup.pt``; returns ``{"warmup": last row}`` if trained."""
+    import shutil
+
+    final = root / f"{WARMUP}.pt"
+    mcfg = model_config(cfg, STEP_ALBEDO[WARMUP])
+    if final.exists():
+        return {}
+    if cfg.warmup_from:
+        source = Path(cfg.warmup_from)
+        if not source.is_file():
+            raise FileNotFoundError(f"warmup_from: {source} does not exist")
+        ckpt = load_checkpoint(source, expect_model=MODEL_NAME)
+        if ckpt["model_config"] != mcfg:
+            raise ValueError(f"warmup_from: {source} holds another model config than this run's")
+        if D.is_main_process():
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, final)
+        D.barrier()
+        return {}
+    # shared by the ablations: no identity head, no discriminator
+    trainee, _ = build_trainee(dataclasses.replace(cfg, use_recog=False, use_adv=False), "step1", morphable, 0)
+    tcfg = cfg.train_config(WARMUP)
+    optimizer = torch.optim.Adam(trainee.parameters(), lr=cfg.warmup_lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, WARMUP_FINAL_LR_FRACTION))
+    trainer = Trainer(trainee, optimizer, warmup_batches(lp_source, cfg, morphable), WarmupLoss(cfg, morphable), tcfg,
+                      scheduler=scheduler, model_name=TRAIN_MODEL_NAME,
+                      model_config={"gao2020": mcfg, "n_classes": 0}, extra_config=cfg)
+    result = trainer.fit()
+    if D.is_main_process():
+        export_checkpoint(trainer.checkpoint_path, final, mcfg)
+    D.barrier()
+    return {WARMUP: result["metrics"]}
