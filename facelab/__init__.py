@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "morphable", "camera", "render", "data", "models", "losses", "train",
-    "metrics", "fitting", "viz", "io", "bench", "reproduce", "config", "checks",
+    "metrics", "fitting", "viz", "io", "bench", "reproduce", "config", "checks", "apps", "teach",
 )
 
 

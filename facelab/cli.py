@@ -11,6 +11,8 @@
     facelab eval verify|recon|baselines ...   (see facelab.eval_cli)
     facelab reproduce liu2018 --out DIR [--profile quick|full] [--json] [--set train.k=v|eval.k=v|baselines.k=v ...]
     facelab reproduce sir --out DIR [--profile quick|full] [--json] [--liu PHASE3] [--set train.k=v|eval.k=v|sir.k=v ...]
+    facelab book student --out DIR [NOTEBOOKS...]     (teacher mode, see facelab.teach)
+    facelab book check ANSWER.ipynb [--against CHAPTER.ipynb] [--timeout S]
 """
 
 from __future__ import annotations
@@ -209,6 +211,20 @@ def _cmd_artifacts(args) -> int:
     return 0
 
 
+def _cmd_book(args) -> int:
+    from facelab import teach
+
+    if args.action == "student":
+        if not args.notebooks and not Path("book").is_dir():
+            raise ValueError("NOTEBOOK: no book/ folder here; name the chapters to convert")
+        written = teach.write_student(args.notebooks or [Path("book")], args.out)
+        print(json.dumps({"out": str(args.out), "notebooks": [p.name for p in written]}))
+        return 0
+    results = teach.check_notebook(args.notebook, timeout=args.timeout, checks_from=args.against)
+    print(teach.results_table(results))
+    return 0 if all(r.passed for r in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facelab", description="facelab: 3D face reconstruction and recognition on SynthFaces.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -280,6 +296,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="export: the run folder whose *.pt to export")
     p.add_argument("--cmdline", help="export: the command that produced the run folder (recorded)")
     p.set_defaults(func=_cmd_artifacts)
+
+    p = sub.add_parser("book", help="teacher mode: student versions of the chapters, auto-checked exercises")
+    book = p.add_subparsers(dest="action", required=True)
+    b = book.add_parser("student", help="write copies with the solutions stubbed out and no outputs")
+    b.add_argument("notebooks", nargs="*", metavar="NOTEBOOK", help="chapters or folders (default book/)")
+    b.add_argument("--out", required=True, help="output folder")
+    b.set_defaults(func=_cmd_book)
+    b = book.add_parser("check", help="run each exercise's solution and check cells; PASS/FAIL table, exit 1 on a FAIL")
+    b.add_argument("notebook", metavar="ANSWER", help="the answered notebook (.ipynb)")
+    b.add_argument("--against", help="take the check cells from this notebook (e.g. the original chapter)")
+    b.add_argument("--timeout", type=float, default=60.0, help="seconds per exercise")
+    b.set_defaults(func=_cmd_book)
 
     from facelab.eval_cli import add_eval_parser
 
