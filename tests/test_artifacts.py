@@ -47,7 +47,7 @@ def test_verify_names_a_modified_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such artifact"):
         A.verify_artifacts("other", root=tmp_path / "art")
     with pytest.raises(FileNotFoundError, match="no \\*.pt"):
-        A.export_run(tmp_path, "x", "cmd", root=tmp_path / "art")
+        A.export_run(tmp_path / "run" / "stage", "x", "cmd", root=tmp_path / "art")
 
 
 def test_restore_copies_only_missing_checkpoints(tmp_path):
@@ -58,6 +58,22 @@ def test_restore_copies_only_missing_checkpoints(tmp_path):
     assert (out / "stage.pt").is_file() and not (out / "results.json").exists()
     assert (out / "stage" / "metrics.csv").read_text().startswith("step,loss")
     assert A.restore_run("missing", out, root=tmp_path / "art") == []
+
+
+def test_nested_runs_keep_their_layout_and_skip_trainer_state(tmp_path):
+    run, net = _run(tmp_path)
+    variant = run / "variant"
+    variant.mkdir()
+    (run / "stage.pt").rename(variant / "step2.pt")
+    (run / "stage").rename(variant / "step2")
+    (variant / "step2" / "last.pt").write_bytes((variant / "step2.pt").read_bytes())  # resumable trainer state
+    (variant / "summary.json").write_text("{}")
+    dest = A.export_run(run, "nested", "cmd", root=tmp_path / "art")
+    files = set(json.loads((dest / A.MANIFEST).read_text())["files"])
+    assert files == {"variant/step2.pt", "variant/step2/metrics.csv", "variant/summary.json", "results.json"}
+    out = tmp_path / "out"
+    assert A.restore_run("nested", out, root=tmp_path / "art") == ["variant/step2.pt"]
+    assert torch.equal(torch.load(out / "variant" / "step2.pt", weights_only=True)["state_dict"]["weight"], net.weight.detach())
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in A.ARTIFACTS_DIR.glob("*") if (p / A.MANIFEST).is_file()))

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from facelab.train.checkpoint import atomic_torch_save, load_checkpoint
+from facelab.train.trainer import CHECKPOINT_NAME
 
 ARTIFACTS_DIR = Path(__file__).resolve().parents[2] / "book" / "artifacts"
 MANIFEST = "manifest.json"
@@ -57,7 +58,11 @@ def _git_commit() -> str:
 
 
 def export_run(run_dir, name: str, command: str, root=ARTIFACTS_DIR) -> Path:
-    """Export every top-level ``*.pt`` of ``run_dir`` (model-only) and its result files to ``root/name``.
+    """Export every stage checkpoint ``*.pt`` of ``run_dir`` (model-only) and its result files to ``root/name``.
+
+    Stage checkpoints are the ``*.pt`` at the top level and in variant sub-folders (e.g.
+    ``full/step2.pt`` of ``facelab reproduce gao2020``), not the trainer's resumable
+    ``last.pt`` files; each one's ``<stage>/metrics.csv`` comes along.
 
     Args:
         run_dir: the output folder of a reproduce/train command.
@@ -68,21 +73,24 @@ def export_run(run_dir, name: str, command: str, root=ARTIFACTS_DIR) -> Path:
         The artifact folder.
     """
     run_dir = Path(run_dir)
-    ckpts = sorted(run_dir.glob("*.pt"))
+    ckpts = sorted(p for p in run_dir.rglob("*.pt") if p.name != CHECKPOINT_NAME)
     if not ckpts:
         raise FileNotFoundError(f"run_dir: {run_dir} holds no *.pt checkpoint to export")
     dest = Path(root) / name
     dest.mkdir(parents=True, exist_ok=True)
     for src in ckpts:
-        export_checkpoint(src, dest / src.name)
-    for fname in RESULT_FILES:
-        if (run_dir / fname).is_file():
-            shutil.copyfile(run_dir / fname, dest / fname)
-    for src in ckpts:
+        rel = src.relative_to(run_dir)
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        export_checkpoint(src, dest / rel)
         for log in LOG_FILES:
-            if (run_dir / src.stem / log).is_file():
-                (dest / src.stem).mkdir(exist_ok=True)
-                shutil.copyfile(run_dir / src.stem / log, dest / src.stem / log)
+            if (src.parent / src.stem / log).is_file():
+                (dest / rel.parent / src.stem).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src.parent / src.stem / log, dest / rel.parent / src.stem / log)
+    for fname in RESULT_FILES:
+        for found in run_dir.rglob(fname):
+            rel = found.relative_to(run_dir)
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(found, dest / rel)
     files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file() and p.name != MANIFEST)
     import facelab
 

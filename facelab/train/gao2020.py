@@ -106,8 +106,9 @@ PROFILE_DEFAULTS = {
     # quick: the pools render in ~20 s on one core the first time (then cached). One thread:
     # a step is hundreds of small ops, and with 2 threads on a 2-core machine where another
     # process holds a core, each op waits on OpenMP's barrier (measured 0.9 -> 11.8 s/step)
-    "quick": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", lp_identities=100,
-                  lp_images_per_identity=12, col_identities=150, col_images_per_identity=16, steps=(600, 150),
+    # lp: many identities with a few photos each, so that the shape warm-up generalises
+    "quick": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", lp_identities=500,
+                  lp_images_per_identity=8, col_identities=150, col_images_per_identity=16, steps=(300, 100),
                   lr=5e-4, pool=True, num_workers=0, num_threads=1, warmup_steps=1500),
     # full: the paper's ResNet-50, suites at their full size, streamed
     "full": dict(backbone="resnet50", image_size=(128, 128), resolution="default", lp_identities=0,
