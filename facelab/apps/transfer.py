@@ -58,3 +58,77 @@ def expression_transfer(model, img_a: torch.Tensor, img_b: torch.Tensor, composi
     background = expand(img_b) if composite else torch.zeros_like(r.image)
     image = r.mask * r.image + (1 - r.mask) * background
     return {**out, "image": image, "render": r.image, "mask": r.mask}
+
+
+@torch.no_grad()
+def blend_transfer(model, codes_a: dict, codes_b: dict, amount: float = 1.0, take_pose: bool = True) -> dict:
+    """Decode A's identity with an expression blended from A's (``amount=0``) to B's (``amount=1``).
+
+    ``codes_a`` / ``codes_b``: :meth:`~facelab.models.gao2020.Gao2020Model.encode` outputs of one
+    image each (batch 1). The albedo comes from A; pose and light from B when ``take_pose``,
+    else from A. ``amount=1, take_pose=True`` is :func:`expression_transfer`.
+
+    Returns the :meth:`~facelab.models.gao2020.Gao2020Model.render` output's fields ``image``
+    ``(1, 3, H, W)`` and ``mask`` plus ``shape (1, V, 3)`` mm.
+    """
+    if not 0.0 <= float(amount) <= 1.0:
+        raise ValueError(f"amount: expected a number in [0, 1], got {amount!r}")
+    c_exp = torch.lerp(codes_a["c_exp"], codes_b["c_exp"], float(amount))
+    source = codes_b if take_pose else codes_a
+    out = {"shape": model.decode_shape(codes_a["c_id"], c_exp),
+           "albedo": model.decode_albedo(codes_a["c_id"], codes_a["features"]),
+           "pose": model.pose(source["c_pose"]), "sh": model.light(source["c_lgt"])}
+    r = model.render(out)
+    return {"image": r.image, "mask": r.mask, "shape": out["shape"]}
+
+
+def transfer_widget(model, images: torch.Tensor, titles=None, size: int = 192):
+    """ipywidgets demo of :func:`expression_transfer`: pick photo A (identity) and photo B
+    (expression, pose, light); a slider blends A's expression into B's.
+
+    Args:
+        model: a :class:`~facelab.models.gao2020.Gao2020Model` in eval mode.
+        images: ``(N, 3, H, W)`` float [0, 1], N >= 2, the photos to choose from.
+        titles: N labels for the drop-downs (default ``"photo k"``).
+        size: px of the displayed images.
+
+    Returns:
+        The widget box; ``.controls`` holds the widgets (``a``, ``b``, ``amount``,
+        ``take_pose``) and ``.image`` the ``ipywidgets.Image`` (PNG: A | result | B) that
+        every change redraws.
+    """
+    import ipywidgets as widgets
+
+    from facelab.viz import png_bytes
+
+    H, W = model.config.image_size
+    check_tensor(images, "images", ("N", 3, H, W))
+    n = images.shape[0]
+    if n < 2:
+        raise ValueError(f"images: need at least 2 photos to transfer between, got {n}")
+    titles = list(titles) if titles is not None else [f"photo {k}" for k in range(n)]
+    if len(titles) != n:
+        raise ValueError(f"titles: expected {n} labels (one per image), got {len(titles)}")
+    with torch.no_grad():
+        codes = [model.encode(images[k:k + 1]) for k in range(n)]
+    options = list(zip(titles, range(n)))
+    controls = {"a": widgets.Dropdown(options=options, value=0, description="identity A"),
+                "b": widgets.Dropdown(options=options, value=1, description="expression B"),
+                "amount": widgets.FloatSlider(value=1.0, min=0.0, max=1.0, step=0.05, description="B's expr."),
+                "take_pose": widgets.Checkbox(value=True, description="B's pose and light")}
+    image = widgets.Image(format="png", width=3 * size, height=size)
+
+    def update(*_):
+        a, b = controls["a"].value, controls["b"].value
+        out = blend_transfer(model, codes[a], codes[b], controls["amount"].value, controls["take_pose"].value)
+        background = images[b:b + 1] if controls["take_pose"].value else images[a:a + 1]
+        result = out["mask"] * out["image"] + (1 - out["mask"]) * background
+        image.value = png_bytes(torch.cat([images[a], result[0], images[b]], dim=2))
+
+    for w in controls.values():
+        w.observe(update, names="value")
+    update()
+    box = widgets.VBox([widgets.HBox([controls["a"], controls["b"]]),
+                        widgets.HBox([controls["amount"], controls["take_pose"]]), image])
+    box.controls, box.image = controls, image
+    return box

@@ -211,10 +211,66 @@ def show_plotly(fig) -> None:
     _PLOTLY_JS_SHOWN = True
 
 
+def png_bytes(image: torch.Tensor) -> bytes:
+    """``image (3, H, W)`` float in [0, 1] as PNG bytes (for an ``ipywidgets.Image``).
+
+    >>> png_bytes(torch.zeros(3, 4, 4))[:4]
+    b'\\x89PNG'
+    """
+    import io
+
+    from PIL import Image
+
+    check_tensor(image, "image", (3, "H", "W"))
+    buf = io.BytesIO()
+    array = (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(array).save(buf, format="png")
+    return buf.getvalue()
+
+
+def camera_light_sliders(model, image_size: int = 192):
+    """ipywidgets sliders over the camera (yaw, pitch, roll) and a directional light
+    (azimuth, elevation, intensity, ambient), rendering the mean face live.
+
+    ``model``: a :class:`~facelab.morphable.MorphableModel`. Returns the widget box; its
+    ``.image`` attribute is the ``ipywidgets.Image`` (PNG) that every change redraws.
+    Book chapter: ``book/03_rendering.ipynb``.
+    """
+    import ipywidgets as widgets
+
+    from facelab.camera import euler_to_rotation
+    from facelab.render import ambient_sh, directional_sh
+
+    angles = {name: widgets.FloatSlider(value=0.0, min=-60, max=60, step=5, description=f"{name} °")
+              for name in ("yaw", "pitch", "roll")}
+    light = {"azimuth": widgets.FloatSlider(value=30.0, min=-90, max=90, step=5, description="light az °"),
+             "elevation": widgets.FloatSlider(value=20.0, min=-60, max=60, step=5, description="light el °"),
+             "intensity": widgets.FloatSlider(value=0.7, min=0, max=1.5, step=0.05, description="intensity"),
+             "ambient": widgets.FloatSlider(value=0.4, min=0, max=1, step=0.05, description="ambient")}
+    image = widgets.Image(format="png", width=image_size, height=image_size)
+
+    def update(*_):
+        rad = torch.deg2rad(torch.tensor([[angles["pitch"].value, angles["yaw"].value, angles["roll"].value]]))
+        verts = model.mean_shape[None] @ euler_to_rotation(rad).transpose(1, 2)
+        az, el = math.radians(light["azimuth"].value), math.radians(light["elevation"].value)
+        direction = torch.tensor([[math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)]])
+        sh = directional_sh(direction, torch.tensor([light["intensity"].value])) + ambient_sh(torch.tensor([light["ambient"].value]))
+        image.value = png_bytes(render_mesh(verts, model.faces, model.mean_albedo[None], image_size=image_size, sh=sh)[0])
+
+    for s in [*angles.values(), *light.values()]:
+        s.observe(update, names="value")
+    update()
+    box = widgets.HBox([widgets.VBox([*angles.values(), *light.values()]), image])
+    box.image = image
+    return box
+
+
 def coefficient_sliders(model, n_shape: int = 6, n_exp: int = 4, image_size: int = 192):
     """ipywidgets sliders over the leading standardised 3DMM coefficients, with a live render.
 
-    Each slider sets ``a_k = alpha_k / sigma_k`` in [-3, 3]. Returns the widget box.
+    Each slider sets ``a_k = alpha_k / sigma_k`` in [-3, 3]. Returns the widget box; its
+    ``.image`` attribute is the ``ipywidgets.Image`` (PNG) that every change redraws.
+    Book chapter: ``book/02_morphable_models.ipynb``.
     """
     import ipywidgets as widgets
 
@@ -224,21 +280,17 @@ def coefficient_sliders(model, n_shape: int = 6, n_exp: int = 4, image_size: int
     image = widgets.Image(format="png", width=image_size, height=image_size)
 
     def update(*_):
-        import io
-
-        from PIL import Image
-
         a = torch.zeros(1, model.n_shape)
         a[0, : len(shape_sliders)] = torch.tensor([s.value for s in shape_sliders])
         e = torch.zeros(1, model.n_exp)
         e[0, : len(exp_sliders)] = torch.tensor([s.value for s in exp_sliders])
         verts = model.shape(a * model.shape_std, e * model.exp_std)
         img = render_mesh(verts, model.faces, model.mean_albedo[None], image_size=image_size, yaw_deg=yaw.value)[0]
-        buf = io.BytesIO()
-        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(buf, format="png")
-        image.value = buf.getvalue()
+        image.value = png_bytes(img)
 
     for s in [*shape_sliders, *exp_sliders, yaw]:
         s.observe(update, names="value")
     update()
-    return widgets.HBox([widgets.VBox([*shape_sliders, *exp_sliders, yaw]), image])
+    box = widgets.HBox([widgets.VBox([*shape_sliders, *exp_sliders, yaw]), image])
+    box.image = image
+    return box
