@@ -7,7 +7,7 @@ the ``micc`` suite with the MICC protocol of :mod:`facelab.metrics.model_eval`:
 * **Table 1 analogue**: point-to-plane error (mm), mean ± std over subjects, per condition
   (cooperative / indoor / outdoor), for "average over identity" and "three-view", with rows
   for the full model, the Liu et al. 2018 model (Phase III of ``facelab reproduce liu2018``)
-  and the landmark-only linear 3DMM fit (:mod:`facelab.metrics.baselines`).
+  the landmark-only linear 3DMM fit and the mean face (:mod:`facelab.metrics.baselines`).
 * **Table 2 analogue**: "average over identity" for the ablations *w/o L_recog*,
   *w/o L_adv*, *conventional Laplacian* and the full model.
 * ``identity_consistency``: per model, the standard deviation over a subject's video
@@ -47,6 +47,7 @@ TABLE1_ROWS = ("average_over_identity", "three_view")
 LIU_ARTIFACT = "liu2018-quick"
 # the landmark-fit baseline's rows of facelab.metrics.baselines.micc_baselines per protocol
 BASELINE_ROWS = {"average_over_identity": "landmark_fit_avg", "three_view": "landmark_fit_3view"}
+MEAN_FACE_ROW = "Mean face (no reconstruction)"
 
 
 class Gao2020Evaluable(nn.Module):
@@ -183,7 +184,7 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
         liu: the Liu et al. row: a ``phase3.pt``, a ``facelab reproduce liu2018`` folder, or
             None for the committed ``book/artifacts/liu2018-quick`` (quick profile; no row otherwise).
         variants: which of :data:`VARIANTS` to train and score (``"full"`` is required).
-        with_baseline: add the landmark-only linear 3DMM fit row.
+        with_baseline: add the landmark-only linear 3DMM fit and mean-face rows.
 
     Returns:
         ``{"profile", "table1": {row_name: {condition: {"mean", "std"}}} per protocol under
@@ -238,6 +239,7 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
         base = run_baselines(config=bcfg)["micc"]
         for row, name in BASELINE_ROWS.items():
             table1[row]["Linear 3DMM, landmark fit"] = _table_row(base, name)
+            table1[row][MEAN_FACE_ROW] = _table_row(base, "mean_face")  # the floor: no reconstruction at all
     table2 = {VARIANT_LABELS[v]: _table_row(scores[v]["micc"], "average_over_identity") for v in variants}
     result = {
         "profile": profile, "out_dir": str(out), "table1": table1, "table2": table2,
