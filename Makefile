@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.facelab-installed
 JOBS    ?= 2
 
-.PHONY: test test-fast book env lock strip clean
+.PHONY: test test-fast nbval book book-isolated env lock strip clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -16,16 +16,28 @@ $(STAMP): requirements.lock pyproject.toml
 
 env: $(STAMP)
 
-# The whole test suite: unit tests, doctests, notebook output check, chapters under nbval (quick profile).
+# The whole test suite: unit tests, doctests, notebook output check, chapters under nbval (quick profile),
+# then the book is built and every page is checked in headless Chromium (tests/test_browser.py;
+# needs the chromium and chromium-driver packages, which .ci/run installs).
+# nbval and the book build each execute every chapter on one core, so they run side by side; the
+# book gets its own FACELAB_CACHE so the two never write the same run folder at once.
 test: $(STAMP)
-	$(VPY) -m pytest -n $(JOBS) -q tests facelab
-	$(VPY) -m pytest -q --nbval-lax book
+	$(VPY) -m pytest -n $(JOBS) -q -m "not browser" tests facelab
+	$(MAKE) -j2 --output-sync=target nbval book-isolated
+	FACELAB_REQUIRE_BOOK=1 $(VPY) -m pytest -p no:xdist -q -m browser tests/test_browser.py
 
-# Skips the tests marked slow; for quick iterations.
+# Every chapter under nbval (quick profile): a cell that raises, an assertion included, fails.
+nbval: $(STAMP)
+	$(VPY) -m pytest -p no:xdist -q --nbval-lax book
+
+book-isolated: $(STAMP)
+	FACELAB_CACHE=$(CURDIR)/_build/facelab-cache $(MAKE) book
+
+# Skips the tests marked slow and the browser test; for quick iterations.
 test-fast: $(STAMP)
-	$(VPY) -m pytest -n $(JOBS) -q -m "not slow" tests facelab
+	$(VPY) -m pytest -n $(JOBS) -q -m "not slow and not browser" tests facelab
 
-# The executed book into _build/html.
+# The executed book into _build/html, then each chapter's execution time.
 book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . --path-output .
 	@$(VPY) -m facelab.book_timings _build
