@@ -9,6 +9,8 @@ x = subject's left, y up, z toward the camera, orthonormal bases with std).
 * models: :func:`load_bfm2009`, :func:`load_bfm2017`, :func:`load_flame`, :func:`load_sfm`
 * annotations and datasets: :func:`load_300wlp`, :func:`read_pairs`, :class:`LFWPairs`,
   :class:`MICCDataset`
+
+Book chapter: ``book/12_real_data.ipynb``.
 """
 
 from facelab.io._util import read_image

@@ -30,6 +30,8 @@ average expression offset) is added to the shape mean, so that zero coefficients
 give the mean of the combined model, as in statismo.
 Orthonormality is verified at load; a basis that is not orthonormal is
 re-orthonormalised (``meta["basis_transform"]`` says which case applied).
+
+Book chapter: ``book/12_real_data.ipynb``.
 """
 
 from __future__ import annotations

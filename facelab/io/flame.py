@@ -19,6 +19,8 @@ Each block ``B (3V, K)`` (rows ``3*v + c``) is replaced by its thin SVD
 ``B = U S W^T``: ``shape_basis = U`` and ``shape_std = 1000 * S`` (mm). A FLAME
 ``beta`` corresponds to facelab's ``alpha = 1000 * S W^T beta``. FLAME has no albedo
 model: ``mean_albedo`` is grey 0.5 and the albedo basis is empty.
+
+Book chapter: ``book/12_real_data.ipynb``.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@
 
 Images live at ``root/<name>/<name>_<%04d>.jpg``. Folds are contiguous blocks of
 ``2 * n_per_half`` pairs, as the LFW protocol in ``book/10_evaluation.ipynb`` expects.
+
+Book chapter: ``book/12_real_data.ipynb``.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ The dict also holds ``angles (3,)`` (= ``pose[:3]``, radians, pitch/yaw/roll),
 ``translation (3,)`` and ``scale`` (a float), and ``path``. Landmarks are
 returned point-major ``(N, 2)``/``(68, 3)`` (transposed from the file) as elsewhere
 in facelab.
+
+Book chapter: ``book/12_real_data.ipynb``.
 """
 
 from __future__ import annotations

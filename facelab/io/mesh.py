@@ -15,6 +15,8 @@ Supported layouts (book appendix "using the real datasets and models"):
 Writing uses ``%.9g`` for ASCII numbers and float32 for binary ones, so a float32
 round trip is exact. Colours are written as floats (PLY ``float red``), not
 quantised to bytes.
+
+Book chapter: ``book/12_real_data.ipynb``.
 """
 
 from __future__ import annotations

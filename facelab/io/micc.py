@@ -15,6 +15,8 @@ The raw MICC release ships VRML scans and MJPEG videos; convert it once (meshes 
       subject_02/ ...
 
 Folders without any mesh file raise an error naming them (nothing is skipped silently).
+
+Book chapter: ``book/12_real_data.ipynb``.
 """
 
 from __future__ import annotations

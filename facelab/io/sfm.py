@@ -30,6 +30,8 @@ pre-2017 OpenCV-matrix format) is not supported. SFM is in mm with facelab's axe
 given a standard-normal prior). A PCA expression model's own mean is added
 to the shape mean. If ``landmark_definitions`` hold the names
 ``"1"`` .. ``"68"`` (iBUG numbering) they become ``model.landmarks``.
+
+Book chapter: ``book/12_real_data.ipynb``.
 """
 
 from __future__ import annotations
