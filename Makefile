@@ -19,11 +19,12 @@ env: $(STAMP)
 # The whole test suite: unit tests, doctests, notebook output check, chapters under nbval (quick profile),
 # then the book is built and every page is checked in headless Chromium (tests/test_browser.py;
 # needs the chromium and chromium-driver packages, which .ci/run installs).
-# nbval and the book build each execute every chapter on one core, so they run side by side; the
+# nbval and the book build each execute every chapter on one core, so they run side by side, one
+# thread each (two processes with two threads each on two cores stall each other badly); the
 # book gets its own FACELAB_CACHE so the two never write the same run folder at once.
 test: $(STAMP)
 	$(VPY) -m pytest -n $(JOBS) -q -m "not browser" tests facelab
-	$(MAKE) -j2 --output-sync=target nbval book-isolated
+	OMP_NUM_THREADS=1 $(MAKE) -j2 --output-sync=target nbval book-isolated
 	FACELAB_REQUIRE_BOOK=1 $(VPY) -m pytest -p no:xdist -q -m browser tests/test_browser.py
 
 # Every chapter under nbval (quick profile): a cell that raises, an assertion included, fails.
