@@ -660,6 +660,9 @@ def _load_parent(trainee: Gao2020Trainee, critic: ShapeCritic | None, path: Path
 
 
 def _train(cfg: Gao2020TrainConfig) -> dict:
+    summary_path = Path(cfg.out_dir) / SUMMARY_JSON
+    if (Path(cfg.out_dir) / f"{STEPS[-1]}.pt").exists():  # finished earlier: render nothing
+        return json.loads(summary_path.read_text()) if summary_path.exists() else {}
     lp_suite, col_suite = _suites(cfg)
     device = D.resolve_device(cfg.device)
     morphable = lp_suite.model.to(device)

@@ -454,11 +454,13 @@ def _train(cfg: Liu2018TrainConfig) -> None:
     from facelab.train.distributed import barrier, is_main_process
     from facelab.train.trainer import seed_everything
 
+    root = Path(cfg.out_dir)
+    if all((root / f"{stage}.pt").exists() for stage in cfg.stages):
+        return  # every stage finished earlier (or restored from book artifacts): render nothing
     collection = _suite(cfg)
     morphable = collection.model
     n_classes = collection.config.n_identities
     batches = _batches(cfg, collection)
-    root = Path(cfg.out_dir)
     summary_path = root / SUMMARY_JSON
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     for stage in cfg.stages:
