@@ -16,6 +16,15 @@ def _codes(model, images: torch.Tensor, name: str) -> dict:
     return model.encode(images)
 
 
+def _recombine(model, identity: dict, c_exp: torch.Tensor, c_pose: torch.Tensor, c_lgt: torch.Tensor):
+    """Decode ``identity``'s shape (with ``c_exp``) and albedo, render with ``c_pose`` / ``c_lgt``:
+    ``(parts, render output)``."""
+    out = {"shape": model.decode_shape(identity["c_id"], c_exp),
+           "albedo": model.decode_albedo(identity["c_id"], identity["features"]),
+           "pose": model.pose(c_pose), "sh": model.light(c_lgt)}
+    return out, model.render(out)
+
+
 @torch.no_grad()
 def expression_transfer(model, img_a: torch.Tensor, img_b: torch.Tensor, composite: bool = True) -> dict:
     """A's identity with B's expression, pose and lighting.
@@ -51,10 +60,7 @@ def expression_transfer(model, img_a: torch.Tensor, img_b: torch.Tensor, composi
     def expand(x):
         return x.expand(n, *x.shape[1:]) if x.shape[0] == 1 and n > 1 else x
 
-    out = {"shape": model.decode_shape(a["c_id"], expand(b["c_exp"])),
-           "albedo": model.decode_albedo(a["c_id"], a["features"]),
-           "pose": model.pose(expand(b["c_pose"])), "sh": model.light(expand(b["c_lgt"]))}
-    r = model.render(out)
+    out, r = _recombine(model, a, expand(b["c_exp"]), expand(b["c_pose"]), expand(b["c_lgt"]))
     background = expand(img_b) if composite else torch.zeros_like(r.image)
     image = r.mask * r.image + (1 - r.mask) * background
     return {**out, "image": image, "render": r.image, "mask": r.mask}
@@ -75,10 +81,7 @@ def blend_transfer(model, codes_a: dict, codes_b: dict, amount: float = 1.0, tak
         raise ValueError(f"amount: expected a number in [0, 1], got {amount!r}")
     c_exp = torch.lerp(codes_a["c_exp"], codes_b["c_exp"], float(amount))
     source = codes_b if take_pose else codes_a
-    out = {"shape": model.decode_shape(codes_a["c_id"], c_exp),
-           "albedo": model.decode_albedo(codes_a["c_id"], codes_a["features"]),
-           "pose": model.pose(source["c_pose"]), "sh": model.light(source["c_lgt"])}
-    r = model.render(out)
+    out, r = _recombine(model, codes_a, c_exp, source["c_pose"], source["c_lgt"])
     return {"image": r.image, "mask": r.mask, "shape": out["shape"]}
 
 

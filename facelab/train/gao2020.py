@@ -367,6 +367,21 @@ class ShapeCritic(CriticStep):
             self.fake = None
 
 
+def labelled_shape_terms(model, morphable, shape, c_id, c_exp, alpha_id, alpha_exp) -> dict[str, torch.Tensor]:
+    """``shape`` (eq. 7, L1 to the 3DMM shape) and ``pair`` (eq. 8) on the labelled rows.
+
+    ``shape (N, V, 3)`` mm, ``c_id``, ``c_exp``: the model's outputs for the ``N`` labelled
+    images; ``alpha_id (N, K_id)``, ``alpha_exp (N, K_exp)``: their 3DMM coefficients.
+    """
+    from facelab.losses.shape import pairwise_shape_loss, shape_l1
+
+    with torch.no_grad():
+        target = morphable.shape(alpha_id, alpha_exp).to(shape.dtype)
+    return {"shape": shape_l1(shape, target, model.face_mask),
+            "pair": pairwise_shape_loss(model.decode_shape, c_id, c_exp, alpha_id, alpha_exp, morphable,
+                                        neutral=True, vertex_mask=model.face_mask)}
+
+
 class Gao2020Loss:
     """The encoder-decoder's loss on a hybrid batch: ``(trainee, batch) -> (loss, metrics)``.
 
@@ -393,9 +408,7 @@ class Gao2020Loss:
         from facelab.losses.adversarial import wgan_div_generator_loss
         from facelab.losses.landmark import landmark_gdl, landmark_loss
         from facelab.losses.photometric import gradient_difference_loss, photometric_loss
-        from facelab.losses.shape import (
-            albedo_symmetry, laplacian_smoothness, pairwise_shape_loss, shape_l1, template_smoothness,
-        )
+        from facelab.losses.shape import albedo_symmetry, laplacian_smoothness, template_smoothness
 
         cfg, model = self.cfg, trainee.model
         images = batch["image"]
@@ -422,12 +435,8 @@ class Gao2020Loss:
         terms["symm"] = albedo_symmetry(albedo, model.symmetry)
 
         lp = batch["source"] == SOURCE_LP
-        alpha_id, alpha_exp = batch["alpha_id"][lp], batch["alpha_exp"][lp]
-        with torch.no_grad():
-            target = self.morphable.shape(alpha_id, alpha_exp).to(shape.dtype)
-        terms["shape"] = shape_l1(shape[lp], target, model.face_mask)
-        terms["pair"] = pairwise_shape_loss(model.decode_shape, out["c_id"][lp], out["c_exp"][lp], alpha_id, alpha_exp,
-                                            self.morphable, neutral=True, vertex_mask=model.face_mask)
+        terms.update(labelled_shape_terms(model, self.morphable, shape[lp], out["c_id"][lp], out["c_exp"][lp],
+                                          batch["alpha_id"][lp], batch["alpha_exp"][lp]))
         metrics: dict[str, torch.Tensor] = {}
         if cfg.use_recog:
             col = ~lp
@@ -458,20 +467,14 @@ class WarmupLoss:
     def __call__(self, trainee: Gao2020Trainee, batch: dict) -> tuple[torch.Tensor, dict]:
         from facelab.camera.projection import WeakPerspectiveCamera
         from facelab.losses.landmark import landmark_loss
-        from facelab.losses.shape import pairwise_shape_loss, shape_l1
-
         model, images = trainee.model, batch["image"]
         codes = model.encode(images)
         shape = model.decode_shape(codes["c_id"], codes["c_exp"])
         camera = WeakPerspectiveCamera.from_pose(model.pose(codes["c_pose"]))
         unit = images.shape[-1] / LANDMARK_REF_WIDTH
         landmarks = camera.project(shape)[:, model.landmarks.long(), :2]
-        alpha_id, alpha_exp = batch["alpha_id"], batch["alpha_exp"]
-        with torch.no_grad():
-            target = self.morphable.shape(alpha_id, alpha_exp).to(shape.dtype)
-        terms = {"shape": shape_l1(shape, target, model.face_mask),
-                 "pair": pairwise_shape_loss(model.decode_shape, codes["c_id"], codes["c_exp"], alpha_id, alpha_exp,
-                                             self.morphable, neutral=True, vertex_mask=model.face_mask),
+        terms = {**labelled_shape_terms(model, self.morphable, shape, codes["c_id"], codes["c_exp"],
+                                        batch["alpha_id"], batch["alpha_exp"]),
                  "lmk": landmark_loss(landmarks / unit, batch["landmarks2d"] / unit)}
         loss = sum(getattr(self.cfg, f"w_{name}") * value for name, value in terms.items())
         return loss, {k: v.detach() for k, v in terms.items()}
