@@ -21,6 +21,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from facelab.data import compose
 from facelab.data.suites import BU3DFE_EXPRESSIONS, ImageTable, SuiteConfig, build_table
+from facelab.numerics import ordered_matmul
 
 # Framing: the brow-to-chin height of the face covers this fraction of the image height.
 FACE_FILL = 0.52
@@ -96,10 +97,13 @@ class PhotoCollection(Dataset):
         self.world = load_world(world_cfg)
         self.model = build_synthfaces(world_cfg).to(self.device)
         self.table: ImageTable = build_table(config)
-        self.render_settings = RenderSettings(image_size=config.image_size, backend=config.backend)
+        self.render_settings = RenderSettings(image_size=config.image_size, backend=config.backend, batch_invariant=True)
         self._suite_index = ["webface", "lp", "collections", "micc", "bu3dfe", "lfw"].index(config.suite)
         self._identity_cache: OrderedDict[int, dict] = OrderedDict()
         self._prototypes = self._prototype_expressions()
+        # The expression basis spans the blendshapes, so a photo's expression coefficients
+        # are its blend weights times the blendshapes' coefficients (K_blend x K_exp).
+        self._blend_to_alpha_exp = self.model.project_expression(self.world.blendshapes.to(self.device))
         self._face_height_mm, self._face_centre = self._framing()
         self.render_level, self._render_faces, self._render_verts = self._level_of_detail()
 
@@ -312,7 +316,7 @@ class PhotoCollection(Dataset):
 
     def render_scene(self, scene: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Render scene parameters (see :meth:`scene`) to a batch of samples."""
-        from facelab.camera import WeakPerspectiveCamera, euler_to_rotation
+        from facelab.camera import WeakPerspectiveCamera, euler_to_rotation, rotate_points
         from facelab.render import render
 
         dev = self.device
@@ -324,7 +328,7 @@ class PhotoCollection(Dataset):
 
         angles = scene["angles"].to(dev)
         scale = (FACE_FILL * min(H, W) / self._face_height_mm * (1 + scene["scale_jitter"])).to(dev)
-        centre_cam = (euler_to_rotation(angles) @ self._face_centre.to(dev)).reshape(-1, 3)
+        centre_cam = rotate_points(self._face_centre.to(dev).expand(angles.shape[0], 1, 3), euler_to_rotation(angles))[:, 0]
         shift = scene["shift"].to(dev)
         tx = W / 2 - scale * centre_cam[:, 0] + shift[:, 0]
         ty = H / 2 + scale * centre_cam[:, 1] + shift[:, 1]
@@ -355,7 +359,7 @@ class PhotoCollection(Dataset):
             "shape_expression": offset,
             "albedo": ident["albedo"],
             "alpha_id": ident["alpha_id"],
-            "alpha_exp": self.model.project_expression(offset),
+            "alpha_exp": ordered_matmul(blend.to(dev), self._blend_to_alpha_exp),
             "beta": ident["beta"],
             "blend": blend.to(dev),
             "pose": pose,

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from facelab.checks import check_tensor
+from facelab.numerics import rowwise_matmul
 
 NPZ_FORMAT = "facelab-morphable"
 NPZ_VERSION = 1
@@ -190,17 +191,17 @@ class MorphableModel:
             ``(B, K_id)`` float: ``shape_basis.T @ (verts - mean)``.
         """
         check_tensor(verts, "verts", ("B", self.n_verts, 3))
-        return (verts - self.mean_shape).reshape(verts.shape[0], -1) @ self.shape_basis
+        return rowwise_matmul((verts - self.mean_shape).reshape(verts.shape[0], -1), self.shape_basis)
 
     def project_expression(self, verts: torch.Tensor) -> torch.Tensor:
         """``(B, K_exp)``: expression coefficients of an offset ``verts`` ``(B, V, 3)``."""
         check_tensor(verts, "verts", ("B", self.n_verts, 3))
-        return verts.reshape(verts.shape[0], -1) @ self.exp_basis
+        return rowwise_matmul(verts.reshape(verts.shape[0], -1), self.exp_basis)
 
     def project_albedo(self, albedo: torch.Tensor) -> torch.Tensor:
         """``(B, K_alb)``: least-squares albedo coefficients of ``albedo`` ``(B, V, 3)``."""
         check_tensor(albedo, "albedo", ("B", self.n_verts, 3))
-        return (albedo - self.mean_albedo).reshape(albedo.shape[0], -1) @ self.albedo_basis
+        return rowwise_matmul((albedo - self.mean_albedo).reshape(albedo.shape[0], -1), self.albedo_basis)
 
     def sample(self, n: int, generator: torch.Generator | None = None, scale: float = 1.0) -> dict[str, torch.Tensor]:
         """Draw ``n`` coefficient sets from the model's Gaussian prior.

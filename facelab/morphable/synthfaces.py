@@ -36,9 +36,10 @@ from facelab.checks import check_choice, check_positive, check_tensor
 from facelab.morphable import grid as _grid
 from facelab.morphable.landmarks import snap_to_grid
 from facelab.morphable.model import MorphableModel
+from facelab.numerics import ordered_matmul, power, sigmoid
 
 #: Bumped whenever the generator changes, so cached models are rebuilt.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 #: Population identities are drawn from ids >= this; data suites use ids below it.
 POPULATION_ID_START = 5_000_000
 
@@ -206,11 +207,11 @@ def _smoothstep(t):
 
 
 def _jaw_line(u, a=JAW_A, b=JAW_B, bottom=CHIN_BOTTOM_Y):
-    return bottom + a * u**2 + b * u**8
+    return bottom + a * u**2 + b * power(u, 8)
 
 
 def _superellipse_radius(u, a, b, n=HEAD_EXPONENT):
-    return (torch.abs(torch.cos(u) / b) ** n + torch.abs(torch.sin(u) / a) ** n) ** (-1.0 / n)
+    return power(power(torch.abs(torch.cos(u) / b), n) + power(torch.abs(torch.sin(u) / a), n), -1.0 / n)
 
 
 def _almond(s_local, y_local, w, hu, hl):
@@ -355,27 +356,28 @@ class FaceWorld:
         r_face = _superellipse_radius(u_w, HEAD_HALF_WIDTH * (1 + 0.04 * z["face_width"]) * taper, HEAD_HALF_DEPTH * (1 + 0.03 * z["head_depth"]))
         r_neck = _superellipse_radius(u_w, NECK_HALF_WIDTH, NECK_HALF_DEPTH, 2.0) - NECK_BACK * torch.cos(u_w)
         jaw = _jaw_line(u_w, JAW_A * (1 - 0.08 * z["jaw_width"]), JAW_B * (1 + 0.2 * z["jaw_angle"]), CHIN_BOTTOM_Y - 2.5 * z["chin"])
-        w_face = torch.sigmoid((y_w - jaw) / JAW_SOFTNESS)
+        w_face = sigmoid((y_w - jaw) / JAW_SOFTNESS)
         # 3. features, as radial heights on the template coordinates, plus random fields.
         h = h + self._random_fields(params["field"], params["detail"])
         r = w_face * (r_face + h) + (1 - w_face) * r_neck
         return torch.stack([r * torch.sin(u_w), y_w.expand_as(r), r * torch.cos(u_w)], -1)
 
     def _random_fields(self, field: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
-        """(N, V) smooth bumps + fine waves; both are separable on the grid, hence two bmm's."""
+        """(N, V) smooth bumps + fine waves; both are separable on the grid, hence two
+        (batch-invariant) matrix products."""
         s = self.s_cols.to(field.dtype)[None, None]  # (1, 1, cols)
         y = self.y_rows.to(field.dtype)[None, None]  # (1, 1, rows)
         sig = field[..., 2:3]
         gs = torch.exp(-0.5 * ((s - field[..., 0:1]) / sig) ** 2) * field[..., 3:4]
         gy = torch.exp(-0.5 * ((y - field[..., 1:2]) / sig) ** 2)
-        bumps = gy.transpose(1, 2) @ gs  # (N, rows, cols)
+        bumps = ordered_matmul(gy.transpose(1, 2), gs)  # (N, rows, cols)
         # sin(a + b) = sin a cos b + cos a sin b with a = kx s + phase, b = ky y
         a = detail[..., 0:1] * s + detail[..., 2:3]
         b = detail[..., 1:2] * y
         amp = detail[..., 3:4]
         left = torch.cat([torch.cos(b), torch.sin(b)], 1).transpose(1, 2)       # (N, rows, 2K)
         right = torch.cat([amp * torch.sin(a), amp * torch.cos(a)], 1)          # (N, 2K, cols)
-        return (bumps + left @ right).reshape(field.shape[0], -1)
+        return (bumps + ordered_matmul(left, right)).reshape(field.shape[0], -1)
 
     # Feature heights are split into terms affine in the semantic scores (precomputed once
     # as a mean field plus one field per score, applied by a matmul) and terms that are
@@ -434,7 +436,7 @@ class FaceWorld:
         if name == "nose":  # bridge ridge from the nasion to the tip, alae and nostrils
             nose_w = 1 + 0.08 * z["nose_width"]
             t = ((NASION_Y - y) / (NASION_Y - NOSE_TIP_Y)).clamp(0, 1)
-            prof = 6 + 14 * t**1.3 + 2.0 * z["nose_bridge"] * torch.sin(math.pi * t)
+            prof = 6 + 14 * power(t, 1.3) + 2.0 * z["nose_bridge"] * torch.sin(math.pi * t)
             prof = torch.where(y > NASION_Y, 6 * torch.exp(-0.5 * ((y - NASION_Y) / 6) ** 2), prof)
             prof = torch.where(y < NOSE_TIP_Y, 20 * torch.exp(-0.5 * ((y - NOSE_TIP_Y) / 5.5) ** 2), prof)
             width = (5.5 + 4 * t**2) * nose_w
@@ -443,7 +445,7 @@ class FaceWorld:
             return h - 3.5 * _pair(s, y, 6.5 * nose_w, NOSE_TIP_Y - 10.5, 3, 1.8)
         if name == "lips":
             lip = 1 + 0.2 * z["lip_thickness"]
-            lip_s = torch.exp(-((s / 22) ** 4))
+            lip_s = torch.exp(-power(s / 22, 4))
             h = (5.0 * lip) * lip_s * torch.exp(-0.5 * ((y - UPPER_LIP_Y) / (3.5 * lip)) ** 2)
             return h + (5.5 * lip) * lip_s * torch.exp(-0.5 * ((y - LOWER_LIP_Y) / (4.2 * lip)) ** 2)
         return (6.0 + 2.0 * z["chin"]) * _gauss(s, y, 0, CHIN_Y, 14 * (1 + 0.1 * z["chin_width"]), 9)
@@ -452,7 +454,7 @@ class FaceWorld:
         """Feature heights, ds and dy warps, each ``(N, V)`` mm."""
         base, slope = self._affine_fields
         scores = torch.cat([z[name] for name in SEMANTIC_NAMES], 1)
-        f = (base.to(dtype).reshape(1, -1) + scores @ slope.to(dtype)).reshape(scores.shape[0], -1, 3)
+        f = (base.to(dtype).reshape(1, -1) + ordered_matmul(scores, slope.to(dtype))).reshape(scores.shape[0], -1, 3)
         h = f[..., 0].clone()
         for name, idx in self._region_index.items():
             s, y = self.template_s[idx].to(dtype)[None], self.template_y[idx].to(dtype)[None]
@@ -464,7 +466,7 @@ class FaceWorld:
         scale = 1 + 0.06 * z["eye_size"]
         s_loc = s.abs() - EYE_S
         y_loc = y - EYE_Y - 0.08 * z["eye_tilt"] * s_loc
-        return torch.sigmoid(_almond(s_loc, y_loc, EYE_W * scale, EYE_HU * scale, EYE_HL * scale) / 0.08)
+        return sigmoid(_almond(s_loc, y_loc, EYE_W * scale, EYE_HU * scale, EYE_HL * scale) / 0.08)
 
     # ------------------------------------------------------------ albedo
     @functools.cached_property
@@ -495,27 +497,27 @@ class FaceWorld:
         sa = s.abs()
         rgb = lambda c: torch.tensor(c, dtype=dtype)  # noqa: E731
         col = lambda k: a[:, k : k + 1, None]  # noqa: E731  (N, 1, 1)
-        tone = col(0) ** 1.6
+        tone = power(col(0), 1.6)
         skin = _mix(rgb(SKIN_LIGHT), rgb(SKIN_DARK), tone)                       # (N, 1, 3)
         skin = skin + (col(1) - 0.5) * 0.06 * rgb((1.0, 0.1, -0.4)) * (1 - tone)  # redness
         # smooth colour blotches (low frequency, separable on the grid)
         bs, by = _mix(-70.0, 70.0, a[:, 2:6, None]), _mix(-80.0, 80.0, a[:, 6:10, None])
         gs = torch.exp(-0.5 * ((self.s_cols.to(dtype) - bs) / 25) ** 2) * 0.15 * (a[:, 10:14, None] - 0.5)
         gy = torch.exp(-0.5 * ((self.y_rows.to(dtype) - by) / 25) ** 2)
-        blot = (gy.transpose(1, 2) @ gs).reshape(-1, self.n_verts, 1)
+        blot = ordered_matmul(gy.transpose(1, 2), gs).reshape(-1, self.n_verts, 1)
         out = skin * tm["factor"] * (1 + blot)
         # hair colour: blond..black, plus a red tint
-        hair = _mix(rgb(HAIR_BLOND), rgb(HAIR_BLACK), col(14) ** 0.5) + col(15) * 0.12 * rgb((1.0, 0.1, -0.2)) * (1 - col(14))
+        hair = _mix(rgb(HAIR_BLOND), rgb(HAIR_BLACK), torch.sqrt(col(14))) + col(15) * 0.12 * rgb((1.0, 0.1, -0.2)) * (1 - col(14))
         # hairline (some identities bald)
         bald = a[:, 16:17] < BALD_PROB
         y_hair = 80 + 12 * (a[:, 17:18] - 0.5) + 0.002 * s**2 - 3 * torch.exp(-0.5 * (s / 8) ** 2)
-        m_hair = torch.sigmoid((y - y_hair) / 1.5) * (~bald)
+        m_hair = sigmoid((y - y_hair) / 1.5) * (~bald)
         out = _mix(out, hair, 0.9 * m_hair[..., None])
         # eyebrows: arched bands; shape and darkness are identity specific (non-linear)
         arch, thick, length = 2 + 4 * a[:, 18:19], 4 + 4 * a[:, 19:20], 36 + 14 * a[:, 20:21]
         y_b = BROW_Y + 1 + 0.5 * arch * (1 - ((sa - 32) / 22) ** 2)
         th = thick * (1 - 0.5 * _smoothstep((sa - 12) / length))
-        m_brow = torch.sigmoid((th / 2 - (y - y_b).abs()) / 0.7) * torch.sigmoid(sa - 11) * torch.sigmoid((11 + length - sa) / 2.0)
+        m_brow = sigmoid((th / 2 - (y - y_b).abs()) / 0.7) * sigmoid(sa - 11) * sigmoid((11 + length - sa) / 2.0)
         out = _mix(out, hair, (0.6 + 0.4 * col(21)) * m_brow[..., None])
         # beard / stubble with an identity-specific hashed grain
         lips = self._lip_mask(s, y, z)
@@ -531,14 +533,14 @@ class FaceWorld:
             present = (a[:, 25 + k : 26 + k] < MOLE_PROB).to(dtype)
             ms, my = _mix(-60.0, 60.0, mole[:, 2 * k : 2 * k + 1]), _mix(-70.0, 60.0, mole[:, 2 * k + 1 : 2 * k + 2])
             rad = 1.2 + 1.3 * a[:, 28 + k : 29 + k]
-            m = present * torch.sigmoid((rad - torch.sqrt((s - ms) ** 2 + (y - my) ** 2)) / 0.4)
+            m = present * sigmoid((rad - torch.sqrt((s - ms) ** 2 + (y - my) ** 2)) / 0.4)
             out = _mix(out, skin * 0.25, m[..., None])
         # eyes: sclera, iris (identity colour), pupil, dark lash line on the upper lid
-        iris = _mix(_mix(rgb(IRIS_BROWN), rgb(IRIS_BLUE), col(31) ** 3), rgb(IRIS_GREEN), col(30) * (col(31) > 0.5))
+        iris = _mix(_mix(rgb(IRIS_BROWN), rgb(IRIS_BLUE), power(col(31), 3)), rgb(IRIS_GREEN), col(30) * (col(31) > 0.5))
         scale = 1 + 0.06 * z["eye_size"]
         d = tm["eye_dist"][None]
-        eye = _mix(rgb(SCLERA), iris, torch.sigmoid((IRIS_R * scale - d) / 0.5)[..., None])
-        eye = _mix(eye, rgb(PUPIL), torch.sigmoid((PUPIL_R * scale - d) / 0.4)[..., None])
+        eye = _mix(rgb(SCLERA), iris, sigmoid((IRIS_R * scale - d) / 0.5)[..., None])
+        eye = _mix(eye, rgb(PUPIL), sigmoid((PUPIL_R * scale - d) / 0.4)[..., None])
         out = _mix(out, eye, self._eye_opening(s, y, z)[..., None])
         s_loc, y_loc = sa - EYE_S, y - EYE_Y - 0.08 * z["eye_tilt"] * (sa - EYE_S)
         lash = torch.exp(-0.5 * (_almond(s_loc, y_loc, EYE_W * scale, EYE_HU * scale, EYE_HL * scale) / 0.25) ** 2) * (y_loc > -1)
@@ -548,7 +550,7 @@ class FaceWorld:
     def _lip_mask(self, s, y, z):
         lip = 1 + 0.2 * z["lip_thickness"]
         top, bottom = UPPER_LIP_Y - 1 + 3.5 * lip, LOWER_LIP_Y + 1 - 4.2 * lip
-        return torch.exp(-((s / 23) ** 4)) * torch.sigmoid((top - y) / 0.8) * torch.sigmoid((y - bottom) / 0.8)
+        return torch.exp(-power(s / 23, 4)) * sigmoid((top - y) / 0.8) * sigmoid((y - bottom) / 0.8)
 
     # ------------------------------------------------------------ public
     def identity(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -590,7 +592,7 @@ class FaceWorld:
         """
         check_tensor(coeffs, "coeffs", ("N", self.n_blend))
         basis = self.blendshapes.to(device=coeffs.device, dtype=coeffs.dtype)
-        return torch.einsum("nk,kvc->nvc", coeffs, basis)
+        return ordered_matmul(coeffs, basis.reshape(self.n_blend, -1)).reshape(coeffs.shape[0], -1, 3)
 
     @property
     def expression_random_dims(self) -> tuple[int, int]:

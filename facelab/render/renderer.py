@@ -46,6 +46,8 @@ class RenderSettings:
         sigma: px^2, sharpness of the soft silhouette (soft mode only).
         gamma: depth-softmax temperature (soft mode only).
         cull_backfaces: skip faces turned away from the camera.
+        batch_invariant: shade each image independently of its batch, bit for bit (slower
+            under autograd; SynthFaces photo generation sets it).
     """
 
     image_size: tuple[int, int] = (64, 64)
@@ -57,6 +59,7 @@ class RenderSettings:
     sigma: float = 1.0
     gamma: float = 1e-2
     cull_backfaces: bool = False
+    batch_invariant: bool = False
 
     def __post_init__(self) -> None:
         self.image_size = image_hw(self.image_size)
@@ -164,7 +167,7 @@ def render(
 
     verts_screen = camera.project(verts)
     normals_cam = rotate_points(vertex_normals(verts, faces), rotation)
-    colour = shade(albedo, normals_cam, sh)
+    colour = shade(albedo, normals_cam, sh, settings.batch_invariant)
     frags = rasterize(
         verts_screen, faces, (H, W), backend=settings.backend, blur_radius=settings.blur_radius,
         faces_per_pixel=settings.faces_per_pixel, cull_backfaces=settings.cull_backfaces,

@@ -22,6 +22,7 @@ import math
 import torch
 
 from facelab.checks import check_positive, check_tensor
+from facelab.numerics import ordered_matmul
 
 __all__ = [
     "SH_A", "SH_C", "LAMBERT_A", "DEFAULT_SH", "sh_basis", "sh_shading", "shade",
@@ -76,12 +77,15 @@ def sh_basis(normals: torch.Tensor) -> torch.Tensor:
     ], dim=-1)
 
 
-def sh_shading(normals: torch.Tensor, sh: torch.Tensor) -> torch.Tensor:
+def sh_shading(normals: torch.Tensor, sh: torch.Tensor, batch_invariant: bool = False) -> torch.Tensor:
     """Per-vertex RGB irradiance under SH lighting.
 
     Args:
         normals: ``(B, V, 3)`` float, unit, camera frame.
         sh: ``(B, 27)`` float, channel-major SH coefficients.
+        batch_invariant: sum the 9 bands in a fixed order with element-wise ops, so that
+            each image's bits never depend on the batch it is shaded in
+            (:func:`facelab.numerics.ordered_matmul`); about 1.5x slower under autograd.
 
     Returns:
         ``(B, V, 3)`` float irradiance (unclamped; multiply by albedo for colour).
@@ -93,16 +97,19 @@ def sh_shading(normals: torch.Tensor, sh: torch.Tensor) -> torch.Tensor:
     B = normals.shape[0] if normals.dim() == 3 else None
     check_tensor(normals, "normals", ("B", "V", 3))
     check_tensor(sh, "sh", (B, 27))
+    if batch_invariant:
+        return ordered_matmul(sh_basis(normals), sh.reshape(-1, 3, 9).transpose(1, 2))
     return torch.einsum("bvk,bck->bvc", sh_basis(normals), sh.reshape(-1, 3, 9))
 
 
-def shade(albedo: torch.Tensor, normals: torch.Tensor, sh: torch.Tensor) -> torch.Tensor:
+def shade(albedo: torch.Tensor, normals: torch.Tensor, sh: torch.Tensor, batch_invariant: bool = False) -> torch.Tensor:
     """Lambertian colour ``albedo * irradiance``.
 
     Args:
         albedo: ``(B, V, 3)`` float, linear RGB.
         normals: ``(B, V, 3)`` float, unit, camera frame.
         sh: ``(B, 27)`` float.
+        batch_invariant: see :func:`sh_shading`.
 
     Returns:
         ``(B, V, 3)`` float colour (unclamped).
@@ -112,7 +119,7 @@ def shade(albedo: torch.Tensor, normals: torch.Tensor, sh: torch.Tensor) -> torc
     tensor([[[0.5000, 0.5000, 0.5000]]])
     """
     check_tensor(albedo, "albedo", tuple(normals.shape) if normals.dim() == 3 else ("B", "V", 3))
-    return albedo * sh_shading(normals, sh)
+    return albedo * sh_shading(normals, sh, batch_invariant)
 
 
 def ambient_sh(level: torch.Tensor) -> torch.Tensor:
