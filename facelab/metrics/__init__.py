@@ -8,6 +8,7 @@
 * :mod:`~facelab.metrics.landmarks`: 2D landmark NME by yaw bucket.
 * :mod:`~facelab.metrics.protocols`: MICC-style and NoW-style scan protocols.
 * :mod:`~facelab.metrics.sir`: discriminability of reconstructed geometry.
+* :mod:`~facelab.metrics.stats`: paired bootstrap intervals and claim verdicts.
 
 Inputs may be torch tensors or numpy arrays; everything is computed in float64 and
 returned as Python floats, numpy arrays or dataclasses/dicts ready for JSON.
@@ -18,6 +19,7 @@ from facelab.metrics.landmarks import landmark_nme, nme_by_yaw
 from facelab.metrics.protocols import crop_around, micc_error, micc_table, now_error, now_summary
 from facelab.metrics.reconstruction import nme_interocular, rmse
 from facelab.metrics.sir import aligned_rmse, geometric_rank1, sir_ratio
+from facelab.metrics.stats import claim, paired_bootstrap, term_active, verdict
 from facelab.metrics.surface import SurfaceIndex, SurfaceQuery, point_to_plane, point_to_surface
 from facelab.metrics.verification import (
     VerificationResult,
@@ -33,6 +35,7 @@ __all__ = [
     "crop_around", "micc_error", "micc_table", "now_error", "now_summary",
     "nme_interocular", "rmse",
     "aligned_rmse", "geometric_rank1", "sir_ratio",
+    "claim", "paired_bootstrap", "term_active", "verdict",
     "SurfaceIndex", "SurfaceQuery", "point_to_plane", "point_to_surface",
     "VerificationResult", "pair_distances", "rank1_identification", "roc", "verify",
 ]

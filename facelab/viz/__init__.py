@@ -95,6 +95,44 @@ def draw_landmarks(ax, landmarks: torch.Tensor, color: str = "lime", size: float
     ax.scatter(lm[:, 0], lm[:, 1], s=size, c=color, edgecolors="none")
 
 
+def plot_claims(claims: list[dict], ax=None, title: str | None = None):
+    """Paired differences ``A - B`` of reproduced claims, with their 95 % intervals.
+
+    Args:
+        claims: entries as made by :func:`facelab.metrics.stats.claim` (``id``, ``metric``,
+            ``estimate``, ``ci95``, ``better``, ``verdict``).
+        ax: a matplotlib axis (default: a new figure).
+
+    Returns:
+        the axis. One row per claim; the dashed line is "no difference", and each label
+        carries the claim's verdict. Differences are plotted as they are, so the picture
+        needs no axis that starts at zero.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> c = {"id": "L2", "metric": "micc_mm", "estimate": -0.05, "ci95": [-0.08, -0.02], "better": "lower", "verdict": "holds"}
+    >>> len(plot_claims([c]).lines) >= 1
+    True
+    """
+    import matplotlib.pyplot as plt
+
+    if not claims:
+        raise ValueError("claims: nothing to plot")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.0, 0.5 + 0.45 * len(claims)))
+    colours = {"holds": "tab:green", "within noise": "tab:gray", "reversed": "tab:red", "inactive": "tab:orange"}
+    for row, c in enumerate(claims):
+        low, high = c["ci95"]
+        ax.errorbar(c["estimate"], row, xerr=[[c["estimate"] - low], [high - c["estimate"]]], fmt="o", capsize=4,
+                    color=colours.get(c["verdict"], "black"))
+    ax.axvline(0.0, color="black", linestyle="--", linewidth=1)
+    ax.set_yticks(range(len(claims)), [f"{c['id']} ({c['metric']}, {c['better']} is better): {c['verdict']}" for c in claims])
+    ax.invert_yaxis()
+    ax.set_xlabel("paired difference A - B, with 95 % interval")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
 def view_light(n: int = 1, device=None) -> torch.Tensor:
     """``(n, 27)`` SH lighting for neutral mesh views: ambient plus an upper-front light."""
     from facelab.render.sh import ambient_sh, directional_sh
