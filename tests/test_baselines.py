@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from facelab.metrics.baselines import BaselineConfig, noisy_landmarks, oracle_projection, run_baselines
+from facelab.metrics.baselines import (
+    DETECTOR_NME,
+    BaselineConfig,
+    detector_landmarks,
+    detector_std,
+    noisy_landmarks,
+    oracle_projection,
+    run_baselines,
+)
 from facelab.metrics.report import baselines_markdown, markdown_table, to_jsonable, write_json
 from facelab.morphable.model import MorphableModel
 
@@ -98,8 +106,56 @@ def test_config_profile_defaults_and_bad_values():
         BaselineConfig(suites=("aflw",))
     with pytest.raises(ValueError, match="landmark_noise"):
         BaselineConfig(landmark_noise=-0.1)
+    with pytest.raises(ValueError, match="landmark_model"):
+        BaselineConfig(landmark_model="dlib")
+    with pytest.raises(ValueError, match="detector_nme"):
+        BaselineConfig(detector_nme=-0.01)
     with pytest.raises(TypeError, match="unknown option"):
         run_baselines(suites=("lfw",), n_images=3)
+
+
+# ------------------------------------------------------------- detector_landmarks
+def _frontal_iod_landmarks(n: int, yaw_deg: float = 0.0) -> torch.Tensor:
+    """Random faces whose outer eye corners are 60 px apart when frontal (x scaled by cos yaw)."""
+    g = torch.Generator().manual_seed(0)
+    lm = torch.rand(n, 68, 2, generator=g, dtype=torch.float64) * 80
+    lm[:, 36], lm[:, 45] = torch.tensor([20.0, 40.0]), torch.tensor([80.0, 40.0])
+    lm[..., 0] = 50 + (lm[..., 0] - 50) * math.cos(math.radians(yaw_deg))
+    return lm
+
+
+def _point_error(lm: torch.Tensor, yaw: float, seed: int = 1) -> torch.Tensor:
+    yaw_t = torch.full((lm.shape[0],), yaw, dtype=torch.float64)
+    return (detector_landmarks(lm, yaw_t, seed=seed) - lm).norm(dim=-1)  # (B, 68) px
+
+
+def test_detector_nme_is_calibrated_on_frontal_faces():
+    err = _point_error(_frontal_iod_landmarks(3000), 0.0)
+    assert err.mean().item() / 60.0 == pytest.approx(DETECTOR_NME, rel=0.02)
+
+
+def test_detector_is_worse_on_the_jaw_and_under_yaw():
+    frontal = _point_error(_frontal_iod_landmarks(3000), 0.0)
+    assert frontal[:, :17].mean() > 2.5 * frontal[:, 36:48].mean()  # jaw contour vs eye corners
+    turned = _point_error(_frontal_iod_landmarks(3000, 60.0), 60.0)
+    # the frontal-equivalent IOD is the same, so only the yaw factor 1 + 60/90 remains
+    assert (turned.mean() / frontal.mean()).item() == pytest.approx(1 + 60 / 90, rel=0.03)
+
+
+def test_detector_deterministic_shapes_and_bad_input():
+    lm = _frontal_iod_landmarks(4).float()
+    yaw = torch.zeros(4)
+    a, b = detector_landmarks(lm, yaw, seed=3), detector_landmarks(lm, yaw, seed=3)
+    assert torch.equal(a, b) and a.shape == lm.shape and a.dtype == lm.dtype
+    assert not torch.equal(a, detector_landmarks(lm, yaw, seed=4))
+    assert torch.equal(detector_landmarks(lm, yaw, nme=0.0), lm)
+    assert detector_std(lm, yaw).shape == (4, 68)
+    with pytest.raises(ValueError, match="yaw_deg"):
+        detector_landmarks(lm, torch.zeros(3))
+    with pytest.raises(ValueError, match="landmarks2d"):
+        detector_landmarks(lm[:, :10], yaw)
+    with pytest.raises(ValueError, match="nme"):
+        detector_landmarks(lm, yaw, nme=-1.0)
 
 
 # ------------------------------------------------------------------ run_baselines
@@ -111,8 +167,8 @@ def tiny():
 @pytest.mark.slow
 def test_run_baselines_keys(tiny):
     assert {"config", "micc", "bu3dfe", "lfw", "timings_s"} <= set(tiny)
-    rows = {"mean_face", "oracle_k10", "oracle_k80", "landmark_fit"}
-    assert rows | {"landmark_fit_avg", "landmark_fit_3view"} == set(tiny["micc"])
+    rows = {"mean_face", "oracle_k10", "oracle_k80", "landmark_fit", "landmark_fit_exact"}
+    assert rows - {"landmark_fit_exact"} | {"landmark_fit_avg", "landmark_fit_3view", "landmark_fit_exact_avg"} == set(tiny["micc"])
     for row in tiny["micc"].values():
         assert set(row) == {"cooperative", "indoor", "outdoor", "all"}
         assert row["all"]["n"] == 2 * 3  # subjects x conditions
@@ -141,6 +197,8 @@ def test_run_baselines_ordering(tiny):
     # the true identity coefficients separate identities perfectly; the fit's do better than chance
     assert tiny["lfw"]["oracle_k80"]["accuracy_mean"] == 1.0
     assert 0.5 < tiny["lfw"]["landmark_fit"]["accuracy_mean"] <= 1.0
+    # exact landmarks make a better fit than a detector's
+    assert bu["landmark_fit_exact"]["overall"] < bu["landmark_fit"]["overall"]
 
 
 @pytest.mark.slow
