@@ -174,6 +174,18 @@ def test_fit_landmarks_noise_free_recovery_tiny(device, dtype):
     assert rmse_mm(fit.shapes, truth).max() < 0.01  # a random 68-point basis pins all 15 coefficients
 
 
+def test_fit_landmarks_pose_only_with_zero_components(device, dtype):
+    # n_shape = n_exp = 0 fits the pose of the mean face alone (this crashed in a reshape)
+    model = tiny_model(dtype=dtype, device=device)
+    g = torch.Generator().manual_seed(9)
+    pose = random_poses(5, g, dtype, device)
+    lm = project_landmarks(model.mean_shape[model.landmarks].expand(5, -1, -1), pose)
+    fit = fit_landmarks(model, lm, n_shape=0, n_exp=0, landmark_std_px=0.01)
+    assert fit.alpha_id.abs().max() == 0 and fit.alpha_exp.abs().max() == 0
+    assert (fit.pose[:, :3] - pose[:, :3]).abs().max() < 1e-3
+    assert fit.residual_px.max() < 0.01
+
+
 def test_fit_landmarks_noise_free_recovery_synthfaces(quick_model):
     model = quick_model.truncate(20, 10)
     g = torch.Generator().manual_seed(7)

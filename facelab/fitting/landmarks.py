@@ -192,7 +192,8 @@ def _pixels(cam: torch.Tensor, scale: torch.Tensor, trans: torch.Tensor) -> torc
 def _coeff_jacobian(basis_lm: torch.Tensor, R: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``(B, 2N, K)``: d(landmark px)/d(coefficients) for ``basis_lm: (N, 3, K)`` (exact: linear)."""
     PR = R[:, :2] * _flip(R)[None, :, None] * scale[:, None, None]  # (B, 2, 3)
-    return torch.einsum("bij,njk->bnik", PR, basis_lm).reshape(R.shape[0], -1, basis_lm.shape[-1])
+    # explicit 2N: with no coefficients (K = 0) a -1 would be ambiguous
+    return torch.einsum("bij,njk->bnik", PR, basis_lm).reshape(R.shape[0], 2 * basis_lm.shape[0], basis_lm.shape[-1])
 
 
 def _pose_jacobian(cam: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
