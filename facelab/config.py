@@ -83,6 +83,35 @@ def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
     return dataclasses.replace(cfg, **changes)
 
 
+def split_overrides(overrides, groups: tuple[str, ...]) -> dict[str, list[str]]:
+    """Sort ``group.key=value`` overrides by group, stripping the group prefix.
+
+    ``overrides`` is a list of strings or a dict (tuple / list values are joined with commas);
+    None gives empty lists.
+
+    >>> split_overrides(["train.lr=0.1", "eval.icp_iters=3"], ("train", "eval"))
+    {'train': ['lr=0.1'], 'eval': ['icp_iters=3']}
+    >>> split_overrides({"train.steps": (2, 1)}, ("train",))
+    {'train': ['steps=2,1']}
+    >>> split_overrides(["lr=0.1"], ("train",))
+    Traceback (most recent call last):
+    ...
+    ValueError: overrides: 'lr=0.1' must start with one of train.
+    """
+    split = {g: [] for g in groups}
+    if overrides is None:
+        return split
+    if isinstance(overrides, dict):
+        overrides = [f"{k}={v}" if not isinstance(v, (tuple, list)) else f"{k}={','.join(map(str, v))}"
+                     for k, v in overrides.items()]
+    for item in overrides:
+        group, _, field = item.split("=", 1)[0].partition(".")
+        if group not in split or not field:
+            raise ValueError(f"overrides: {item!r} must start with one of {', '.join(g + '.' for g in groups)}")
+        split[group].append(item[len(group) + 1:])
+    return split
+
+
 def to_dict(cfg) -> dict:
     """A JSON-ready dict of a dataclass, with its class name under ``"_type"``."""
     d = dataclasses.asdict(cfg)

@@ -307,11 +307,25 @@ def _cmd_model(args) -> int:
     return evaluate_model_cli(args.checkpoint, args.suite, as_json=args.json, out=args.out, profile=args.profile, overrides=args.set)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m facelab.eval_cli``: ``facelab eval`` alone.
+
+    >>> build_parser().parse_args(["eval", "verify", "--embeddings", "e.npz"]).folds
+    10
+    """
+    parser = argparse.ArgumentParser(prog="facelab", description="facelab eval: score results with facelab's protocols.")
+    add_eval_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m facelab.eval_cli ...``: the same as ``facelab eval ...``."""
-    from facelab.cli import main as facelab_main
-
-    return facelab_main(["eval", *(sys.argv[1:] if argv is None else argv)])
+    args = build_parser().parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        print(f"facelab eval: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from hypothesis import example, HealthCheck, given, settings, strategies as st
 
 from facelab.io import load_300wlp, load_bfm2009, load_bfm2017, load_flame, load_sfm, read_mesh, read_pairs, write_mesh
 from facelab.morphable.model import MorphableModel, load_npz
-from facelab.train.checkpoint import load_checkpoint, load_model, save_checkpoint
+from facelab.io.checkpoint import load_checkpoint, save_checkpoint
+from facelab.models.registry import load_model
 
 MAX_EXAMPLES = 30
 CLEAR_ERRORS = (ValueError, FileNotFoundError, TypeError)

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from facelab.train import gao2020 as G
-from facelab.train.checkpoint import load_checkpoint, load_model
+from facelab.io.checkpoint import load_checkpoint
+from facelab.models.registry import load_model
 from facelab.train.gao2020 import (
     SOURCE_COL, SOURCE_LP, Gao2020Loss, Gao2020TrainConfig, build_trainee, hybrid_batches, merge_hybrid, render_pools,
     train_gao2020,
@@ -172,7 +173,7 @@ def test_laplacian_smoothness_is_not_zero_at_the_template(tiny_data):
 
 
 def test_loss_and_parent_errors(tiny_data, tmp_path):
-    from facelab.train.checkpoint import save_checkpoint
+    from facelab.io.checkpoint import save_checkpoint
 
     cfg, morphable, _ = tiny_data
     with pytest.raises(ValueError, match="critic: use_adv=True needs the ShapeCritic"):

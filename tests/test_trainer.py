@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from facelab.models.regressor import CoefficientRegressor, RegressorConfig
-from facelab.train.checkpoint import load_checkpoint
+from facelab.io.checkpoint import load_checkpoint
 from facelab.train.regressor import RegressorLoss, pool_batches, render_pool
 from facelab.train.trainer import NonFiniteLossError, StepLoader, TrainConfig, Trainer, step_indices
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from facelab.train import distributed as D
-from facelab.train.checkpoint import load_checkpoint
+from facelab.io.checkpoint import load_checkpoint
 from facelab.train.trainer import CRITIC_STATE_KEY, CriticStep, NonFiniteLossError, TrainConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -51,7 +51,7 @@ only); ``step2`` continues from ``step1``'s weights (model, identity head, discr
 The run folder holds ``warmup/`` (if any), ``step1/`` and ``step2/`` (the :class:`~facelab.train.trainer.Trainer`'s
 ``last.pt``, ``metrics.csv``, ``metrics.jsonl``, ``config.json``), once a step is done its
 checkpoint ``warmup.pt`` / ``step1.pt`` / ``step2.pt`` (a ``"gao2020"`` model: load it with
-:func:`facelab.train.load_model`; ``extra["recognition"]`` holds the identity head and
+:func:`facelab.models.load_model`; ``extra["recognition"]`` holds the identity head and
 ``extra["critic"]`` the discriminator), and ``summary.json`` (the last logged row of each
 step). Calling again resumes: finished steps are skipped, an interrupted one resumes exactly.
 
@@ -78,7 +78,7 @@ from facelab.checks import check_choice, check_image_size, check_positive
 from facelab.config import torch_threads
 from facelab.train import distributed as D
 from facelab.train import pools
-from facelab.train.checkpoint import load_checkpoint, save_checkpoint
+from facelab.io.checkpoint import load_checkpoint, save_checkpoint
 from facelab.train.trainer import PROFILES, CriticStep, StepLoader, TrainConfig, Trainer, cosine_lr_factor, step_indices
 
 MODEL_NAME = "gao2020"

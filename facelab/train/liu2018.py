@@ -36,7 +36,7 @@ made on the same suite.
 The run folder holds one sub-folder per phase (``phase1/`` ... with the
 :class:`~facelab.train.trainer.Trainer`'s ``last.pt`` and logs) and, once a phase is done,
 its checkpoint ``phase1.pt`` / ``phase2.pt`` / ``phase3.pt`` (load any with
-:func:`facelab.train.load_model`) and ``summary.json`` (the last logged row of each
+:func:`facelab.models.load_model`) and ``summary.json`` (the last logged row of each
 phase). Calling again resumes: finished phases are skipped, an interrupted one resumes.
 
 ``quick`` trains a ``sphere_tiny`` on 64x64 aligned crops of 128 px photos of the
@@ -59,11 +59,11 @@ from torch import nn
 
 from facelab.checks import check_choice, check_image_size, check_positive
 from facelab.config import torch_threads
-from facelab.train.checkpoint import load_checkpoint
+from facelab.io.checkpoint import load_checkpoint
+from facelab.models.liu2018 import MODEL_NAME, build_liu2018_model
 from facelab.train import pools
 from facelab.train.trainer import PROFILES, StepLoader, TrainConfig, Trainer, cosine_lr_factor
 
-MODEL_NAME = "liu2018"
 PHASES = (1, 2, 3)
 #: stage name -> (phase whose steps / lr it uses, the stage it starts from, L_C override)
 STAGES = {
@@ -377,25 +377,6 @@ def model_config(cfg: Liu2018TrainConfig, morphable, n_classes: int, loss: str |
                               loss=loss or cfg.loss, n_classes=n_classes, margin_m=cfg.margin_m)
     return {"resolution": cfg.resolution, "model": dataclasses.asdict(model_cfg),
             "input": {"align": cfg.align, "render_size": list(cfg.photo_size), "disentangled": disentangled}}
-
-
-def build_liu2018_model(config: dict) -> nn.Module:
-    """An untrained :class:`~facelab.models.liu2018.Liu2018Model` from a :func:`model_config` dict.
-
-    This is the ``"liu2018"`` builder of :func:`facelab.train.checkpoint.build_model`.
-
-    >>> cfg = {"resolution": "quick", "model": {"encoder": {"depth": "sphere_tiny", "embedding_dim": 8,
-    ...        "input_size": [32, 32]}, "n_classes": 3}}
-    >>> build_liu2018_model(cfg).n_id
-    80
-    """
-    from facelab.models.liu2018 import Liu2018Config, Liu2018Model
-    from facelab.morphable import SynthFacesConfig, build_synthfaces
-
-    if not isinstance(config, dict) or "resolution" not in config or "model" not in config:
-        raise ValueError(f"config: expected a dict with 'resolution' and 'model' keys, got {config!r}")
-    morphable = build_synthfaces(SynthFacesConfig(resolution=config["resolution"]))
-    return Liu2018Model(morphable, Liu2018Config(**config["model"]))
 
 
 # ------------------------------------------------------------------ recipe

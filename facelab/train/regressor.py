@@ -223,7 +223,7 @@ def build_regressor(cfg: RegressorTrainConfig, morphable):
 def train_regressor(config: RegressorTrainConfig | None = None, **overrides) -> Path:
     """Train a :class:`~facelab.models.regressor.CoefficientRegressor` on ``lp``; returns the run folder.
 
-    The folder holds ``last.pt`` (load it with :func:`facelab.train.load_model`), ``config.json``
+    The folder holds ``last.pt`` (load it with :func:`facelab.models.load_model`), ``config.json``
     and ``metrics.csv`` / ``metrics.jsonl``; an interrupted run resumes when called again.
     ``overrides`` replace fields of ``config``.
     """

@@ -6,7 +6,7 @@ It writes into ``config.out_dir``:
 * ``config.json``: the training config, the model's name and config, and any ``extra_config``;
 * ``metrics.csv`` and ``metrics.jsonl``: one row every ``log_every`` steps (the mean of each
   metric over the steps since the previous row, plus ``step``, ``lr``, ``time_s``);
-* ``last.pt``: a checkpoint (:mod:`facelab.train.checkpoint`) every ``ckpt_every`` steps
+* ``last.pt``: a checkpoint (:mod:`facelab.io.checkpoint`) every ``ckpt_every`` steps
   and at the end.
 
 If ``out_dir/last.pt`` exists, training resumes from it: model, optimizer, scheduler,
@@ -56,7 +56,7 @@ from torch import nn
 from facelab.checks import check_choice, check_positive
 from facelab.config import to_dict
 from facelab.train import distributed as D
-from facelab.train.checkpoint import TMP_SUFFIX, _config_dict, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from facelab.io.checkpoint import TMP_SUFFIX, config_dict, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 
 PROFILES = ("quick", "full")
 CHECKPOINT_NAME = "last.pt"
@@ -324,7 +324,7 @@ class Trainer:
         loss_fn: ``loss_fn(model, batch) -> (loss scalar tensor, {name: float or 0-d tensor})``.
         config: a :class:`TrainConfig`.
         scheduler: optional LR scheduler, stepped after every optimiser step.
-        model_name, model_config: stored in checkpoints so :func:`~facelab.train.checkpoint.load_model`
+        model_name, model_config: stored in checkpoints so :func:`~facelab.io.checkpoint.load_model`
             can rebuild the model (``model_config`` defaults to ``model.config`` if present).
         extra_config: more config (e.g. the recipe's dataclass) for ``config.json`` and checkpoints.
         critic: optional adversarial critic (a :class:`CriticStep` or an object with ``step(model,
@@ -428,7 +428,7 @@ class Trainer:
 
     def _resume(self, ckpt: dict) -> None:
         path = self.checkpoint_path
-        mine = json.loads(json.dumps(_config_dict(self.model_config), default=str))
+        mine = json.loads(json.dumps(config_dict(self.model_config), default=str))
         theirs = json.loads(json.dumps(ckpt["model_config"], default=str))
         if mine != theirs:
             keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
