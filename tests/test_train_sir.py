@@ -306,12 +306,12 @@ def test_train_sir_skips_finished_stages(tiny_run):
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")} == stamps
 
 
-def test_variant_without_base_raises(tmp_path):
-    from facelab.train.sir import _build_stage_model
+def test_variants_start_from_base():
+    from facelab.train.sir import recipe_stages
 
-    with pytest.raises(FileNotFoundError, match="base"):
-        _build_stage_model("params_recog", SIRTrainConfig(**TINY), build_synthfaces(SynthFacesConfig(resolution="quick")),
-                           tmp_path)
+    stages = recipe_stages(SIRTrainConfig(**TINY))
+    assert stages[0].name == BASE and stages[0].parent is None
+    assert [s.parent for s in stages[1:]] == [BASE] * (len(stages) - 1)
 
 
 def test_cli_train_sir(tmp_path, capsys):

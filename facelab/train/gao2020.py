@@ -65,7 +65,6 @@ Book chapter: ``book/08_gao2020.ipynb``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -78,6 +77,7 @@ from facelab.checks import check_choice, check_image_size, check_positive
 from facelab.config import torch_threads
 from facelab.train import distributed as D
 from facelab.train import pools
+from facelab.train.stages import Stage, copy_atomic, run_stages
 from facelab.io.checkpoint import load_checkpoint, save_checkpoint
 from facelab.train.trainer import PROFILES, CriticStep, StepLoader, TrainConfig, Trainer, cosine_lr_factor, step_indices
 
@@ -98,7 +98,6 @@ COL_SEED_OFFSET = 1
 #: the warm-up's cosine schedule ends at this share of ``warmup_lr``
 WARMUP_FINAL_LR_FRACTION = 0.05
 MASK_LEVELS = 255  # the pools keep the photo masks as uint8
-SUMMARY_JSON = "summary.json"
 WARMUP_TERMS = ("shape", "pair", "lmk")
 WEIGHTS = ("w_photo", "w_gdl", "w_lmk", "w_lmk_gdl", "w_shape", "w_pair", "w_smooth", "w_symm", "w_recog", "w_adv")
 
@@ -662,80 +661,74 @@ def _load_parent(trainee: Gao2020Trainee, critic: ShapeCritic | None, path: Path
         critic.load_state_dict(extra["critic"])
 
 
-def _train(cfg: Gao2020TrainConfig) -> dict:
-    summary_path = Path(cfg.out_dir) / SUMMARY_JSON
-    if (Path(cfg.out_dir) / f"{STEPS[-1]}.pt").exists():  # finished earlier: render nothing
-        return json.loads(summary_path.read_text()) if summary_path.exists() else {}
+def recipe_stages(cfg: Gao2020TrainConfig, root: Path | None = None) -> list[Stage]:
+    """``[warmup,] step1, step2``: the warm-up only when ``cfg.warmup_steps`` and ``step1`` is not done.
+
+    >>> [(s.name, s.parent) for s in recipe_stages(Gao2020TrainConfig(warmup_steps=0))]
+    [('step1', None), ('step2', 'step1')]
+    """
+    root = Path(cfg.out_dir if root is None else root)
+    warmup = bool(cfg.warmup_steps) and not Stage(STEPS[0]).checkpoint(root).exists()
+    first = [Stage(WARMUP), Stage(STEPS[0], parent=WARMUP)] if warmup else [Stage(STEPS[0], parent=WARMUP if cfg.warmup_steps else None)]
+    return first + [Stage(later, parent=earlier) for earlier, later in zip(STEPS, STEPS[1:])]
+
+
+def _prepare(cfg: Gao2020TrainConfig) -> dict:
     lp_suite, col_suite = _suites(cfg)
     device = D.resolve_device(cfg.device)
     morphable = lp_suite.model.to(device)
-    n_classes = col_suite.config.n_identities
     if cfg.pool:
         lp_source, col_source = render_pools(cfg, lp_suite, col_suite)
     else:
         lp_source, col_source = lp_suite, col_suite
-    batches = hybrid_batches(lp_source, col_source, cfg, morphable)
-    root = Path(cfg.out_dir)
-    summary_path = root / SUMMARY_JSON
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    if cfg.warmup_steps and not (root / "step1.pt").exists():
-        summary.update(_warmup(cfg, lp_source, morphable, root))
-    for k, stage in enumerate(STEPS):
-        final = root / f"{stage}.pt"
-        if final.exists():  # finished earlier
-            continue
-        trainee, critic = build_trainee(cfg, stage, morphable, n_classes)
-        if k > 0 or cfg.warmup_steps:
-            previous = STEPS[k - 1] if k > 0 else WARMUP
-            parent = root / f"{previous}.pt"
-            if not parent.exists():
-                raise FileNotFoundError(f"steps: {stage} starts from {parent}; train {previous!r} first")
-            _load_parent(trainee, critic, parent, model_only=k == 0)
-        mcfg = model_config(cfg, STEP_ALBEDO[stage])
-        train_mcfg = {"gao2020": mcfg, "n_classes": n_classes if cfg.use_recog else 0}
-        tcfg = cfg.train_config(stage)
-        optimizer = torch.optim.Adam(trainee.parameters(), lr=cfg.lr)
-        trainer = Trainer(trainee, optimizer, batches, Gao2020Loss(cfg, morphable, critic), tcfg,
-                          model_name=TRAIN_MODEL_NAME, model_config=train_mcfg, extra_config=cfg, critic=critic)
-        result = trainer.fit()
-        if D.is_main_process():  # under torchrun only rank 0 writes
-            export_checkpoint(trainer.checkpoint_path, final, mcfg)
-            summary[stage] = result["metrics"]
-            summary_path.write_text(json.dumps(summary, indent=2))
-        D.barrier()
-    return summary
+    return {"morphable": morphable, "n_classes": col_suite.config.n_identities, "lp_source": lp_source,
+            "batches": hybrid_batches(lp_source, col_source, cfg, morphable)}
 
 
-def _warmup(cfg: Gao2020TrainConfig, lp_source, morphable, root: Path) -> dict:
-    """Train (or copy from ``warmup_from``) ``root/warmup.pt``; returns ``{"warmup": last row}`` if trained."""
-    import shutil
+def _build_stage(cfg: Gao2020TrainConfig, stage: Stage, data: dict, parent: Path | None) -> Trainer:
+    """The :class:`Trainer` of the warm-up or of a training step, started from ``parent``."""
+    morphable = data["morphable"]
+    mcfg = model_config(cfg, STEP_ALBEDO[stage.name])
+    if stage.name == WARMUP:  # shared by the ablations: no identity head, no discriminator
+        trainee, _ = build_trainee(dataclasses.replace(cfg, use_recog=False, use_adv=False), STEPS[0], morphable, 0)
+        tcfg = cfg.train_config(WARMUP)
+        optimizer = torch.optim.Adam(trainee.parameters(), lr=cfg.warmup_lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, WARMUP_FINAL_LR_FRACTION))
+        return Trainer(trainee, optimizer, warmup_batches(data["lp_source"], cfg, morphable), WarmupLoss(cfg, morphable),
+                       tcfg, scheduler=scheduler, model_name=TRAIN_MODEL_NAME,
+                       model_config={"gao2020": mcfg, "n_classes": 0}, extra_config=cfg)
+    n_classes = data["n_classes"]
+    trainee, critic = build_trainee(cfg, stage.name, morphable, n_classes)
+    if parent is not None:
+        _load_parent(trainee, critic, parent, model_only=stage.parent == WARMUP)
+    train_mcfg = {"gao2020": mcfg, "n_classes": n_classes if cfg.use_recog else 0}
+    optimizer = torch.optim.Adam(trainee.parameters(), lr=cfg.lr)
+    return Trainer(trainee, optimizer, data["batches"], Gao2020Loss(cfg, morphable, critic), cfg.train_config(stage.name),
+                   model_name=TRAIN_MODEL_NAME, model_config=train_mcfg, extra_config=cfg, critic=critic)
 
-    final = root / f"{WARMUP}.pt"
-    mcfg = model_config(cfg, STEP_ALBEDO[WARMUP])
+
+def _copy_warmup(cfg: Gao2020TrainConfig, root: Path) -> None:
+    """Copy ``cfg.warmup_from`` to ``root/warmup.pt`` after checking it holds this run's model config."""
+    final = Stage(WARMUP).checkpoint(root)
+    source = Path(cfg.warmup_from)
     if final.exists():
-        return {}
-    if cfg.warmup_from:
-        source = Path(cfg.warmup_from)
-        if not source.is_file():
-            raise FileNotFoundError(f"warmup_from: {source} does not exist")
-        ckpt = load_checkpoint(source, expect_model=MODEL_NAME)
-        if ckpt["model_config"] != mcfg:
-            raise ValueError(f"warmup_from: {source} holds another model config than this run's")
-        if D.is_main_process():
-            root.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, final)
-        D.barrier()
-        return {}
-    # shared by the ablations: no identity head, no discriminator
-    trainee, _ = build_trainee(dataclasses.replace(cfg, use_recog=False, use_adv=False), "step1", morphable, 0)
-    tcfg = cfg.train_config(WARMUP)
-    optimizer = torch.optim.Adam(trainee.parameters(), lr=cfg.warmup_lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, WARMUP_FINAL_LR_FRACTION))
-    trainer = Trainer(trainee, optimizer, warmup_batches(lp_source, cfg, morphable), WarmupLoss(cfg, morphable), tcfg,
-                      scheduler=scheduler, model_name=TRAIN_MODEL_NAME,
-                      model_config={"gao2020": mcfg, "n_classes": 0}, extra_config=cfg)
-    result = trainer.fit()
+        return
+    if not source.is_file():
+        raise FileNotFoundError(f"warmup_from: {source} does not exist")
+    ckpt = load_checkpoint(source, expect_model=MODEL_NAME)
+    if ckpt["model_config"] != model_config(cfg, STEP_ALBEDO[WARMUP]):
+        raise ValueError(f"warmup_from: {source} holds another model config than this run's")
     if D.is_main_process():
-        export_checkpoint(trainer.checkpoint_path, final, mcfg)
+        root.mkdir(parents=True, exist_ok=True)
+        copy_atomic(source, final)
     D.barrier()
-    return {WARMUP: result["metrics"]}
+
+
+def _train(cfg: Gao2020TrainConfig) -> dict:
+    root = Path(cfg.out_dir)
+    stages = recipe_stages(cfg, root)
+    if cfg.warmup_from and stages[0].name == WARMUP:
+        _copy_warmup(cfg, root)
+    publish = lambda stage, src, dst: export_checkpoint(src, dst, model_config(cfg, STEP_ALBEDO[stage.name]))  # noqa: E731
+    return run_stages(root, stages, build=lambda stage, data, parent: _build_stage(cfg, stage, data, parent),
+                      prepare=lambda: _prepare(cfg), publish=publish)

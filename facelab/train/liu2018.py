@@ -46,11 +46,7 @@ phase). Calling again resumes: finished phases are skipped, an interrupted one r
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +58,7 @@ from facelab.config import torch_threads
 from facelab.io.checkpoint import load_checkpoint
 from facelab.models.liu2018 import MODEL_NAME, build_liu2018_model
 from facelab.train import pools
+from facelab.train.stages import Stage, run_stages
 from facelab.train.trainer import PROFILES, StepLoader, TrainConfig, Trainer, cosine_lr_factor
 
 PHASES = (1, 2, 3)
@@ -79,7 +76,6 @@ TARGET_SOURCES = ("truth", "fitted")
 PHASE1_METRICS = ("basis", "code")
 POOL_KEYS = ("image", "label", "alpha_id", "alpha_exp", "shape", "shape_identity")
 FINAL_LR_FRACTION = 0.05  # each phase's cosine schedule ends at this fraction of its lr
-SUMMARY_JSON = "summary.json"
 
 PROFILE_DEFAULTS = {
     "quick": dict(depth="sphere_tiny", embedding_dim=128, image_size=(64, 64), render_size=(128, 128),
@@ -431,56 +427,44 @@ def _batches(cfg: Liu2018TrainConfig, collection):
     return lambda step: pools.align_batch(stream(step), tuple(cfg.image_size))
 
 
-def _train(cfg: Liu2018TrainConfig) -> None:
-    from facelab.train.distributed import barrier, is_main_process
+def recipe_stages(cfg: Liu2018TrainConfig) -> list[Stage]:
+    """The :class:`~facelab.train.stages.Stage` list of ``cfg.stages`` (parents from :data:`STAGES`).
+
+    >>> [(s.name, s.parent) for s in recipe_stages(Liu2018TrainConfig(stages=("phase1", "phase2")))]
+    [('phase1', None), ('phase2', 'phase1')]
+    """
+    return [Stage(name, parent=STAGES[name][1]) for name in cfg.stages]
+
+
+def _prepare(cfg: Liu2018TrainConfig) -> dict:
+    collection = _suite(cfg)
+    return {"morphable": collection.model, "n_classes": collection.config.n_identities,
+            "batches": _batches(cfg, collection)}
+
+
+def _build_stage(cfg: Liu2018TrainConfig, stage: Stage, data: dict, parent: Path | None) -> Trainer:
+    """The :class:`Trainer` of ``stage``: a fresh model from the seed, the parent's weights, the phase's optimiser."""
     from facelab.train.trainer import seed_everything
 
-    root = Path(cfg.out_dir)
-    if all((root / f"{stage}.pt").exists() for stage in cfg.stages):
-        return  # every stage finished earlier (or restored from book artifacts): render nothing
-    collection = _suite(cfg)
-    morphable = collection.model
-    n_classes = collection.config.n_identities
-    batches = _batches(cfg, collection)
-    summary_path = root / SUMMARY_JSON
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    for stage in cfg.stages:
-        final = root / f"{stage}.pt"
-        if final.exists():  # finished earlier
-            continue
-        phase, parent, loss_override = STAGES[stage]
-        mcfg = model_config(cfg, morphable, n_classes, loss=loss_override, disentangled=stage != "phase2_joint")
-        seed_everything(cfg.seed)  # the initial weights depend on the seed only
-        model = build_liu2018_model(mcfg)
-        if parent is not None:
-            if not (root / f"{parent}.pt").exists():
-                raise FileNotFoundError(f"stages: {stage} starts from {root / parent}.pt; train {parent!r} first")
-            ckpt = load_checkpoint(root / f"{parent}.pt", expect_model=MODEL_NAME)
-            state = ckpt["state_dict"]
-            other_head = ckpt["model_config"]["model"].get("loss") != mcfg["model"]["loss"]
-            if other_head:  # another identification head: keep the fresh one
-                state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-            model.load_state_dict(state, strict=not other_head)
-        tcfg = cfg.train_config(phase, stage)
-        optimizer = torch.optim.AdamW(phase_parameters(model, phase), lr=tcfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, FINAL_LR_FRACTION))
-        trainer = Trainer(model, optimizer, batches, stage_loss(stage, cfg), tcfg, scheduler=scheduler,
-                          model_name=MODEL_NAME, model_config=mcfg, extra_config=cfg)
-        result = trainer.fit()
-        if is_main_process():  # under torchrun only rank 0 writes
-            _copy_atomic(trainer.checkpoint_path, final)
-            summary[stage] = result["metrics"]
-            summary_path.write_text(json.dumps(summary, indent=2))
-        barrier()
+    phase, _, loss_override = STAGES[stage.name]
+    mcfg = model_config(cfg, data["morphable"], data["n_classes"], loss=loss_override,
+                        disentangled=stage.name != "phase2_joint")
+    seed_everything(cfg.seed)  # the initial weights depend on the seed only
+    model = build_liu2018_model(mcfg)
+    if parent is not None:
+        ckpt = load_checkpoint(parent, expect_model=MODEL_NAME)
+        state = ckpt["state_dict"]
+        other_head = ckpt["model_config"]["model"].get("loss") != mcfg["model"]["loss"]
+        if other_head:  # another identification head: keep the fresh one
+            state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+        model.load_state_dict(state, strict=not other_head)
+    tcfg = cfg.train_config(phase, stage.name)
+    optimizer = torch.optim.AdamW(phase_parameters(model, phase), lr=tcfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, FINAL_LR_FRACTION))
+    return Trainer(model, optimizer, data["batches"], stage_loss(stage.name, cfg), tcfg, scheduler=scheduler,
+                   model_name=MODEL_NAME, model_config=mcfg, extra_config=cfg)
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
+def _train(cfg: Liu2018TrainConfig) -> None:
+    run_stages(cfg.out_dir, recipe_stages(cfg), build=lambda stage, data, parent: _build_stage(cfg, stage, data, parent),
+               prepare=lambda: _prepare(cfg))

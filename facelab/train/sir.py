@@ -67,7 +67,6 @@ steps and 300 per variant: about 6 minutes on a 2-core CPU. ``full`` trains a Re
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,13 +78,13 @@ from facelab.config import torch_threads
 from facelab.losses.mixed_label import MixedLabelLoss
 from facelab.models.sir import MODEL_NAME, RECOG_LOSSES, SIRNet, SIRNetConfig
 from facelab.train import pools
+from facelab.train.stages import Stage, run_stages
 from facelab.train.trainer import PROFILES, TrainConfig, Trainer, cosine_lr_factor
 
 VARIANTS = ("params_recog", "params_recog_sir", "sfm_sir")
 BASE = "base"
 STAGES = (BASE,) + VARIANTS
 SFM_STAGE1 = "sfm_stage1.npz"
-SUMMARY_JSON = "summary.json"
 LP_POOL_KEYS = ("image", "landmarks2d")
 ID_POOL_KEYS = ("image", "label")
 FINAL_LR_FRACTION = 0.05  # cosine schedule ends at this fraction of lr
@@ -364,7 +363,17 @@ def _parameter_groups(model: SIRNet, cfg: SIRTrainConfig) -> list[dict]:
     return groups
 
 
-def _build_stage_model(stage: str, cfg: SIRTrainConfig, morphable, root: Path) -> tuple[SIRNet, SIRNetConfig]:
+def recipe_stages(cfg: SIRTrainConfig) -> list[Stage]:
+    """``base``, then each of ``cfg.variants`` starting from it.
+
+    >>> [(s.name, s.parent) for s in recipe_stages(SIRTrainConfig(variants=("params_recog",)))]
+    [('base', None), ('params_recog', 'base')]
+    """
+    return [Stage(BASE)] + [Stage(variant, parent=BASE) for variant in cfg.variants]
+
+
+def _build_stage_model(stage: str, cfg: SIRTrainConfig, morphable, root: Path,
+                       parent: Path | None) -> tuple[SIRNet, SIRNetConfig]:
     from facelab.io.checkpoint import load_checkpoint
     from facelab.train.trainer import seed_everything
 
@@ -375,11 +384,8 @@ def _build_stage_model(stage: str, cfg: SIRTrainConfig, morphable, root: Path) -
     else:
         mcfg = model_config(cfg, morphable, "sfm")
         model = SIRNet(mcfg, morphable, sfm=sfm_stage1(cfg, root, morphable))
-    if stage == BASE:
+    if parent is None:
         return model, mcfg
-    parent = root / f"{BASE}.pt"
-    if not parent.exists():
-        raise FileNotFoundError(f"variants: {stage} starts from {parent}; train {BASE!r} first")
     state = load_checkpoint(parent, expect_model=MODEL_NAME)["state_dict"]
     if stage == "sfm_sir":
         pca = SIRNet(model_config(cfg, morphable, "pca"), morphable)
@@ -390,39 +396,33 @@ def _build_stage_model(stage: str, cfg: SIRTrainConfig, morphable, root: Path) -
     return model, mcfg
 
 
-def _train(cfg: SIRTrainConfig) -> None:
+def _prepare(cfg: SIRTrainConfig) -> dict:
     from facelab.morphable import SynthFacesConfig, build_synthfaces
-    from facelab.train.distributed import barrier, is_main_process
-    from facelab.train.liu2018 import _copy_atomic
 
+    return {"morphable": build_synthfaces(SynthFacesConfig(resolution=cfg.resolution)), "pools": render_pools(cfg)}
+
+
+def _build_stage(cfg: SIRTrainConfig, stage: Stage, data: dict, parent: Path | None) -> Trainer:
+    """The :class:`Trainer` of ``stage`` on mixed batches of the rendered pools."""
+    from facelab.train.trainer import CHECKPOINT_NAME
+
+    root, pools_ = Path(cfg.out_dir), data["pools"]
+    model, mcfg = _build_stage_model(stage.name, cfg, data["morphable"], root, parent)
+    if stage.name == "sfm_sir" and not (root / stage.name / CHECKPOINT_NAME).exists():
+        init_class_weights(model, pools_["webface"])  # a fresh start; a resumed run has its own
+    batches = mixed_batches(pools_["lp"], pools_["webface"], cfg.batch_lp, cfg.batch_id, cfg.ids_per_batch, cfg.seed)
+    tcfg = cfg.train_config(stage.name)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, cfg), lr=tcfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, FINAL_LR_FRACTION))
+    return Trainer(model, optimizer, batches, stage_loss(stage.name, cfg), tcfg, scheduler=scheduler,
+                   model_name=MODEL_NAME, model_config=mcfg, extra_config=cfg)
+
+
+def _train(cfg: SIRTrainConfig) -> None:
     if not cfg.pool:
         raise ValueError("pool: the SIR recipe samples identity-balanced batches from rendered pools; set pool=True")
-    root = Path(cfg.out_dir)
-    stages = (BASE,) + tuple(cfg.variants)
-    todo = [s for s in stages if not (root / f"{s}.pt").exists()]
-    if not todo:
-        return
-    morphable = build_synthfaces(SynthFacesConfig(resolution=cfg.resolution))
-    data = render_pools(cfg)
-    summary_path = root / SUMMARY_JSON
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    for stage in todo:
-        model, mcfg = _build_stage_model(stage, cfg, morphable, root)
-        if stage == "sfm_sir" and not (root / stage / "last.pt").exists():
-            init_class_weights(model, data["webface"])  # a fresh start; a resumed run has its own
-        batches = mixed_batches(data["lp"], data["webface"], cfg.batch_lp, cfg.batch_id, cfg.ids_per_batch, cfg.seed)
-        tcfg = cfg.train_config(stage)
-        optimizer = torch.optim.AdamW(_parameter_groups(model, cfg), lr=tcfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, FINAL_LR_FRACTION))
-        trainer = Trainer(model, optimizer, batches, stage_loss(stage, cfg), tcfg, scheduler=scheduler,
-                          model_name=MODEL_NAME, model_config=mcfg, extra_config=cfg)
-        result = trainer.fit()
-        if is_main_process():
-            _copy_atomic(trainer.checkpoint_path, root / f"{stage}.pt")
-            summary[stage] = result["metrics"]
-            summary_path.write_text(json.dumps(summary, indent=2))
-        barrier()
-
+    run_stages(cfg.out_dir, recipe_stages(cfg), build=lambda stage, data, parent: _build_stage(cfg, stage, data, parent),
+               prepare=lambda: _prepare(cfg))
 
 
 # ------------------------------------------------------------------ SFM (stage 1 and helpers)
