@@ -226,11 +226,13 @@ def _cmd_book(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from facelab.data.suites import SUITES
+
     parser = argparse.ArgumentParser(prog="facelab", description="facelab: 3D face reconstruction and recognition on SynthFaces.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="generate a SynthFaces suite and write it to a folder")
-    p.add_argument("suite", choices=["webface", "lp", "collections", "micc", "bu3dfe", "lfw"])
+    p.add_argument("suite", choices=SUITES)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--profile", default="quick", choices=["quick", "full"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a SuiteConfig field (repeatable)")

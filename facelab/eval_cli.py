@@ -261,6 +261,7 @@ def _cmd_baselines(args) -> int:
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``eval`` (with ``verify``, ``recon``, ``baselines``, ``model``) on a ``facelab`` sub-parser set."""
+    from facelab.metrics.model_eval import EVAL_SUITES
     from facelab.metrics.reconstruction import ALIGN_CHOICES
 
     p = subparsers.add_parser("eval", help="score embeddings or meshes with facelab's protocols; run the baselines")
@@ -292,7 +293,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
     m = sub.add_parser("model", help="evaluate a trained facelab checkpoint on a SynthFaces suite (JSON + Markdown report)")
     m.add_argument("checkpoint", help="a checkpoint written by facelab's trainer (e.g. runs/regressor-quick/last.pt)")
-    m.add_argument("--suite", required=True, choices=["micc", "bu3dfe", "lfw"])
+    m.add_argument("--suite", required=True, choices=EVAL_SUITES)
     m.add_argument("--profile", default="quick", choices=["quick", "full"])
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ModelEvalConfig field (repeatable)")
     m.add_argument("--out", help="folder for report.json and report.md")

@@ -302,12 +302,25 @@ def _resolve_config(config: LandmarkFitConfig | None, overrides: dict) -> Landma
     return cfg
 
 
-def _n_components(n: int | None, have: int, name: str) -> int:
+def leading_components(n: int | None, have: int, name: str, at_most: bool = False) -> int:
+    """How many leading basis components of the ``have`` a model has a fit uses.
+
+    ``n=None`` means all of them. Otherwise ``n`` must be an int >= 0, and at most ``have``
+    unless ``at_most`` (then ``n`` is a cap: ``min(n, have)``). Errors name ``name``.
+
+    >>> leading_components(None, 10, "n_shape"), leading_components(40, 10, "n_shape", at_most=True)
+    (10, 10)
+    >>> leading_components(40, 10, "n_shape")
+    Traceback (most recent call last):
+    ...
+    ValueError: n_shape: expected an int in [0, 10] or None, got 40
+    """
     if n is None:
         return have
-    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= have:
-        raise ValueError(f"{name}: expected an int in [0, {have}], got {n!r}")
-    return n
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0 or (n > have and not at_most):
+        bound = ">= 0" if at_most else f"in [0, {have}]"
+        raise ValueError(f"{name}: expected an int {bound} or None, got {n!r}")
+    return min(n, have)
 
 
 def fit_landmarks(
@@ -364,8 +377,8 @@ def fit_landmarks(
         raise ValueError("weights: must be >= 0")
     labels, group_index = _groups(groups, B, dev)
     G = labels.shape[0]
-    k_id = _n_components(cfg.n_shape, model.n_shape, "n_shape")
-    k_exp = _n_components(cfg.n_exp, model.n_exp, "n_exp")
+    k_id = leading_components(cfg.n_shape, model.n_shape, "n_shape")
+    k_exp = leading_components(cfg.n_exp, model.n_exp, "n_exp")
 
     lm = model.landmarks.to(dev)
     rows = (3 * lm[:, None] + torch.arange(3, device=dev)).reshape(-1)  # interleaved basis rows

@@ -1,4 +1,4 @@
-"""Discriminability of reconstructed geometry (the SIR metric, design section 4).
+"""Discriminability of reconstructed geometry (the SIR metric).
 
 Book chapter: ``book/10_evaluation.ipynb``. facelab's own definition (the SIR paper gives
 only an abstract): the distance between two shapes in dense correspondence is their

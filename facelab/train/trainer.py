@@ -603,3 +603,26 @@ class Trainer:
         value = "NaN" if math.isnan(loss) else "Inf"
         return (f"step {self.step + 1}: the loss is {value}; training stopped before updating the weights, "
                 f"{good}. Lower the learning rate or check the batch for bad values.")
+
+
+def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
+    """A training log as columns: ``{"step": (N,), "loss": (N,), ...}`` float arrays.
+
+    ``path`` is a trainer's run folder (its ``metrics.csv`` is read) or the CSV file itself.
+    A value a row did not log (a metric of another stage) is NaN.
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp())
+    >>> _ = (d / METRICS_CSV).write_text("step,loss,acc\\n1,0.5,\\n2,0.25,0.75\\n")
+    >>> m = read_metrics(d); m["loss"].tolist(), bool(np.isnan(m["acc"][0]))
+    ([0.5, 0.25], True)
+    """
+    path = Path(path)
+    path = path / METRICS_CSV if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"path: {path} is not a training log ({METRICS_CSV})")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ValueError(f"path: {path} holds no logged rows")
+    return {key: np.array([float(row[key]) if row.get(key) not in ("", None) else np.nan for row in rows])
+            for key in rows[0]}
