@@ -590,20 +590,20 @@ def warmup_batches(lp_source, cfg: Gao2020TrainConfig, morphable):
 
 
 # ------------------------------------------------------------------ recipe
-def train_gao2020(config: Gao2020TrainConfig | None = None, **overrides) -> dict:
+def train_gao2020(config: Gao2020TrainConfig | None = None, **overrides) -> Path:
     """Train :class:`~facelab.models.gao2020.Gao2020Model` in two steps on hybrid ``lp`` + ``collections`` batches.
 
     See the module docstring for the losses and the folder layout. ``overrides`` replace
     fields of ``config``. An interrupted run resumes when called again.
 
     Returns:
-        ``{"out_dir": Path, "checkpoints": {step: Path}, "summary": {step: last logged row}}``.
+        The run folder: ``step1.pt``, ``step2.pt`` and ``summary.json`` (the last logged row
+        of each stage, :func:`facelab.train.stages.read_summary`).
     """
     cfg = dataclasses.replace(config or Gao2020TrainConfig(), **overrides)
     with torch_threads(cfg.num_threads):
-        summary = _train(cfg)
-    root = Path(cfg.out_dir)
-    return {"out_dir": root, "checkpoints": {s: root / f"{s}.pt" for s in STEPS}, "summary": summary}
+        _train(cfg)
+    return Path(cfg.out_dir)
 
 
 def build_trainee(cfg: Gao2020TrainConfig, stage: str, morphable, n_classes: int):
@@ -724,11 +724,11 @@ def _copy_warmup(cfg: Gao2020TrainConfig, root: Path) -> None:
     D.barrier()
 
 
-def _train(cfg: Gao2020TrainConfig) -> dict:
+def _train(cfg: Gao2020TrainConfig) -> None:
     root = Path(cfg.out_dir)
     stages = recipe_stages(cfg, root)
     if cfg.warmup_from and stages[0].name == WARMUP:
         _copy_warmup(cfg, root)
     publish = lambda stage, src, dst: export_checkpoint(src, dst, model_config(cfg, STEP_ALBEDO[stage.name]))  # noqa: E731
-    return run_stages(root, stages, build=lambda stage, data, parent: _build_stage(cfg, stage, data, parent),
-                      prepare=lambda: _prepare(cfg), publish=publish)
+    run_stages(root, stages, build=lambda stage, data, parent: _build_stage(cfg, stage, data, parent),
+               prepare=lambda: _prepare(cfg), publish=publish)
