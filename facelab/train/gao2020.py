@@ -74,7 +74,7 @@ import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_image_size, check_positive
-from facelab.config import torch_threads
+from facelab.config import resolve_profile, torch_threads
 from facelab.train import distributed as D
 from facelab.train import pools
 from facelab.train.stages import Stage, copy_atomic, run_stages
@@ -118,7 +118,7 @@ PROFILE_DEFAULTS = {
 
 @dataclass
 class Gao2020TrainConfig:
-    """Options of :func:`train_gao2020`. Zero / empty values take the profile's default (suite sizes: -1).
+    """Options of :func:`train_gao2020`. None takes the profile's value (:data:`PROFILE_DEFAULTS`).
 
     Attributes:
         profile: ``"quick"`` (CPU, minutes) or ``"full"`` (GPU).
@@ -130,20 +130,20 @@ class Gao2020TrainConfig:
         cheb_k: Chebyshev order of the graph convolutions (0: the model's default, the paper's 6).
             The graph coders dominate a CPU step and cost about linearly in it.
         gcn_channels: graph-decoder widths, coarsest first (empty: the model's default).
-        lp_identities, lp_images_per_identity: size of the labelled ``lp`` suite (-1: the
-            profile's; 0: the suite's default).
+        lp_identities, lp_images_per_identity: size of the labelled ``lp`` suite (0: the
+            suite's default).
         col_identities, col_images_per_identity: size of the unlabelled ``collections`` suite
             (same convention); ``col_identities`` is the number of classes of the recognition loss.
         batch_lp, batch_col: images of each suite in a hybrid batch.
         steps: optimisation steps of ``step1`` (GCN albedo) and ``step2`` (CNN albedo).
-        warmup_steps: steps of the shape warm-up before ``step1`` (module docstring; 0: none,
-            -1: the profile's: quick 1500, full 0).
+        warmup_steps: steps of the shape warm-up before ``step1`` (module docstring; 0: none;
+            the profiles': quick 1500, full 0).
         batch_warmup: ``lp`` images per warm-up batch.
         warmup_lr: peak learning rate of the warm-up (cosine decay to
             :data:`WARMUP_FINAL_LR_FRACTION` of it).
         warmup_from: a ``warmup.pt`` of another run with the same model config to start
             ``step1`` from, instead of training the warm-up here (the ablations share one).
-        lr: Adam learning rate of the encoder-decoder (the paper: 1e-4; 0: the profile's).
+        lr: Adam learning rate of the encoder-decoder (the paper: 1e-4).
             ``quick`` uses 5e-4: its few hundred CPU steps are a tiny fraction of the paper's
             200 epochs, and even at 5e-4 the shape terms move slowly in that budget.
         critic_lr: RMSprop learning rate of the discriminator (the paper: 5e-5).
@@ -162,8 +162,8 @@ class Gao2020TrainConfig:
         log_every, ckpt_every, device: see :class:`~facelab.train.trainer.TrainConfig`.
         pool: pre-render the suites once and sample batches from memory, else stream them.
         cache_pool: keep the rendered pools on disk under :func:`facelab.config.cache_dir`.
-        num_workers: ``DataLoader`` workers per suite when streaming (-1: the profile's).
-        num_threads: torch CPU threads while training (-1: leave; 0: the profile's).
+        num_workers: ``DataLoader`` workers per suite when streaming.
+        num_threads: torch CPU threads while training (-1: leave them as they are).
         progress: show progress bars.
 
     >>> Gao2020TrainConfig().backbone, Gao2020TrainConfig(profile="full").lr
@@ -177,23 +177,23 @@ class Gao2020TrainConfig:
     profile: str = "quick"
     out_dir: str = ""
     seed: int = 0
-    backbone: str = ""
-    image_size: tuple[int, ...] = ()
-    resolution: str = ""
+    backbone: str | None = None
+    image_size: tuple[int, ...] | None = None
+    resolution: str | None = None
     cheb_k: int = 0
     gcn_channels: tuple[int, ...] = ()
-    lp_identities: int = -1
-    lp_images_per_identity: int = -1
-    col_identities: int = -1
-    col_images_per_identity: int = -1
+    lp_identities: int | None = None
+    lp_images_per_identity: int | None = None
+    col_identities: int | None = None
+    col_images_per_identity: int | None = None
     batch_lp: int = 16
     batch_col: int = 16
-    steps: tuple[int, ...] = ()
-    warmup_steps: int = -1
+    steps: tuple[int, ...] | None = None
+    warmup_steps: int | None = None
     batch_warmup: int = 32
     warmup_lr: float = 1e-3
     warmup_from: str = ""
-    lr: float = 0.0
+    lr: float | None = None
     critic_lr: float = 5e-5
     n_critic: int = 1
     w_photo: float = 1.0
@@ -216,30 +216,22 @@ class Gao2020TrainConfig:
     device: str = "cpu"
     pool: bool | None = None
     cache_pool: bool = True
-    num_workers: int = -1
-    num_threads: int = 0
+    num_workers: int | None = None
+    num_threads: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
         check_choice(self.profile, "profile", PROFILES)
         check_choice(self.smoothness, "smoothness", SMOOTHNESS)
-        defaults = PROFILE_DEFAULTS[self.profile]
-        for key in ("backbone", "resolution", "lr"):
-            if not getattr(self, key):
-                setattr(self, key, defaults[key])
-        for key in ("lp_identities", "lp_images_per_identity", "col_identities", "col_images_per_identity"):
-            if getattr(self, key) < 0:
-                setattr(self, key, defaults[key])
-        self.image_size = check_image_size(self.image_size or defaults["image_size"])
-        self.steps = tuple(self.steps or defaults["steps"])
+        resolve_profile(self, PROFILE_DEFAULTS[self.profile])
+        self.image_size = check_image_size(self.image_size)
+        self.steps = tuple(self.steps)
         if len(self.steps) != len(STEPS):
             raise ValueError(f"steps: expected one value per training step ({len(STEPS)}: {', '.join(STEPS)}), got {self.steps}")
         for steps in self.steps:
             check_positive(steps, "steps", integer=True)
-        if self.warmup_steps == -1:
-            self.warmup_steps = defaults["warmup_steps"]
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps: expected an int >= 0 (-1: the profile's), got {self.warmup_steps!r}")
+            raise ValueError(f"warmup_steps: expected an int >= 0 (None: the profile's), got {self.warmup_steps!r}")
         check_positive(self.batch_warmup, "batch_warmup", integer=True)
         check_positive(self.warmup_lr, "warmup_lr")
         for name in ("batch_col", "n_critic", "log_every", "ckpt_every"):
@@ -255,12 +247,6 @@ class Gao2020TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
-        if self.pool is None:
-            self.pool = defaults["pool"]
-        if self.num_workers < 0:
-            self.num_workers = defaults["num_workers"]
-        if self.num_threads == 0:
-            self.num_threads = defaults["num_threads"]
         if not self.out_dir:
             self.out_dir = f"runs/gao2020-{self.profile}"
 

@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_image_size, check_positive
-from facelab.config import torch_threads
+from facelab.config import resolve_profile, torch_threads
 from facelab.io.checkpoint import load_checkpoint
 from facelab.models.liu2018 import MODEL_NAME, build_liu2018_model
 from facelab.train import pools
@@ -89,7 +89,7 @@ PROFILE_DEFAULTS = {
 
 @dataclass
 class Liu2018TrainConfig:
-    """Options of :func:`train_liu2018`. Zero / empty values take the profile's default.
+    """Options of :func:`train_liu2018`. None takes the profile's value (:data:`PROFILE_DEFAULTS`).
 
     Attributes:
         profile: ``"quick"`` (CPU, minutes) or ``"full"`` (GPU).
@@ -120,8 +120,8 @@ class Liu2018TrainConfig:
         n_identities, images_per_identity: size of the ``webface`` suite (0: suite default).
         pool: pre-render the suite once and sample batches from memory, else stream.
         cache_pool: keep the rendered pool on disk under :func:`facelab.config.cache_dir`.
-        num_workers: ``DataLoader`` workers when streaming (-1: the profile's).
-        num_threads: torch CPU threads while training (-1: leave; 0: the profile's).
+        num_workers: ``DataLoader`` workers when streaming.
+        num_threads: torch CPU threads while training (-1: leave them as they are).
         progress: show progress bars.
 
     >>> Liu2018TrainConfig().depth, Liu2018TrainConfig(profile="full").image_size
@@ -136,12 +136,12 @@ class Liu2018TrainConfig:
 
     profile: str = "quick"
     out_dir: str = ""
-    depth: str = ""
-    embedding_dim: int = 0
-    image_size: tuple[int, ...] = ()
-    render_size: tuple[int, ...] = ()
+    depth: str | None = None
+    embedding_dim: int | None = None
+    image_size: tuple[int, ...] | None = None
+    render_size: tuple[int, ...] | None = None
     align: bool = True
-    resolution: str = ""
+    resolution: str | None = None
     n_id: int = 0
     n_res: int = 0
     targets: str = "truth"
@@ -151,21 +151,21 @@ class Liu2018TrainConfig:
     loss: str = "asoftmax"
     margin_m: int = 4
     lambda_r: float = 1.0
-    phase_steps: tuple[int, ...] = ()
+    phase_steps: tuple[int, ...] | None = None
     phase_lr: tuple[float, ...] = (1e-3, 1e-2, 1e-3)
-    batch_size: int = 0
+    batch_size: int | None = None
     weight_decay: float = 1e-4
     grad_clip: float = 10.0
     log_every: int = 10
     ckpt_every: int = 100
     seed: int = 0
     device: str = "cpu"
-    n_identities: int = 0
-    images_per_identity: int = 0
+    n_identities: int | None = None
+    images_per_identity: int | None = None
     pool: bool | None = None
     cache_pool: bool = True
-    num_workers: int = -1
-    num_threads: int = 0
+    num_workers: int | None = None
+    num_threads: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -178,13 +178,10 @@ class Liu2018TrainConfig:
             check_choice(stage, "stages", list(STAGES))
         if self.targets == "fitted" and not self.targets_path:
             raise ValueError("targets_path: targets='fitted' needs the targets.npz written by `facelab fit`")
-        defaults = PROFILE_DEFAULTS[self.profile]
-        for key in ("depth", "embedding_dim", "resolution", "batch_size", "n_identities", "images_per_identity"):
-            if not getattr(self, key):
-                setattr(self, key, defaults[key])
-        self.image_size = check_image_size(self.image_size or defaults["image_size"])
-        self.render_size = check_image_size(self.render_size or defaults["render_size"], "render_size")
-        self.phase_steps = tuple(self.phase_steps or defaults["phase_steps"])
+        resolve_profile(self, PROFILE_DEFAULTS[self.profile])
+        self.image_size = check_image_size(self.image_size)
+        self.render_size = check_image_size(self.render_size, "render_size")
+        self.phase_steps = tuple(self.phase_steps)
         self.phase_lr = tuple(self.phase_lr)
         for name in ("phase_steps", "phase_lr"):
             if len(getattr(self, name)) != len(PHASES):
@@ -195,12 +192,6 @@ class Liu2018TrainConfig:
             check_positive(lr, "phase_lr")
         if not (self.lambda_r >= 0 and math.isfinite(self.lambda_r)):
             raise ValueError(f"lambda_r: the reconstruction weight must be finite and >= 0, got {self.lambda_r}")
-        if self.pool is None:
-            self.pool = defaults["pool"]
-        if self.num_workers < 0:
-            self.num_workers = defaults["num_workers"]
-        if self.num_threads == 0:
-            self.num_threads = defaults["num_threads"]
         if not self.out_dir:
             self.out_dir = f"runs/liu2018-{self.profile}"
 

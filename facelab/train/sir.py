@@ -74,7 +74,7 @@ from pathlib import Path
 import torch
 
 from facelab.checks import check_choice, check_image_size, check_positive
-from facelab.config import torch_threads
+from facelab.config import resolve_profile, torch_threads
 from facelab.losses.mixed_label import MixedLabelLoss
 from facelab.models.sir import MODEL_NAME, RECOG_LOSSES, SIRNet, SIRNetConfig
 from facelab.train import pools
@@ -104,7 +104,7 @@ PROFILE_DEFAULTS = {
 
 @dataclass
 class SIRTrainConfig:
-    """Options of :func:`train_sir`. Zero / empty values take the profile's default.
+    """Options of :func:`train_sir`. None takes the profile's value (:data:`PROFILE_DEFAULTS`).
 
     Attributes:
         profile: ``"quick"`` (CPU, minutes) or ``"full"`` (GPU).
@@ -131,27 +131,27 @@ class SIRTrainConfig:
         sfm_basis_lr_scale: stage-2 learning rate of the SFM basis, relative to ``lr``.
         pool: pre-render the training suites once (in memory, cached on disk).
         cache_pool: keep rendered pools under :func:`facelab.config.cache_dir`.
-        num_threads: torch CPU threads (-1: leave; 0: profile default, quick = 1).
+        num_threads: torch CPU threads (-1: leave them as they are; quick: 1).
         progress: show progress bars.
     """
 
     profile: str = "quick"
     out_dir: str = ""
     variants: tuple[str, ...] = VARIANTS
-    backbone: str = ""
-    image_size: tuple[int, ...] = ()
-    resolution: str = ""
+    backbone: str | None = None
+    image_size: tuple[int, ...] | None = None
+    resolution: str | None = None
     n_shape: int = 0
     n_exp: int = 0
-    base_steps: int = 0
-    steps: int = 0
-    batch_lp: int = 0
-    batch_id: int = 0
-    ids_per_batch: int = 0
-    n_identities: int = 0
-    images_per_identity: int = 0
-    lp_identities: int = 0
-    lp_images_per_identity: int = 0
+    base_steps: int | None = None
+    steps: int | None = None
+    batch_lp: int | None = None
+    batch_id: int | None = None
+    ids_per_batch: int | None = None
+    n_identities: int | None = None
+    images_per_identity: int | None = None
+    lp_identities: int | None = None
+    lp_images_per_identity: int | None = None
     lr: float = 1e-3
     weight_decay: float = 1e-4
     grad_clip: float = 10.0
@@ -168,14 +168,14 @@ class SIRTrainConfig:
     w_sir: float = 1.0
     sir_margin_mm: float = 3.0
     sfm_k: int = 0
-    sfm_identities: int = 0
-    sfm_samples: int = 0
+    sfm_identities: int | None = None
+    sfm_samples: int | None = None
     sfm_steps: int = 0
     sfm_margin: float = 0.0
     sfm_basis_lr_scale: float = 0.1
     pool: bool | None = None
     cache_pool: bool = True
-    num_threads: int = 0
+    num_threads: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -184,13 +184,8 @@ class SIRTrainConfig:
         self.variants = tuple(self.variants)
         for v in self.variants:
             check_choice(v, "variants", list(VARIANTS))
-        defaults = PROFILE_DEFAULTS[self.profile]
-        for key in ("backbone", "resolution", "base_steps", "steps", "batch_lp", "batch_id", "ids_per_batch",
-                    "n_identities", "images_per_identity", "lp_identities", "lp_images_per_identity",
-                    "sfm_identities", "sfm_samples"):
-            if not getattr(self, key):
-                setattr(self, key, defaults[key])
-        self.image_size = check_image_size(self.image_size or defaults["image_size"])
+        resolve_profile(self, PROFILE_DEFAULTS[self.profile])
+        self.image_size = check_image_size(self.image_size)
         for key in ("base_steps", "steps", "batch_lp", "batch_id", "ids_per_batch", "n_identities",
                     "images_per_identity", "lp_identities", "lp_images_per_identity", "sfm_identities",
                     "sfm_samples"):
@@ -204,10 +199,6 @@ class SIRTrainConfig:
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name}: must be finite and >= 0, got {value}")
         check_positive(self.recog_s, "recog_s")
-        if self.pool is None:
-            self.pool = defaults["pool"]
-        if self.num_threads == 0:
-            self.num_threads = defaults["num_threads"]
         if not self.out_dir:
             self.out_dir = f"runs/sir-{self.profile}"
 
