@@ -87,6 +87,30 @@ def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
     return dataclasses.replace(cfg, **changes)
 
 
+def with_options(config, config_class: type[T], options: dict, caller: str) -> T:
+    """``config`` (or ``config_class()``) with keyword ``options`` replacing its fields.
+
+    Unknown options raise ``TypeError`` naming ``caller``, like an unexpected keyword.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class C:
+    ...     n: int = 1
+    >>> with_options(None, C, {"n": 3}, "fit")
+    C(n=3)
+    >>> with_options(None, C, {"m": 3}, "fit")
+    Traceback (most recent call last):
+    ...
+    TypeError: fit: unknown option(s) ['m']; known: ['n']
+    """
+    cfg = config if config is not None else config_class()
+    names = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"{caller}: unknown option(s) {unknown}; known: {sorted(names)}")
+    return dataclasses.replace(cfg, **options)
+
+
 def resolve_profile(cfg, defaults: dict) -> None:
     """Fill each field of dataclass ``cfg`` that is None with ``defaults[name]``, in place.
 

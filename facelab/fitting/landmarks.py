@@ -31,13 +31,13 @@ y down). For a fixed camera the landmarks are *linear* in the shape coefficients
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from facelab.camera.rotation import euler_to_rotation, rotation_to_euler
 from facelab.checks import check_nonnegative_int, check_positive, check_tensor
+from facelab.config import with_options
 from facelab.morphable.model import MorphableModel
 
 __all__ = ["estimate_pose", "fit_landmarks", "LandmarkFit", "LandmarkFitConfig", "project_landmarks"]
@@ -287,12 +287,7 @@ def _groups(groups: torch.Tensor | None, B: int, device) -> tuple[torch.Tensor, 
 
 
 def _resolve_config(config: LandmarkFitConfig | None, overrides: dict) -> LandmarkFitConfig:
-    cfg = config if config is not None else LandmarkFitConfig()
-    names = {f.name for f in dataclasses.fields(LandmarkFitConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise TypeError(f"fit_landmarks: unknown option(s) {unknown}; known: {sorted(names)}")
-    cfg = dataclasses.replace(cfg, **overrides)
+    cfg = with_options(config, LandmarkFitConfig, overrides, "fit_landmarks")
     check_positive(cfg.n_iter, "n_iter", integer=True)
     check_nonnegative_int(cfg.n_refine, "n_refine")
     check_positive(cfg.landmark_std_px, "landmark_std_px")

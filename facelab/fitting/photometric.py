@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from facelab.checks import check_choice, check_nonnegative_int, check_positive, check_tensor
+from facelab.config import with_options
 from facelab.fitting.landmarks import (
     N_LANDMARKS, LandmarkFit, LandmarkFitConfig, _groups, fit_landmarks, leading_components,
 )
@@ -153,12 +154,7 @@ def identity_rmse(fitted: torch.Tensor, truth: torch.Tensor, vertex_mask: torch.
 
 # ------------------------------------------------------------------ helpers
 def _resolve(config: PhotometricFitConfig | None, options: dict) -> PhotometricFitConfig:
-    cfg = config if config is not None else PhotometricFitConfig()
-    names = {f.name for f in dataclasses.fields(PhotometricFitConfig)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise TypeError(f"fit_photometric: unknown option(s) {unknown}; known: {sorted(names)}")
-    cfg = dataclasses.replace(cfg, **options)
+    cfg = with_options(config, PhotometricFitConfig, options, "fit_photometric")
     check_nonnegative_int(cfg.n_steps, "n_steps")
     for name in ("lr_coeff", "lr_angle", "lr_trans", "lr_log_scale", "lr_sh", "landmark_std_px"):
         check_positive(getattr(cfg, name), name)

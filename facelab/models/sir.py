@@ -79,7 +79,7 @@ class SIRNet(nn.Module):
       unit sphere and the SFM's radius ``r`` (see :meth:`identity_offset`).
 
     ``reconstruct(images (B, 3, H, W) in [0, 1])`` gives the interface of
-    :func:`facelab.metrics.evaluate_model`: ``shape``, ``identity_shape (B, V, 3)`` mm,
+    :class:`~facelab.models.registry.Evaluable`: ``shape``, ``identity_shape (B, V, 3)`` mm,
     ``embedding = a_id (B, n_shape)`` (its cosine is the verification score) and
     ``landmarks2d (B, 68, 2)`` px.
 

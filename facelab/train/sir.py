@@ -323,7 +323,7 @@ def model_config(cfg: SIRTrainConfig, morphable, shape_model: str = "pca") -> SI
 
 
 def stage_loss(stage: str, cfg: SIRTrainConfig) -> MixedLabelLoss:
-    """The :class:`MixedLabelLoss` of ``stage``: landmarks, prior and recognition; the ``*_sir``
+    """The :class:`~facelab.losses.mixed_label.MixedLabelLoss` of ``stage``: landmarks, prior and recognition; the ``*_sir``
     variants add the SIR term."""
     check_choice(stage, "stage", list(STAGES))
     w_sir = cfg.w_sir if stage.endswith("_sir") else 0.0
@@ -334,7 +334,7 @@ def train_sir(config: SIRTrainConfig | None = None, **overrides) -> Path:
     """Train the SIR recipe's stages (module docstring); returns the run folder.
 
     The folder holds ``base.pt`` and one ``<variant>.pt`` per variant (``"sir"`` models:
-    load with :func:`load_sir`), ``sfm_stage1.npz`` (the stage-1 Sphere Face Model, a
+    load with :func:`facelab.models.load_model`), ``sfm_stage1.npz`` (the stage-1 Sphere Face Model, a
     :class:`~facelab.morphable.model.MorphableModel` file), per-stage sub-folders with the
     trainer's logs, and ``summary.json``. Finished stages are skipped; an interrupted one resumes.
     ``overrides`` replace fields of ``config``.
