@@ -99,25 +99,15 @@ def _cmd_bench(args) -> int:
 
 def _cmd_train(args) -> int:
     from facelab.config import apply_overrides
+    from facelab.train.recipes import RECIPES
 
-    if args.model == "liu2018":
-        from facelab.train.liu2018 import Liu2018TrainConfig as Config, train_liu2018 as train
-        checkpoint = "phase3.pt"
-    elif args.model == "gao2020":
-        from facelab.train.gao2020 import Gao2020TrainConfig as Config, train_gao2020 as train
-        checkpoint = "step2.pt"
-    elif args.model == "sir":
-        from facelab.train.sir import SIRTrainConfig as Config, train_sir as train
-        checkpoint = "sfm_sir.pt"
-    else:
-        from facelab.train.regressor import RegressorTrainConfig as Config, train_regressor as train
-        checkpoint = "last.pt"
-    cfg = apply_overrides(Config(profile=args.profile), args.set)
+    recipe = RECIPES[args.model]
+    cfg = apply_overrides(recipe.config_class(profile=args.profile), args.set)
     if args.out:
         cfg.out_dir = args.out
-    out = train(cfg)
-    out = out["out_dir"] if isinstance(out, dict) else out
-    print(json.dumps({"model": args.model, "profile": args.profile, "out": str(out), "checkpoint": str(Path(out) / checkpoint)}))
+    out = recipe.train(cfg)
+    print(json.dumps({"model": args.model, "profile": args.profile, "out": str(out),
+                      "checkpoint": str(recipe.final_path(out))}))
     return 0
 
 
@@ -226,11 +216,14 @@ def _cmd_book(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from facelab.data.suites import SUITES
+    from facelab.train.recipes import RECIPES
+
     parser = argparse.ArgumentParser(prog="facelab", description="facelab: 3D face reconstruction and recognition on SynthFaces.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="generate a SynthFaces suite and write it to a folder")
-    p.add_argument("suite", choices=["webface", "lp", "collections", "micc", "bu3dfe", "lfw"])
+    p.add_argument("suite", choices=SUITES)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--profile", default="quick", choices=["quick", "full"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a SuiteConfig field (repeatable)")
@@ -251,10 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_render)
 
     p = sub.add_parser("train", help="train a model; resumes when the output folder holds a checkpoint")
-    p.add_argument("model", choices=["regressor", "liu2018", "gao2020", "sir"],
-                   help="regressor: image -> 3DMM coefficients (the baseline encoder); liu2018: Liu et al. 2018 in three "
-                        "phases; gao2020: Gao et al. 2020 in two steps (GCN, then CNN albedo); sir: mixed-label "
-                        "shape regressor with recognition / SIR losses and the Sphere Face Model")
+    p.add_argument("model", choices=list(RECIPES), help="; ".join(f"{k}: {r.summary}" for k, r in RECIPES.items()))
     p.add_argument("--profile", default="quick", choices=["quick", "full"])
     p.add_argument("--out", help="run folder (default runs/<model>-<profile>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a training config field (repeatable)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,7 +42,7 @@ def _parse(value: str, typ: Any, key: str):
         args = typing.get_args(typ)
         inner = args[0] if args else str
         return origin(_parse(str(v), inner, key) for v in parsed)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if value.lower() in ("none", "null"):
             return None
@@ -60,12 +61,15 @@ def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
     ... class C:
     ...     lr: float = 1e-3
     ...     steps: int = 10
+    ...     size: tuple[int, ...] | None = None
     >>> apply_overrides(C(), ["lr=0.5", "steps=3"])
-    C(lr=0.5, steps=3)
+    C(lr=0.5, steps=3, size=None)
+    >>> apply_overrides(C(), ["size=32,32"]).size
+    (32, 32)
     >>> apply_overrides(C(), ["lrr=0.5"])
     Traceback (most recent call last):
     ...
-    ValueError: --set lrr: unknown config key; known keys: lr, steps
+    ValueError: --set lrr: unknown config key; known keys: lr, steps, size
     """
     if not overrides:
         return cfg
@@ -81,6 +85,82 @@ def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
             raise ValueError(f"--set {key}: unknown config key; known keys: {', '.join(names)}")
         changes[key] = _parse(value.strip(), hints[key], key)
     return dataclasses.replace(cfg, **changes)
+
+
+def with_options(config, config_class: type[T], options: dict, caller: str) -> T:
+    """``config`` (or ``config_class()``) with keyword ``options`` replacing its fields.
+
+    Unknown options raise ``TypeError`` naming ``caller``, like an unexpected keyword.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class C:
+    ...     n: int = 1
+    >>> with_options(None, C, {"n": 3}, "fit")
+    C(n=3)
+    >>> with_options(None, C, {"m": 3}, "fit")
+    Traceback (most recent call last):
+    ...
+    TypeError: fit: unknown option(s) ['m']; known: ['n']
+    """
+    cfg = config if config is not None else config_class()
+    names = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"{caller}: unknown option(s) {unknown}; known: {sorted(names)}")
+    return dataclasses.replace(cfg, **options)
+
+
+def resolve_profile(cfg, defaults: dict) -> None:
+    """Fill each field of dataclass ``cfg`` that is None with ``defaults[name]``, in place.
+
+    None means "the profile's value" in every recipe config; ``defaults`` is the profile's
+    table. A key of ``defaults`` that is not a field of ``cfg`` raises (a typo in a table).
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class C:
+    ...     steps: int | None = None
+    ...     lr: float = 0.1
+    >>> c = C(); resolve_profile(c, {"steps": 300}); c
+    C(steps=300, lr=0.1)
+    """
+    names = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(defaults) - names)
+    if unknown:
+        raise ValueError(f"defaults: {unknown} are not fields of {type(cfg).__name__}")
+    for name, value in defaults.items():
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, value)
+
+
+def split_overrides(overrides, groups: tuple[str, ...]) -> dict[str, list[str]]:
+    """Sort ``group.key=value`` overrides by group, stripping the group prefix.
+
+    ``overrides`` is a list of strings or a dict (tuple / list values are joined with commas);
+    None gives empty lists.
+
+    >>> split_overrides(["train.lr=0.1", "eval.icp_iters=3"], ("train", "eval"))
+    {'train': ['lr=0.1'], 'eval': ['icp_iters=3']}
+    >>> split_overrides({"train.steps": (2, 1)}, ("train",))
+    {'train': ['steps=2,1']}
+    >>> split_overrides(["lr=0.1"], ("train",))
+    Traceback (most recent call last):
+    ...
+    ValueError: overrides: 'lr=0.1' must start with one of train.
+    """
+    split = {g: [] for g in groups}
+    if overrides is None:
+        return split
+    if isinstance(overrides, dict):
+        overrides = [f"{k}={v}" if not isinstance(v, (tuple, list)) else f"{k}={','.join(map(str, v))}"
+                     for k, v in overrides.items()]
+    for item in overrides:
+        group, _, field = item.split("=", 1)[0].partition(".")
+        if group not in split or not field:
+            raise ValueError(f"overrides: {item!r} must start with one of {', '.join(g + '.' for g in groups)}")
+        split[group].append(item[len(group) + 1:])
+    return split
 
 
 def to_dict(cfg) -> dict:

@@ -261,6 +261,7 @@ def _cmd_baselines(args) -> int:
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``eval`` (with ``verify``, ``recon``, ``baselines``, ``model``) on a ``facelab`` sub-parser set."""
+    from facelab.metrics.model_eval import EVAL_SUITES
     from facelab.metrics.reconstruction import ALIGN_CHOICES
 
     p = subparsers.add_parser("eval", help="score embeddings or meshes with facelab's protocols; run the baselines")
@@ -292,7 +293,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
     m = sub.add_parser("model", help="evaluate a trained facelab checkpoint on a SynthFaces suite (JSON + Markdown report)")
     m.add_argument("checkpoint", help="a checkpoint written by facelab's trainer (e.g. runs/regressor-quick/last.pt)")
-    m.add_argument("--suite", required=True, choices=["micc", "bu3dfe", "lfw"])
+    m.add_argument("--suite", required=True, choices=EVAL_SUITES)
     m.add_argument("--profile", default="quick", choices=["quick", "full"])
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ModelEvalConfig field (repeatable)")
     m.add_argument("--out", help="folder for report.json and report.md")
@@ -307,11 +308,25 @@ def _cmd_model(args) -> int:
     return evaluate_model_cli(args.checkpoint, args.suite, as_json=args.json, out=args.out, profile=args.profile, overrides=args.set)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m facelab.eval_cli``: ``facelab eval`` alone.
+
+    >>> build_parser().parse_args(["eval", "verify", "--embeddings", "e.npz"]).folds
+    10
+    """
+    parser = argparse.ArgumentParser(prog="facelab", description="facelab eval: score results with facelab's protocols.")
+    add_eval_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m facelab.eval_cli ...``: the same as ``facelab eval ...``."""
-    from facelab.cli import main as facelab_main
-
-    return facelab_main(["eval", *(sys.argv[1:] if argv is None else argv)])
+    args = build_parser().parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, TypeError) as err:
+        print(f"facelab eval: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

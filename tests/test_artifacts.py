@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from facelab.reproduce import artifacts as A
-from facelab.train.checkpoint import load_model, save_checkpoint
+from facelab.io.checkpoint import save_checkpoint
+from facelab.models.registry import load_model
 
 
 def _run(tmp_path):

@@ -1,4 +1,4 @@
-"""facelab.train.checkpoint: atomic writes, checked reads, RNG state, model registry."""
+"""facelab.io.checkpoint (atomic writes, checked reads, RNG state) and facelab.models.registry."""
 
 import os
 import random
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from facelab.models.regressor import CoefficientRegressor, RegressorConfig
-from facelab.train.checkpoint import (
-    FORMAT_VERSION, atomic_torch_save, build_model, get_rng_state, load_checkpoint, load_model, register_model,
-    registered_models, save_checkpoint, set_rng_state,
+from facelab.io.checkpoint import (
+    FORMAT_VERSION, atomic_torch_save, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state,
 )
+from facelab.models.regressor import CoefficientRegressor, RegressorConfig
+from facelab.models.registry import build_model, load_model, register_model, registered_models
 
 CFG = RegressorConfig(n_shape=6, n_exp=3, image_size=(16, 16))
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from facelab.train import distributed as D
-from facelab.reproduce.liu2018 import load_phase
-from facelab.train.checkpoint import load_checkpoint
+from facelab.models import load_evaluable
+from facelab.io.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -205,7 +205,7 @@ def test_liu2018_two_processes_match_one(tmp_path):
         # the function the weights compute: the codes and shapes of fixed images
         images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
-            out_a, out_b = (load_phase(d / f"{stage}.pt").model(images) for d in (one, two))
+            out_a, out_b = (load_evaluable(d / f"{stage}.pt").model(images) for d in (one, two))
         for key in ("c_id", "c_res", "shape"):
             err = float((out_a[key] - out_b[key]).norm() / out_a[key].norm().clamp_min(1e-12))
             assert err < OUTPUT_RTOL[stage], (stage, key, err)

@@ -12,7 +12,8 @@ from facelab.models.gao2020 import (
 )
 from facelab.morphable import SynthFacesConfig, build_synthfaces
 from facelab.render import DEFAULT_SH
-from facelab.train.checkpoint import build_model, load_model, save_checkpoint
+from facelab.io.checkpoint import save_checkpoint
+from facelab.models.registry import build_model, load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

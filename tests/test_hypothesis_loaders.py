@@ -22,7 +22,8 @@ from hypothesis import example, HealthCheck, given, settings, strategies as st
 
 from facelab.io import load_300wlp, load_bfm2009, load_bfm2017, load_flame, load_sfm, read_mesh, read_pairs, write_mesh
 from facelab.morphable.model import MorphableModel, load_npz
-from facelab.train.checkpoint import load_checkpoint, load_model, save_checkpoint
+from facelab.io.checkpoint import load_checkpoint, save_checkpoint
+from facelab.models.registry import load_model
 
 MAX_EXAMPLES = 30
 CLEAR_ERRORS = (ValueError, FileNotFoundError, TypeError)
@@ -160,42 +161,21 @@ def test_read_mesh_damaged(files, kind, damages):
             assert mesh.colors.shape == mesh.verts.shape and torch.isfinite(mesh.colors).all()
 
 
+MODEL_LOADERS = {  # file kind -> (loader, file name): each returns a MorphableModel or raises
+    "bfm2009": (load_bfm2009, "bfm.mat"),
+    "bfm2017": (load_bfm2017, "bfm.h5"),
+    "flame": (lambda p: load_flame(p, n_shape=4, n_exp=2), "flame.pkl"),
+    "sfm": (load_sfm, "model.bin"),
+    "npz": (load_npz, "model.npz"),
+}
+
+
+@pytest.mark.parametrize("kind", list(MODEL_LOADERS))
 @FUZZ
 @given(damages=DAMAGES)
-def test_load_bfm2009_damaged(files, damages):
-    m = load_damaged(load_bfm2009, files["bfm2009"], "bfm.mat", damages)
-    if m is not None:
-        assert_sane_model(m)
-
-
-@FUZZ
-@given(damages=DAMAGES)
-def test_load_bfm2017_damaged(files, damages):
-    m = load_damaged(load_bfm2017, files["bfm2017"], "bfm.h5", damages)
-    if m is not None:
-        assert_sane_model(m)
-
-
-@FUZZ
-@given(damages=DAMAGES)
-def test_load_flame_damaged(files, damages):
-    m = load_damaged(lambda p: load_flame(p, n_shape=4, n_exp=2), files["flame"], "flame.pkl", damages)
-    if m is not None:
-        assert_sane_model(m)
-
-
-@FUZZ
-@given(damages=DAMAGES)
-def test_load_sfm_damaged(files, damages):
-    m = load_damaged(load_sfm, files["sfm"], "model.bin", damages)
-    if m is not None:
-        assert_sane_model(m)
-
-
-@FUZZ
-@given(damages=DAMAGES)
-def test_morphable_npz_damaged(files, damages):
-    m = load_damaged(load_npz, files["npz"], "model.npz", damages)
+def test_model_loader_damaged(files, kind, damages):
+    loader, name = MODEL_LOADERS[kind]
+    m = load_damaged(loader, files[kind], name, damages)
     if m is not None:
         assert_sane_model(m)
 

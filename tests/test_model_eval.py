@@ -9,7 +9,7 @@ import torch
 from facelab.metrics.model_eval import evaluate_model, evaluate_model_cli
 from facelab.metrics.protocols import micc_error
 from facelab.models.regressor import CoefficientRegressor
-from facelab.train.checkpoint import load_model
+from facelab.models.registry import load_model
 from facelab.train.regressor import train_regressor
 
 SIZE = 32

@@ -10,8 +10,11 @@ import torch
 
 from facelab.cli import main
 from facelab.reproduce.liu2018 import (
-    COLUMNS, Liu2018Evaluable, _split_overrides, baseline_rows, load_phase, reproduce_liu2018, results_markdown,
+    COLUMNS, baseline_rows, reproduce_liu2018, results_markdown,
 )
+from facelab.config import split_overrides
+from facelab.models import Liu2018Evaluable, build_liu2018_model, load_evaluable
+from facelab.reproduce.liu2018 import OVERRIDE_GROUPS
 
 TRAIN = dict(image_size="32,32", render_size="48,48", n_identities=16, images_per_identity=4, batch_size=16, phase_steps="6,4,6",
              embedding_dim=16, log_every=2, progress="false", cache_pool="false")
@@ -51,7 +54,7 @@ def test_phase_i_is_the_linear_3dmm(tiny):
     from facelab.morphable import SynthFacesConfig, build_synthfaces
 
     out, _ = tiny
-    model = load_phase(out / "phase1.pt")
+    model = load_evaluable(out / "phase1.pt")
     mm = build_synthfaces(SynthFacesConfig(resolution="quick"))
     code = torch.randn(2, model.model.n_id, generator=torch.Generator().manual_seed(0))
     expected = mm.mean_shape + (mm.shape_basis @ (code * mm.shape_std).T).T.reshape(2, -1, 3)
@@ -72,8 +75,6 @@ def test_reuses_checkpoints_and_cli(tiny, capsys):
 
 
 def test_adapter_matches_model_forward():
-    from facelab.train.liu2018 import build_liu2018_model
-
     torch.manual_seed(0)
     net = build_liu2018_model({"resolution": "quick", "model": {"encoder": {"depth": "sphere_tiny", "embedding_dim": 8,
                                                                             "input_size": [32, 32]}}}).eval()
@@ -90,7 +91,7 @@ def test_bad_inputs_raise(tmp_path):
     with pytest.raises(TypeError, match="model"):
         Liu2018Evaluable(torch.nn.Linear(2, 2), "quick")
     with pytest.raises(ValueError, match="overrides"):
-        _split_overrides(["phase_steps=1,1,1"])
+        split_overrides(["phase_steps=1,1,1"], OVERRIDE_GROUPS)
     with pytest.raises(ValueError, match="profile"):
         reproduce_liu2018("medium", tmp_path)
     with pytest.raises(ValueError, match="unknown config key"):
@@ -98,7 +99,7 @@ def test_bad_inputs_raise(tmp_path):
 
 
 def test_split_overrides_and_baseline_rows():
-    groups = _split_overrides({"train.phase_steps": (1, 2, 3), "eval.icp_iters": 4})
+    groups = split_overrides({"train.phase_steps": (1, 2, 3), "eval.icp_iters": 4}, OVERRIDE_GROUPS)
     assert groups == {"train": ["phase_steps=1,2,3"], "eval": ["icp_iters=4"], "baselines": []}
     b = {"micc": {"landmark_fit": {"all": {"mean": 9.0}}, "landmark_fit_avg": {"all": {"mean": 1.5}}},
          "bu3dfe": {"rmse": {"landmark_fit": {"overall": 2.5}}}, "lfw": {"landmark_fit": {"accuracy_mean": 0.8}}}
@@ -119,14 +120,14 @@ def test_stage_checkpoints_evaluate_with_their_input_pipeline(tiny):
     from facelab.metrics.model_eval import ModelEvalConfig, evaluate_model
 
     out, _ = tiny
-    wrapped = load_phase(out / "phase3.pt")
+    wrapped = load_evaluable(out / "phase3.pt")
     assert wrapped.align and wrapped.config.image_size == (48, 48) and wrapped.input_size == (32, 32)
     batch = {"image": torch.rand(2, 3, 48, 48), "landmarks2d": torch.rand(2, 68, 2) * 30 + 9}
     assert wrapped.prepare_images(batch).shape == (2, 3, 32, 32)
     res = evaluate_model(out / "phase3.pt", "lfw", config=ModelEvalConfig(lfw_identities=20, lfw_pairs_per_fold=3))
     assert res["image_size"] == [48, 48]
     assert 0.0 <= next(iter(res["lfw"].values()))["accuracy_mean"] <= 1.0
-    joint = load_phase(out / "phase2_joint.pt")
+    joint = load_evaluable(out / "phase2_joint.pt")
     assert not joint.disentangled
     rec = joint.reconstruct(torch.rand(2, 3, 32, 32))
     assert rec["embedding"].shape[1] == joint.model.n_id + joint.model.n_res

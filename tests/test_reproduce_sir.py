@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from facelab.config import split_overrides
 from facelab.metrics.sir import sir_ratio
+from facelab.reproduce.liu2018 import liu_reference
 from facelab.reproduce.sir import (
-    COLUMNS, LIU_ROW, ROW_NAMES, CachedSuite, SIREvalConfig, _cosine_rank1, _liu_model, _split_overrides,
+    COLUMNS, LIU_ROW, OVERRIDE_GROUPS, ROW_NAMES, CachedSuite, SIREvalConfig, _cosine_rank1,
     gallery_split, reproduce_sir, results_markdown, score_sir,
 )
 
@@ -107,16 +109,16 @@ def test_cached_suite_renders_once():
 
 
 def test_overrides_and_config_errors():
-    groups = _split_overrides(["train.steps=3", "sir.identities=4", "eval.icp_iters=2"])
+    groups = split_overrides(["train.steps=3", "sir.identities=4", "eval.icp_iters=2"], OVERRIDE_GROUPS)
     assert groups == {"train": ["steps=3"], "eval": ["icp_iters=2"], "sir": ["identities=4"]}
     with pytest.raises(ValueError, match="must start with"):
-        _split_overrides(["baselines.x=1"])
+        split_overrides(["baselines.x=1"], OVERRIDE_GROUPS)
     assert SIREvalConfig().resolved("quick").identities == 40
     with pytest.raises(ValueError, match="profile"):
         SIREvalConfig().resolved("huge")
     with pytest.raises(FileNotFoundError, match="liu"):
-        _liu_model("/no/such/phase3.pt", "quick")
-    assert _liu_model(False, "quick") == (None, None)
+        liu_reference("/no/such/phase3.pt", "quick")
+    assert liu_reference(False, "quick") == (None, None)
 
 
 # ----------------------------------------------------------------- end to end

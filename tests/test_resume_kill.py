@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from facelab.train.checkpoint import load_checkpoint
+from facelab.io.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("phase1", "phase2", "phase3")

@@ -9,8 +9,9 @@ from facelab.morphable.sphere import _lstsq
 
 from facelab.morphable import (
     MorphableModel, SFMConfig, SphereFaceModel, SynthFacesConfig, build_synthfaces, fit_pca, fit_sfm_stage1,
-    load_world, noisy_identity_shapes, sfm_vs_pca, split_radius,
+    load_world, noisy_identity_shapes, split_radius,
 )
+from facelab.metrics.shape_models import sfm_vs_pca
 
 D64 = torch.float64
 QUICK = SynthFacesConfig(resolution="quick", n_population=20, n_shape=8, n_albedo=4, n_expression_samples=200)

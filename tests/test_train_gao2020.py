@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from facelab.train import gao2020 as G
-from facelab.train.checkpoint import load_checkpoint, load_model
+from facelab.io.checkpoint import load_checkpoint
+from facelab.train.stages import read_summary
+from facelab.models.registry import load_model
 from facelab.train.gao2020 import (
     SOURCE_COL, SOURCE_LP, Gao2020Loss, Gao2020TrainConfig, build_trainee, hybrid_batches, merge_hybrid, render_pools,
     train_gao2020,
@@ -172,7 +174,7 @@ def test_laplacian_smoothness_is_not_zero_at_the_template(tiny_data):
 
 
 def test_loss_and_parent_errors(tiny_data, tmp_path):
-    from facelab.train.checkpoint import save_checkpoint
+    from facelab.io.checkpoint import save_checkpoint
 
     cfg, morphable, _ = tiny_data
     with pytest.raises(ValueError, match="critic: use_adv=True needs the ShapeCritic"):
@@ -206,8 +208,7 @@ def test_critic_step_uses_the_losss_fakes(tiny_data):
 
 # -------------------------------------------------------------- tiny run
 def test_tiny_run_writes_loadable_checkpoints(tiny_run):
-    cfg, result = tiny_run
-    out = result["out_dir"]
+    cfg, out = tiny_run
     summary = json.loads((out / "summary.json").read_text())
     for k, stage in enumerate(("step1", "step2")):
         model, ckpt = load_model(out / f"{stage}.pt", expect_model="gao2020")
@@ -224,12 +225,10 @@ def test_tiny_run_writes_loadable_checkpoints(tiny_run):
         assert [r["step"] for r in rows] == list(range(1, cfg.steps[k] + 1))
         assert ALWAYS_KEYS | RECOG_KEYS | ADV_KEYS <= set(rows[0])
         assert all(math.isfinite(v) for r in rows for v in r.values())
-        assert result["checkpoints"][stage] == out / f"{stage}.pt"
 
 
 def test_step2_starts_from_step1(tiny_run):
-    cfg, result = tiny_run
-    out = result["out_dir"]
+    cfg, out = tiny_run
     s1, s2 = (load_checkpoint(out / f"{s}.pt")["state_dict"] for s in ("step1", "step2"))
     torch.manual_seed(cfg.seed)
     fresh = build_trainee(cfg, "step1", G._suites(cfg)[0].model, cfg.col_identities)[0].model.state_dict()
@@ -242,14 +241,14 @@ def test_step2_starts_from_step1(tiny_run):
 
 
 def test_rerun_skips_finished_steps(tiny_run):
-    cfg, result = tiny_run
-    stamp = (result["out_dir"] / "step2.pt").stat().st_mtime_ns
+    cfg, out = tiny_run
+    stamp = (out / "step2.pt").stat().st_mtime_ns
     train_gao2020(cfg)
-    assert (result["out_dir"] / "step2.pt").stat().st_mtime_ns == stamp
+    assert (out / "step2.pt").stat().st_mtime_ns == stamp
 
 
 def test_interrupted_and_deleted_runs_reproduce_bitwise(tiny_run, tmp_path, monkeypatch):
-    cfg, result = tiny_run
+    cfg, out = tiny_run
     run = dataclasses.replace(cfg, out_dir=str(tmp_path / "run"))
     real_save = Trainer.save
 
@@ -268,7 +267,7 @@ def test_interrupted_and_deleted_runs_reproduce_bitwise(tiny_run, tmp_path, monk
     train_gao2020(run)
 
     def compare(stage):
-        a = load_checkpoint(result["out_dir"] / f"{stage}.pt")
+        a = load_checkpoint(out / f"{stage}.pt")
         b = load_checkpoint(tmp_path / "run" / f"{stage}.pt")
         _equal_states(a["state_dict"], b["state_dict"])
         _equal_states(a["extra"]["recognition"], b["extra"]["recognition"])
@@ -288,7 +287,7 @@ def test_interrupted_and_deleted_runs_reproduce_bitwise(tiny_run, tmp_path, monk
 @pytest.mark.parametrize("switch, removed", [("use_recog", RECOG_KEYS), ("use_adv", ADV_KEYS)])
 def test_ablation_switches_remove_their_losses(tmp_path, switch, removed):
     cfg = Gao2020TrainConfig(out_dir=str(tmp_path / "run"), **{**TINY, "steps": (2, 1)}, **{switch: False})
-    out = train_gao2020(cfg)["out_dir"]
+    out = train_gao2020(cfg)
     for stage in ("step1", "step2"):
         rows = _rows(out / stage)
         assert not removed & set(rows[0]) and ALWAYS_KEYS <= set(rows[0])
@@ -301,8 +300,8 @@ def test_ablation_switches_remove_their_losses(tmp_path, switch, removed):
 
 def test_smoothness_switch_changes_the_term(tmp_path):
     short = {**TINY, "steps": (1, 1), "warmup_steps": 0}
-    template = train_gao2020(Gao2020TrainConfig(out_dir=str(tmp_path / "t"), **short))["out_dir"]
-    lap = train_gao2020(Gao2020TrainConfig(out_dir=str(tmp_path / "l"), **short, smoothness="laplacian"))["out_dir"]
+    template = train_gao2020(Gao2020TrainConfig(out_dir=str(tmp_path / "t"), **short))
+    lap = train_gao2020(Gao2020TrainConfig(out_dir=str(tmp_path / "l"), **short, smoothness="laplacian"))
     # without a warm-up step 1 starts at the template: eq. 9 is exactly 0 there, the conventional Laplacian is not
     assert _rows(template / "step1")[0]["smooth"] == 0.0
     assert _rows(lap / "step1")[0]["smooth"] > 0.01
@@ -367,7 +366,7 @@ def test_warmup_trains_first_and_step1_starts_from_it(tiny_run):
     assert not torch.equal(state["shape_decoder.head.weight"], init.model.state_dict()["shape_decoder.head.weight"])
     # step1's first logged row comes after loading the warm-up weights, not the initial ones
     first = _rows(root / "step1")[0]
-    assert "warmup" in out["summary"] and math.isfinite(first["shape"])
+    assert "warmup" in read_summary(out) and math.isfinite(first["shape"])
 
 
 def test_warmup_loss_matches_hand_terms(tiny_data):

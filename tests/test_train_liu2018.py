@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from facelab.train.checkpoint import load_model
+from facelab.models.liu2018 import build_liu2018_model
+from facelab.models.registry import load_model
 from facelab.train.liu2018 import (
-    Liu2018TrainConfig, Phase3Loss, build_liu2018_model, phase1_loss, phase2_loss, phase_parameters, pool_batches,
+    Liu2018TrainConfig, Phase3Loss, phase1_loss, phase2_loss, phase_parameters, pool_batches,
     render_pool, train_liu2018, _fitted, _suite,
 )
 

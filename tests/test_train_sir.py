@@ -12,9 +12,12 @@ from facelab.camera import WeakPerspectiveCamera
 from facelab.losses.sir import sir_loss
 from facelab.morphable import MorphableModel, SynthFacesConfig, build_synthfaces
 from facelab.morphable.sphere import SphereFaceModel
+from facelab.losses.mixed_label import MixedLabelLoss
+from facelab.models import load_model
+from facelab.models.sir import SIRNet, SIRNetConfig, sfm_identity
 from facelab.train.sir import (
-    BASE, VARIANTS, MixedLabelLoss, SIRNet, SIRNetConfig, SIRTrainConfig, identity_indices, init_class_weights,
-    load_sir, mixed_batches, reparametrise_head, sfm_identity, stage_loss, train_sir,
+    BASE, VARIANTS, SIRTrainConfig, identity_indices, init_class_weights, mixed_batches, reparametrise_head,
+    stage_loss, train_sir,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -283,9 +286,9 @@ def test_train_sir_writes_every_stage(tiny_run):
     assert summary["params_recog"]["sir"] == 0.0 and summary["params_recog_sir"]["sir"] > 0.0
     sfm = SphereFaceModel.from_morphable(MorphableModel.load(out / "sfm_stage1.npz"))
     assert sfm.n_shape == 8
-    net = load_sir(out / "sfm_sir.pt")
+    net = load_model(out / "sfm_sir.pt", expect_model="sir")[0]
     assert net.config.shape_model == "sfm" and not torch.equal(net.sfm.basis, sfm.basis)  # stage 2 moved it
-    assert load_sir(out / "params_recog.pt").config.shape_model == "pca"
+    assert load_model(out / "params_recog.pt", expect_model="sir")[0].config.shape_model == "pca"
 
 
 def test_train_sir_lowers_the_landmark_error(tiny_run):
@@ -303,12 +306,12 @@ def test_train_sir_skips_finished_stages(tiny_run):
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")} == stamps
 
 
-def test_variant_without_base_raises(tmp_path):
-    from facelab.train.sir import _build_stage_model
+def test_variants_start_from_base():
+    from facelab.train.sir import recipe_stages
 
-    with pytest.raises(FileNotFoundError, match="base"):
-        _build_stage_model("params_recog", SIRTrainConfig(**TINY), build_synthfaces(SynthFacesConfig(resolution="quick")),
-                           tmp_path)
+    stages = recipe_stages(SIRTrainConfig(**TINY))
+    assert stages[0].name == BASE and stages[0].parent is None
+    assert [s.parent for s in stages[1:]] == [BASE] * (len(stages) - 1)
 
 
 def test_cli_train_sir(tmp_path, capsys):

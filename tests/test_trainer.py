@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
+from crash import fit_until_crash
 from facelab.models.regressor import CoefficientRegressor, RegressorConfig
-from facelab.train.checkpoint import load_checkpoint
+from facelab.io.checkpoint import load_checkpoint
 from facelab.train.regressor import RegressorLoss, pool_batches, render_pool
 from facelab.train.trainer import NonFiniteLossError, StepLoader, TrainConfig, Trainer, step_indices
 
@@ -59,17 +60,7 @@ def test_loss_decreases_and_logs(lp, tmp_path):
 def test_resume_after_interruption_is_bitwise_identical(lp, tmp_path):
     make_run(lp, tmp_path / "straight", steps=12).fit()
 
-    interrupted = make_run(lp, tmp_path / "resumed", steps=12)
-    real_loss = interrupted.loss_fn
-
-    def crash_at_step_11(model, batch):
-        if interrupted.step == 10:
-            raise KeyboardInterrupt("simulated crash")
-        return real_loss(model, batch)
-
-    interrupted.loss_fn = crash_at_step_11
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.fit()
+    fit_until_crash(make_run(lp, tmp_path / "resumed", steps=12), at_step=10)
     assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 8
     # a fresh process: other initial weights, other global RNG state
     torch.manual_seed(1234)

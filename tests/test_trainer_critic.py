@@ -14,8 +14,9 @@ import pytest
 import torch
 from torch import nn
 
+from crash import fit_until_crash
 from facelab.train import distributed as D
-from facelab.train.checkpoint import load_checkpoint
+from facelab.io.checkpoint import load_checkpoint
 from facelab.train.trainer import CRITIC_STATE_KEY, CriticStep, NonFiniteLossError, TrainConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -126,17 +127,7 @@ def test_resume_with_critic_is_bitwise_identical(tmp_path):
     straight, straight_critic = _run(tmp_path / "straight")
     straight.fit()
 
-    interrupted, _ = _run(tmp_path / "resumed")
-    real_loss = interrupted.loss_fn
-
-    def crash_at_step_11(model, batch):
-        if interrupted.step == 10:
-            raise KeyboardInterrupt("simulated crash")
-        return real_loss(model, batch)
-
-    interrupted.loss_fn = crash_at_step_11
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.fit()
+    fit_until_crash(_run(tmp_path / "resumed")[0], at_step=10)
     assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 8
     # a fresh process: other initial weights (model and critic), other global RNG state
     torch.manual_seed(777)

@@ -31,13 +31,13 @@ y down). For a fixed camera the landmarks are *linear* in the shape coefficients
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from facelab.camera.rotation import euler_to_rotation, rotation_to_euler
 from facelab.checks import check_nonnegative_int, check_positive, check_tensor
+from facelab.config import with_options
 from facelab.morphable.model import MorphableModel
 
 __all__ = ["estimate_pose", "fit_landmarks", "LandmarkFit", "LandmarkFitConfig", "project_landmarks"]
@@ -288,12 +288,7 @@ def _groups(groups: torch.Tensor | None, B: int, device) -> tuple[torch.Tensor, 
 
 
 def _resolve_config(config: LandmarkFitConfig | None, overrides: dict) -> LandmarkFitConfig:
-    cfg = config if config is not None else LandmarkFitConfig()
-    names = {f.name for f in dataclasses.fields(LandmarkFitConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise TypeError(f"fit_landmarks: unknown option(s) {unknown}; known: {sorted(names)}")
-    cfg = dataclasses.replace(cfg, **overrides)
+    cfg = with_options(config, LandmarkFitConfig, overrides, "fit_landmarks")
     check_positive(cfg.n_iter, "n_iter", integer=True)
     check_nonnegative_int(cfg.n_refine, "n_refine")
     check_positive(cfg.landmark_std_px, "landmark_std_px")
@@ -303,12 +298,25 @@ def _resolve_config(config: LandmarkFitConfig | None, overrides: dict) -> Landma
     return cfg
 
 
-def _n_components(n: int | None, have: int, name: str) -> int:
+def leading_components(n: int | None, have: int, name: str, at_most: bool = False) -> int:
+    """How many leading basis components of the ``have`` a model has a fit uses.
+
+    ``n=None`` means all of them. Otherwise ``n`` must be an int >= 0, and at most ``have``
+    unless ``at_most`` (then ``n`` is a cap: ``min(n, have)``). Errors name ``name``.
+
+    >>> leading_components(None, 10, "n_shape"), leading_components(40, 10, "n_shape", at_most=True)
+    (10, 10)
+    >>> leading_components(40, 10, "n_shape")
+    Traceback (most recent call last):
+    ...
+    ValueError: n_shape: expected an int in [0, 10] or None, got 40
+    """
     if n is None:
         return have
-    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= have:
-        raise ValueError(f"{name}: expected an int in [0, {have}], got {n!r}")
-    return n
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0 or (n > have and not at_most):
+        bound = ">= 0" if at_most else f"in [0, {have}]"
+        raise ValueError(f"{name}: expected an int {bound} or None, got {n!r}")
+    return min(n, have)
 
 
 def fit_landmarks(
@@ -365,8 +373,8 @@ def fit_landmarks(
         raise ValueError("weights: must be >= 0")
     labels, group_index = _groups(groups, B, dev)
     G = labels.shape[0]
-    k_id = _n_components(cfg.n_shape, model.n_shape, "n_shape")
-    k_exp = _n_components(cfg.n_exp, model.n_exp, "n_exp")
+    k_id = leading_components(cfg.n_shape, model.n_shape, "n_shape")
+    k_exp = leading_components(cfg.n_exp, model.n_exp, "n_exp")
 
     lm = model.landmarks.to(dev)
     rows = (3 * lm[:, None] + torch.arange(3, device=dev)).reshape(-1)  # interleaved basis rows

@@ -27,7 +27,10 @@ from dataclasses import dataclass, field
 import torch
 
 from facelab.checks import check_choice, check_nonnegative_int, check_positive, check_tensor
-from facelab.fitting.landmarks import N_LANDMARKS, LandmarkFit, LandmarkFitConfig, _groups, fit_landmarks
+from facelab.config import with_options
+from facelab.fitting.landmarks import (
+    N_LANDMARKS, LandmarkFit, LandmarkFitConfig, _groups, fit_landmarks, leading_components,
+)
 from facelab.morphable.model import MorphableModel
 from facelab.render.rasterize import interpolate
 from facelab.render.renderer import RenderSettings, render
@@ -65,9 +68,9 @@ class PhotometricFitConfig:
         shape_prior: multiplier of the identity prior ``||alpha_id / std_id||^2``.
         exp_prior: the same for expression.
         albedo_prior: the same for albedo.
-        n_shape: leading identity components fitted (None = all).
-        n_exp: leading expression components fitted (None = all).
-        n_albedo: leading albedo components fitted (None = all).
+        n_shape: leading identity components fitted, at most (None = all).
+        n_exp: leading expression components fitted, at most (None = all).
+        n_albedo: leading albedo components fitted, at most (None = all).
         backend: rasterizer backend (see :class:`facelab.render.RenderSettings`).
         landmark_fit: options of the initial :func:`fit_landmarks` (its ``n_shape`` and
             ``n_exp`` are set from this config).
@@ -151,12 +154,7 @@ def identity_rmse(fitted: torch.Tensor, truth: torch.Tensor, vertex_mask: torch.
 
 # ------------------------------------------------------------------ helpers
 def _resolve(config: PhotometricFitConfig | None, options: dict) -> PhotometricFitConfig:
-    cfg = config if config is not None else PhotometricFitConfig()
-    names = {f.name for f in dataclasses.fields(PhotometricFitConfig)}
-    unknown = sorted(set(options) - names)
-    if unknown:
-        raise TypeError(f"fit_photometric: unknown option(s) {unknown}; known: {sorted(names)}")
-    cfg = dataclasses.replace(cfg, **options)
+    cfg = with_options(config, PhotometricFitConfig, options, "fit_photometric")
     check_nonnegative_int(cfg.n_steps, "n_steps")
     for name in ("lr_coeff", "lr_angle", "lr_trans", "lr_log_scale", "lr_sh", "landmark_std_px"):
         check_positive(getattr(cfg, name), name)
@@ -164,14 +162,6 @@ def _resolve(config: PhotometricFitConfig | None, options: dict) -> PhotometricF
         if not getattr(cfg, name) >= 0:
             raise ValueError(f"{name}: must be >= 0, got {getattr(cfg, name)}")
     return cfg
-
-
-def _n_components(n: int | None, have: int, name: str) -> int:
-    if n is None:
-        return have
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"{name}: expected an int >= 0 or None, got {n!r}")
-    return min(n, have)
 
 
 def _face_region(frags, face_mask: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
@@ -260,9 +250,9 @@ def fit_photometric(
     dev, dt = images.device, images.dtype
     labels, group_index = _groups(groups, B, dev)
     G = labels.shape[0]
-    k_id = _n_components(cfg.n_shape, model.n_shape, "n_shape")
-    k_exp = _n_components(cfg.n_exp, model.n_exp, "n_exp")
-    k_alb = _n_components(cfg.n_albedo, model.n_albedo, "n_albedo")
+    k_id = leading_components(cfg.n_shape, model.n_shape, "n_shape", at_most=True)
+    k_exp = leading_components(cfg.n_exp, model.n_exp, "n_exp", at_most=True)
+    k_alb = leading_components(cfg.n_albedo, model.n_albedo, "n_albedo", at_most=True)
     m = model.to(dev, dt)
 
     if init is None:

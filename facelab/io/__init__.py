@@ -1,4 +1,4 @@
-"""facelab.io: readers for the real data and models of the papers (design §7).
+"""facelab.io: readers for the real data and models of the papers, and checkpoint files.
 
 Each loader checks its file and raises ``FileNotFoundError``/``ValueError`` naming
 the file and the problem; model loaders return a
@@ -7,6 +7,8 @@ x = subject's left, y up, z toward the camera, orthonormal bases with std).
 
 * meshes: :func:`read_mesh`, :func:`write_mesh` (``.obj``, ``.ply``)
 * models: :func:`load_bfm2009`, :func:`load_bfm2017`, :func:`load_flame`, :func:`load_sfm`
+* checkpoints: :func:`save_checkpoint`, :func:`load_checkpoint` (:mod:`facelab.io.checkpoint`;
+  rebuilding the model is :func:`facelab.models.load_model`)
 * annotations and datasets: :func:`load_300wlp`, :func:`read_pairs`, :class:`LFWPairs`,
   :class:`MICCDataset`
 
@@ -15,6 +17,7 @@ Book chapter: ``book/12_real_data.ipynb``.
 
 from facelab.io._util import read_image
 from facelab.io.bfm import load_bfm2009, load_bfm2017
+from facelab.io.checkpoint import load_checkpoint, save_checkpoint
 from facelab.io.flame import load_flame, read_flame_pickle
 from facelab.io.lfw import LFWPairs, Pair, lfw_image_path, read_pairs
 from facelab.io.lp300w import load_300wlp
@@ -23,6 +26,7 @@ from facelab.io.micc import MICC_CONDITIONS, MICCDataset, MICCSubject
 from facelab.io.sfm import load_sfm, read_sfm, save_sfm
 
 __all__ = [
+    "save_checkpoint", "load_checkpoint",
     "Mesh", "read_mesh", "write_mesh", "read_image",
     "load_bfm2009", "load_bfm2017", "load_flame", "read_flame_pickle", "load_sfm", "read_sfm", "save_sfm",
     "load_300wlp", "Pair", "read_pairs", "lfw_image_path", "LFWPairs",

@@ -8,6 +8,8 @@
 * :mod:`~facelab.metrics.landmarks`: 2D landmark NME by yaw bucket.
 * :mod:`~facelab.metrics.protocols`: MICC-style and NoW-style scan protocols.
 * :mod:`~facelab.metrics.sir`: discriminability of reconstructed geometry.
+* :mod:`~facelab.metrics.shape_models`: the Sphere Face Model against PCA (:func:`sfm_vs_pca`).
+* :mod:`~facelab.metrics.model_eval`: score a trained model (:func:`evaluate_model`).
 * :mod:`~facelab.metrics.stats`: paired bootstrap intervals and claim verdicts.
 
 Inputs may be torch tensors or numpy arrays; everything is computed in float64 and

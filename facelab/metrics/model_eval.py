@@ -15,9 +15,8 @@ layout as :func:`facelab.metrics.baselines.run_baselines`, so both tables line u
   expression; plus the 2D landmark NME of the reprojected landmarks per yaw bucket.
 * ``lfw``: :func:`facelab.metrics.verify` of the model's identity embeddings.
 
-A model is evaluable if it has ``config`` with ``image_size`` and ``resolution``,
-``reconstruct(images, morphable)`` returning ``shape``, ``identity_shape``,
-``embedding`` (and optionally ``landmarks2d``), and ``decode_identity(embedding, morphable)``.
+A model is scored through the interface :class:`facelab.models.Evaluable` states; a
+checkpoint is wrapped into it by the model registry (:func:`facelab.models.load_evaluable`).
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ from facelab.metrics.baselines import by_abs_yaw, micc_rows
 from facelab.metrics.protocols import PROTOCOL_ICP_ITERS, PROTOCOL_ICP_TOL, micc_error
 from facelab.metrics.reconstruction import rmse
 from facelab.metrics.verification import verify
+from facelab.models.registry import evaluable_model, load_model
 
 EVAL_SUITES = ("micc", "bu3dfe", "lfw")
 PROFILES = ("quick", "full")
@@ -90,20 +90,11 @@ class ModelEvalConfig:
 
 # ------------------------------------------------------------------ helpers
 def _load(checkpoint_or_model, device: str):
-    from facelab.train.checkpoint import load_model
-
     if isinstance(checkpoint_or_model, torch.nn.Module):
         return checkpoint_or_model.to(device).eval(), None, {"checkpoint": None, "model_name": type(checkpoint_or_model).__name__, "step": None}
     path = Path(checkpoint_or_model)
     model, ckpt = load_model(path, map_location=device)
-    if ckpt["model_name"] == "liu2018":  # the encoder-decoder needs its input pipeline (aligned crops)
-        from facelab.reproduce.liu2018 import evaluable
-
-        model = evaluable(model, ckpt).to(device).eval()
-    elif ckpt["model_name"] == "gao2020":  # identity shape = the neutral decode of c_id
-        from facelab.reproduce.gao2020 import Gao2020Evaluable
-
-        model = Gao2020Evaluable(model).to(device).eval()
+    model = evaluable_model(model, ckpt).to(device)  # e.g. Liu et al.'s aligned-crop input pipeline
     return model, ckpt, {"checkpoint": str(path), "model_name": ckpt["model_name"], "step": ckpt["step"]}
 
 
@@ -115,7 +106,9 @@ def _model_setting(model, name: str):
     return value
 
 
-def _suite(model, name: str, profile: str, cfg: ModelEvalConfig, **sizes):
+def suite_for(model, name: str, profile: str, cfg: ModelEvalConfig, **sizes):
+    """The suite ``name`` rendered the way ``model`` sees photos (its ``config.image_size`` and
+    ``config.resolution``), with ``cfg``'s device and seed; zero ``sizes`` keep the profile's."""
     from facelab.data import make_suite
 
     sizes = {k: v for k, v in sizes.items() if v}
@@ -157,7 +150,7 @@ def _np(x: torch.Tensor) -> np.ndarray:
 # ---------------------------------------------------------------------- MICC
 def micc_suite(model, profile: str, cfg: ModelEvalConfig):
     """The MICC-style suite ``model`` is scored on (its image size and mesh resolution)."""
-    return _suite(model, "micc", profile, cfg.resolved(profile), n_identities=cfg.resolved(profile).micc_identities)
+    return suite_for(model, "micc", profile, cfg.resolved(profile), n_identities=cfg.resolved(profile).micc_identities)
 
 
 def score_micc(model, profile: str, cfg: ModelEvalConfig, suite=None, pred: dict | None = None) -> dict:
@@ -196,7 +189,7 @@ def score_micc(model, profile: str, cfg: ModelEvalConfig, suite=None, pred: dict
 def _bu3dfe(model, profile: str, cfg: ModelEvalConfig) -> dict:
     from facelab.data import BU3DFE_EXPRESSIONS
 
-    suite = _suite(model, "bu3dfe", profile, cfg, n_identities=cfg.bu3dfe_identities)
+    suite = suite_for(model, "bu3dfe", profile, cfg, n_identities=cfg.bu3dfe_identities)
     morphable = suite.model
     pred = predict_suite(model, suite, cfg.batch_size)
     mask = morphable.face_mask.numpy()
@@ -220,7 +213,7 @@ def _bu3dfe(model, profile: str, cfg: ModelEvalConfig) -> dict:
 
 # ----------------------------------------------------------------------- LFW
 def _lfw(model, profile: str, cfg: ModelEvalConfig, row: str) -> dict:
-    suite = _suite(model, "lfw", profile, cfg, n_identities=cfg.lfw_identities, pairs_per_fold=cfg.lfw_pairs_per_fold)
+    suite = suite_for(model, "lfw", profile, cfg, n_identities=cfg.lfw_identities, pairs_per_fold=cfg.lfw_pairs_per_fold)
     pred = predict_suite(model, suite, cfg.batch_size)
     emb = _np(pred["embedding"])
     pairs = suite.table.pairs.numpy()
@@ -234,7 +227,7 @@ def evaluate_model(checkpoint_or_model, suite: str, profile: str = "quick", out_
     """Score a trained model on a SynthFaces suite (see the module docstring).
 
     Args:
-        checkpoint_or_model: a checkpoint path (:func:`facelab.train.load_model`) or a model.
+        checkpoint_or_model: a checkpoint path (:func:`facelab.models.load_model`) or a model.
         suite: ``"micc"``, ``"bu3dfe"`` or ``"lfw"``.
         profile: ``"quick"`` or ``"full"`` suite sizes.
         out_dir: if given, write ``report.json`` and ``report.md`` there.

@@ -1,4 +1,4 @@
-"""Discriminability of reconstructed geometry (the SIR metric, design section 4).
+"""Discriminability of reconstructed geometry (the SIR metric).
 
 Book chapter: ``book/10_evaluation.ipynb``. facelab's own definition (the SIR paper gives
 only an abstract): the distance between two shapes in dense correspondence is their
@@ -100,8 +100,9 @@ def _shapes_tensor(shapes, name: str, mask) -> torch.Tensor:
 
 
 def sir_ratio(
-    shapes, labels, align: str = "rigid", mask=None, max_pairs: int | None = DEFAULT_MAX_PAIRS, seed: int = 0
-) -> float:
+    shapes, labels, align: str = "rigid", mask=None, max_pairs: int | None = DEFAULT_MAX_PAIRS, seed: int = 0,
+    return_parts: bool = False,
+) -> float | dict[str, float]:
     """Mean intra-identity over mean inter-identity shape distance (aligned RMSE, mm).
 
     Args:
@@ -112,15 +113,19 @@ def sir_ratio(
         mask: optional ``(V,)`` bool or vertex indices (e.g. the face region).
         max_pairs: if more intra (or inter) pairs exist, that many of each kind are drawn
             at random with ``seed``; ``None`` uses all pairs.
+        return_parts: also return the numerator and the denominator.
 
     Returns:
-        The unitless ratio (< 1: shapes of one identity are closer than across identities).
+        The unitless ratio (< 1: shapes of one identity are closer than across identities),
+        or with ``return_parts`` ``{"ratio", "intra_mm", "inter_mm"}``.
 
     >>> rng = np.random.default_rng(0)
     >>> centres = rng.normal(size=(3, 20, 3)) * 10
     >>> shapes = np.repeat(centres, 4, axis=0) + rng.normal(size=(12, 20, 3))
     >>> sir_ratio(shapes, np.repeat([0, 1, 2], 4)) < 0.2
     True
+    >>> sorted(sir_ratio(shapes, np.repeat([0, 1, 2], 4), return_parts=True))
+    ['inter_mm', 'intra_mm', 'ratio']
     """
     check_choice(align, "align", ALIGN_CHOICES)
     x = _shapes_tensor(shapes, "shapes", mask)
@@ -135,9 +140,11 @@ def sir_ratio(
     if np.unique(codes).shape[0] < 2:
         raise ValueError("labels: a single identity; the inter-identity distance is undefined")
     ei, ej = _inter_pairs(codes, max_pairs, rng)
-    inter = _pair_rmse(x, ei, ej, align).mean()
-    intra = _pair_rmse(x, ii, ij, align).mean()
-    return float(intra / inter)
+    inter = float(_pair_rmse(x, ei, ej, align).mean())
+    intra = float(_pair_rmse(x, ii, ij, align).mean())
+    if return_parts:
+        return {"ratio": intra / inter, "intra_mm": intra, "inter_mm": inter}
+    return intra / inter
 
 
 def geometric_rank1(

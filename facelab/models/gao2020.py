@@ -34,6 +34,7 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Sequence
 
 import torch
@@ -44,12 +45,15 @@ from facelab.checks import check_choice, check_image_size, check_positive, check
 from facelab.models.gcn import GraphDecoder, GraphEncoder
 from facelab.models.resnet import BACKBONES, build_backbone
 from facelab.morphable.grid import GRID_PRESETS, grid_shape
+from facelab.models.registry import register_model
 from facelab.morphable.model import MorphableModel
 
 __all__ = [
     "GAO2020_PROFILES", "Gao2020Config", "Gao2020Model", "ShapeDiscriminator", "CNNAlbedoDecoder",
-    "gao2020_model_config", "build_gao2020_model",
+    "gao2020_model_config", "build_gao2020_model", "Gao2020Evaluable", "MODEL_NAME",
 ]
+
+MODEL_NAME = "gao2020"  # the registry name of the trained model
 
 ALBEDO_DECODERS = ("gcn", "cnn")
 #: Pose ranges (rad): angle = MAX * tanh(raw). Yaw spans profiles; pitch and roll less.
@@ -502,7 +506,7 @@ def gao2020_model_config(config: Gao2020Config, synthfaces=None) -> dict:
 def build_gao2020_model(model_config: dict) -> Gao2020Model:
     """An untrained :class:`Gao2020Model` from a :func:`gao2020_model_config` dict.
 
-    This is the ``"gao2020"`` builder of :func:`facelab.train.checkpoint.build_model`.
+    This is the ``"gao2020"`` builder of :func:`facelab.models.build_model`.
     ``model_config["synthfaces"]`` may be left out (then the config's resolution, seed 0).
 
     >>> build_gao2020_model(gao2020_model_config(Gao2020Config())).config.id_dim
@@ -516,3 +520,44 @@ def build_gao2020_model(model_config: dict) -> Gao2020Model:
     sf = dict(model_config.get("synthfaces") or {"resolution": config.resolution})
     morphable = build_synthfaces(SynthFacesConfig(**sf))
     return Gao2020Model(config, morphable)
+
+
+class Gao2020Evaluable(nn.Module):
+    """A :class:`~facelab.models.gao2020.Gao2020Model` in the interface of
+    :class:`~facelab.models.registry.Evaluable`: ``reconstruct(images)`` gives the full shape, the
+    identity shape (``neutral_shape(c_id)``: ``c_exp = 0`` is the neutral expression, facelab's
+    convention) and ``c_id`` as the embedding; ``decode_identity(code)`` decodes an
+    (averaged) identity code to the neutral shape.
+
+    >>> from facelab.morphable.synthfaces import SynthFacesConfig, build_synthfaces
+    >>> net = Gao2020Model(Gao2020Config(image_size=(32, 32)), build_synthfaces(SynthFacesConfig(resolution="quick")))
+    >>> out = Gao2020Evaluable(net).reconstruct(torch.zeros(2, 3, 32, 32))
+    >>> out["shape"].shape, out["embedding"].shape
+    (torch.Size([2, 1353, 3]), torch.Size([2, 128]))
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not hasattr(model, "neutral_shape") or not hasattr(model, "encode"):
+            raise TypeError(f"model: expected a Gao2020Model, got {type(model).__name__}")
+        self.model = model
+        self.config = SimpleNamespace(image_size=tuple(model.config.image_size), resolution=model.config.resolution)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, morphable=None) -> dict[str, torch.Tensor]:
+        codes = self.model.encode(images)
+        shape = self.model.decode_shape(codes["c_id"], codes["c_exp"])
+        return {"shape": shape, "identity_shape": self.model.neutral_shape(codes["c_id"]), "embedding": codes["c_id"]}
+
+    @torch.no_grad()
+    def decode_identity(self, code: torch.Tensor, morphable=None) -> torch.Tensor:
+        """``code (B, id_dim)`` -> neutral identity shape ``(B, V, 3)`` mm."""
+        return self.model.neutral_shape(code)
+
+
+def gao2020_evaluable(model: Gao2020Model, checkpoint: dict) -> Gao2020Evaluable:
+    """The ``"gao2020"`` registry's evaluable: the model as a :class:`Gao2020Evaluable`."""
+    return Gao2020Evaluable(model)
+
+
+register_model(MODEL_NAME, build_gao2020_model, gao2020_evaluable)

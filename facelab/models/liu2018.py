@@ -25,15 +25,18 @@ Book chapter: ``book/05_encoder_decoder.ipynb``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_positive, check_tensor
 from facelab.losses.angular import A_SOFTMAX_DEFAULT_M, build_classifier_loss
+from facelab.models.registry import register_model
 from facelab.models.sphereface import SphereConfig, SphereNet
 from facelab.morphable.model import MorphableModel
 
+MODEL_NAME = "liu2018"  # the registry name
 LIU2018_LOSSES = ("asoftmax", "softmax")
 
 
@@ -248,3 +251,89 @@ class Liu2018Model(nn.Module):
         if self.classifier is None:
             raise ValueError("config.n_classes: this model has no classification head (n_classes=0)")
         return self.classifier(c_id, labels)
+
+
+def build_liu2018_model(config: dict) -> Liu2018Model:
+    """An untrained :class:`Liu2018Model` from its checkpoint config dict.
+
+    This is the ``"liu2018"`` builder of :func:`facelab.models.build_model`; the config is the
+    one the training recipe stores (``facelab.train.liu2018.model_config``).
+
+    >>> cfg = {"resolution": "quick", "model": {"encoder": {"depth": "sphere_tiny", "embedding_dim": 8,
+    ...        "input_size": [32, 32]}, "n_classes": 3}}
+    >>> build_liu2018_model(cfg).n_id
+    80
+    """
+    from facelab.morphable import SynthFacesConfig, build_synthfaces
+
+    if not isinstance(config, dict) or "resolution" not in config or "model" not in config:
+        raise ValueError(f"config: expected a dict with 'resolution' and 'model' keys, got {config!r}")
+    morphable = build_synthfaces(SynthFacesConfig(resolution=config["resolution"]))
+    return Liu2018Model(morphable, Liu2018Config(**config["model"]))
+
+
+class Liu2018Evaluable(nn.Module):
+    """Wraps a :class:`Liu2018Model` into the interface of
+    :class:`~facelab.models.registry.Evaluable`: ``config.image_size`` (of the photos),
+    ``config.resolution``, ``prepare_images(batch)``, ``reconstruct(images, morphable)`` and
+    ``decode_identity(code, morphable)``.
+
+    ``prepare_images`` cuts five-point aligned crops from the batch's photos when the model
+    was trained on them (``align``; photos rendered at ``render_size``). ``reconstruct`` maps
+    encoder inputs ``(B, 3, H, W)`` float [0, 1] to ``shape``, ``identity_shape`` ``(B, V, 3)``
+    mm and ``embedding`` = ``c_Id (B, n_id)``. A model trained without identity
+    disentangling (``disentangled=False``) has no identity part: its embedding is the whole
+    code ``[c_Id, c_Res]`` and its identity shape is the full shape.
+
+    >>> net = build_liu2018_model({"resolution": "quick", "model": {"encoder": {"depth": "sphere_tiny",
+    ...       "embedding_dim": 8, "input_size": [32, 32]}}})
+    >>> wrapped = Liu2018Evaluable(net, "quick")
+    >>> out = wrapped.reconstruct(torch.zeros(2, 3, 32, 32), None)
+    >>> out["shape"].shape, out["embedding"].shape, wrapped.config.image_size
+    (torch.Size([2, 1353, 3]), torch.Size([2, 80]), (32, 32))
+    """
+
+    def __init__(self, model: nn.Module, resolution: str, align: bool = False, render_size=None,
+                 disentangled: bool = True) -> None:
+        super().__init__()
+        if not hasattr(model, "encode") or not hasattr(model, "id_decoder"):
+            raise TypeError(f"model: expected a Liu2018Model, got {type(model).__name__}")
+        self.model = model
+        self.input_size = tuple(model.config.encoder.input_size)
+        self.align, self.disentangled = bool(align), bool(disentangled)
+        photo = tuple(render_size) if (align and render_size) else self.input_size
+        self.config = SimpleNamespace(image_size=photo, resolution=resolution)
+
+    def prepare_images(self, batch: dict) -> torch.Tensor:
+        """The encoder inputs of a suite batch: aligned crops (``align``) or the photos."""
+        if not self.align:
+            return batch["image"]
+        from facelab.data.align import align_faces
+
+        return align_faces(batch["image"], batch["landmarks2d"], self.input_size)[0]
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, morphable=None) -> dict[str, torch.Tensor]:
+        out = self.model(images)
+        if not self.disentangled:
+            return {"shape": out["shape"], "identity_shape": out["shape"],
+                    "embedding": torch.cat([out["c_id"], out["c_res"]], 1)}
+        return {"shape": out["shape"], "identity_shape": out["shape_id"], "embedding": out["c_id"]}
+
+    @torch.no_grad()
+    def decode_identity(self, code: torch.Tensor, morphable=None) -> torch.Tensor:
+        """``code (B, D)`` (an embedding of :meth:`reconstruct`) -> neutral identity shape ``(B, V, 3)`` mm."""
+        if not self.disentangled:
+            n = self.model.n_id
+            return self.model.decode(code[:, :n], code[:, n:])["shape"]
+        return self.model.mean_shape + self.model.id_decoder(code)
+
+
+def liu2018_evaluable(model: Liu2018Model, checkpoint: dict) -> Liu2018Evaluable:
+    """The ``"liu2018"`` registry's evaluable: ``model`` with the input pipeline recorded in its ``checkpoint``."""
+    inp = checkpoint["model_config"].get("input", {})
+    return Liu2018Evaluable(model.eval(), checkpoint["model_config"]["resolution"], align=inp.get("align", False),
+                            render_size=inp.get("render_size"), disentangled=inp.get("disentangled", True)).eval()
+
+
+register_model(MODEL_NAME, build_liu2018_model, liu2018_evaluable)

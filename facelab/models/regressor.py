@@ -23,8 +23,10 @@ import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_image_size, check_positive, check_tensor
+from facelab.models.registry import register_model
 from facelab.models.resnet import BACKBONES, build_backbone
 
+MODEL_NAME = "regressor"  # the registry name
 POSE_DIM = 6
 SH_DIM = 27
 #: pose standardisation before any data is seen: angles in rad, tx/ty a quarter of the
@@ -222,3 +224,17 @@ class CoefficientRegressor(nn.Module):
             lm3d = shapes["shape"][:, morphable.landmarks]
             result["landmarks2d"] = WeakPerspectiveCamera.from_pose(out["pose"]).project(lm3d)[..., :2]
         return result
+
+
+def build_regressor(config: dict) -> CoefficientRegressor:
+    """An untrained :class:`CoefficientRegressor` from its config dict (the ``"regressor"`` builder).
+
+    >>> build_regressor({"backbone": "resnet_tiny", "image_size": [32, 32], "resolution": "quick"}).n_exp
+    30
+    """
+    from facelab.config import from_dict
+
+    return CoefficientRegressor(from_dict(RegressorConfig, config))
+
+
+register_model(MODEL_NAME, build_regressor)

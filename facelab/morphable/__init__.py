@@ -5,7 +5,7 @@ from facelab.morphable.grid import GRID_PRESETS, MeshHierarchy, grid_faces, grid
 from facelab.morphable.landmarks import IBUG_MIRROR, LANDMARK_GROUPS, SEVEN_LANDMARKS
 from facelab.morphable.model import MorphableModel, load_npz
 from facelab.morphable.sphere import (
-    SFMConfig, SphereFaceModel, fit_pca, fit_sfm_stage1, noisy_identity_shapes, sfm_vs_pca, split_radius,
+    SFMConfig, SphereFaceModel, fit_pca, fit_sfm_stage1, noisy_identity_shapes, split_radius,
 )
 from facelab.morphable.synthfaces import (
     POPULATION_ID_START, FaceWorld, SynthFacesConfig, build_synthfaces, load_world, mesh_hierarchy,
@@ -17,5 +17,5 @@ __all__ = [
     "GRID_PRESETS", "MeshHierarchy", "grid_faces", "grid_shape", "grid_symmetry",
     "IBUG_MIRROR", "LANDMARK_GROUPS", "SEVEN_LANDMARKS",
     # Sphere Face Model (book/09_sir.ipynb)
-    "SphereFaceModel", "SFMConfig", "fit_pca", "fit_sfm_stage1", "sfm_vs_pca", "noisy_identity_shapes", "split_radius",
+    "SphereFaceModel", "SFMConfig", "fit_pca", "fit_sfm_stage1", "noisy_identity_shapes", "split_radius",
 ]

@@ -22,7 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from facelab.train.checkpoint import atomic_torch_save, load_checkpoint
+from facelab.io.checkpoint import atomic_torch_save, load_checkpoint
 from facelab.train.trainer import CHECKPOINT_NAME
 
 ARTIFACTS_DIR = Path(__file__).resolve().parents[2] / "book" / "artifacts"

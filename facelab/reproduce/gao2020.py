@@ -22,17 +22,18 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
-from torch import nn
 
 from facelab.checks import check_choice
+from facelab.models.registry import load_evaluable
+from facelab.reproduce.liu2018 import liu_reference
 
 PROFILES = ("quick", "full")
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
+OVERRIDE_GROUPS = ("train", "eval", "baselines")
 # variant -> Gao2020TrainConfig overrides (paper's Table 2 rows)
 VARIANTS = {
     "full": {},
@@ -44,52 +45,9 @@ VARIANT_LABELS = {"full": "Full model", "no_recog": "w/o L_recog", "no_adv": "w/
                   "laplacian": "conventional Laplacian"}
 FINAL_STAGE = "step2"
 TABLE1_ROWS = ("average_over_identity", "three_view")
-LIU_ARTIFACT = "liu2018-quick"
 # the landmark-fit baseline's rows of facelab.metrics.baselines.micc_baselines per protocol
 BASELINE_ROWS = {"average_over_identity": "landmark_fit_avg", "three_view": "landmark_fit_3view"}
 MEAN_FACE_ROW = "Mean face (no reconstruction)"
-
-
-class Gao2020Evaluable(nn.Module):
-    """A :class:`~facelab.models.gao2020.Gao2020Model` in the interface of
-    :func:`facelab.metrics.evaluate_model`: ``reconstruct(images)`` gives the full shape, the
-    identity shape (``neutral_shape(c_id)``: ``c_exp = 0`` is the neutral expression, facelab's
-    convention) and ``c_id`` as the embedding; ``decode_identity(code)`` decodes an
-    (averaged) identity code to the neutral shape.
-
-    >>> from facelab.models.gao2020 import Gao2020Config, Gao2020Model
-    >>> from facelab.morphable.synthfaces import SynthFacesConfig, build_synthfaces
-    >>> net = Gao2020Model(Gao2020Config(image_size=(32, 32)), build_synthfaces(SynthFacesConfig(resolution="quick")))
-    >>> out = Gao2020Evaluable(net).reconstruct(torch.zeros(2, 3, 32, 32))
-    >>> out["shape"].shape, out["embedding"].shape
-    (torch.Size([2, 1353, 3]), torch.Size([2, 128]))
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        if not hasattr(model, "neutral_shape") or not hasattr(model, "encode"):
-            raise TypeError(f"model: expected a Gao2020Model, got {type(model).__name__}")
-        self.model = model
-        self.config = SimpleNamespace(image_size=tuple(model.config.image_size), resolution=model.config.resolution)
-
-    @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor, morphable=None) -> dict[str, torch.Tensor]:
-        codes = self.model.encode(images)
-        shape = self.model.decode_shape(codes["c_id"], codes["c_exp"])
-        return {"shape": shape, "identity_shape": self.model.neutral_shape(codes["c_id"]), "embedding": codes["c_id"]}
-
-    @torch.no_grad()
-    def decode_identity(self, code: torch.Tensor, morphable=None) -> torch.Tensor:
-        """``code (B, id_dim)`` -> neutral identity shape ``(B, V, 3)`` mm."""
-        return self.model.neutral_shape(code)
-
-
-def load_gao(path) -> Gao2020Evaluable:
-    """Checkpoint ``path`` (``step1.pt`` / ``step2.pt``) as an evaluable model (CPU, eval mode)."""
-    from facelab.train.checkpoint import load_model
-
-    model, _ = load_model(Path(path), expect_model="gao2020", map_location="cpu")
-    return Gao2020Evaluable(model).eval()
 
 
 def identity_consistency(pred: dict, mask: np.ndarray) -> dict[str, float]:
@@ -149,26 +107,6 @@ def _table_row(micc: dict, row: str) -> dict:
     return {cond: {"mean": v["mean"], "std": v["std"]} for cond, v in micc[row].items() if cond != "all"}
 
 
-def _liu_model(liu, profile: str):
-    """The Liu et al. Phase III model: a checkpoint path, a run folder, or the committed artifact."""
-    from facelab.reproduce.artifacts import ARTIFACTS_DIR, has_artifact
-    from facelab.reproduce.liu2018 import load_phase
-
-    if liu is None and profile == "quick" and has_artifact(LIU_ARTIFACT):
-        liu = ARTIFACTS_DIR / LIU_ARTIFACT
-    if liu is None:
-        return None, None
-    path = Path(liu)
-    path = path / "phase3.pt" if path.is_dir() else path
-    return load_phase(path), str(path)
-
-
-def _split_overrides(overrides) -> dict[str, list[str]]:
-    from facelab.reproduce.liu2018 import _split_overrides as split
-
-    return split(overrides)
-
-
 def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", overrides=None, liu=None,
                       variants=tuple(VARIANTS), with_baseline: bool = True) -> dict:
     """Train (or reuse) the Gao et al. 2020 variants and write the MICC tables (module docstring).
@@ -192,7 +130,7 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
         "identity_consistency": {model: {"std_mm", "mean_mm"}}, "heat_maps", "train_seconds",
         "seconds", "train_config", "liu_checkpoint"}``.
     """
-    from facelab.config import apply_overrides
+    from facelab.config import apply_overrides, split_overrides
     from facelab.metrics.baselines import BaselineConfig, run_baselines
     from facelab.metrics.model_eval import ModelEvalConfig, micc_suite
     from facelab.metrics.report import write_json
@@ -204,7 +142,7 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
     if "full" not in variants:
         raise ValueError(f"variants: must include 'full' (the reference row), got {list(variants)}")
     variants = ("full",) + tuple(v for v in variants if v != "full")  # its warm-up is the others' start
-    groups = _split_overrides(overrides)
+    groups = split_overrides(overrides, OVERRIDE_GROUPS)
     start = time.perf_counter()
     out = Path(out_dir)
     eval_cfg = apply_overrides(ModelEvalConfig(), groups["eval"])
@@ -222,10 +160,10 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
 
     scores, suite = {}, None
     for v in variants:
-        model = load_gao(out / v / f"{FINAL_STAGE}.pt")
+        model = load_evaluable(out / v / f"{FINAL_STAGE}.pt", expect_model="gao2020")
         suite = suite if suite is not None else micc_suite(model, profile, eval_cfg)
         scores[v] = score_model(model, profile, eval_cfg, suite=suite)
-    liu_model, liu_path = _liu_model(liu, profile)
+    liu_model, liu_path = liu_reference(liu, profile)
     if liu_model is not None:
         scores["liu2018"] = score_model(liu_model, profile, eval_cfg)
 

@@ -25,11 +25,8 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
-import torch
-from torch import nn
 
 from facelab.checks import check_choice
 from facelab.config import torch_threads
@@ -49,109 +46,51 @@ RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 COLUMNS = ("rmse_micc", "rmse_bu3dfe_pose", "rmse_bu3dfe_exp", "lfw_accuracy")
 OVERRIDE_GROUPS = ("train", "eval", "baselines")
+LIU_ARTIFACT = "liu2018-quick"  # the committed quick run other papers compare with
+FINAL_STAGE_FILE = "phase3.pt"
 # Baseline rows of the table, and the MICC row that matches "average over identity".
 BASELINE_MICC_ROW = {"landmark_fit": "landmark_fit_avg", "landmark_fit_exact": "landmark_fit_exact_avg"}
 
 
-class Liu2018Evaluable(nn.Module):
-    """Wraps a :class:`~facelab.models.liu2018.Liu2018Model` into the interface of
-    :func:`facelab.metrics.evaluate_model`: ``config.image_size`` (of the photos),
-    ``config.resolution``, ``prepare_images(batch)``, ``reconstruct(images, morphable)`` and
-    ``decode_identity(code, morphable)``.
+def liu_reference(liu, profile: str, artifact: str = LIU_ARTIFACT):
+    """The Liu et al. Phase III model other papers' tables compare with, as an evaluable.
 
-    ``prepare_images`` cuts five-point aligned crops from the batch's photos when the model
-    was trained on them (``align``; photos rendered at ``render_size``). ``reconstruct`` maps
-    encoder inputs ``(B, 3, H, W)`` float [0, 1] to ``shape``, ``identity_shape`` ``(B, V, 3)``
-    mm and ``embedding`` = ``c_Id (B, n_id)``. A model trained without identity
-    disentangling (``disentangled=False``) has no identity part: its embedding is the whole
-    code ``[c_Id, c_Res]`` and its identity shape is the full shape.
+    Args:
+        liu: a ``phase3.pt``, a ``reproduce liu2018`` run folder, None (the quick profile's
+            committed artifact ``artifact``, if present) or False (no Liu et al. row).
+        profile: ``"quick"`` or ``"full"``; only the quick profile has a committed artifact.
 
-    >>> from facelab.train.liu2018 import build_liu2018_model
-    >>> net = build_liu2018_model({"resolution": "quick", "model": {"encoder": {"depth": "sphere_tiny",
-    ...       "embedding_dim": 8, "input_size": [32, 32]}}})
-    >>> wrapped = Liu2018Evaluable(net, "quick")
-    >>> out = wrapped.reconstruct(torch.zeros(2, 3, 32, 32), None)
-    >>> out["shape"].shape, out["embedding"].shape, wrapped.config.image_size
-    (torch.Size([2, 1353, 3]), torch.Size([2, 80]), (32, 32))
+    Returns:
+        ``(evaluable, checkpoint path as str)``, or ``(None, None)`` when there is none.
+
+    >>> liu_reference(False, "quick")
+    (None, None)
     """
+    from facelab.models.registry import load_evaluable
+    from facelab.reproduce.artifacts import ARTIFACTS_DIR, has_artifact
 
-    def __init__(self, model: nn.Module, resolution: str, align: bool = False, render_size=None,
-                 disentangled: bool = True) -> None:
-        super().__init__()
-        if not hasattr(model, "encode") or not hasattr(model, "id_decoder"):
-            raise TypeError(f"model: expected a Liu2018Model, got {type(model).__name__}")
-        self.model = model
-        self.input_size = tuple(model.config.encoder.input_size)
-        self.align, self.disentangled = bool(align), bool(disentangled)
-        photo = tuple(render_size) if (align and render_size) else self.input_size
-        self.config = SimpleNamespace(image_size=photo, resolution=resolution)
-
-    def prepare_images(self, batch: dict) -> torch.Tensor:
-        """The encoder inputs of a suite batch: aligned crops (``align``) or the photos."""
-        if not self.align:
-            return batch["image"]
-        from facelab.data.align import align_faces
-
-        return align_faces(batch["image"], batch["landmarks2d"], self.input_size)[0]
-
-    @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor, morphable=None) -> dict[str, torch.Tensor]:
-        out = self.model(images)
-        if not self.disentangled:
-            return {"shape": out["shape"], "identity_shape": out["shape"],
-                    "embedding": torch.cat([out["c_id"], out["c_res"]], 1)}
-        return {"shape": out["shape"], "identity_shape": out["shape_id"], "embedding": out["c_id"]}
-
-    @torch.no_grad()
-    def decode_identity(self, code: torch.Tensor, morphable=None) -> torch.Tensor:
-        """``code (B, D)`` (an embedding of :meth:`reconstruct`) -> neutral identity shape ``(B, V, 3)`` mm."""
-        if not self.disentangled:
-            n = self.model.n_id
-            return self.model.decode(code[:, :n], code[:, n:])["shape"]
-        return self.model.mean_shape + self.model.id_decoder(code)
-
-
-def evaluable(model: nn.Module, checkpoint: dict) -> Liu2018Evaluable:
-    """Wrap a loaded Liu et al. model with the input pipeline recorded in its ``checkpoint``."""
-    inp = checkpoint["model_config"].get("input", {})
-    return Liu2018Evaluable(model.eval(), checkpoint["model_config"]["resolution"], align=inp.get("align", False),
-                            render_size=inp.get("render_size"), disentangled=inp.get("disentangled", True)).eval()
-
-
-def load_phase(path) -> Liu2018Evaluable:
-    """The stage checkpoint ``path`` (e.g. ``phase3.pt``) as an evaluable model (CPU, eval mode)."""
-    from facelab.train.checkpoint import load_model
-
-    model, ckpt = load_model(Path(path), map_location="cpu")
-    return evaluable(model, ckpt)
-
-
-def _split_overrides(overrides) -> dict[str, list[str]]:
-    """``["train.phase_steps=1,1,1", "eval.micc_identities=2"]`` (or a dict) -> per-group lists."""
-    if overrides is None:
-        return {g: [] for g in OVERRIDE_GROUPS}
-    if isinstance(overrides, dict):
-        overrides = [f"{k}={v}" if not isinstance(v, (tuple, list)) else f"{k}={','.join(map(str, v))}"
-                     for k, v in overrides.items()]
-    groups = {g: [] for g in OVERRIDE_GROUPS}
-    for item in overrides:
-        key = item.split("=", 1)[0]
-        group, _, field = key.partition(".")
-        if group not in groups or not field:
-            raise ValueError(f"overrides: {item!r} must start with one of {', '.join(g + '.' for g in OVERRIDE_GROUPS)}")
-        groups[group].append(item[len(group) + 1:])
-    return groups
+    if liu is False:
+        return None, None
+    if liu is None and profile == "quick" and has_artifact(artifact):
+        liu = ARTIFACTS_DIR / artifact
+    if liu is None:
+        return None, None
+    path = Path(liu)
+    path = path / FINAL_STAGE_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"liu: {path} is not a Liu et al. {FINAL_STAGE_FILE} checkpoint")
+    return load_evaluable(path, expect_model="liu2018"), str(path)
 
 
 # ------------------------------------------------------------------ scoring
-def _bu3dfe_columns(model: Liu2018Evaluable, profile: str, cfg) -> tuple[dict, dict]:
+def _bu3dfe_columns(model, profile: str, cfg) -> tuple[dict, dict]:
     """``({"rmse_bu3dfe_pose", "rmse_bu3dfe_exp"}, identity RMSE per |yaw|)`` in mm."""
     from facelab.data import BU3DFE_EXPRESSIONS
     from facelab.metrics.baselines import by_abs_yaw
-    from facelab.metrics.model_eval import _suite, predict_suite
+    from facelab.metrics.model_eval import predict_suite, suite_for
     from facelab.metrics.reconstruction import rmse
 
-    suite = _suite(model, "bu3dfe", profile, cfg, n_identities=cfg.bu3dfe_identities)
+    suite = suite_for(model, "bu3dfe", profile, cfg, n_identities=cfg.bu3dfe_identities)
     pred = predict_suite(model, suite, cfg.batch_size)
     mask = suite.model.face_mask.numpy()
     as_np = lambda t: t.detach().cpu().double().numpy()  # noqa: E731
@@ -165,7 +104,7 @@ def _bu3dfe_columns(model: Liu2018Evaluable, profile: str, cfg) -> tuple[dict, d
     return cols, by_abs_yaw(err_id[neutral], yaw[neutral])
 
 
-def score_phase(model: Liu2018Evaluable, profile: str, eval_cfg) -> tuple[dict, dict]:
+def score_phase(model, profile: str, eval_cfg) -> tuple[dict, dict]:
     """The four table columns of one model, and its BU-3DFE identity RMSE per |yaw| (mm)."""
     from facelab.metrics.model_eval import evaluate_model
 
@@ -247,14 +186,15 @@ def reproduce_liu2018(profile: str = "quick", out_dir="runs/reproduce-liu2018", 
         "rmse_micc", "rmse_bu3dfe_pose", "rmse_bu3dfe_exp", "lfw_accuracy"}], "baselines":
         {method: {...}}, "yaw_rmse": {"0".."90", "overall"}, "train_config", "seconds"}``.
     """
-    from facelab.config import apply_overrides
+    from facelab.config import apply_overrides, split_overrides
     from facelab.metrics.baselines import BaselineConfig, run_baselines
     from facelab.metrics.model_eval import ModelEvalConfig
     from facelab.metrics.report import write_json
+    from facelab.models.registry import load_evaluable
     from facelab.train.liu2018 import ABLATION_STAGES, Liu2018TrainConfig, train_liu2018
 
     check_choice(profile, "profile", PROFILES)
-    groups = _split_overrides(overrides)
+    groups = split_overrides(overrides, OVERRIDE_GROUPS)
     start = time.perf_counter()
     out = Path(out_dir)
     train_cfg = apply_overrides(Liu2018TrainConfig(profile=profile, out_dir=str(out)), groups["train"])
@@ -271,7 +211,7 @@ def reproduce_liu2018(profile: str = "quick", out_dir="runs/reproduce-liu2018", 
             continue
         if stage == "phase3":
             loss = loss_name[train_cfg.loss]
-        cols, per_yaw = score_phase(load_phase(out / f"{stage}.pt"), profile, eval_cfg)
+        cols, per_yaw = score_phase(load_evaluable(out / f"{stage}.pt"), profile, eval_cfg)
         rows.append({"phase": phase, "disentangling": disentangling, "identification_loss": loss, "stage": stage,
                      **cols})
         if stage == "phase3":

@@ -35,7 +35,7 @@ Columns (facelab's definitions; the papers are available only as abstracts):
   geometric rank-1 (the SIR paper's question);
 * ``intra_mm``, ``inter_mm``: the two means of the ratio.
 
-``sfm_vs_pca``: :func:`facelab.morphable.sphere.sfm_vs_pca` at equal dimension ``K`` (10, 20,
+``sfm_vs_pca``: :func:`facelab.metrics.shape_models.sfm_vs_pca` at equal dimension ``K`` (10, 20,
 40 and the recipe's SFM dimension) on held-out 3D shapes (:func:`facelab.train.sir.sfm_shapes`):
 representation RMSE and identity clustering (k-means NMI, verification accuracy) of the
 parameters, one dict per ``K``.
@@ -53,6 +53,8 @@ import torch
 
 from facelab.checks import check_choice, check_positive
 from facelab.config import torch_threads
+from facelab.models.registry import load_evaluable
+from facelab.reproduce.liu2018 import liu_reference
 
 PROFILES = ("quick", "full")
 RESULTS_JSON = "results.json"
@@ -63,7 +65,6 @@ ROW_NAMES = {"params_recog": "shape params + recognition (no SIR)", "params_reco
 COLUMNS = ("rmse_micc", "lfw_accuracy", "sir_ratio", "geo_rank1", "geo_rank1_truth", "param_rank1",
            "intra_mm", "inter_mm")
 SIR_MAX_PAIRS = 5_000  # intra / inter pairs of the ratio, each (sampled with the seed beyond this)
-LIU_ARTIFACT = "liu2018-quick"
 OVERRIDE_GROUPS = ("train", "eval", "sir")
 #: SIR-metric suite sizes (micc-style subjects; frames per video come from the suite profile)
 QUICK_SIR_IDENTITIES = 40
@@ -139,22 +140,6 @@ class CachedSuite:
         return len(self._suite)
 
 
-def _split_overrides(overrides) -> dict[str, list[str]]:
-    """``["train.steps=10", "sir.identities=8"]`` (or a dict) -> ``{"train": [...], "eval": [...], "sir": [...]}``."""
-    groups = {g: [] for g in OVERRIDE_GROUPS}
-    if overrides is None:
-        return groups
-    if isinstance(overrides, dict):
-        overrides = [f"{k}={v}" if not isinstance(v, (tuple, list)) else f"{k}={','.join(map(str, v))}"
-                     for k, v in overrides.items()]
-    for item in overrides:
-        group, _, field = item.split("=", 1)[0].partition(".")
-        if group not in groups or not field:
-            raise ValueError(f"overrides: {item!r} must start with one of {', '.join(g + '.' for g in OVERRIDE_GROUPS)}")
-        groups[group].append(item[len(group) + 1:])
-    return groups
-
-
 # ------------------------------------------------------------------ scoring
 def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().double().numpy()
@@ -202,31 +187,25 @@ def score_sir(pred: dict, mask: np.ndarray, align: str = "rigid", max_pairs: int
         ``sir_ratio = intra_mm / inter_mm`` is exactly :func:`facelab.metrics.sir.sir_ratio` with
         the same ``max_pairs`` and ``seed``.
     """
-    from facelab.metrics.sir import _inter_pairs, _intra_pairs, _pair_rmse, _subsample, geometric_rank1
+    from facelab.metrics.sir import geometric_rank1, sir_ratio
 
     shapes = _np(pred["identity_shape"])[:, mask]
     label = pred["label"].long().numpy()
     cond = pred["condition"].long().numpy()
     emb = _np(pred["embedding"])
-    # sir_ratio's own pair sampling, kept to report its numerator and denominator too
-    rng = np.random.default_rng(seed)
-    x = torch.from_numpy(np.ascontiguousarray(shapes))
-    _, codes = np.unique(label, return_inverse=True)
-    ii, ij = _subsample(*_intra_pairs(codes), max_pairs, rng)
-    if ii.shape[0] == 0 or np.unique(codes).shape[0] < 2:
-        raise ValueError("pred: the SIR suite needs two identities and two frames of one identity")
-    ei, ej = _inter_pairs(codes, max_pairs, rng)
-    inter = float(_pair_rmse(x, ei, ej, align).mean())
-    intra = float(_pair_rmse(x, ii, ij, align).mean())
+    try:
+        ratio = sir_ratio(shapes, label, align=align, max_pairs=max_pairs, seed=seed, return_parts=True)
+    except ValueError as err:
+        raise ValueError(f"pred: the SIR suite needs two identities and two frames of one identity ({err})") from None
     first = np.array([np.flatnonzero(label == lab)[0] for lab in np.unique(label)])
     truth = _np(pred["gt_identity"])[first][:, mask]
     gallery, probes = gallery_split(label, cond, _np(pred["yaw_deg"]))
     return {
-        "sir_ratio": intra / inter,
+        "sir_ratio": ratio["ratio"],
         "geo_rank1": geometric_rank1(shapes[probes], label[probes], shapes[gallery], label[gallery], align=align),
         "geo_rank1_truth": geometric_rank1(shapes, label, truth, label[first], align=align),
         "param_rank1": _cosine_rank1(emb[probes], label[probes], emb[gallery], label[gallery]),
-        "intra_mm": intra, "inter_mm": inter,
+        "intra_mm": ratio["intra_mm"], "inter_mm": ratio["inter_mm"],
     }
 
 
@@ -279,34 +258,14 @@ def score_model(model, suites: _Suites) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------ rows
-def _liu_model(liu, profile: str):
-    """The Liu et al. Phase III model: a ``phase3.pt``, a ``reproduce liu2018`` folder, or (quick
-    profile, ``liu=None``) the committed ``book/artifacts/liu2018-quick``; ``(None, None)`` if none
-    or ``liu=False``."""
-    from facelab.reproduce.artifacts import ARTIFACTS_DIR, has_artifact
-    from facelab.reproduce.liu2018 import load_phase
-
-    if liu is False:
-        return None, None
-    if liu is None and profile == "quick" and has_artifact(LIU_ARTIFACT):
-        liu = ARTIFACTS_DIR / LIU_ARTIFACT
-    if liu is None:
-        return None, None
-    path = Path(liu)
-    path = path / "phase3.pt" if path.is_dir() else path
-    if not path.is_file():
-        raise FileNotFoundError(f"liu: {path} is not a Liu et al. phase3.pt checkpoint")
-    return load_phase(path), str(path)
-
-
 def sfm_vs_pca_table(train_cfg, sir_cfg: SIREvalConfig, ks=None) -> list[dict]:
-    """:func:`facelab.morphable.sphere.sfm_vs_pca` at each dimension of ``ks`` (default
+    """:func:`facelab.metrics.shape_models.sfm_vs_pca` at each dimension of ``ks`` (default
     ``sir_cfg.sfm_k``, and the recipe's SFM dimension): both models are fitted on the stage-1 3D
     shapes (:func:`facelab.train.sir.sfm_shapes` of the population identities) and tested on
     ``sir_cfg.sfm_test_identities`` held-out identities with the same kind of perturbation
-    (another seed). Returns one :func:`~facelab.morphable.sphere.sfm_vs_pca` dict per ``K``, in
+    (another seed). Returns one :func:`~facelab.metrics.shape_models.sfm_vs_pca` dict per ``K``, in
     increasing ``K``."""
-    from facelab.morphable.sphere import sfm_vs_pca
+    from facelab.metrics.shape_models import sfm_vs_pca
     from facelab.train.sir import SFM_TEST_ID_START, sfm_config, sfm_shapes, sfm_train_ids
 
     model_k = train_cfg.sfm_k or train_cfg.n_shape or _model_n_shape(train_cfg)
@@ -380,15 +339,15 @@ def reproduce_sir(profile: str = "quick", out_dir="runs/reproduce-sir", override
         sfm_vs_pca dict per K],
         "liu_checkpoint", "train_config", "sir_config", "train_seconds", "seconds"}``.
     """
-    from facelab.config import apply_overrides
+    from facelab.config import apply_overrides, split_overrides
     from facelab.metrics.model_eval import ModelEvalConfig
     from facelab.metrics.report import write_json
-    from facelab.train.sir import SIRTrainConfig, load_sir, train_sir
+    from facelab.train.sir import SIRTrainConfig, train_sir
 
     check_choice(profile, "profile", PROFILES)
     for v in variants:
         check_choice(v, "variants", list(ROW_NAMES))
-    groups = _split_overrides(overrides)
+    groups = split_overrides(overrides, OVERRIDE_GROUPS)
     start = time.perf_counter()
     out = Path(out_dir)
     train_cfg = apply_overrides(SIRTrainConfig(profile=profile, out_dir=str(out)), groups["train"])
@@ -402,12 +361,12 @@ def reproduce_sir(profile: str = "quick", out_dir="runs/reproduce-sir", override
 
     suites = _Suites(profile, eval_cfg, sir_cfg)
     rows = []
-    liu_model, liu_path = _liu_model(liu, profile)
+    liu_model, liu_path = liu_reference(liu, profile)
     empty = {c: None for c in COLUMNS}
     rows.append({"name": LIU_ROW, "stage": "liu2018_phase3",
                  **(score_model(liu_model, suites) if liu_model is not None else empty)})
     for v in train_cfg.variants:  # the function's variants, or a train.variants override
-        rows.append({"name": ROW_NAMES[v], "stage": v, **score_model(load_sir(out / f"{v}.pt"), suites)})
+        rows.append({"name": ROW_NAMES[v], "stage": v, **score_model(load_evaluable(out / f"{v}.pt", expect_model="sir"), suites)})
     svp = sfm_vs_pca_table(train_cfg, sir_cfg) if with_sfm_vs_pca else None
     result = {"profile": profile, "out_dir": str(out), "rows": rows, "sfm_vs_pca": svp, "liu_checkpoint": liu_path,
               "train_config": dataclasses.asdict(train_cfg), "sir_config": dataclasses.asdict(sir_cfg),

@@ -51,7 +51,7 @@ only); ``step2`` continues from ``step1``'s weights (model, identity head, discr
 The run folder holds ``warmup/`` (if any), ``step1/`` and ``step2/`` (the :class:`~facelab.train.trainer.Trainer`'s
 ``last.pt``, ``metrics.csv``, ``metrics.jsonl``, ``config.json``), once a step is done its
 checkpoint ``warmup.pt`` / ``step1.pt`` / ``step2.pt`` (a ``"gao2020"`` model: load it with
-:func:`facelab.train.load_model`; ``extra["recognition"]`` holds the identity head and
+:func:`facelab.models.load_model`; ``extra["recognition"]`` holds the identity head and
 ``extra["critic"]`` the discriminator), and ``summary.json`` (the last logged row of each
 step). Calling again resumes: finished steps are skipped, an interrupted one resumes exactly.
 
@@ -65,7 +65,6 @@ Book chapter: ``book/08_gao2020.ipynb``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,10 +74,11 @@ import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_image_size, check_positive
-from facelab.config import torch_threads
+from facelab.config import resolve_profile, torch_threads
 from facelab.train import distributed as D
 from facelab.train import pools
-from facelab.train.checkpoint import load_checkpoint, save_checkpoint
+from facelab.train.stages import Stage, copy_atomic, run_stages
+from facelab.io.checkpoint import load_checkpoint, save_checkpoint
 from facelab.train.trainer import PROFILES, CriticStep, StepLoader, TrainConfig, Trainer, cosine_lr_factor, step_indices
 
 MODEL_NAME = "gao2020"
@@ -98,7 +98,6 @@ COL_SEED_OFFSET = 1
 #: the warm-up's cosine schedule ends at this share of ``warmup_lr``
 WARMUP_FINAL_LR_FRACTION = 0.05
 MASK_LEVELS = 255  # the pools keep the photo masks as uint8
-SUMMARY_JSON = "summary.json"
 WARMUP_TERMS = ("shape", "pair", "lmk")
 WEIGHTS = ("w_photo", "w_gdl", "w_lmk", "w_lmk_gdl", "w_shape", "w_pair", "w_smooth", "w_symm", "w_recog", "w_adv")
 
@@ -119,7 +118,7 @@ PROFILE_DEFAULTS = {
 
 @dataclass
 class Gao2020TrainConfig:
-    """Options of :func:`train_gao2020`. Zero / empty values take the profile's default (suite sizes: -1).
+    """Options of :func:`train_gao2020`. None takes the profile's value (:data:`PROFILE_DEFAULTS`).
 
     Attributes:
         profile: ``"quick"`` (CPU, minutes) or ``"full"`` (GPU).
@@ -131,20 +130,20 @@ class Gao2020TrainConfig:
         cheb_k: Chebyshev order of the graph convolutions (0: the model's default, the paper's 6).
             The graph coders dominate a CPU step and cost about linearly in it.
         gcn_channels: graph-decoder widths, coarsest first (empty: the model's default).
-        lp_identities, lp_images_per_identity: size of the labelled ``lp`` suite (-1: the
-            profile's; 0: the suite's default).
+        lp_identities, lp_images_per_identity: size of the labelled ``lp`` suite (0: the
+            suite's default).
         col_identities, col_images_per_identity: size of the unlabelled ``collections`` suite
             (same convention); ``col_identities`` is the number of classes of the recognition loss.
         batch_lp, batch_col: images of each suite in a hybrid batch.
         steps: optimisation steps of ``step1`` (GCN albedo) and ``step2`` (CNN albedo).
-        warmup_steps: steps of the shape warm-up before ``step1`` (module docstring; 0: none,
-            -1: the profile's: quick 1500, full 0).
+        warmup_steps: steps of the shape warm-up before ``step1`` (module docstring; 0: none;
+            the profiles': quick 1500, full 0).
         batch_warmup: ``lp`` images per warm-up batch.
         warmup_lr: peak learning rate of the warm-up (cosine decay to
             :data:`WARMUP_FINAL_LR_FRACTION` of it).
         warmup_from: a ``warmup.pt`` of another run with the same model config to start
             ``step1`` from, instead of training the warm-up here (the ablations share one).
-        lr: Adam learning rate of the encoder-decoder (the paper: 1e-4; 0: the profile's).
+        lr: Adam learning rate of the encoder-decoder (the paper: 1e-4).
             ``quick`` uses 5e-4: its few hundred CPU steps are a tiny fraction of the paper's
             200 epochs, and even at 5e-4 the shape terms move slowly in that budget.
         critic_lr: RMSprop learning rate of the discriminator (the paper: 5e-5).
@@ -163,8 +162,8 @@ class Gao2020TrainConfig:
         log_every, ckpt_every, device: see :class:`~facelab.train.trainer.TrainConfig`.
         pool: pre-render the suites once and sample batches from memory, else stream them.
         cache_pool: keep the rendered pools on disk under :func:`facelab.config.cache_dir`.
-        num_workers: ``DataLoader`` workers per suite when streaming (-1: the profile's).
-        num_threads: torch CPU threads while training (-1: leave; 0: the profile's).
+        num_workers: ``DataLoader`` workers per suite when streaming.
+        num_threads: torch CPU threads while training (-1: leave them as they are).
         progress: show progress bars.
 
     >>> Gao2020TrainConfig().backbone, Gao2020TrainConfig(profile="full").lr
@@ -178,23 +177,23 @@ class Gao2020TrainConfig:
     profile: str = "quick"
     out_dir: str = ""
     seed: int = 0
-    backbone: str = ""
-    image_size: tuple[int, ...] = ()
-    resolution: str = ""
+    backbone: str | None = None
+    image_size: tuple[int, ...] | None = None
+    resolution: str | None = None
     cheb_k: int = 0
     gcn_channels: tuple[int, ...] = ()
-    lp_identities: int = -1
-    lp_images_per_identity: int = -1
-    col_identities: int = -1
-    col_images_per_identity: int = -1
+    lp_identities: int | None = None
+    lp_images_per_identity: int | None = None
+    col_identities: int | None = None
+    col_images_per_identity: int | None = None
     batch_lp: int = 16
     batch_col: int = 16
-    steps: tuple[int, ...] = ()
-    warmup_steps: int = -1
+    steps: tuple[int, ...] | None = None
+    warmup_steps: int | None = None
     batch_warmup: int = 32
     warmup_lr: float = 1e-3
     warmup_from: str = ""
-    lr: float = 0.0
+    lr: float | None = None
     critic_lr: float = 5e-5
     n_critic: int = 1
     w_photo: float = 1.0
@@ -217,30 +216,22 @@ class Gao2020TrainConfig:
     device: str = "cpu"
     pool: bool | None = None
     cache_pool: bool = True
-    num_workers: int = -1
-    num_threads: int = 0
+    num_workers: int | None = None
+    num_threads: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
         check_choice(self.profile, "profile", PROFILES)
         check_choice(self.smoothness, "smoothness", SMOOTHNESS)
-        defaults = PROFILE_DEFAULTS[self.profile]
-        for key in ("backbone", "resolution", "lr"):
-            if not getattr(self, key):
-                setattr(self, key, defaults[key])
-        for key in ("lp_identities", "lp_images_per_identity", "col_identities", "col_images_per_identity"):
-            if getattr(self, key) < 0:
-                setattr(self, key, defaults[key])
-        self.image_size = check_image_size(self.image_size or defaults["image_size"])
-        self.steps = tuple(self.steps or defaults["steps"])
+        resolve_profile(self, PROFILE_DEFAULTS[self.profile])
+        self.image_size = check_image_size(self.image_size)
+        self.steps = tuple(self.steps)
         if len(self.steps) != len(STEPS):
             raise ValueError(f"steps: expected one value per training step ({len(STEPS)}: {', '.join(STEPS)}), got {self.steps}")
         for steps in self.steps:
             check_positive(steps, "steps", integer=True)
-        if self.warmup_steps == -1:
-            self.warmup_steps = defaults["warmup_steps"]
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps: expected an int >= 0 (-1: the profile's), got {self.warmup_steps!r}")
+            raise ValueError(f"warmup_steps: expected an int >= 0 (None: the profile's), got {self.warmup_steps!r}")
         check_positive(self.batch_warmup, "batch_warmup", integer=True)
         check_positive(self.warmup_lr, "warmup_lr")
         for name in ("batch_col", "n_critic", "log_every", "ckpt_every"):
@@ -256,12 +247,6 @@ class Gao2020TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
-        if self.pool is None:
-            self.pool = defaults["pool"]
-        if self.num_workers < 0:
-            self.num_workers = defaults["num_workers"]
-        if self.num_threads == 0:
-            self.num_threads = defaults["num_threads"]
         if not self.out_dir:
             self.out_dir = f"runs/gao2020-{self.profile}"
 
@@ -591,20 +576,20 @@ def warmup_batches(lp_source, cfg: Gao2020TrainConfig, morphable):
 
 
 # ------------------------------------------------------------------ recipe
-def train_gao2020(config: Gao2020TrainConfig | None = None, **overrides) -> dict:
+def train_gao2020(config: Gao2020TrainConfig | None = None, **overrides) -> Path:
     """Train :class:`~facelab.models.gao2020.Gao2020Model` in two steps on hybrid ``lp`` + ``collections`` batches.
 
     See the module docstring for the losses and the folder layout. ``overrides`` replace
     fields of ``config``. An interrupted run resumes when called again.
 
     Returns:
-        ``{"out_dir": Path, "checkpoints": {step: Path}, "summary": {step: last logged row}}``.
+        The run folder: ``step1.pt``, ``step2.pt`` and ``summary.json`` (the last logged row
+        of each stage, :func:`facelab.train.stages.read_summary`).
     """
     cfg = dataclasses.replace(config or Gao2020TrainConfig(), **overrides)
     with torch_threads(cfg.num_threads):
-        summary = _train(cfg)
-    root = Path(cfg.out_dir)
-    return {"out_dir": root, "checkpoints": {s: root / f"{s}.pt" for s in STEPS}, "summary": summary}
+        _train(cfg)
+    return Path(cfg.out_dir)
 
 
 def build_trainee(cfg: Gao2020TrainConfig, stage: str, morphable, n_classes: int):
@@ -662,80 +647,74 @@ def _load_parent(trainee: Gao2020Trainee, critic: ShapeCritic | None, path: Path
         critic.load_state_dict(extra["critic"])
 
 
-def _train(cfg: Gao2020TrainConfig) -> dict:
-    summary_path = Path(cfg.out_dir) / SUMMARY_JSON
-    if (Path(cfg.out_dir) / f"{STEPS[-1]}.pt").exists():  # finished earlier: render nothing
-        return json.loads(summary_path.read_text()) if summary_path.exists() else {}
+def recipe_stages(cfg: Gao2020TrainConfig, root: Path | None = None) -> list[Stage]:
+    """``[warmup,] step1, step2``: the warm-up only when ``cfg.warmup_steps`` and ``step1`` is not done.
+
+    >>> [(s.name, s.parent) for s in recipe_stages(Gao2020TrainConfig(warmup_steps=0))]
+    [('step1', None), ('step2', 'step1')]
+    """
+    root = Path(cfg.out_dir if root is None else root)
+    warmup = bool(cfg.warmup_steps) and not Stage(STEPS[0]).checkpoint(root).exists()
+    first = [Stage(WARMUP), Stage(STEPS[0], parent=WARMUP)] if warmup else [Stage(STEPS[0], parent=WARMUP if cfg.warmup_steps else None)]
+    return first + [Stage(later, parent=earlier) for earlier, later in zip(STEPS, STEPS[1:])]
+
+
+def _prepare(cfg: Gao2020TrainConfig) -> dict:
     lp_suite, col_suite = _suites(cfg)
     device = D.resolve_device(cfg.device)
     morphable = lp_suite.model.to(device)
-    n_classes = col_suite.config.n_identities
     if cfg.pool:
         lp_source, col_source = render_pools(cfg, lp_suite, col_suite)
     else:
         lp_source, col_source = lp_suite, col_suite
-    batches = hybrid_batches(lp_source, col_source, cfg, morphable)
-    root = Path(cfg.out_dir)
-    summary_path = root / SUMMARY_JSON
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    if cfg.warmup_steps and not (root / "step1.pt").exists():
-        summary.update(_warmup(cfg, lp_source, morphable, root))
-    for k, stage in enumerate(STEPS):
-        final = root / f"{stage}.pt"
-        if final.exists():  # finished earlier
-            continue
-        trainee, critic = build_trainee(cfg, stage, morphable, n_classes)
-        if k > 0 or cfg.warmup_steps:
-            previous = STEPS[k - 1] if k > 0 else WARMUP
-            parent = root / f"{previous}.pt"
-            if not parent.exists():
-                raise FileNotFoundError(f"steps: {stage} starts from {parent}; train {previous!r} first")
-            _load_parent(trainee, critic, parent, model_only=k == 0)
-        mcfg = model_config(cfg, STEP_ALBEDO[stage])
-        train_mcfg = {"gao2020": mcfg, "n_classes": n_classes if cfg.use_recog else 0}
-        tcfg = cfg.train_config(stage)
-        optimizer = torch.optim.Adam(trainee.parameters(), lr=cfg.lr)
-        trainer = Trainer(trainee, optimizer, batches, Gao2020Loss(cfg, morphable, critic), tcfg,
-                          model_name=TRAIN_MODEL_NAME, model_config=train_mcfg, extra_config=cfg, critic=critic)
-        result = trainer.fit()
-        if D.is_main_process():  # under torchrun only rank 0 writes
-            export_checkpoint(trainer.checkpoint_path, final, mcfg)
-            summary[stage] = result["metrics"]
-            summary_path.write_text(json.dumps(summary, indent=2))
-        D.barrier()
-    return summary
+    return {"morphable": morphable, "n_classes": col_suite.config.n_identities, "lp_source": lp_source,
+            "batches": hybrid_batches(lp_source, col_source, cfg, morphable)}
 
 
-def _warmup(cfg: Gao2020TrainConfig, lp_source, morphable, root: Path) -> dict:
-    """Train (or copy from ``warmup_from``) ``root/warmup.pt``; returns ``{"warmup": last row}`` if trained."""
-    import shutil
+def _build_stage(cfg: Gao2020TrainConfig, stage: Stage, data: dict, parent: Path | None) -> Trainer:
+    """The :class:`Trainer` of the warm-up or of a training step, started from ``parent``."""
+    morphable = data["morphable"]
+    mcfg = model_config(cfg, STEP_ALBEDO[stage.name])
+    if stage.name == WARMUP:  # shared by the ablations: no identity head, no discriminator
+        trainee, _ = build_trainee(dataclasses.replace(cfg, use_recog=False, use_adv=False), STEPS[0], morphable, 0)
+        tcfg = cfg.train_config(WARMUP)
+        optimizer = torch.optim.Adam(trainee.parameters(), lr=cfg.warmup_lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, WARMUP_FINAL_LR_FRACTION))
+        return Trainer(trainee, optimizer, warmup_batches(data["lp_source"], cfg, morphable), WarmupLoss(cfg, morphable),
+                       tcfg, scheduler=scheduler, model_name=TRAIN_MODEL_NAME,
+                       model_config={"gao2020": mcfg, "n_classes": 0}, extra_config=cfg)
+    n_classes = data["n_classes"]
+    trainee, critic = build_trainee(cfg, stage.name, morphable, n_classes)
+    if parent is not None:
+        _load_parent(trainee, critic, parent, model_only=stage.parent == WARMUP)
+    train_mcfg = {"gao2020": mcfg, "n_classes": n_classes if cfg.use_recog else 0}
+    optimizer = torch.optim.Adam(trainee.parameters(), lr=cfg.lr)
+    return Trainer(trainee, optimizer, data["batches"], Gao2020Loss(cfg, morphable, critic), cfg.train_config(stage.name),
+                   model_name=TRAIN_MODEL_NAME, model_config=train_mcfg, extra_config=cfg, critic=critic)
 
-    final = root / f"{WARMUP}.pt"
-    mcfg = model_config(cfg, STEP_ALBEDO[WARMUP])
+
+def _copy_warmup(cfg: Gao2020TrainConfig, root: Path) -> None:
+    """Copy ``cfg.warmup_from`` to ``root/warmup.pt`` after checking it holds this run's model config."""
+    final = Stage(WARMUP).checkpoint(root)
+    source = Path(cfg.warmup_from)
     if final.exists():
-        return {}
-    if cfg.warmup_from:
-        source = Path(cfg.warmup_from)
-        if not source.is_file():
-            raise FileNotFoundError(f"warmup_from: {source} does not exist")
-        ckpt = load_checkpoint(source, expect_model=MODEL_NAME)
-        if ckpt["model_config"] != mcfg:
-            raise ValueError(f"warmup_from: {source} holds another model config than this run's")
-        if D.is_main_process():
-            root.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, final)
-        D.barrier()
-        return {}
-    # shared by the ablations: no identity head, no discriminator
-    trainee, _ = build_trainee(dataclasses.replace(cfg, use_recog=False, use_adv=False), "step1", morphable, 0)
-    tcfg = cfg.train_config(WARMUP)
-    optimizer = torch.optim.Adam(trainee.parameters(), lr=cfg.warmup_lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, WARMUP_FINAL_LR_FRACTION))
-    trainer = Trainer(trainee, optimizer, warmup_batches(lp_source, cfg, morphable), WarmupLoss(cfg, morphable), tcfg,
-                      scheduler=scheduler, model_name=TRAIN_MODEL_NAME,
-                      model_config={"gao2020": mcfg, "n_classes": 0}, extra_config=cfg)
-    result = trainer.fit()
+        return
+    if not source.is_file():
+        raise FileNotFoundError(f"warmup_from: {source} does not exist")
+    ckpt = load_checkpoint(source, expect_model=MODEL_NAME)
+    if ckpt["model_config"] != model_config(cfg, STEP_ALBEDO[WARMUP]):
+        raise ValueError(f"warmup_from: {source} holds another model config than this run's")
     if D.is_main_process():
-        export_checkpoint(trainer.checkpoint_path, final, mcfg)
+        root.mkdir(parents=True, exist_ok=True)
+        copy_atomic(source, final)
     D.barrier()
-    return {WARMUP: result["metrics"]}
+
+
+def _train(cfg: Gao2020TrainConfig) -> None:
+    root = Path(cfg.out_dir)
+    stages = recipe_stages(cfg, root)
+    if cfg.warmup_from and stages[0].name == WARMUP:
+        _copy_warmup(cfg, root)
+    publish = lambda stage, src, dst: export_checkpoint(src, dst, model_config(cfg, STEP_ALBEDO[stage.name]))  # noqa: E731
+    run_stages(root, stages, build=lambda stage, data, parent: _build_stage(cfg, stage, data, parent),
+               prepare=lambda: _prepare(cfg), publish=publish)

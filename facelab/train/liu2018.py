@@ -36,7 +36,7 @@ made on the same suite.
 The run folder holds one sub-folder per phase (``phase1/`` ... with the
 :class:`~facelab.train.trainer.Trainer`'s ``last.pt`` and logs) and, once a phase is done,
 its checkpoint ``phase1.pt`` / ``phase2.pt`` / ``phase3.pt`` (load any with
-:func:`facelab.train.load_model`) and ``summary.json`` (the last logged row of each
+:func:`facelab.models.load_model`) and ``summary.json`` (the last logged row of each
 phase). Calling again resumes: finished phases are skipped, an interrupted one resumes.
 
 ``quick`` trains a ``sphere_tiny`` on 64x64 aligned crops of 128 px photos of the
@@ -46,11 +46,7 @@ phase). Calling again resumes: finished phases are skipped, an interrupted one r
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,12 +54,13 @@ import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_image_size, check_positive
-from facelab.config import torch_threads
-from facelab.train.checkpoint import load_checkpoint
+from facelab.config import resolve_profile, torch_threads
+from facelab.io.checkpoint import load_checkpoint
+from facelab.models.liu2018 import MODEL_NAME, build_liu2018_model
 from facelab.train import pools
+from facelab.train.stages import Stage, run_stages
 from facelab.train.trainer import PROFILES, StepLoader, TrainConfig, Trainer, cosine_lr_factor
 
-MODEL_NAME = "liu2018"
 PHASES = (1, 2, 3)
 #: stage name -> (phase whose steps / lr it uses, the stage it starts from, L_C override)
 STAGES = {
@@ -79,7 +76,6 @@ TARGET_SOURCES = ("truth", "fitted")
 PHASE1_METRICS = ("basis", "code")
 POOL_KEYS = ("image", "label", "alpha_id", "alpha_exp", "shape", "shape_identity")
 FINAL_LR_FRACTION = 0.05  # each phase's cosine schedule ends at this fraction of its lr
-SUMMARY_JSON = "summary.json"
 
 PROFILE_DEFAULTS = {
     "quick": dict(depth="sphere_tiny", embedding_dim=128, image_size=(64, 64), render_size=(128, 128),
@@ -93,7 +89,7 @@ PROFILE_DEFAULTS = {
 
 @dataclass
 class Liu2018TrainConfig:
-    """Options of :func:`train_liu2018`. Zero / empty values take the profile's default.
+    """Options of :func:`train_liu2018`. None takes the profile's value (:data:`PROFILE_DEFAULTS`).
 
     Attributes:
         profile: ``"quick"`` (CPU, minutes) or ``"full"`` (GPU).
@@ -124,8 +120,8 @@ class Liu2018TrainConfig:
         n_identities, images_per_identity: size of the ``webface`` suite (0: suite default).
         pool: pre-render the suite once and sample batches from memory, else stream.
         cache_pool: keep the rendered pool on disk under :func:`facelab.config.cache_dir`.
-        num_workers: ``DataLoader`` workers when streaming (-1: the profile's).
-        num_threads: torch CPU threads while training (-1: leave; 0: the profile's).
+        num_workers: ``DataLoader`` workers when streaming.
+        num_threads: torch CPU threads while training (-1: leave them as they are).
         progress: show progress bars.
 
     >>> Liu2018TrainConfig().depth, Liu2018TrainConfig(profile="full").image_size
@@ -140,12 +136,12 @@ class Liu2018TrainConfig:
 
     profile: str = "quick"
     out_dir: str = ""
-    depth: str = ""
-    embedding_dim: int = 0
-    image_size: tuple[int, ...] = ()
-    render_size: tuple[int, ...] = ()
+    depth: str | None = None
+    embedding_dim: int | None = None
+    image_size: tuple[int, ...] | None = None
+    render_size: tuple[int, ...] | None = None
     align: bool = True
-    resolution: str = ""
+    resolution: str | None = None
     n_id: int = 0
     n_res: int = 0
     targets: str = "truth"
@@ -155,21 +151,21 @@ class Liu2018TrainConfig:
     loss: str = "asoftmax"
     margin_m: int = 4
     lambda_r: float = 1.0
-    phase_steps: tuple[int, ...] = ()
+    phase_steps: tuple[int, ...] | None = None
     phase_lr: tuple[float, ...] = (1e-3, 1e-2, 1e-3)
-    batch_size: int = 0
+    batch_size: int | None = None
     weight_decay: float = 1e-4
     grad_clip: float = 10.0
     log_every: int = 10
     ckpt_every: int = 100
     seed: int = 0
     device: str = "cpu"
-    n_identities: int = 0
-    images_per_identity: int = 0
+    n_identities: int | None = None
+    images_per_identity: int | None = None
     pool: bool | None = None
     cache_pool: bool = True
-    num_workers: int = -1
-    num_threads: int = 0
+    num_workers: int | None = None
+    num_threads: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -182,13 +178,10 @@ class Liu2018TrainConfig:
             check_choice(stage, "stages", list(STAGES))
         if self.targets == "fitted" and not self.targets_path:
             raise ValueError("targets_path: targets='fitted' needs the targets.npz written by `facelab fit`")
-        defaults = PROFILE_DEFAULTS[self.profile]
-        for key in ("depth", "embedding_dim", "resolution", "batch_size", "n_identities", "images_per_identity"):
-            if not getattr(self, key):
-                setattr(self, key, defaults[key])
-        self.image_size = check_image_size(self.image_size or defaults["image_size"])
-        self.render_size = check_image_size(self.render_size or defaults["render_size"], "render_size")
-        self.phase_steps = tuple(self.phase_steps or defaults["phase_steps"])
+        resolve_profile(self, PROFILE_DEFAULTS[self.profile])
+        self.image_size = check_image_size(self.image_size)
+        self.render_size = check_image_size(self.render_size, "render_size")
+        self.phase_steps = tuple(self.phase_steps)
         self.phase_lr = tuple(self.phase_lr)
         for name in ("phase_steps", "phase_lr"):
             if len(getattr(self, name)) != len(PHASES):
@@ -199,12 +192,6 @@ class Liu2018TrainConfig:
             check_positive(lr, "phase_lr")
         if not (self.lambda_r >= 0 and math.isfinite(self.lambda_r)):
             raise ValueError(f"lambda_r: the reconstruction weight must be finite and >= 0, got {self.lambda_r}")
-        if self.pool is None:
-            self.pool = defaults["pool"]
-        if self.num_workers < 0:
-            self.num_workers = defaults["num_workers"]
-        if self.num_threads == 0:
-            self.num_threads = defaults["num_threads"]
         if not self.out_dir:
             self.out_dir = f"runs/liu2018-{self.profile}"
 
@@ -379,25 +366,6 @@ def model_config(cfg: Liu2018TrainConfig, morphable, n_classes: int, loss: str |
             "input": {"align": cfg.align, "render_size": list(cfg.photo_size), "disentangled": disentangled}}
 
 
-def build_liu2018_model(config: dict) -> nn.Module:
-    """An untrained :class:`~facelab.models.liu2018.Liu2018Model` from a :func:`model_config` dict.
-
-    This is the ``"liu2018"`` builder of :func:`facelab.train.checkpoint.build_model`.
-
-    >>> cfg = {"resolution": "quick", "model": {"encoder": {"depth": "sphere_tiny", "embedding_dim": 8,
-    ...        "input_size": [32, 32]}, "n_classes": 3}}
-    >>> build_liu2018_model(cfg).n_id
-    80
-    """
-    from facelab.models.liu2018 import Liu2018Config, Liu2018Model
-    from facelab.morphable import SynthFacesConfig, build_synthfaces
-
-    if not isinstance(config, dict) or "resolution" not in config or "model" not in config:
-        raise ValueError(f"config: expected a dict with 'resolution' and 'model' keys, got {config!r}")
-    morphable = build_synthfaces(SynthFacesConfig(resolution=config["resolution"]))
-    return Liu2018Model(morphable, Liu2018Config(**config["model"]))
-
-
 # ------------------------------------------------------------------ recipe
 def train_liu2018(config: Liu2018TrainConfig | None = None, **overrides) -> Path:
     """Train :class:`~facelab.models.liu2018.Liu2018Model` in three phases on ``webface``; returns the run folder.
@@ -450,56 +418,44 @@ def _batches(cfg: Liu2018TrainConfig, collection):
     return lambda step: pools.align_batch(stream(step), tuple(cfg.image_size))
 
 
-def _train(cfg: Liu2018TrainConfig) -> None:
-    from facelab.train.distributed import barrier, is_main_process
+def recipe_stages(cfg: Liu2018TrainConfig) -> list[Stage]:
+    """The :class:`~facelab.train.stages.Stage` list of ``cfg.stages`` (parents from :data:`STAGES`).
+
+    >>> [(s.name, s.parent) for s in recipe_stages(Liu2018TrainConfig(stages=("phase1", "phase2")))]
+    [('phase1', None), ('phase2', 'phase1')]
+    """
+    return [Stage(name, parent=STAGES[name][1]) for name in cfg.stages]
+
+
+def _prepare(cfg: Liu2018TrainConfig) -> dict:
+    collection = _suite(cfg)
+    return {"morphable": collection.model, "n_classes": collection.config.n_identities,
+            "batches": _batches(cfg, collection)}
+
+
+def _build_stage(cfg: Liu2018TrainConfig, stage: Stage, data: dict, parent: Path | None) -> Trainer:
+    """The :class:`Trainer` of ``stage``: a fresh model from the seed, the parent's weights, the phase's optimiser."""
     from facelab.train.trainer import seed_everything
 
-    root = Path(cfg.out_dir)
-    if all((root / f"{stage}.pt").exists() for stage in cfg.stages):
-        return  # every stage finished earlier (or restored from book artifacts): render nothing
-    collection = _suite(cfg)
-    morphable = collection.model
-    n_classes = collection.config.n_identities
-    batches = _batches(cfg, collection)
-    summary_path = root / SUMMARY_JSON
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    for stage in cfg.stages:
-        final = root / f"{stage}.pt"
-        if final.exists():  # finished earlier
-            continue
-        phase, parent, loss_override = STAGES[stage]
-        mcfg = model_config(cfg, morphable, n_classes, loss=loss_override, disentangled=stage != "phase2_joint")
-        seed_everything(cfg.seed)  # the initial weights depend on the seed only
-        model = build_liu2018_model(mcfg)
-        if parent is not None:
-            if not (root / f"{parent}.pt").exists():
-                raise FileNotFoundError(f"stages: {stage} starts from {root / parent}.pt; train {parent!r} first")
-            ckpt = load_checkpoint(root / f"{parent}.pt", expect_model=MODEL_NAME)
-            state = ckpt["state_dict"]
-            other_head = ckpt["model_config"]["model"].get("loss") != mcfg["model"]["loss"]
-            if other_head:  # another identification head: keep the fresh one
-                state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-            model.load_state_dict(state, strict=not other_head)
-        tcfg = cfg.train_config(phase, stage)
-        optimizer = torch.optim.AdamW(phase_parameters(model, phase), lr=tcfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, FINAL_LR_FRACTION))
-        trainer = Trainer(model, optimizer, batches, stage_loss(stage, cfg), tcfg, scheduler=scheduler,
-                          model_name=MODEL_NAME, model_config=mcfg, extra_config=cfg)
-        result = trainer.fit()
-        if is_main_process():  # under torchrun only rank 0 writes
-            _copy_atomic(trainer.checkpoint_path, final)
-            summary[stage] = result["metrics"]
-            summary_path.write_text(json.dumps(summary, indent=2))
-        barrier()
+    phase, _, loss_override = STAGES[stage.name]
+    mcfg = model_config(cfg, data["morphable"], data["n_classes"], loss=loss_override,
+                        disentangled=stage.name != "phase2_joint")
+    seed_everything(cfg.seed)  # the initial weights depend on the seed only
+    model = build_liu2018_model(mcfg)
+    if parent is not None:
+        ckpt = load_checkpoint(parent, expect_model=MODEL_NAME)
+        state = ckpt["state_dict"]
+        other_head = ckpt["model_config"]["model"].get("loss") != mcfg["model"]["loss"]
+        if other_head:  # another identification head: keep the fresh one
+            state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+        model.load_state_dict(state, strict=not other_head)
+    tcfg = cfg.train_config(phase, stage.name)
+    optimizer = torch.optim.AdamW(phase_parameters(model, phase), lr=tcfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, FINAL_LR_FRACTION))
+    return Trainer(model, optimizer, data["batches"], stage_loss(stage.name, cfg), tcfg, scheduler=scheduler,
+                   model_name=MODEL_NAME, model_config=mcfg, extra_config=cfg)
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
+def _train(cfg: Liu2018TrainConfig) -> None:
+    run_stages(cfg.out_dir, recipe_stages(cfg), build=lambda stage, data, parent: _build_stage(cfg, stage, data, parent),
+               prepare=lambda: _prepare(cfg))

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from facelab.config import cache_dir
-from facelab.train.checkpoint import atomic_torch_save
+from facelab.io.checkpoint import atomic_torch_save
 from facelab.train.trainer import step_indices
 
 POOL_RENDER_BATCH = 64

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_image_size
-from facelab.config import torch_threads
+from facelab.config import resolve_profile, torch_threads
 from facelab.train import pools
 from facelab.train.trainer import PROFILES, StepLoader, TrainConfig, Trainer, cosine_lr_factor, step_indices
 
@@ -51,7 +51,7 @@ PROFILE_DEFAULTS = {
 
 @dataclass
 class RegressorTrainConfig:
-    """Options of :func:`train_regressor`. Zero / empty values take the profile's default.
+    """Options of :func:`train_regressor`. None takes the profile's value (:data:`PROFILE_DEFAULTS`).
 
     Attributes:
         profile: ``"quick"`` (CPU, minutes) or ``"full"`` (GPU).
@@ -70,21 +70,20 @@ class RegressorTrainConfig:
         id_weighting: ``"uniform"`` (every standardised identity coefficient alike) or
             ``"geometric"`` (component k weighted by ``std_k^2 / mean(std^2)``: the squared
             error is then proportional to the vertex error, so large components dominate).
-        num_threads: torch CPU threads while training (-1: leave torch's setting; 0: the
-            profile's default, quick = 1: small convolutions on a busy 2-core machine run
-            faster on one thread; full = leave).
+        num_threads: torch CPU threads while training (-1: leave torch's setting; the quick
+            profile's 1: small convolutions on a busy 2-core machine run faster on one thread).
         progress: show progress bars.
     """
 
     profile: str = "quick"
     out_dir: str = ""
-    backbone: str = ""
-    image_size: tuple[int, ...] = ()
-    resolution: str = ""
+    backbone: str | None = None
+    image_size: tuple[int, ...] | None = None
+    resolution: str | None = None
     n_shape: int = 0
     n_exp: int = 0
-    steps: int = 0
-    batch_size: int = 0
+    steps: int | None = None
+    batch_size: int | None = None
     lr: float = 1e-3
     weight_decay: float = 1e-4
     grad_clip: float = 10.0
@@ -92,34 +91,23 @@ class RegressorTrainConfig:
     ckpt_every: int = 100
     seed: int = 0
     device: str = "cpu"
-    n_identities: int = 0
-    images_per_identity: int = 0
+    n_identities: int | None = None
+    images_per_identity: int | None = None
     pool: bool | None = None
     cache_pool: bool = True
-    num_workers: int = -1
+    num_workers: int | None = None
     w_coeff: float = 1.0
     w_sh: float = 0.1
     w_landmark: float = 10.0
     id_weighting: str = "geometric"
-    num_threads: int = 0
+    num_threads: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
         check_choice(self.profile, "profile", PROFILES)
         check_choice(self.id_weighting, "id_weighting", ID_WEIGHTINGS)
-        defaults = PROFILE_DEFAULTS[self.profile]
-        for key in ("backbone", "resolution", "steps", "batch_size", "n_identities", "images_per_identity"):
-            if not getattr(self, key):
-                setattr(self, key, defaults[key])
-        if not self.image_size:
-            self.image_size = defaults["image_size"]
+        resolve_profile(self, PROFILE_DEFAULTS[self.profile])
         self.image_size = check_image_size(self.image_size)
-        if self.pool is None:
-            self.pool = defaults["pool"]
-        if self.num_workers < 0:
-            self.num_workers = defaults["num_workers"]
-        if self.num_threads == 0:
-            self.num_threads = defaults["num_threads"]
         if not self.out_dir:
             self.out_dir = f"runs/regressor-{self.profile}"
         for name in ("w_coeff", "w_sh", "w_landmark"):
@@ -223,7 +211,7 @@ def build_regressor(cfg: RegressorTrainConfig, morphable):
 def train_regressor(config: RegressorTrainConfig | None = None, **overrides) -> Path:
     """Train a :class:`~facelab.models.regressor.CoefficientRegressor` on ``lp``; returns the run folder.
 
-    The folder holds ``last.pt`` (load it with :func:`facelab.train.load_model`), ``config.json``
+    The folder holds ``last.pt`` (load it with :func:`facelab.models.load_model`), ``config.json``
     and ``metrics.csv`` / ``metrics.jsonl``; an interrupted run resumes when called again.
     ``overrides`` replace fields of ``config``.
     """

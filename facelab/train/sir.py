@@ -17,7 +17,7 @@ weak-perspective pose and 27 SH lighting coefficients. Every training batch mixe
   identity label is used): ``ids_per_batch`` identities x ``batch_id / ids_per_batch``
   images each, so that the SIR loss sees same-identity pairs in every batch.
 
-Each loss applies only to the rows that carry its label (:class:`MixedLabelLoss`):
+Each loss applies only to the rows that carry its label (:class:`~facelab.losses.mixed_label.MixedLabelLoss`):
 
 ================  ========  ==============================================================
 term (metric)     rows      definition
@@ -67,27 +67,24 @@ steps and 300 per variant: about 6 minutes on a 2-core CPU. ``full`` trains a Re
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from facelab.checks import check_choice, check_image_size, check_positive
-from facelab.config import torch_threads
+from facelab.config import resolve_profile, torch_threads
+from facelab.losses.mixed_label import MixedLabelLoss
+from facelab.models.sir import MODEL_NAME, RECOG_LOSSES, SIRNet, SIRNetConfig
 from facelab.train import pools
+from facelab.train.stages import Stage, run_stages
 from facelab.train.trainer import PROFILES, TrainConfig, Trainer, cosine_lr_factor
 
-MODEL_NAME = "sir"
 VARIANTS = ("params_recog", "params_recog_sir", "sfm_sir")
 BASE = "base"
 STAGES = (BASE,) + VARIANTS
 SFM_STAGE1 = "sfm_stage1.npz"
-SUMMARY_JSON = "summary.json"
-RECOG_LOSSES = ("cosface", "arcface")
-SHAPE_MODELS = ("pca", "sfm")
 LP_POOL_KEYS = ("image", "landmarks2d")
 ID_POOL_KEYS = ("image", "label")
 FINAL_LR_FRACTION = 0.05  # cosine schedule ends at this fraction of lr
@@ -107,7 +104,7 @@ PROFILE_DEFAULTS = {
 
 @dataclass
 class SIRTrainConfig:
-    """Options of :func:`train_sir`. Zero / empty values take the profile's default.
+    """Options of :func:`train_sir`. None takes the profile's value (:data:`PROFILE_DEFAULTS`).
 
     Attributes:
         profile: ``"quick"`` (CPU, minutes) or ``"full"`` (GPU).
@@ -134,27 +131,27 @@ class SIRTrainConfig:
         sfm_basis_lr_scale: stage-2 learning rate of the SFM basis, relative to ``lr``.
         pool: pre-render the training suites once (in memory, cached on disk).
         cache_pool: keep rendered pools under :func:`facelab.config.cache_dir`.
-        num_threads: torch CPU threads (-1: leave; 0: profile default, quick = 1).
+        num_threads: torch CPU threads (-1: leave them as they are; quick: 1).
         progress: show progress bars.
     """
 
     profile: str = "quick"
     out_dir: str = ""
     variants: tuple[str, ...] = VARIANTS
-    backbone: str = ""
-    image_size: tuple[int, ...] = ()
-    resolution: str = ""
+    backbone: str | None = None
+    image_size: tuple[int, ...] | None = None
+    resolution: str | None = None
     n_shape: int = 0
     n_exp: int = 0
-    base_steps: int = 0
-    steps: int = 0
-    batch_lp: int = 0
-    batch_id: int = 0
-    ids_per_batch: int = 0
-    n_identities: int = 0
-    images_per_identity: int = 0
-    lp_identities: int = 0
-    lp_images_per_identity: int = 0
+    base_steps: int | None = None
+    steps: int | None = None
+    batch_lp: int | None = None
+    batch_id: int | None = None
+    ids_per_batch: int | None = None
+    n_identities: int | None = None
+    images_per_identity: int | None = None
+    lp_identities: int | None = None
+    lp_images_per_identity: int | None = None
     lr: float = 1e-3
     weight_decay: float = 1e-4
     grad_clip: float = 10.0
@@ -171,14 +168,14 @@ class SIRTrainConfig:
     w_sir: float = 1.0
     sir_margin_mm: float = 3.0
     sfm_k: int = 0
-    sfm_identities: int = 0
-    sfm_samples: int = 0
+    sfm_identities: int | None = None
+    sfm_samples: int | None = None
     sfm_steps: int = 0
     sfm_margin: float = 0.0
     sfm_basis_lr_scale: float = 0.1
     pool: bool | None = None
     cache_pool: bool = True
-    num_threads: int = 0
+    num_threads: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -187,13 +184,8 @@ class SIRTrainConfig:
         self.variants = tuple(self.variants)
         for v in self.variants:
             check_choice(v, "variants", list(VARIANTS))
-        defaults = PROFILE_DEFAULTS[self.profile]
-        for key in ("backbone", "resolution", "base_steps", "steps", "batch_lp", "batch_id", "ids_per_batch",
-                    "n_identities", "images_per_identity", "lp_identities", "lp_images_per_identity",
-                    "sfm_identities", "sfm_samples"):
-            if not getattr(self, key):
-                setattr(self, key, defaults[key])
-        self.image_size = check_image_size(self.image_size or defaults["image_size"])
+        resolve_profile(self, PROFILE_DEFAULTS[self.profile])
+        self.image_size = check_image_size(self.image_size)
         for key in ("base_steps", "steps", "batch_lp", "batch_id", "ids_per_batch", "n_identities",
                     "images_per_identity", "lp_identities", "lp_images_per_identity", "sfm_identities",
                     "sfm_samples"):
@@ -207,10 +199,6 @@ class SIRTrainConfig:
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name}: must be finite and >= 0, got {value}")
         check_positive(self.recog_s, "recog_s")
-        if self.pool is None:
-            self.pool = defaults["pool"]
-        if self.num_threads == 0:
-            self.num_threads = defaults["num_threads"]
         if not self.out_dir:
             self.out_dir = f"runs/sir-{self.profile}"
 
@@ -223,256 +211,6 @@ class SIRTrainConfig:
                            log_every=self.log_every, ckpt_every=self.ckpt_every, seed=self.seed,
                            out_dir=str(Path(self.out_dir) / stage), device=self.device, profile=self.profile,
                            grad_clip=self.grad_clip, progress=self.progress)
-
-
-# ------------------------------------------------------------------ model
-@dataclass
-class SIRNetConfig:
-    """Architecture of a :class:`SIRNet` (stored in its checkpoints).
-
-    Attributes:
-        backbone, n_shape, n_exp, image_size, resolution: the
-            :class:`~facelab.models.regressor.RegressorConfig` of the regressor (``n_shape`` is
-            the SFM dimension for ``shape_model="sfm"``).
-        n_classes: identities of the recognition head.
-        recog_loss, recog_s, recog_m: the head (:func:`facelab.losses.angular.build_classifier_loss`).
-        shape_model: ``"pca"`` (the SynthFaces linear model) or ``"sfm"`` (a trainable
-            :class:`~facelab.morphable.sphere.SphereFaceModel` basis).
-    """
-
-    backbone: str = "resnet_tiny"
-    n_shape: int = 80
-    n_exp: int = 30
-    image_size: tuple[int, int] = (64, 64)
-    resolution: str = "quick"
-    n_classes: int = 2
-    recog_loss: str = "cosface"
-    recog_s: float = 30.0
-    recog_m: float = 0.35
-    shape_model: str = "pca"
-
-    def __post_init__(self) -> None:
-        check_choice(self.recog_loss, "recog_loss", RECOG_LOSSES)
-        check_choice(self.shape_model, "shape_model", SHAPE_MODELS)
-        check_positive(self.n_classes, "n_classes", integer=True)
-        self.image_size = check_image_size(self.image_size)
-
-    def regressor_config(self):
-        from facelab.models.regressor import RegressorConfig
-
-        return RegressorConfig(backbone=self.backbone, n_shape=self.n_shape, n_exp=self.n_exp,
-                               image_size=self.image_size, resolution=self.resolution)
-
-
-class SIRNet(nn.Module):
-    """A coefficient regressor, its recognition head and its identity shape model.
-
-    Args:
-        config: a :class:`SIRNetConfig`.
-        morphable: the SynthFaces :class:`~facelab.morphable.model.MorphableModel` of
-            ``config.resolution`` (mean shape, expression basis, landmarks; and the identity
-            basis for ``shape_model="pca"``). Not stored in checkpoints (rebuilt from the
-            resolution), except the SFM, which is trained.
-        sfm: for ``shape_model="sfm"``, the :class:`~facelab.morphable.sphere.SphereFaceModel`
-            whose basis decodes the identity (a trainable sub-module); None builds an
-            untrained one of the right size, to be filled by a state dict.
-
-    The identity code is the regressor's standardised ``a_id (B, n_shape)``:
-
-    * ``pca``: ``identity = mean + U (sigma * a)``, the linear 3DMM;
-    * ``sfm``: ``identity = sfm.decode(a / |a|, r)``, the direction ``u = a / |a|`` on the
-      unit sphere and the SFM's radius ``r`` (see :meth:`identity_offset`).
-
-    ``reconstruct(images (B, 3, H, W) in [0, 1])`` gives the interface of
-    :func:`facelab.metrics.evaluate_model`: ``shape``, ``identity_shape (B, V, 3)`` mm,
-    ``embedding = a_id (B, n_shape)`` (its cosine is the verification score) and
-    ``landmarks2d (B, 68, 2)`` px.
-
-    >>> from facelab.morphable import SynthFacesConfig, build_synthfaces
-    >>> m = build_synthfaces(SynthFacesConfig(resolution="quick"))
-    >>> net = SIRNet(SIRNetConfig(n_shape=10, n_exp=5, image_size=(32, 32), n_classes=3), m)
-    >>> out = net.reconstruct(torch.rand(2, 3, 32, 32))
-    >>> out["identity_shape"].shape, out["embedding"].shape
-    (torch.Size([2, 1353, 3]), torch.Size([2, 10]))
-    """
-
-    def __init__(self, config: SIRNetConfig, morphable, sfm=None) -> None:
-        super().__init__()
-        from facelab.losses.angular import build_classifier_loss
-        from facelab.models.regressor import CoefficientRegressor
-
-        self.config = config
-        if morphable.n_exp < config.n_exp or (config.shape_model == "pca" and morphable.n_shape < config.n_shape):
-            raise ValueError(f"morphable: has {morphable.n_shape} identity / {morphable.n_exp} expression components, "
-                             f"the config asks for {config.n_shape} / {config.n_exp}")
-        self.regressor = CoefficientRegressor(config.regressor_config())
-        self.regressor.exp_std.copy_(morphable.exp_std[: config.n_exp])
-        self.head = build_classifier_loss(config.recog_loss, config.n_shape, config.n_classes,
-                                          s=config.recog_s, m=config.recog_m)
-        self.n_verts = morphable.n_verts
-        self.register_buffer("landmarks", morphable.landmarks.clone(), persistent=False)
-        self.register_buffer("exp_basis", morphable.exp_basis[:, : config.n_exp].clone(), persistent=False)
-        if config.shape_model == "pca":
-            self.regressor.shape_std.copy_(morphable.shape_std[: config.n_shape])
-            self.register_buffer("mean_shape", morphable.mean_shape.clone(), persistent=False)
-            self.register_buffer("id_basis", morphable.shape_basis[:, : config.n_shape].clone(), persistent=False)
-            self.sfm = None
-        else:
-            self.sfm = sfm if sfm is not None else _empty_sfm(morphable, config.n_shape)
-            if self.sfm.n_shape != config.n_shape:
-                raise ValueError(f"sfm: has {self.sfm.n_shape} components, the config asks for {config.n_shape}")
-
-    # ------------------------------------------------------------- decoding
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The regressor's output dict (see :class:`~facelab.models.regressor.CoefficientRegressor`)."""
-        return self.regressor(images)
-
-    def identity_offset(self, a_id: torch.Tensor) -> torch.Tensor:
-        """``a_id (B, n_shape)`` -> identity offset from the mean shape ``(B, V, 3)`` mm."""
-        if self.sfm is None:
-            return ((a_id * self.regressor.shape_std) @ self.id_basis.T).reshape(a_id.shape[0], -1, 3)
-        return sfm_identity(self.sfm, a_id) - self.sfm.mean
-
-    @property
-    def mean(self) -> torch.Tensor:
-        """``(V, 3)`` mm, the mean shape of the identity model."""
-        return self.mean_shape if self.sfm is None else self.sfm.mean
-
-    def geometry(self, a_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x (B, D), scale (D,))``: the input of :func:`facelab.losses.sir.sir_loss` whose
-        geometry-weighted space ``x * scale / sqrt(V)`` measures per-vertex RMS distances (mm).
-
-        ``pca``: ``x = a_id``, ``scale = sigma`` (orthonormal basis: exact and cheap);
-        ``sfm``: ``x`` = the decoded identity offsets flattened to ``3V`` mm, ``scale = 1``
-        (the SFM basis is not orthonormal).
-        """
-        if self.sfm is None:
-            return a_id, self.regressor.shape_std
-        x = self.identity_offset(a_id).reshape(a_id.shape[0], -1)
-        return x, torch.ones(x.shape[1], dtype=x.dtype, device=x.device)
-
-    def landmarks2d(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``(B, 68, 2)`` px: the landmarks of the decoded shape projected with the predicted pose."""
-        from facelab.camera import WeakPerspectiveCamera
-
-        a = out["a_id"]
-        rows = (3 * self.landmarks[:, None] + torch.arange(3, device=a.device)).reshape(-1)
-        if self.sfm is None:
-            lm = self.mean_shape[self.landmarks] + ((a * self.regressor.shape_std) @ self.id_basis[rows].T).reshape(
-                a.shape[0], -1, 3)
-        else:
-            lm = sfm_identity(self.sfm, a, vertices=self.landmarks)
-        if self.config.n_exp:
-            lm = lm + (out["alpha_exp"] @ self.exp_basis[rows].T).reshape(lm.shape)
-        return WeakPerspectiveCamera.from_pose(out["pose"]).project(lm)[..., :2]
-
-    def decode_identity(self, code: torch.Tensor, morphable=None) -> torch.Tensor:
-        """Neutral shapes ``(B, V, 3)`` mm of identity codes ``(B, n_shape)`` (e.g. averaged over a video)."""
-        return self.mean + self.identity_offset(code)
-
-    @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor, morphable=None) -> dict[str, torch.Tensor]:
-        """Images -> ``shape``, ``identity_shape (B, V, 3)`` mm, ``embedding (B, n_shape)``, ``landmarks2d``."""
-        out = self(images)
-        identity = self.decode_identity(out["a_id"])
-        shape = identity
-        if self.config.n_exp:
-            shape = identity + (out["alpha_exp"] @ self.exp_basis.T).reshape(identity.shape)
-        return {"shape": shape, "identity_shape": identity, "embedding": out["a_id"],
-                "landmarks2d": self.landmarks2d(out), "pose": out["pose"]}
-
-
-def build_sir_model(config: dict) -> SIRNet:
-    """An untrained :class:`SIRNet` from its config dict (the ``"sir"`` checkpoint builder).
-
-    >>> build_sir_model({"n_shape": 8, "n_exp": 4, "image_size": [32, 32], "n_classes": 5}).head.n_classes
-    5
-    """
-    from facelab.config import from_dict
-    from facelab.morphable import SynthFacesConfig, build_synthfaces
-
-    cfg = from_dict(SIRNetConfig, config) if isinstance(config, dict) else config
-    return SIRNet(cfg, build_synthfaces(SynthFacesConfig(resolution=cfg.resolution)))
-
-
-def _register() -> None:
-    from facelab.train.checkpoint import register_model, registered_models
-
-    if MODEL_NAME not in registered_models():
-        register_model(MODEL_NAME, build_sir_model)
-
-
-_register()
-
-
-# ------------------------------------------------------------------ loss
-class MixedLabelLoss(nn.Module):
-    """The loss of the module docstring on a mixed batch; each term only on its rows.
-
-    Args:
-        image_size: ``(H, W)`` px (normalises the landmark term).
-        w_landmark, w_prior, w_recog, w_sir: weights (0 switches a term off).
-        sir_margin_mm: the SIR push margin, per-vertex RMS mm.
-
-    ``forward(model: SIRNet, batch) -> (loss, metrics)``. The batch holds ``image (B, 3, H, W)``,
-    ``landmarks2d (B, 68, 2)`` px (any value on rows without landmarks), ``has_landmarks (B,)``
-    bool and ``label (B,)`` long (``-1``: no identity label). Metrics: ``lmk`` (normalised),
-    ``lmk_px``, ``prior``, ``recog``, ``acc`` (training identification accuracy of the
-    margin-free scores), ``sir``, ``sir_pull``, ``sir_push`` (mm^2), each 0 when its rows are absent.
-
-    >>> from facelab.morphable import SynthFacesConfig, build_synthfaces
-    >>> net = SIRNet(SIRNetConfig(n_shape=6, n_exp=3, image_size=(32, 32), n_classes=2),
-    ...              build_synthfaces(SynthFacesConfig(resolution="quick")))
-    >>> batch = {"image": torch.rand(4, 3, 32, 32), "landmarks2d": torch.full((4, 68, 2), 16.0),
-    ...          "has_landmarks": torch.tensor([True, True, False, False]), "label": torch.tensor([-1, -1, 0, 1])}
-    >>> loss, metrics = MixedLabelLoss((32, 32))(net, batch)
-    >>> loss.shape, sorted(metrics)[:3]
-    (torch.Size([]), ['acc', 'lmk', 'lmk_px'])
-    """
-
-    def __init__(self, image_size, w_landmark: float = 10.0, w_prior: float = 0.01, w_recog: float = 1.0,
-                 w_sir: float = 0.0, sir_margin_mm: float = 3.0) -> None:
-        super().__init__()
-        H, W = check_image_size(image_size)
-        self.norm_px = math.sqrt(H * W)
-        for name, value in (("w_landmark", w_landmark), ("w_prior", w_prior), ("w_recog", w_recog),
-                            ("w_sir", w_sir), ("sir_margin_mm", sir_margin_mm)):
-            if not (value >= 0 and math.isfinite(value)):
-                raise ValueError(f"{name}: must be finite and >= 0, got {value}")
-        self.w_landmark, self.w_prior, self.w_recog, self.w_sir = w_landmark, w_prior, w_recog, w_sir
-        self.sir_margin_mm = sir_margin_mm
-
-    def forward(self, model: SIRNet, batch: dict) -> tuple[torch.Tensor, dict]:
-        from facelab.losses.sir import sir_loss_terms
-
-        for key in ("image", "landmarks2d", "has_landmarks", "label"):
-            if key not in batch:
-                raise KeyError(f"batch: a mixed-label batch needs {key!r}")
-        out = model(batch["image"])
-        zero = out["a_id"].new_zeros(())
-        lp, ided = batch["has_landmarks"].bool(), batch["label"] >= 0
-        terms = {k: zero for k in ("lmk", "lmk_px", "prior", "recog", "acc", "sir", "sir_pull", "sir_push")}
-        if lp.any():
-            sub = {k: v[lp] for k, v in out.items()}
-            px = (model.landmarks2d(sub) - batch["landmarks2d"][lp]).norm(dim=-1).mean()
-            terms["lmk_px"], terms["lmk"] = px, px / self.norm_px
-            prior = sub["a_id"].pow(2).mean()
-            if sub["a_exp"].numel():
-                prior = prior + sub["a_exp"].pow(2).mean()
-            terms["prior"] = prior
-        if ided.any():
-            a, labels = out["a_id"][ided], batch["label"][ided]
-            if self.w_recog > 0:
-                terms["recog"] = model.head(a, labels)
-                with torch.no_grad():
-                    terms["acc"] = (model.head.predict(a) == labels).float().mean()
-            if self.w_sir > 0:
-                x, scale = model.geometry(a)
-                pull, push = sir_loss_terms(x, labels, scale, self.sir_margin_mm, n_verts=model.n_verts)
-                terms["sir_pull"], terms["sir_push"], terms["sir"] = pull, push, pull + push
-        loss = (self.w_landmark * terms["lmk"] + self.w_prior * terms["prior"] + self.w_recog * terms["recog"]
-                + self.w_sir * terms["sir"])
-        return loss, {k: v.detach() for k, v in terms.items()}
 
 
 # -------------------------------------------------------------------- data
@@ -538,7 +276,7 @@ def identity_indices(labels: torch.Tensor, ids_per_batch: int, per_id: int, step
 
 def mixed_batches(lp_pool: dict, id_pool: dict | None, batch_lp: int, batch_id: int = 0, ids_per_batch: int = 1,
                   seed: int = 0):
-    """A callable ``step -> mixed batch`` (see :class:`MixedLabelLoss` for the fields).
+    """A callable ``step -> mixed batch`` (see :class:`~facelab.losses.mixed_label.MixedLabelLoss` for the fields).
 
     ``batch_lp`` landmark-only rows of ``lp_pool`` (``image`` uint8, ``landmarks2d``) followed by
     ``batch_id`` identity-only rows of ``id_pool`` (``image`` uint8, ``label``); ``id_pool=None``
@@ -585,7 +323,7 @@ def model_config(cfg: SIRTrainConfig, morphable, shape_model: str = "pca") -> SI
 
 
 def stage_loss(stage: str, cfg: SIRTrainConfig) -> MixedLabelLoss:
-    """The :class:`MixedLabelLoss` of ``stage``: landmarks, prior and recognition; the ``*_sir``
+    """The :class:`~facelab.losses.mixed_label.MixedLabelLoss` of ``stage``: landmarks, prior and recognition; the ``*_sir``
     variants add the SIR term."""
     check_choice(stage, "stage", list(STAGES))
     w_sir = cfg.w_sir if stage.endswith("_sir") else 0.0
@@ -596,7 +334,7 @@ def train_sir(config: SIRTrainConfig | None = None, **overrides) -> Path:
     """Train the SIR recipe's stages (module docstring); returns the run folder.
 
     The folder holds ``base.pt`` and one ``<variant>.pt`` per variant (``"sir"`` models:
-    load with :func:`load_sir`), ``sfm_stage1.npz`` (the stage-1 Sphere Face Model, a
+    load with :func:`facelab.models.load_model`), ``sfm_stage1.npz`` (the stage-1 Sphere Face Model, a
     :class:`~facelab.morphable.model.MorphableModel` file), per-stage sub-folders with the
     trainer's logs, and ``summary.json``. Finished stages are skipped; an interrupted one resumes.
     ``overrides`` replace fields of ``config``.
@@ -605,14 +343,6 @@ def train_sir(config: SIRTrainConfig | None = None, **overrides) -> Path:
     with torch_threads(cfg.num_threads):
         _train(cfg)
     return Path(cfg.out_dir)
-
-
-def load_sir(path) -> SIRNet:
-    """A ``"sir"`` checkpoint (``base.pt``, ``<variant>.pt``) as a :class:`SIRNet` in eval mode (CPU)."""
-    from facelab.train.checkpoint import load_model
-
-    model, _ = load_model(Path(path), expect_model=MODEL_NAME, map_location="cpu")
-    return model
 
 
 def _parameter_groups(model: SIRNet, cfg: SIRTrainConfig) -> list[dict]:
@@ -624,8 +354,18 @@ def _parameter_groups(model: SIRNet, cfg: SIRTrainConfig) -> list[dict]:
     return groups
 
 
-def _build_stage_model(stage: str, cfg: SIRTrainConfig, morphable, root: Path) -> tuple[SIRNet, SIRNetConfig]:
-    from facelab.train.checkpoint import load_checkpoint
+def recipe_stages(cfg: SIRTrainConfig) -> list[Stage]:
+    """``base``, then each of ``cfg.variants`` starting from it.
+
+    >>> [(s.name, s.parent) for s in recipe_stages(SIRTrainConfig(variants=("params_recog",)))]
+    [('base', None), ('params_recog', 'base')]
+    """
+    return [Stage(BASE)] + [Stage(variant, parent=BASE) for variant in cfg.variants]
+
+
+def _build_stage_model(stage: str, cfg: SIRTrainConfig, morphable, root: Path,
+                       parent: Path | None) -> tuple[SIRNet, SIRNetConfig]:
+    from facelab.io.checkpoint import load_checkpoint
     from facelab.train.trainer import seed_everything
 
     seed_everything(cfg.seed)  # the initial weights depend on the seed only
@@ -635,11 +375,8 @@ def _build_stage_model(stage: str, cfg: SIRTrainConfig, morphable, root: Path) -
     else:
         mcfg = model_config(cfg, morphable, "sfm")
         model = SIRNet(mcfg, morphable, sfm=sfm_stage1(cfg, root, morphable))
-    if stage == BASE:
+    if parent is None:
         return model, mcfg
-    parent = root / f"{BASE}.pt"
-    if not parent.exists():
-        raise FileNotFoundError(f"variants: {stage} starts from {parent}; train {BASE!r} first")
     state = load_checkpoint(parent, expect_model=MODEL_NAME)["state_dict"]
     if stage == "sfm_sir":
         pca = SIRNet(model_config(cfg, morphable, "pca"), morphable)
@@ -650,39 +387,33 @@ def _build_stage_model(stage: str, cfg: SIRTrainConfig, morphable, root: Path) -
     return model, mcfg
 
 
-def _train(cfg: SIRTrainConfig) -> None:
+def _prepare(cfg: SIRTrainConfig) -> dict:
     from facelab.morphable import SynthFacesConfig, build_synthfaces
-    from facelab.train.distributed import barrier, is_main_process
-    from facelab.train.liu2018 import _copy_atomic
 
+    return {"morphable": build_synthfaces(SynthFacesConfig(resolution=cfg.resolution)), "pools": render_pools(cfg)}
+
+
+def _build_stage(cfg: SIRTrainConfig, stage: Stage, data: dict, parent: Path | None) -> Trainer:
+    """The :class:`Trainer` of ``stage`` on mixed batches of the rendered pools."""
+    from facelab.train.trainer import CHECKPOINT_NAME
+
+    root, pools_ = Path(cfg.out_dir), data["pools"]
+    model, mcfg = _build_stage_model(stage.name, cfg, data["morphable"], root, parent)
+    if stage.name == "sfm_sir" and not (root / stage.name / CHECKPOINT_NAME).exists():
+        init_class_weights(model, pools_["webface"])  # a fresh start; a resumed run has its own
+    batches = mixed_batches(pools_["lp"], pools_["webface"], cfg.batch_lp, cfg.batch_id, cfg.ids_per_batch, cfg.seed)
+    tcfg = cfg.train_config(stage.name)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, cfg), lr=tcfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, FINAL_LR_FRACTION))
+    return Trainer(model, optimizer, batches, stage_loss(stage.name, cfg), tcfg, scheduler=scheduler,
+                   model_name=MODEL_NAME, model_config=mcfg, extra_config=cfg)
+
+
+def _train(cfg: SIRTrainConfig) -> None:
     if not cfg.pool:
         raise ValueError("pool: the SIR recipe samples identity-balanced batches from rendered pools; set pool=True")
-    root = Path(cfg.out_dir)
-    stages = (BASE,) + tuple(cfg.variants)
-    todo = [s for s in stages if not (root / f"{s}.pt").exists()]
-    if not todo:
-        return
-    morphable = build_synthfaces(SynthFacesConfig(resolution=cfg.resolution))
-    data = render_pools(cfg)
-    summary_path = root / SUMMARY_JSON
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    for stage in todo:
-        model, mcfg = _build_stage_model(stage, cfg, morphable, root)
-        if stage == "sfm_sir" and not (root / stage / "last.pt").exists():
-            init_class_weights(model, data["webface"])  # a fresh start; a resumed run has its own
-        batches = mixed_batches(data["lp"], data["webface"], cfg.batch_lp, cfg.batch_id, cfg.ids_per_batch, cfg.seed)
-        tcfg = cfg.train_config(stage)
-        optimizer = torch.optim.AdamW(_parameter_groups(model, cfg), lr=tcfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, FINAL_LR_FRACTION))
-        trainer = Trainer(model, optimizer, batches, stage_loss(stage, cfg), tcfg, scheduler=scheduler,
-                          model_name=MODEL_NAME, model_config=mcfg, extra_config=cfg)
-        result = trainer.fit()
-        if is_main_process():
-            _copy_atomic(trainer.checkpoint_path, root / f"{stage}.pt")
-            summary[stage] = result["metrics"]
-            summary_path.write_text(json.dumps(summary, indent=2))
-        barrier()
-
+    run_stages(cfg.out_dir, recipe_stages(cfg), build=lambda stage, data, parent: _build_stage(cfg, stage, data, parent),
+               prepare=lambda: _prepare(cfg))
 
 
 # ------------------------------------------------------------------ SFM (stage 1 and helpers)
@@ -732,21 +463,6 @@ def sfm_stage1(cfg: SIRTrainConfig, root, morphable):
     path.parent.mkdir(parents=True, exist_ok=True)
     sfm.to_morphable(morphable).save(path)
     return SphereFaceModel.from_morphable(MorphableModel.load(path))
-
-
-def _empty_sfm(morphable, k: int):
-    from facelab.morphable.sphere import SphereFaceModel
-
-    return SphereFaceModel(morphable.mean_shape.clone(), torch.zeros(3 * morphable.n_verts, k))
-
-
-def sfm_identity(sfm, a: torch.Tensor, vertices: torch.Tensor | None = None) -> torch.Tensor:
-    """``mean + B a`` (``alpha = a = r u``, the regressor's code as SFM coefficients), optionally only
-    at ``vertices``: ``a (B, K)`` -> ``(B, V or len(vertices), 3)`` mm."""
-    if vertices is None:
-        return sfm.decode_alpha(a)
-    rows = (3 * vertices[:, None] + torch.arange(3, device=a.device)).reshape(-1)
-    return sfm.mean[vertices] + (a @ sfm.basis[rows].T).reshape(a.shape[0], -1, 3)
 
 
 @torch.no_grad()

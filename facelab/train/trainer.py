@@ -6,7 +6,7 @@ It writes into ``config.out_dir``:
 * ``config.json``: the training config, the model's name and config, and any ``extra_config``;
 * ``metrics.csv`` and ``metrics.jsonl``: one row every ``log_every`` steps (the mean of each
   metric over the steps since the previous row, plus ``step``, ``lr``, ``time_s``);
-* ``last.pt``: a checkpoint (:mod:`facelab.train.checkpoint`) every ``ckpt_every`` steps
+* ``last.pt``: a checkpoint (:mod:`facelab.io.checkpoint`) every ``ckpt_every`` steps
   and at the end.
 
 If ``out_dir/last.pt`` exists, training resumes from it: model, optimizer, scheduler,
@@ -56,7 +56,7 @@ from torch import nn
 from facelab.checks import check_choice, check_positive
 from facelab.config import to_dict
 from facelab.train import distributed as D
-from facelab.train.checkpoint import TMP_SUFFIX, _config_dict, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from facelab.io.checkpoint import TMP_SUFFIX, config_dict, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 
 PROFILES = ("quick", "full")
 CHECKPOINT_NAME = "last.pt"
@@ -324,7 +324,7 @@ class Trainer:
         loss_fn: ``loss_fn(model, batch) -> (loss scalar tensor, {name: float or 0-d tensor})``.
         config: a :class:`TrainConfig`.
         scheduler: optional LR scheduler, stepped after every optimiser step.
-        model_name, model_config: stored in checkpoints so :func:`~facelab.train.checkpoint.load_model`
+        model_name, model_config: stored in checkpoints so :func:`~facelab.io.checkpoint.load_model`
             can rebuild the model (``model_config`` defaults to ``model.config`` if present).
         extra_config: more config (e.g. the recipe's dataclass) for ``config.json`` and checkpoints.
         critic: optional adversarial critic (a :class:`CriticStep` or an object with ``step(model,
@@ -428,7 +428,7 @@ class Trainer:
 
     def _resume(self, ckpt: dict) -> None:
         path = self.checkpoint_path
-        mine = json.loads(json.dumps(_config_dict(self.model_config), default=str))
+        mine = json.loads(json.dumps(config_dict(self.model_config), default=str))
         theirs = json.loads(json.dumps(ckpt["model_config"], default=str))
         if mine != theirs:
             keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
@@ -603,3 +603,26 @@ class Trainer:
         value = "NaN" if math.isnan(loss) else "Inf"
         return (f"step {self.step + 1}: the loss is {value}; training stopped before updating the weights, "
                 f"{good}. Lower the learning rate or check the batch for bad values.")
+
+
+def read_metrics(path: str | Path) -> dict[str, np.ndarray]:
+    """A training log as columns: ``{"step": (N,), "loss": (N,), ...}`` float arrays.
+
+    ``path`` is a trainer's run folder (its ``metrics.csv`` is read) or the CSV file itself.
+    A value a row did not log (a metric of another stage) is NaN.
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp())
+    >>> _ = (d / METRICS_CSV).write_text("step,loss,acc\\n1,0.5,\\n2,0.25,0.75\\n")
+    >>> m = read_metrics(d); m["loss"].tolist(), bool(np.isnan(m["acc"][0]))
+    ([0.5, 0.25], True)
+    """
+    path = Path(path)
+    path = path / METRICS_CSV if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"path: {path} is not a training log ({METRICS_CSV})")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ValueError(f"path: {path} holds no logged rows")
+    return {key: np.array([float(row[key]) if row.get(key) not in ("", None) else np.nan for row in rows])
+            for key in rows[0]}

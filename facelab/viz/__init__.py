@@ -1,4 +1,4 @@
-"""Pictures of faces: image grids, landmark overlays, mesh renders, interactive 3D and sliders.
+"""Pictures of faces: image grids, landmark overlays, mesh renders, interactive 3D, sliders and training curves.
 
 Matplotlib for static figures, plotly ``Mesh3d`` for interactive 3D, ipywidgets for
 sliders over 3DMM coefficients (book chapter ``book/02_morphable_models.ipynb``).
@@ -131,6 +131,34 @@ def plot_claims(claims: list[dict], ax=None, title: str | None = None):
     if title:
         ax.set_title(title)
     return ax
+
+
+def plot_metrics(ax, logs: dict[str, dict[str, np.ndarray]], key: str, title: str | None = None,
+                 step_offsets: dict[str, float] | None = None, **style) -> None:
+    """Plot column ``key`` of several training logs against their steps, one line per log.
+
+    Args:
+        ax: a matplotlib axis.
+        logs: ``{label: read_metrics(...)}`` (:func:`facelab.train.read_metrics`), each with ``step``.
+        key: the logged metric to plot.
+        title: the axis title; step_offsets: ``{label: steps}`` added to a log's steps (a
+            stage that continues another). ``style``: passed to ``ax.plot``.
+
+    >>> import matplotlib; matplotlib.use("Agg"); import matplotlib.pyplot as plt
+    >>> _, ax = plt.subplots()
+    >>> plot_metrics(ax, {"a": {"step": np.arange(3), "loss": np.ones(3)}}, "loss"); len(ax.lines)
+    1
+    """
+    offsets = step_offsets or {}
+    for label, log in logs.items():
+        if key not in log:
+            raise KeyError(f"key: {label!r} logged no {key!r}; it has {sorted(log)}")
+        ax.plot(np.asarray(log["step"]) + offsets.get(label, 0), log[key], label=label, **style)
+    ax.set_xlabel("step")
+    if title is not None:
+        ax.set_title(title)
+    if len(logs) > 1:
+        ax.legend(fontsize=7)
 
 
 def view_light(n: int = 1, device=None) -> torch.Tensor:

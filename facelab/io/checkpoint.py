@@ -1,4 +1,7 @@
-"""Checkpoints: atomic writes, checked reads, RNG state, and a registry of model builders.
+"""Checkpoint files: atomic writes, checked reads and RNG state.
+
+Rebuilding a model from a checkpoint is :func:`facelab.models.load_model`'s job (the
+model registry); this module only reads and writes the files.
 
 A facelab checkpoint is a ``torch.save`` file holding one dict:
 
@@ -9,7 +12,7 @@ format             ``"facelab-checkpoint"``
 format_version     :data:`FORMAT_VERSION`
 facelab_version    the package version that wrote it
 torch_version      the torch version that wrote it
-model_name         the registry name (e.g. ``"regressor"``), see :func:`build_model`
+model_name         the registry name (e.g. ``"regressor"``), see :func:`facelab.models.build_model`
 model_config       the model's config as a JSON-ready dict
 state_dict         the model's ``state_dict()``
 optimizer          ``optimizer.state_dict()`` or None
@@ -37,21 +40,21 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 FORMAT = "facelab-checkpoint"
 FORMAT_VERSION = 1
 TMP_SUFFIX = ".tmp"
 
-_REGISTRY: dict[str, Callable[[dict], nn.Module]] = {}
-
-
 # ---------------------------------------------------------------- helpers
-def _config_dict(cfg) -> dict:
+def config_dict(cfg) -> dict:
+    """A config (dataclass instance, dict or None) as the JSON-ready dict a checkpoint stores.
+
+    >>> config_dict({"size": (64, 64)})
+    {'size': [64, 64]}
+    """
     if cfg is None:
         return {}
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
@@ -163,7 +166,7 @@ def save_checkpoint(
 
     Args:
         path: the file to write (its folder is created).
-        model_name: registry name of the model (see :func:`register_model`).
+        model_name: registry name of the model (see :func:`facelab.models.register_model`).
         model_config: the model's config (dataclass or dict).
         state_dict: ``model.state_dict()``.
         optimizer, scheduler: saved through their ``state_dict()`` when given.
@@ -198,13 +201,13 @@ def save_checkpoint(
         "facelab_version": __version__,
         "torch_version": str(torch.__version__),
         "model_name": model_name,
-        "model_config": _config_dict(model_config),
+        "model_config": config_dict(model_config),
         "state_dict": state_dict,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "step": step,
         "epoch": epoch,
-        "train_config": _config_dict(train_config),
+        "train_config": config_dict(train_config),
         "rng": (rng_per_rank[0] if rng_per_rank else get_rng_state()) if rng_state else None,
         "extra": dict(extra or {}),
     }
@@ -249,64 +252,3 @@ def load_checkpoint(path: str | Path, expect_model: str | None = None, map_locat
     if expect_model is not None and ckpt["model_name"] != expect_model:
         raise ValueError(f"{path}: holds a {ckpt['model_name']!r} model, expected {expect_model!r}")
     return ckpt
-
-
-# ----------------------------------------------------------------- registry
-def register_model(name: str, builder: Callable[[dict], nn.Module], overwrite: bool = False) -> None:
-    """Make ``build_model(name, config_dict)`` call ``builder(config_dict)``.
-
-    >>> register_model("toy_linear", lambda cfg: nn.Linear(cfg["n"], 1), overwrite=True)
-    >>> build_model("toy_linear", {"n": 3}).in_features
-    3
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name: expected a non-empty string, got {name!r}")
-    if not callable(builder):
-        raise TypeError(f"builder: expected a callable config_dict -> nn.Module, got {type(builder).__name__}")
-    if name in _REGISTRY and not overwrite:
-        raise ValueError(f"name: model {name!r} is already registered (pass overwrite=True to replace it)")
-    _REGISTRY[name] = builder
-
-
-def registered_models() -> list[str]:
-    """Names :func:`build_model` knows.
-
-    >>> "regressor" in registered_models()
-    True
-    """
-    return sorted(_REGISTRY)
-
-
-def build_model(name: str, config: dict | Any) -> nn.Module:
-    """A fresh (untrained) model from its registry name and config (dict or dataclass)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"model_name: unknown model {name!r}; registered: {', '.join(registered_models())}")
-    return _REGISTRY[name](_config_dict(config))
-
-
-def load_model(path: str | Path, expect_model: str | None = None, map_location="cpu") -> tuple[nn.Module, dict]:
-    """Rebuild a trained model from a checkpoint: ``(model in eval mode, checkpoint dict)``.
-
-    Raises the errors of :func:`load_checkpoint`, and ``ValueError`` naming the file when
-    the weights do not fit the model the config describes.
-    """
-    ckpt = load_checkpoint(path, expect_model=expect_model, map_location=map_location)
-    model = build_model(ckpt["model_name"], ckpt["model_config"])
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise ValueError(f"{path}: the weights do not match a {ckpt['model_name']!r} model with the stored config ({err})") from None
-    return model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval(), ckpt
-
-
-def _build_regressor(cfg: dict) -> nn.Module:
-    from facelab.config import from_dict
-    from facelab.models.regressor import CoefficientRegressor, RegressorConfig
-
-    return CoefficientRegressor(from_dict(RegressorConfig, cfg))
-
-
-register_model("regressor", _build_regressor)
-register_model("liu2018", lambda cfg: __import__("facelab.train.liu2018", fromlist=["build_liu2018_model"]).build_liu2018_model(cfg))  # lazy import: no cycle
-register_model("gao2020", lambda cfg: __import__("facelab.models.gao2020", fromlist=["build_gao2020_model"]).build_gao2020_model(cfg))  # lazy import: no cycle
-register_model("sir", lambda cfg: __import__("facelab.train.sir", fromlist=["build_sir_model"]).build_sir_model(cfg))  # lazy import: no cycle
