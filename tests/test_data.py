@@ -174,3 +174,21 @@ def test_saved_collection_errors(tmp_path):
     (tmp_path / "manifest.json").write_text('{"format": "something-else"}')
     with pytest.raises(ValueError, match="format"):
         SavedCollection(tmp_path)
+
+
+def test_batch_stream_leaves_gradients_on_for_its_consumer():
+    from facelab.data import BatchStream, make_suite
+
+    stream = iter(BatchStream(make_suite("lfw", n_identities=20, pairs_per_fold=2, image_size=16), batch_size=4, shuffle=False))
+    batch = next(stream)  # the generator is now suspended between two batches
+    assert torch.is_grad_enabled()
+    assert not batch["image"].requires_grad
+    w = torch.ones(1, requires_grad=True)
+    assert (batch["image"].mean() * w).requires_grad  # the consumer can still build a graph
+
+
+def test_suite_order_is_part_of_every_image_seed():
+    from facelab.data.suites import SUITES
+
+    # an image's seed mixes in its suite's position here: reordering would change every photo
+    assert SUITES == ("webface", "lp", "collections", "micc", "bu3dfe", "lfw")

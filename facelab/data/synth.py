@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset
 
 from facelab.data import compose
-from facelab.data.suites import BU3DFE_EXPRESSIONS, ImageTable, SuiteConfig, build_table
+from facelab.data.suites import BU3DFE_EXPRESSIONS, SUITES, ImageTable, SuiteConfig, build_table
 from facelab.numerics import ordered_matmul
 
 # Framing: the brow-to-chin height of the face covers this fraction of the image height.
@@ -98,7 +98,7 @@ class PhotoCollection(Dataset):
         self.model = build_synthfaces(world_cfg).to(self.device)
         self.table: ImageTable = build_table(config)
         self.render_settings = RenderSettings(image_size=config.image_size, backend=config.backend, batch_invariant=True)
-        self._suite_index = ["webface", "lp", "collections", "micc", "bu3dfe", "lfw"].index(config.suite)
+        self._suite_index = SUITES.index(config.suite)  # part of every image's seed
         self._identity_cache: OrderedDict[int, dict] = OrderedDict()
         self._prototypes = self._prototype_expressions()
         # The expression basis spans the blendshapes, so a photo's expression coefficients
@@ -391,8 +391,9 @@ class BatchStream(IterableDataset):
             order = torch.randperm(len(self.collection), generator=torch.Generator().manual_seed(self.seed + epoch)) if self.shuffle else torch.arange(len(self.collection))
             for k, chunk in enumerate(torch.split(order, self.batch_size)):
                 if k % nw == wid:
-                    with torch.no_grad():  # plain tensors, usable as inputs to autograd later
-                        yield self.collection.batch(chunk)
+                    # batch() builds no graph; yielding from inside a no_grad block would leave
+                    # gradients off in the consumer's code while this generator is suspended
+                    yield self.collection.batch(chunk)
             epoch += 1
 
 
