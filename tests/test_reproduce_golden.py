@@ -6,8 +6,14 @@ torch. Refactors of the training and evaluation code must keep these numbers.
 Why a tolerance and not equality: float32 training is not bit-identical across CPU
 kernels. The same tiny runs under ``ATEN_CPU_CAPABILITY=avx2`` and the default AVX-512
 kernels on one machine differed by at most ``MEASURED_KERNEL_SPREAD`` (relative, over
-every number below); ``RELATIVE_TOLERANCE`` is three times that. Data changes at the
-1e-6 mm level move the numbers by about as much as a kernel change does.
+every number below); ``RELATIVE_TOLERANCE`` is three times that.
+
+Why only on the machine that recorded them: on another CPU the SynthFaces PCA (LAPACK) and
+every BLAS product differ at float rounding, and a tiny run turns that into large changes.
+A 2e-5 mm change of the generated shapes once moved a tiny Liu run's MICC error by 7 % and an
+LFW accuracy over 30 pairs by two pairs: near-degenerate PCA components rotate, so the
+coefficient targets change. The goldens therefore carry the machine they were recorded on
+(CPU model, ATen vector unit, torch version), and the comparison skips, saying so, elsewhere.
 
 Re-record (only after a deliberate change of behaviour)::
 
@@ -32,6 +38,21 @@ RELATIVE_TOLERANCE = 3 * MEASURED_KERNEL_SPREAD
 ABSOLUTE_FLOOR = 1e-6  # numbers near zero (a ratio of tiny distances): compare absolutely below this
 
 UNSTABLE_KEYS = {"seconds", "train_seconds", "out_dir", "train_config", "heat_maps", "profile"}
+MACHINE_KEY = "_machine"
+
+
+def machine() -> str:
+    """The CPU model, ATen's vector unit and the torch version: where the goldens hold."""
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        model = names[0] if names else model
+    return f"{model} | {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__}"
 
 LIU_TINY = {
     "train.image_size": "32,32", "train.render_size": "48,48", "train.n_identities": 16,
@@ -105,7 +126,10 @@ def largest_relative_gap(got: dict[str, float], want: dict[str, float]) -> tuple
 @pytest.mark.slow
 @pytest.mark.parametrize("paper", ["liu2018", "gao2020", "sir"])
 def test_tiny_reproduce_matches_golden(paper, tmp_path, one_thread):
-    want = json.loads(GOLDEN.read_text())[paper]
+    goldens = json.loads(GOLDEN.read_text())
+    if goldens.get(MACHINE_KEY) != machine():
+        pytest.skip(f"goldens recorded on {goldens.get(MACHINE_KEY)!r}, this is {machine()!r} (see the module docstring)")
+    want = goldens[paper]
     got = numbers(run_tiny(paper, tmp_path / paper))
     assert set(got) == set(want), f"{paper}: result keys changed: {sorted(set(got) ^ set(want))}"
     worst, where = largest_relative_gap(got, want)
@@ -127,6 +151,9 @@ if __name__ == "__main__":  # python tests/test_reproduce_golden.py record [OUT_
     target = Path(sys.argv[2]) if len(sys.argv) > 2 else GOLDEN
     papers = sys.argv[3:] or ["liu2018", "gao2020", "sir"]
     record = json.loads(target.read_text()) if target.exists() else {}
+    if record.get(MACHINE_KEY, machine()) != machine():
+        record = {}  # goldens of another machine: re-record every paper here
+    record[MACHINE_KEY] = machine()
     with tempfile.TemporaryDirectory() as tmp:
         for name in papers:
             record[name] = numbers(run_tiny(name, Path(tmp) / name))

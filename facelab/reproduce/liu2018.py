@@ -184,9 +184,14 @@ def reproduce_liu2018(profile: str = "quick", out_dir="runs/reproduce-liu2018", 
     Returns:
         ``{"profile", "out_dir", "rows": [{"phase", "disentangling", "identification_loss",
         "rmse_micc", "rmse_bu3dfe_pose", "rmse_bu3dfe_exp", "lfw_accuracy"}], "baselines":
-        {method: {...}}, "yaw_rmse": {"0".."90", "overall"}, "train_config", "seconds"}``.
+        {method: {...}}, "yaw_rmse": {"0".."90", "overall"}, "diagnostics": {stage:
+        summarize_shares(...)}, "train_config", "seconds"}``. ``diagnostics`` says, for each
+        Phase III stage, what share of the gradient L_R and L_C each had on the encoder and the
+        decoders, and how the identity head's training accuracy compares with chance
+        (:mod:`facelab.train.diagnostics`).
     """
     from facelab.config import apply_overrides, split_overrides
+    from facelab.train.stages import read_summary
     from facelab.metrics.baselines import BaselineConfig, run_baselines
     from facelab.metrics.model_eval import ModelEvalConfig
     from facelab.metrics.report import write_json
@@ -220,7 +225,10 @@ def reproduce_liu2018(profile: str = "quick", out_dir="runs/reproduce-liu2018", 
     if with_baselines:
         bcfg = apply_overrides(BaselineConfig(profile=profile), groups["baselines"])
         baselines = baseline_rows(run_baselines(config=bcfg))
+    # whether L_R and L_C pulled on the encoder and decoders in each Phase III stage
+    diagnostics = {stage: row["diagnostics"] for stage, row in read_summary(out).items() if "diagnostics" in row}
     result = {"profile": profile, "out_dir": str(out), "rows": rows, "baselines": baselines, "yaw_rmse": yaw_rmse,
+              "diagnostics": diagnostics,
               "train_config": dataclasses.asdict(train_cfg), "train_seconds": round(t_train, 2),
               "seconds": round(time.perf_counter() - start, 2)}
     out.mkdir(parents=True, exist_ok=True)

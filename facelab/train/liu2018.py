@@ -80,10 +80,10 @@ FINAL_LR_FRACTION = 0.05  # each phase's cosine schedule ends at this fraction o
 PROFILE_DEFAULTS = {
     "quick": dict(depth="sphere_tiny", embedding_dim=128, image_size=(64, 64), render_size=(128, 128),
                   resolution="quick", phase_steps=(1200, 300, 1500), batch_size=64, n_identities=2000,
-                  images_per_identity=8, pool=True, num_workers=0, num_threads=2),
+                  images_per_identity=8, pool=True, num_workers=0, num_threads=2, diagnose_every=25),
     "full": dict(depth="sphere20", embedding_dim=512, image_size=(112, 96), render_size=(224, 192), resolution="default",
                  phase_steps=(20_000, 5_000, 20_000), batch_size=64, n_identities=0, images_per_identity=0,
-                 pool=False, num_workers=4, num_threads=-1),
+                 pool=False, num_workers=4, num_threads=-1, diagnose_every=200),
 }
 
 
@@ -123,6 +123,8 @@ class Liu2018TrainConfig:
         num_workers: ``DataLoader`` workers when streaming.
         num_threads: torch CPU threads while training (-1: leave them as they are).
         progress: show progress bars.
+        diagnose_every: Phase III steps between measurements of how much L_R and L_C each pull
+            on the encoder and the decoders (:mod:`facelab.train.diagnostics`; 0: never).
 
     >>> Liu2018TrainConfig().depth, Liu2018TrainConfig(profile="full").image_size
     ('sphere_tiny', (112, 96))
@@ -167,6 +169,7 @@ class Liu2018TrainConfig:
     num_workers: int | None = None
     num_threads: int | None = None
     progress: bool = True
+    diagnose_every: int | None = None
 
     def __post_init__(self) -> None:
         check_choice(self.profile, "profile", PROFILES)
@@ -205,7 +208,8 @@ class Liu2018TrainConfig:
         return TrainConfig(steps=self.phase_steps[phase - 1], batch_size=self.batch_size, lr=self.phase_lr[phase - 1],
                            weight_decay=self.weight_decay, log_every=self.log_every, ckpt_every=self.ckpt_every,
                            seed=self.seed, out_dir=str(Path(self.out_dir) / (stage or f"phase{phase}")), device=self.device,
-                           profile=self.profile, grad_clip=self.grad_clip, progress=self.progress)
+                           profile=self.profile, grad_clip=self.grad_clip, progress=self.progress,
+                           diagnose_every=self.diagnose_every if phase == 3 else 0)
 
 
 # ------------------------------------------------------------------ losses
@@ -296,14 +300,17 @@ class Phase3Loss(nn.Module):
     ``forward(model, batch) -> (loss, metrics)``; the batch needs ``image``, ``shape``
     ``(B, V, 3)`` mm and ``label (B,)`` long. Metrics: ``rec`` (``L_R``, mm^2),
     ``rmse_mm``, ``cls`` (``L_C``), ``acc`` (training identification accuracy of the
-    margin-free scores) and, for A-Softmax, ``lambda`` (the annealing weight used).
+    margin-free scores) and, for A-Softmax, ``lambda`` (the annealing weight used). With
+    ``return_terms`` it returns ``(loss, metrics, {"L_R": lambda_R L_R, "L_C": L_C})`` for the
+    trainer's term diagnostics.
     """
 
-    def __init__(self, lambda_r: float = 1.0) -> None:
+    def __init__(self, lambda_r: float = 1.0, return_terms: bool = False) -> None:
         super().__init__()
         if not lambda_r >= 0:
             raise ValueError(f"lambda_r: must be >= 0, got {lambda_r}")
         self.lambda_r = lambda_r
+        self.return_terms = return_terms
 
     def forward(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
         out = model(batch["image"])
@@ -316,7 +323,10 @@ class Phase3Loss(nn.Module):
         metrics = {"rec": rec.detach(), "rmse_mm": rec.detach().sqrt(), "cls": cls.detach(), "acc": acc}
         if lam is not None:
             metrics["lambda"] = torch.tensor(float(lam))
-        return self.lambda_r * rec + cls, metrics
+        loss = self.lambda_r * rec + cls
+        if self.return_terms:
+            return loss, metrics, {"L_R": self.lambda_r * rec, "L_C": cls}
+        return loss, metrics
 
 
 # -------------------------------------------------------------------- data
@@ -400,7 +410,7 @@ def stage_loss(stage: str, cfg: Liu2018TrainConfig):
         return phase2_loss
     if stage == "phase2_joint":
         return phase2_joint_loss
-    return Phase3Loss(cfg.lambda_r)
+    return Phase3Loss(cfg.lambda_r, return_terms=cfg.diagnose_every > 0)
 
 
 def _batches(cfg: Liu2018TrainConfig, collection):
@@ -452,8 +462,10 @@ def _build_stage(cfg: Liu2018TrainConfig, stage: Stage, data: dict, parent: Path
     tcfg = cfg.train_config(phase, stage.name)
     optimizer = torch.optim.AdamW(phase_parameters(model, phase), lr=tcfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, FINAL_LR_FRACTION))
+    watch = {"encoder": model.encoder, "decoders": [model.id_decoder, model.res_decoder]} if phase == 3 else None
     return Trainer(model, optimizer, data["batches"], stage_loss(stage.name, cfg), tcfg, scheduler=scheduler,
-                   model_name=MODEL_NAME, model_config=mcfg, extra_config=cfg)
+                   model_name=MODEL_NAME, model_config=mcfg, extra_config=cfg, diagnostic_modules=watch,
+                   chance=1.0 / data["n_classes"])
 
 
 def _train(cfg: Liu2018TrainConfig) -> None:

@@ -128,6 +128,8 @@ def run_stages(
         if D.is_main_process():  # under torchrun only rank 0 writes
             publish(stage, trainer.checkpoint_path, stage.checkpoint(root))
             summary[stage.name] = result["metrics"]
+            if "diagnostics" in result:  # whether each loss term pulled (facelab.train.diagnostics)
+                summary[stage.name] = {**result["metrics"], "diagnostics": result["diagnostics"]}
             (root / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
         D.barrier()
     return summary

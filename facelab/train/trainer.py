@@ -56,6 +56,7 @@ from torch import nn
 from facelab.checks import check_choice, check_positive
 from facelab.config import to_dict
 from facelab.train import distributed as D
+from facelab.train.diagnostics import SHARE_PREFIX, summarize_shares, term_gradient_shares
 from facelab.io.checkpoint import TMP_SUFFIX, config_dict, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 
 PROFILES = ("quick", "full")
@@ -85,6 +86,9 @@ class TrainConfig:
         profile: ``"quick"`` (CPU) or ``"full"`` (GPU); recorded for the record.
         grad_clip: max global gradient norm (0: no clipping).
         progress: show a tqdm progress bar.
+        diagnose_every: every this many steps, log each loss term's share of the gradient on
+            each watched module (:mod:`facelab.train.diagnostics`; 0: never). Needs a loss
+            that returns its terms and ``diagnostic_modules``; one process only.
     """
 
     steps: int = 300
@@ -99,6 +103,7 @@ class TrainConfig:
     profile: str = "quick"
     grad_clip: float = 0.0
     progress: bool = True
+    diagnose_every: int = 0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "ckpt_every"):
@@ -108,6 +113,8 @@ class TrainConfig:
             raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
         if not self.grad_clip >= 0:
             raise ValueError(f"grad_clip: must be >= 0 (0 = off), got {self.grad_clip}")
+        if not (isinstance(self.diagnose_every, int) and self.diagnose_every >= 0):
+            raise ValueError(f"diagnose_every: must be an int >= 0 (0 = off), got {self.diagnose_every!r}")
         check_choice(self.profile, "profile", PROFILES)
 
 
@@ -321,7 +328,9 @@ class Trainer:
         optimizer: its optimiser.
         batches: a callable ``step -> batch`` (exact resumption) or an iterable of batches
             (consumed from its current position; a resumed run then sees other batches).
-        loss_fn: ``loss_fn(model, batch) -> (loss scalar tensor, {name: float or 0-d tensor})``.
+        loss_fn: ``loss_fn(model, batch) -> (loss scalar tensor, {name: float or 0-d tensor})``, or
+            ``-> (loss, metrics, {term: 0-d tensor})`` with the weighted terms that add up to the
+            loss, which ``config.diagnose_every`` measures.
         config: a :class:`TrainConfig`.
         scheduler: optional LR scheduler, stepped after every optimiser step.
         model_name, model_config: stored in checkpoints so :func:`~facelab.io.checkpoint.load_model`
@@ -330,6 +339,10 @@ class Trainer:
         critic: optional adversarial critic (a :class:`CriticStep` or an object with ``step(model,
             batch, step) -> metrics``, ``state_dict()``, ``load_state_dict()``), called after every
             model update with the same batch; checkpointed and restored with the model.
+        diagnostic_modules: ``{name: module or list of modules}`` whose gradient each loss term's
+            share is measured on (see ``TrainConfig.diagnose_every``).
+        chance: the chance level of the loss's ``acc`` metric (1 / classes), if it has one; the
+            diagnostics summary compares the accuracy with it.
 
     >>> import tempfile
     >>> net = nn.Linear(1, 1)
@@ -356,6 +369,8 @@ class Trainer:
         model_config=None,
         extra_config=None,
         critic=None,
+        diagnostic_modules: dict | None = None,
+        chance: float | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -382,6 +397,8 @@ class Trainer:
         self.model_config = model_config if model_config is not None else getattr(model, "config", {})
         self.extra_config = extra_config
         self.critic = critic
+        self.diagnostic_modules = diagnostic_modules
+        self.chance = chance
         if critic is not None and callable(getattr(critic, "to", None)):
             critic.to(self.device)
         self.out_dir = Path(config.out_dir)
@@ -502,9 +519,10 @@ class Trainer:
             raise ValueError(f"batches: the iterable ran out at step {self.step} of {self.config.steps}") from None
 
     def fit(self) -> dict:
-        """Train up to ``config.steps``; returns ``{"step", "resumed_from", "metrics", "out_dir", "checkpoint"}``.
+        """Train up to ``config.steps``; returns ``{"step", "resumed_from", "metrics", "out_dir", "checkpoint", "rows"}``.
 
-        ``metrics`` is the last logged row.
+        ``metrics`` is the last logged row, ``rows`` every logged row; with ``diagnose_every``
+        a ``"diagnostics"`` entry holds :func:`~facelab.train.diagnostics.summarize_shares` of them.
         """
         cfg = self.config
         self.dist = D.init_distributed(self.device)
@@ -529,6 +547,7 @@ class Trainer:
         rows = self._trim_logs() if main else []
         iterator = None if callable(self.batches) else iter(self.batches)
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         n_in_row = 0
         start_time = time.perf_counter()
         bar = None
@@ -544,16 +563,19 @@ class Trainer:
                 batch = _to_device(batch, self.device)
                 self.model.train()
                 if forward is None:
-                    loss, metrics = self.loss_fn(self.model, batch)
+                    out = self.loss_fn(self.model, batch)
                 else:
                     forward.train()
-                    loss, metrics = forward(batch)
+                    out = forward(batch)
+                loss, metrics, terms = out if len(out) == 3 else (*out, None)
                 # reduced before backward: every rank sees a NaN on any rank and stops together
                 values = D.all_reduce_mean({"loss": loss.detach(), **metrics})
                 if not (torch.isfinite(loss.detach()).all() and math.isfinite(values["loss"])):
                     raise NonFiniteLossError(self._nan_message(values["loss"]))
                 # frozen parameters get grads too (e.g. Phase I's decoders); zero them so nothing
                 # accumulates outside the checkpoint and clipping sees only what is trained
+                if self._diagnose_now(terms):
+                    values.update(term_gradient_shares(terms, self.diagnostic_modules))
                 self.model.zero_grad(set_to_none=True)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -571,14 +593,15 @@ class Trainer:
                 self.step += 1
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v
+                    counts[k] = counts.get(k, 0) + 1  # diagnostics are only there on some steps
                 n_in_row += 1
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    row = {"step": self.step, **{k: v / n_in_row for k, v in sums.items()},
+                    row = {"step": self.step, **{k: v / counts[k] for k, v in sums.items()},
                            "lr": self.optimizer.param_groups[0]["lr"], "time_s": round(time.perf_counter() - start_time, 3)}
                     rows.append(row)
                     if main:
                         self._write_logs(rows)
-                    sums, n_in_row = {}, 0
+                    sums, counts, n_in_row = {}, {}, 0
                     if bar is not None:
                         bar.set_postfix(loss=f"{row['loss']:.4g}")
                 if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
@@ -588,8 +611,20 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        return {"step": self.step, "resumed_from": self.resumed_from, "metrics": rows[-1] if rows else {},
-                "out_dir": self.out_dir, "checkpoint": self.checkpoint_path}
+        result = {"step": self.step, "resumed_from": self.resumed_from, "metrics": rows[-1] if rows else {},
+                  "out_dir": self.out_dir, "checkpoint": self.checkpoint_path, "rows": rows}
+        if any(k.startswith(SHARE_PREFIX) for row in rows for k in row):
+            result["diagnostics"] = summarize_shares(rows, chance=self.chance)
+        return result
+
+    def _diagnose_now(self, terms) -> bool:
+        every = self.config.diagnose_every
+        if not every or (self.step + 1) % every:
+            return False
+        if terms is None or not self.diagnostic_modules:
+            raise ValueError("diagnose_every: needs a loss that returns (loss, metrics, terms) and diagnostic_modules")
+        # under DDP the extra backward passes would run outside the reducer's bookkeeping
+        return not self.dist.distributed
 
     def _trained_parameters(self) -> list[torch.Tensor]:
         """The parameters the optimiser updates (gradient clipping looks at these only)."""
