@@ -128,7 +128,9 @@ def test_check_figures_finds_a_planted_empty_axes():
             check_figures()
         axes[2].set_visible(False)  # hidden on purpose: fine
         check_figures()
-        axes[2].set_visible(True); axes[2].bar([0], [1])
+        axes[2].set_visible(True); axes[2].axis("off")  # blank cell of a grid: fine
+        check_figures()
+        axes[2].axis("on"); axes[2].bar([0], [1])
         check_figures([fig])
     finally:
         plt.close(fig)

@@ -1,4 +1,4 @@
-"""SynthFaces photo collections and benchmark suites (design §3).
+"""SynthFaces photo collections and benchmark suites.
 
 >>> from facelab.data import SUITES
 >>> SUITES

@@ -1,4 +1,4 @@
-"""The SynthFaces benchmark suites (design §3): which identities, which images, which conditions.
+"""The SynthFaces benchmark suites: which identities, which images, which conditions.
 
 A suite is a table of images. Each row names a world identity and the conditions the
 image is drawn under (video, fixed yaw, prototype expression). Everything else about

@@ -1,4 +1,4 @@
-"""facelab.io: readers for the real data and models of the papers (design §7).
+"""facelab.io: readers for the real data and models of the papers.
 
 Each loader checks its file and raises ``FileNotFoundError``/``ValueError`` naming
 the file and the problem; model loaders return a

@@ -17,7 +17,7 @@ def _axes_is_empty(ax) -> bool:
 
 
 def empty_axes(figures=None) -> list[str]:
-    """Descriptions of the visible axes that hold no artist, e.g. ``["figure 1, axes 2 of 5"]``.
+    """Descriptions of the visible, framed axes that hold no artist, e.g. ``["figure 1, axes 2 of 5"]``.
 
     Args:
         figures: matplotlib ``Figure`` objects (default: every open pyplot figure).
@@ -31,17 +31,19 @@ def empty_axes(figures=None) -> list[str]:
         label = f"figure {fig.number}" if getattr(fig, "number", None) is not None else f"figure {k}"
         axes = fig.get_axes()
         for i, ax in enumerate(axes, 1):
-            if ax.get_visible() and _axes_is_empty(ax):
+            # An axes switched off (``ax.axis("off")``) is blank space, e.g. the unused cells
+            # of an image grid; a frame with ticks and nothing in it is the mistake.
+            if ax.get_visible() and ax.axison and _axes_is_empty(ax):
                 title = f" ({ax.get_title()!r})" if ax.get_title() else ""
                 found.append(f"{label}, axes {i} of {len(axes)}{title}")
     return found
 
 
 def check_figures(figures=None) -> None:
-    """Raise ``ValueError`` if a figure has visible axes with nothing drawn in them.
+    """Raise ``ValueError`` if a figure has visible axes with a frame and nothing drawn in them.
 
-    Axes hidden on purpose (``ax.set_visible(False)``, or ``ax.remove()``) are fine;
-    ``ax.axis("off")`` alone is not, as the axes still take their place in the figure.
+    Axes hidden on purpose (``ax.set_visible(False)``, ``ax.remove()``, or ``ax.axis("off")``
+    as for the unused cells of an image grid) are fine.
 
     Args:
         figures: matplotlib ``Figure`` objects (default: every open pyplot figure).
