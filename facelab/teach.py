@@ -4,9 +4,12 @@ Book chapters end with ``## Exercises``. Each **auto-checked** exercise ``N`` th
 cells in a row:
 
 1. a markdown cell with the statement;
-2. a **solution** code cell, metadata ``{"tags": ["solution"], "facelab": {"exercise": N}}``,
+2. a **solution** code cell, metadata ``{"tags": ["solution", "hide-input"], "facelab": {"exercise": N}}``,
    whose answer sits between a ``# BEGIN SOLUTION`` and a ``# END SOLUTION`` line (code
    outside the markers, e.g. a ``def`` line and its docstring, is kept for the student);
+   ``hide-input`` folds the solution behind a toggle in the built book, so that a reader
+   tries first; the notebook itself (the teacher's copy) shows it, and the student version
+   drops the tag, as its cell is the student's own work;
 3. a **check** code cell, metadata ``{"tags": ["check"], "facelab": {"check": N}}``, that
    fails unless the solution is right, by comparing it with something independent (a
    closed form, a library function, a hand-worked value).
@@ -46,11 +49,13 @@ from pathlib import Path
 from facelab.notebooks import find_notebooks, strip_notebook
 
 __all__ = [
-    "BEGIN_MARKER", "END_MARKER", "DEFAULT_TIMEOUT_S", "Exercise", "CheckResult", "load_notebook",
+    "SOLUTION_TOGGLE_TAG", "BEGIN_MARKER", "END_MARKER", "DEFAULT_TIMEOUT_S", "Exercise", "CheckResult", "load_notebook",
     "split_exercises", "stub_solution", "student_notebook", "write_student", "check_exercises",
     "check_notebook", "results_table",
 ]
 
+#: tag that folds a solution cell's code behind a toggle in the built book (myst-nb)
+SOLUTION_TOGGLE_TAG = "hide-input"
 BEGIN_MARKER = "# BEGIN SOLUTION"
 END_MARKER = "# END SOLUTION"
 #: seconds one exercise (solution + check) may run before it counts as failed
@@ -258,18 +263,24 @@ def student_notebook(nb: dict, name: str = "notebook") -> dict:
         ValueError: as :func:`split_exercises`, or a solution cell without markers.
 
     >>> nb = {"cells": [{"cell_type": "code", "source": "# BEGIN SOLUTION\\nx = 1\\n# END SOLUTION\\n",
-    ...                  "metadata": {"tags": ["solution"], "facelab": {"exercise": 1}},
+    ...                  "metadata": {"tags": ["solution", "hide-input"], "facelab": {"exercise": 1}},
     ...                  "outputs": [], "execution_count": 4},
     ...                 {"cell_type": "code", "source": "assert x == 1", "outputs": [], "execution_count": 5,
     ...                  "metadata": {"tags": ["check"], "facelab": {"check": 1}}}]}
     >>> s = student_notebook(nb)
     >>> s["cells"][0]["source"], s["cells"][0]["execution_count"]
     ('raise NotImplementedError("Exercise 1: write your solution here")\\n', None)
+    >>> s["cells"][0]["metadata"]["tags"], nb["cells"][0]["metadata"]["tags"]
+    (['solution'], ['solution', 'hide-input'])
     """
     exercises = split_exercises(nb, name)
     out = strip_notebook(copy.deepcopy(nb))
     for ex in exercises:
-        out["cells"][ex.solution_cell]["source"] = stub_solution(ex.solution, ex.number, name)
+        cell = out["cells"][ex.solution_cell]
+        cell["source"] = stub_solution(ex.solution, ex.number, name)
+        tags = cell.get("metadata", {}).get("tags", [])
+        if SOLUTION_TOGGLE_TAG in tags:  # the student's answer is not hidden from the student
+            tags.remove(SOLUTION_TOGGLE_TAG)
     return out
 
 

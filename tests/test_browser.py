@@ -9,7 +9,10 @@ Per page it asserts:
 - every ``<img>`` decoded (``complete && naturalWidth > 0``);
 - every maths element typeset by MathJax (an ``mjx-container`` inside, no TeX error);
 - every stored ipywidget drawn;
-- no request to any host but the local server, and no local request answered with an error.
+- no request to any host but the local server, and no local request answered with an error;
+- on the rendered page (the DOM after MathJax ran), :func:`facelab.book_checks.scan_html`
+  finds nothing: no raw Markdown table, no MathJax error node or TeX left in the text, no
+  heading inside a cell output, no internal term of the blocklist.
 
 A screenshot of each page (window 1280x2000) goes to ``_build/screenshots/<page>.png``.
 
@@ -33,6 +36,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+
+from facelab.book_checks import scan_html
 
 pytestmark = pytest.mark.browser
 
@@ -218,6 +223,9 @@ def check_page(driver, url: str, screenshot: Path | None = None, timeout_s: floa
             problems.append(message)
     for script in (_JS_UNTYPESET_MATHS, _JS_UNDRAWN_PLOTS, _JS_UNDRAWN_WIDGETS, _JS_BAD_IMAGES):
         problems += _wait_for(driver, script, timeout_s)
+    # What the reader sees once everything ran: raw tables, TeX left over, headings in outputs,
+    # internal terms (the static HTML cannot show what MathJax made of the maths).
+    problems += scan_html(driver.execute_script("return document.documentElement.outerHTML"))
     if screenshot is not None:
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(screenshot))
@@ -264,6 +272,12 @@ _BROKEN_PAGE = """<!doctype html><html><head><meta charset="utf-8">
 <img src="missing.png" alt="">
 <img src="http://example.invalid/remote.png" alt="">
 <div><script type="application/vnd.jupyter.widget-view+json">{"model_id": "m1"}</script></div>
+<p>| method | rmse |
+| --- | --- |</p>
+<ul><li><p>the critic minimises $\\mathbb{E}[D(\\text{fake})]</p></li></ul>
+<span class="math"><mjx-container><mjx-merror data-mjx-error="Missing close brace">x</mjx-merror></mjx-container></span>
+<div class="cell_output docutils container"><h1>Liu et al. 2018 ablation</h1></div>
+<p>The issue behind this chapter (design §3).</p>
 <script>throw new Error("boom from the page");</script>
 </body></html>
 """
@@ -287,6 +301,8 @@ def test_check_page_reports_each_fault(tmp_path):
     text = "\n".join(broken)
     for expected in ("maths not typeset", "plotly figure #fig1 not drawn", "image not loaded: http://127.0.0.1",
                      "request to a non-local host: http://example.invalid/remote.png", "HTTP 404", "boom from the page",
-                     'ipywidget not drawn: {"model_id": "m1"}'):
+                     'ipywidget not drawn: {"model_id": "m1"}', "raw Markdown table", "TeX left in the text",
+                     "TeX error: Missing close brace", "MathJax error node", "heading <h1> inside a cell output",
+                     "internal term 'issue'", "internal term 'design §'"):
         assert expected in text, f"missing {expected!r} in:\n{text}"
     assert (tmp_path / "shot.png").read_bytes()[:4] == b"\x89PNG"

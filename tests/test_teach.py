@@ -15,6 +15,7 @@ from facelab.notebooks import dirty_cells
 from facelab.teach import (
     BEGIN_MARKER,
     END_MARKER,
+    SOLUTION_TOGGLE_TAG,
     Exercise,
     check_exercises,
     check_notebook,
@@ -76,6 +77,18 @@ def test_chapter_exercises_follow_the_format(path):
         assert "NotImplementedError" in stub_solution(e.solution, e.number, where)
         for idx, tag in ((e.solution_cell, "solution"), (e.check_cell, "check")):
             assert tag in nb["cells"][idx]["metadata"].get("tags", []), f"{where}: {tag} cell lacks the {tag!r} tag"
+        # the built book folds each solution behind a toggle, so that a reader tries first
+        assert SOLUTION_TOGGLE_TAG in nb["cells"][e.solution_cell]["metadata"]["tags"], f"{where}: solution not folded"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_student_version_shows_its_stubs(path):
+    # the fold is for readers of the book; a student's own answer cell stays in view
+    nb = load_notebook(path)
+    student = student_notebook(nb, str(path))
+    for e in split_exercises(student, str(path)):
+        assert SOLUTION_TOGGLE_TAG not in student["cells"][e.solution_cell]["metadata"].get("tags", [])
+    assert any(SOLUTION_TOGGLE_TAG in c.get("metadata", {}).get("tags", []) for c in nb["cells"]), "teacher copy unchanged"
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,9 @@
 """Pictures of faces: image grids, landmark overlays, mesh renders, interactive 3D, sliders and training curves.
 
 Matplotlib for static figures, plotly ``Mesh3d`` for interactive 3D, ipywidgets for
-sliders over 3DMM coefficients (book chapter ``book/02_morphable_models.ipynb``).
+sliders over 3DMM coefficients (book chapter ``book/02_morphable_models.ipynb``). Result
+tables as HTML (:func:`show_table`, :func:`show_report`, in :mod:`facelab.viz.tables`) and a
+guard against empty axes (:func:`check_figures`, :func:`watch_figures`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import numpy as np
 import torch
 
 from facelab.checks import check_tensor
+from facelab.viz.figures import check_figures, empty_axes, watch_figures
+from facelab.viz.tables import Report, Table, html_table, markdown_report, show_report, show_table
 
 # A soft frontal light used for "mesh only" renders: ambient plus light from the upper front.
 VIEW_LIGHT_AMBIENT = 0.75
