@@ -13,7 +13,7 @@ Layers, bottom to top (a module may import its own layer's or lower layers' modu
 3. ``data``, ``models``, ``fitting``: SynthFaces suites, networks (and their registry), 3DMM fitting;
 4. ``metrics``, ``train``: evaluation protocols, training loop and recipes;
 5. ``reproduce``, ``bench``, ``apps``: the papers' tables, benchmarks, applications;
-6. ``cli``, ``eval_cli``, ``teach``, ``notebooks``, ``book_timings``: command lines and book tooling.
+6. ``cli``, ``eval_cli``, ``teach``, ``notebooks``, ``book_timings``, ``book_checks``: command lines and book tooling.
 
 Only the top layer may import a computed module name (``teach`` runs a reader's exercises,
 which name their own imports). The root ``facelab/__init__.py`` is the lazy namespace of all sub-packages (it imports
@@ -35,7 +35,7 @@ LAYERS = (
     ("data", "models", "fitting"),
     ("metrics", "train"),
     ("reproduce", "bench", "apps"),
-    ("cli", "eval_cli", "teach", "notebooks", "book_timings"),
+    ("cli", "eval_cli", "teach", "notebooks", "book_timings", "book_checks"),
 )
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 DYNAMIC_IMPORTERS = ("__import__", "import_module")
