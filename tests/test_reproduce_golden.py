@@ -8,12 +8,12 @@ kernels. The same tiny runs under ``ATEN_CPU_CAPABILITY=avx2`` and the default A
 kernels on one machine differed by at most ``MEASURED_KERNEL_SPREAD`` (relative, over
 every number below); ``RELATIVE_TOLERANCE`` is three times that.
 
-Why only on the machine that recorded them: on another CPU the SynthFaces PCA (LAPACK) and
-every BLAS product differ at float rounding, and a tiny run turns that into large changes.
-A 2e-5 mm change of the generated shapes once moved a tiny Liu run's MICC error by 7 % and an
-LFW accuracy over 30 pairs by two pairs: near-degenerate PCA components rotate, so the
-coefficient targets change. The goldens therefore carry the machine they were recorded on
-(CPU model, ATen vector unit, torch version), and the comparison skips, saying so, elsewhere.
+Why only on the machine that recorded them: the SynthFaces PCA goes through LAPACK, whose
+rounding differs between CPUs, and near-degenerate components then rotate (measured with the
+thread count, before the model build was pinned to one thread: components 76-77 of the quick
+model moved by 0.3, which moved a tiny Liu run's MICC error by 7 % and its LFW accuracy over
+30 pairs by two pairs). The goldens therefore carry the machine they were recorded on (CPU
+model, ATen vector unit, torch version), and the comparison skips, saying so, elsewhere.
 
 Re-record (only after a deliberate change of behaviour)::
 
