@@ -405,3 +405,23 @@ def test_warmup_from_copies_and_checks_the_model(tiny_run, tmp_path):
 def test_warmup_config_bad_values_raise(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         Gao2020TrainConfig(**bad)
+
+
+def test_term_diagnostics_cover_every_term_and_module(tmp_path):
+    from facelab.train.stages import read_summary
+
+    cfg = Gao2020TrainConfig(out_dir=str(tmp_path / "run"), **{**TINY, "steps": (4, 2)}, diagnose_every=2)
+    out = train_gao2020(cfg)
+    summary = read_summary(out)
+    assert "diagnostics" not in summary["warmup"]  # the warm-up has no ablated term to watch
+    for stage in ("step1", "step2"):
+        diag = summary[stage]["diagnostics"]
+        assert {"photo", "shape", "recog", "adv"} <= set(diag["terms"])
+        assert set(diag["terms"]["photo"]) == {"encoder", "shape_decoder", "albedo_decoder"}
+        assert diag["accuracy"]["chance"] == pytest.approx(1 / cfg.col_identities)
+        row = next(r for r in _rows(out / stage) if any(k.startswith("share/") for k in r))
+        encoder = [v for k, v in row.items() if k.startswith("share/") and k.endswith("@encoder")]
+        assert sum(encoder) == pytest.approx(1.0)
+    # the adversarial term reaches the shape decoder and never the albedo decoder
+    assert "albedo_decoder" not in summary["step1"]["diagnostics"]["terms"]["adv"] or \
+        summary["step1"]["diagnostics"]["terms"]["adv"]["albedo_decoder"]["mean_share"] == 0.0

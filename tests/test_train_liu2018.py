@@ -225,3 +225,15 @@ def test_fitted_targets_replace_the_truth(tmp_path):
         Liu2018TrainConfig(targets="fitted")
     with pytest.raises(ValueError, match="pool"):
         train_liu2018(dataclasses.replace(fitted, pool=False, out_dir=str(tmp_path / "stream")))
+
+
+def test_phase3_reports_how_much_each_term_pulls(tiny_run):
+    cfg, out = tiny_run[0], tiny_run[1]
+    summary = json.loads((Path(out) / "summary.json").read_text())
+    assert all("diagnostics" not in summary[s] for s in ("phase1", "phase2"))  # one loss term each
+    diag = summary["phase3"]["diagnostics"]
+    assert set(diag["terms"]) == {"L_R", "L_C"}
+    for module in ("encoder", "decoders"):
+        total = diag["terms"]["L_R"][module]["mean_share"] + diag["terms"]["L_C"].get(module, {"mean_share": 0.0})["mean_share"]
+        assert total == pytest.approx(1.0)
+    assert diag["accuracy"]["chance"] == pytest.approx(1 / 16)

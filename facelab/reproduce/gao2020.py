@@ -127,7 +127,8 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
     Returns:
         ``{"profile", "table1": {row_name: {condition: {"mean", "std"}}} per protocol under
         keys "average_over_identity" / "three_view", "table2": {variant: {condition: {...}}},
-        "identity_consistency": {model: {"std_mm", "mean_mm"}}, "heat_maps", "train_seconds",
+        "identity_consistency": {model: {"std_mm", "mean_mm"}}, "diagnostics": {variant: {step:
+        summarize_shares(...)}} (:mod:`facelab.train.diagnostics`), "heat_maps", "train_seconds",
         "seconds", "train_config", "liu_checkpoint"}``.
     """
     from facelab.config import apply_overrides, split_overrides
@@ -135,6 +136,7 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
     from facelab.metrics.model_eval import ModelEvalConfig, micc_suite
     from facelab.metrics.report import write_json
     from facelab.train.gao2020 import Gao2020TrainConfig, train_gao2020
+    from facelab.train.stages import read_summary
 
     check_choice(profile, "profile", PROFILES)
     for v in variants:
@@ -182,6 +184,10 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
     result = {
         "profile": profile, "out_dir": str(out), "table1": table1, "table2": table2,
         "identity_consistency": {VARIANT_LABELS.get(k, k): s["identity_consistency"] for k, s in scores.items()},
+        # per variant and training step: each weighted term's share of the gradient on the encoder
+        # and decoders, and the identity head's accuracy against chance (facelab.train.diagnostics)
+        "diagnostics": {VARIANT_LABELS[v]: {stage: row["diagnostics"] for stage, row in read_summary(out / v).items()
+                                            if "diagnostics" in row} for v in variants},
         "heat_maps": {VARIANT_LABELS.get(k, k): s["heat_map"] for k, s in scores.items()},
         "liu_checkpoint": liu_path,
         "train_config": {v: dataclasses.asdict(c) for v, c in train_cfgs.items()},

@@ -108,11 +108,11 @@ PROFILE_DEFAULTS = {
     # lp: many identities with a few photos each, so that the shape warm-up generalises
     "quick": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", lp_identities=500,
                   lp_images_per_identity=8, col_identities=150, col_images_per_identity=16, steps=(300, 100),
-                  lr=5e-4, pool=True, num_workers=0, num_threads=1, warmup_steps=1500),
+                  lr=5e-4, pool=True, num_workers=0, num_threads=1, warmup_steps=1500, diagnose_every=20),
     # full: the paper's ResNet-50, suites at their full size, streamed
     "full": dict(backbone="resnet50", image_size=(128, 128), resolution="default", lp_identities=0,
                  lp_images_per_identity=0, col_identities=0, col_images_per_identity=0, steps=(40_000, 20_000),
-                 lr=1e-4, pool=False, num_workers=4, num_threads=-1, warmup_steps=0),
+                 lr=1e-4, pool=False, num_workers=4, num_threads=-1, warmup_steps=0, diagnose_every=500),
 }
 
 
@@ -165,6 +165,9 @@ class Gao2020TrainConfig:
         num_workers: ``DataLoader`` workers per suite when streaming.
         num_threads: torch CPU threads while training (-1: leave them as they are).
         progress: show progress bars.
+        diagnose_every: training-step (not warm-up) steps between measurements of each weighted
+            loss term's share of the gradient on the encoder and the two decoders
+            (:mod:`facelab.train.diagnostics`; 0: never).
 
     >>> Gao2020TrainConfig().backbone, Gao2020TrainConfig(profile="full").lr
     ('resnet_tiny', 0.0001)
@@ -219,6 +222,7 @@ class Gao2020TrainConfig:
     num_workers: int | None = None
     num_threads: int | None = None
     progress: bool = True
+    diagnose_every: int | None = None
 
     def __post_init__(self) -> None:
         check_choice(self.profile, "profile", PROFILES)
@@ -260,7 +264,8 @@ class Gao2020TrainConfig:
         return TrainConfig(steps=steps, batch_size=batch, lr=lr,
                            weight_decay=0.0, log_every=self.log_every, ckpt_every=self.ckpt_every, seed=self.seed,
                            out_dir=str(Path(self.out_dir) / stage), device=self.device, profile=self.profile,
-                           grad_clip=self.grad_clip, progress=self.progress)
+                           grad_clip=self.grad_clip, progress=self.progress,
+                           diagnose_every=0 if stage == WARMUP else self.diagnose_every)
 
 
 # ------------------------------------------------------------------ model
@@ -382,12 +387,16 @@ class Gao2020Loss:
 
     Metrics: every unweighted term (module docstring), ``softmax``, ``center``, ``acc`` with
     ``use_recog``. Plain class, not a module: under torchrun only the trainee is synchronised.
+    With ``return_terms`` it also returns ``{name: w_name * term}`` for the trainer's term
+    diagnostics.
     """
 
-    def __init__(self, cfg: Gao2020TrainConfig, morphable, critic: ShapeCritic | None = None) -> None:
+    def __init__(self, cfg: Gao2020TrainConfig, morphable, critic: ShapeCritic | None = None,
+                 return_terms: bool = False) -> None:
         if cfg.use_adv and critic is None:
             raise ValueError("critic: use_adv=True needs the ShapeCritic")
         self.cfg, self.morphable, self.critic = cfg, morphable, critic if cfg.use_adv else None
+        self.return_terms = return_terms
 
     def __call__(self, trainee: Gao2020Trainee, batch: dict) -> tuple[torch.Tensor, dict]:
         from facelab.losses.adversarial import wgan_div_generator_loss
@@ -433,8 +442,12 @@ class Gao2020Loss:
                 terms["adv"] = wgan_div_generator_loss(self.critic.critic, shape)
             self.critic.fake = shape.detach()
 
-        loss = sum(getattr(cfg, f"w_{name}") * value for name, value in terms.items())
-        return loss, {**{k: v.detach() for k, v in terms.items()}, **metrics}
+        weighted = {name: getattr(cfg, f"w_{name}") * value for name, value in terms.items()}
+        loss = sum(weighted.values())
+        metrics = {**{k: v.detach() for k, v in terms.items()}, **metrics}
+        if self.return_terms:
+            return loss, metrics, weighted
+        return loss, metrics
 
 
 class WarmupLoss:
@@ -689,8 +702,13 @@ def _build_stage(cfg: Gao2020TrainConfig, stage: Stage, data: dict, parent: Path
         _load_parent(trainee, critic, parent, model_only=stage.parent == WARMUP)
     train_mcfg = {"gao2020": mcfg, "n_classes": n_classes if cfg.use_recog else 0}
     optimizer = torch.optim.Adam(trainee.parameters(), lr=cfg.lr)
-    return Trainer(trainee, optimizer, data["batches"], Gao2020Loss(cfg, morphable, critic), cfg.train_config(stage.name),
-                   model_name=TRAIN_MODEL_NAME, model_config=train_mcfg, extra_config=cfg, critic=critic)
+    model = trainee.model
+    watch = {"encoder": [model.encoder, model.id_head, model.exp_head], "shape_decoder": model.shape_decoder,
+             "albedo_decoder": model.cnn_albedo if STEP_ALBEDO[stage.name] == "cnn" else model.albedo_decoder}
+    loss = Gao2020Loss(cfg, morphable, critic, return_terms=cfg.diagnose_every > 0)
+    return Trainer(trainee, optimizer, data["batches"], loss, cfg.train_config(stage.name),
+                   model_name=TRAIN_MODEL_NAME, model_config=train_mcfg, extra_config=cfg, critic=critic,
+                   diagnostic_modules=watch, chance=1.0 / n_classes if cfg.use_recog and n_classes else None)
 
 
 def _copy_warmup(cfg: Gao2020TrainConfig, root: Path) -> None:
