@@ -323,3 +323,17 @@ def test_cli_train_sir(tmp_path, capsys):
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["model"] == "sir" and (tmp_path / "run" / "params_recog.pt").is_file()
+
+
+def test_term_diagnostics_of_the_mixed_label_loss(tmp_path):
+    from facelab.train.stages import read_summary
+
+    cfg = SIRTrainConfig(out_dir=str(tmp_path / "run"), **{**TINY, "base_steps": 4, "steps": 2}, diagnose_every=2,
+                         variants=("params_recog_sir",))
+    summary = read_summary(train_sir(cfg))
+    sir_stage = summary["params_recog_sir"]["diagnostics"]
+    assert set(sir_stage["terms"]) == {"lmk", "prior", "recog", "sir"}
+    assert set(sir_stage["terms"]["sir"]) == {"regressor"}
+    assert sir_stage["accuracy"]["chance"] == pytest.approx(1 / cfg.n_identities)
+    # the base stage has no SIR term: its share is exactly 0
+    assert summary["base"]["diagnostics"]["terms"]["sir"]["regressor"]["mean_share"] == 0.0

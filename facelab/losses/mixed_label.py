@@ -29,6 +29,8 @@ class MixedLabelLoss(nn.Module):
         image_size: ``(H, W)`` px (normalises the landmark term).
         w_landmark, w_prior, w_recog, w_sir: weights (0 switches a term off).
         sir_margin_mm: the SIR push margin, per-vertex RMS mm.
+        return_terms: also return the weighted terms ``{"lmk", "prior", "recog", "sir"}`` (for
+            the trainer's term diagnostics).
 
     ``forward(model, batch) -> (loss, metrics)`` with ``model`` a
     :class:`~facelab.models.sir.SIRNet`. The batch holds ``image (B, 3, H, W)``, ``landmarks2d (B, 68, 2)`` px (any value on rows without landmarks), ``has_landmarks (B,)``
@@ -48,7 +50,7 @@ class MixedLabelLoss(nn.Module):
     """
 
     def __init__(self, image_size, w_landmark: float = W_LANDMARK, w_prior: float = W_PRIOR, w_recog: float = W_RECOG,
-                 w_sir: float = W_SIR, sir_margin_mm: float = SIR_MARGIN_MM) -> None:
+                 w_sir: float = W_SIR, sir_margin_mm: float = SIR_MARGIN_MM, return_terms: bool = False) -> None:
         super().__init__()
         H, W = check_image_size(image_size)
         self.norm_px = math.sqrt(H * W)
@@ -57,6 +59,7 @@ class MixedLabelLoss(nn.Module):
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name}: must be finite and >= 0, got {value}")
         self.w_landmark, self.w_prior, self.w_recog, self.w_sir = w_landmark, w_prior, w_recog, w_sir
+        self.return_terms = return_terms
         self.sir_margin_mm = sir_margin_mm
 
     def forward(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -85,6 +88,10 @@ class MixedLabelLoss(nn.Module):
                 x, scale = model.geometry(a)
                 pull, push = sir_loss_terms(x, labels, scale, self.sir_margin_mm, n_verts=model.n_verts)
                 terms["sir_pull"], terms["sir_push"], terms["sir"] = pull, push, pull + push
-        loss = (self.w_landmark * terms["lmk"] + self.w_prior * terms["prior"] + self.w_recog * terms["recog"]
-                + self.w_sir * terms["sir"])
-        return loss, {k: v.detach() for k, v in terms.items()}
+        weighted = {"lmk": self.w_landmark * terms["lmk"], "prior": self.w_prior * terms["prior"],
+                    "recog": self.w_recog * terms["recog"], "sir": self.w_sir * terms["sir"]}
+        loss = weighted["lmk"] + weighted["prior"] + weighted["recog"] + weighted["sir"]
+        metrics = {k: v.detach() for k, v in terms.items()}
+        if self.return_terms:  # for the trainer's term diagnostics (facelab.train.diagnostics)
+            return loss, metrics, weighted
+        return loss, metrics

@@ -368,7 +368,13 @@ def reproduce_sir(profile: str = "quick", out_dir="runs/reproduce-sir", override
     for v in train_cfg.variants:  # the function's variants, or a train.variants override
         rows.append({"name": ROW_NAMES[v], "stage": v, **score_model(load_evaluable(out / f"{v}.pt", expect_model="sir"), suites)})
     svp = sfm_vs_pca_table(train_cfg, sir_cfg) if with_sfm_vs_pca else None
+    from facelab.train.stages import read_summary
+
+    # per stage: each weighted term's gradient share on the regressor (and the SFM basis), and
+    # the identity head's accuracy against chance (facelab.train.diagnostics)
+    diagnostics = {stage: row["diagnostics"] for stage, row in read_summary(out).items() if "diagnostics" in row}
     result = {"profile": profile, "out_dir": str(out), "rows": rows, "sfm_vs_pca": svp, "liu_checkpoint": liu_path,
+              "diagnostics": diagnostics,
               "train_config": dataclasses.asdict(train_cfg), "sir_config": dataclasses.asdict(sir_cfg),
               "train_seconds": round(t_train, 2), "seconds": round(time.perf_counter() - start, 2)}
     out.mkdir(parents=True, exist_ok=True)

@@ -94,11 +94,11 @@ PROFILE_DEFAULTS = {
     "quick": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", base_steps=900, steps=300,
                   batch_lp=32, batch_id=32, ids_per_batch=8, n_identities=200, images_per_identity=16,
                   lp_identities=100, lp_images_per_identity=16, sfm_identities=200, sfm_samples=5, pool=True,
-                  num_threads=1),
+                  num_threads=1, diagnose_every=25),
     "full": dict(backbone="resnet50", image_size=(112, 96), resolution="default", base_steps=20_000, steps=5_000,
                  batch_lp=32, batch_id=64, ids_per_batch=16, n_identities=2000, images_per_identity=20,
                  lp_identities=1000, lp_images_per_identity=20, sfm_identities=2000, sfm_samples=10, pool=True,
-                 num_threads=-1),
+                 num_threads=-1, diagnose_every=500),
 }
 
 
@@ -133,6 +133,9 @@ class SIRTrainConfig:
         cache_pool: keep rendered pools under :func:`facelab.config.cache_dir`.
         num_threads: torch CPU threads (-1: leave them as they are; quick: 1).
         progress: show progress bars.
+        diagnose_every: steps between measurements of each weighted term's (landmarks, prior,
+            recognition, SIR) share of the gradient on the regressor and the Sphere Face Model
+            basis (:mod:`facelab.train.diagnostics`; 0: never).
     """
 
     profile: str = "quick"
@@ -177,6 +180,7 @@ class SIRTrainConfig:
     cache_pool: bool = True
     num_threads: int | None = None
     progress: bool = True
+    diagnose_every: int | None = None
 
     def __post_init__(self) -> None:
         check_choice(self.profile, "profile", PROFILES)
@@ -210,7 +214,7 @@ class SIRTrainConfig:
         return TrainConfig(steps=steps, batch_size=batch, lr=self.lr, weight_decay=self.weight_decay,
                            log_every=self.log_every, ckpt_every=self.ckpt_every, seed=self.seed,
                            out_dir=str(Path(self.out_dir) / stage), device=self.device, profile=self.profile,
-                           grad_clip=self.grad_clip, progress=self.progress)
+                           grad_clip=self.grad_clip, progress=self.progress, diagnose_every=self.diagnose_every)
 
 
 # -------------------------------------------------------------------- data
@@ -327,7 +331,8 @@ def stage_loss(stage: str, cfg: SIRTrainConfig) -> MixedLabelLoss:
     variants add the SIR term."""
     check_choice(stage, "stage", list(STAGES))
     w_sir = cfg.w_sir if stage.endswith("_sir") else 0.0
-    return MixedLabelLoss(cfg.image_size, cfg.w_landmark, cfg.w_prior, cfg.w_recog, w_sir, cfg.sir_margin_mm)
+    return MixedLabelLoss(cfg.image_size, cfg.w_landmark, cfg.w_prior, cfg.w_recog, w_sir, cfg.sir_margin_mm,
+                          return_terms=cfg.diagnose_every > 0)
 
 
 def train_sir(config: SIRTrainConfig | None = None, **overrides) -> Path:
@@ -405,8 +410,12 @@ def _build_stage(cfg: SIRTrainConfig, stage: Stage, data: dict, parent: Path | N
     tcfg = cfg.train_config(stage.name)
     optimizer = torch.optim.AdamW(_parameter_groups(model, cfg), lr=tcfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, FINAL_LR_FRACTION))
+    watch = {"regressor": model.regressor}
+    if model.sfm is not None and any(p.requires_grad for p in model.sfm.parameters()):
+        watch["sfm"] = model.sfm
     return Trainer(model, optimizer, batches, stage_loss(stage.name, cfg), tcfg, scheduler=scheduler,
-                   model_name=MODEL_NAME, model_config=mcfg, extra_config=cfg)
+                   model_name=MODEL_NAME, model_config=mcfg, extra_config=cfg, diagnostic_modules=watch,
+                   chance=1.0 / cfg.n_identities)
 
 
 def _train(cfg: SIRTrainConfig) -> None:
