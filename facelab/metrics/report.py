@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facelab.viz.tables import row_columns
+
 DEFAULT_FORMAT = "{:.3f}"
 MISSING = "–"  # shown for a null cell (e.g. the mean face has no embedding)
 
@@ -91,12 +93,7 @@ def markdown_table(rows: dict, columns=None, fmt: str = DEFAULT_FORMAT, row_head
     """
     if not isinstance(rows, dict) or not rows:
         raise ValueError("rows: expected a non-empty dict of rows")
-    if columns is None:
-        first = next((r for r in rows.values() if r is not None), None)
-        if first is None:
-            raise ValueError("rows: every row is None; give columns")
-        columns = list(first)
-    columns = list(columns)
+    columns = row_columns(rows, columns)
     lines = ["| " + " | ".join([row_header, *map(str, columns)]) + " |", "| " + " | ".join(["---"] * (len(columns) + 1)) + " |"]
     for name, row in rows.items():
         cells = [_cell(None if row is None else row.get(c), fmt) for c in columns]

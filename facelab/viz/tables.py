@@ -81,6 +81,21 @@ class Table:
         return "\n".join(([_plain(self.caption)] if self.caption else []) + lines)
 
 
+def row_columns(rows: dict, columns=None) -> list:
+    """The column keys of a ``{row name: {column: value} or None}`` table: ``columns`` if given,
+    else the keys of the first row that is not None.
+
+    >>> row_columns({"a": None, "b": {"x": 1, "y": 2}})
+    ['x', 'y']
+    """
+    if columns is None:
+        first = next((r for r in rows.values() if r is not None), None)
+        if first is None:
+            raise ValueError("rows: every row is None; give columns")
+        columns = first
+    return list(columns)
+
+
 def html_table(rows, columns=None, caption: str | None = None, floatfmt: str = "{:.3f}", row_header: str = "") -> Table:
     """A :class:`Table` of ``rows``, for a notebook to display.
 
@@ -120,12 +135,7 @@ def html_table(rows, columns=None, caption: str | None = None, floatfmt: str = "
         bad = [name for name, row in rows.items() if row is not None and not isinstance(row, dict)]
         if bad:
             raise TypeError(f"rows: row {bad[0]!r} is a {type(rows[bad[0]]).__name__}, expected a dict of cells or None")
-        if columns is None:
-            first = next((r for r in rows.values() if r is not None), None)
-            if first is None:
-                raise ValueError("rows: every row is None; give columns")
-            columns = list(first)
-        columns = list(columns)
+        columns = row_columns(rows, columns)
         header = [row_header, *map(str, columns)]
         body = [[str(name), *(_format_cell(None if row is None else row.get(c), floatfmt) for c in columns)]
                 for name, row in rows.items()]
