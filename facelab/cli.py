@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="generate a SynthFaces suite and write it to a folder")
     p.add_argument("suite", choices=SUITES)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--profile", default="quick", choices=["quick", "full"])
+    p.add_argument("--profile", default="quick", choices=["quick", "standard", "full"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a SuiteConfig field (repeatable)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model; resumes when the output folder holds a checkpoint")
     p.add_argument("model", choices=list(RECIPES), help="; ".join(f"{k}: {r.summary}" for k, r in RECIPES.items()))
-    p.add_argument("--profile", default="quick", choices=["quick", "full"])
+    p.add_argument("--profile", default="quick", choices=["quick", "standard", "full"])
     p.add_argument("--out", help="run folder (default runs/<model>-<profile>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a training config field (repeatable)")
     p.set_defaults(func=_cmd_train)
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="webface, collections or lp (generated; adds the single- vs multi-image study), "
                         "or a folder written by `facelab synth` (an existing folder wins over a suite name)")
     p.add_argument("--out", required=True, help="output folder (targets.npz, report.json)")
-    p.add_argument("--profile", default="quick", choices=["quick", "full"], help="suite size (generated suites only)")
+    p.add_argument("--profile", default="quick", choices=["quick", "standard", "full"], help="suite size (generated suites only)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a CollectionFitConfig field (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=_cmd_fit)
@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="train and score a paper's ablation table (results.json, results.md)")
     p.add_argument("paper", choices=["liu2018", "gao2020", "sir"])
     p.add_argument("--out", required=True, help="run folder (phase checkpoints are reused when present)")
-    p.add_argument("--profile", default="quick", choices=["quick", "full"])
+    p.add_argument("--profile", default="quick", choices=["quick", "standard", "full"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--set", action="append", default=[], metavar="GROUP.KEY=VALUE",
                    help="override a train./eval./baselines. config field (repeatable)")

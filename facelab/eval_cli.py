@@ -285,7 +285,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_recon)
 
     b = sub.add_parser("baselines", help="mean face, oracle and landmark-fit baselines on the SynthFaces suites")
-    b.add_argument("--profile", default="quick", choices=["quick", "full"])
+    b.add_argument("--profile", default="quick", choices=["quick", "standard", "full"])
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a BaselineConfig field (repeatable)")
     b.add_argument("--json", action="store_true", help="print one JSON object (else Markdown tables)")
     b.add_argument("--out", help="also write the JSON to this file")
@@ -294,7 +294,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     m = sub.add_parser("model", help="evaluate a trained facelab checkpoint on a SynthFaces suite (JSON + Markdown report)")
     m.add_argument("checkpoint", help="a checkpoint written by facelab's trainer (e.g. runs/regressor-quick/last.pt)")
     m.add_argument("--suite", required=True, choices=EVAL_SUITES)
-    m.add_argument("--profile", default="quick", choices=["quick", "full"])
+    m.add_argument("--profile", default="quick", choices=["quick", "standard", "full"])
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ModelEvalConfig field (repeatable)")
     m.add_argument("--out", help="folder for report.json and report.md")
     m.add_argument("--json", action="store_true", help="print one JSON object (else the Markdown report)")

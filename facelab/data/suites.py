@@ -29,7 +29,7 @@ import torch
 from facelab.checks import check_choice, check_image_size
 
 SUITES = ("webface", "lp", "collections", "micc", "bu3dfe", "lfw")
-PROFILES = ("quick", "full")
+PROFILES = ("quick", "standard", "full")
 
 # Disjoint world-identity ranges (the morphable model's population starts at 5_000_000).
 ID_RANGES = {
@@ -118,6 +118,17 @@ PROFILE_SIZES = {
         "micc": dict(n_identities=10, frames_per_video=6),
         "bu3dfe": dict(n_identities=6),
         "lfw": dict(n_identities=150, pairs_per_fold=30),
+    },
+    # CPU runs whose evaluation has power: >= 30 MICC subjects x 3 videos, 3,000 LFW pairs
+    # in 10 folds, 50 BU-3DFE subjects (a subject-to-subject spread of ~0.2 mm needs ~30
+    # subjects to resolve differences of 0.1 mm).
+    "standard": {
+        "webface": dict(n_identities=2000, images_per_identity=8),
+        "collections": dict(n_identities=400, images_per_identity=16),
+        "lp": dict(n_identities=200, images_per_identity=16),
+        "micc": dict(n_identities=30, frames_per_video=6),
+        "bu3dfe": dict(n_identities=50),
+        "lfw": dict(n_identities=1_500, pairs_per_fold=150),
     },
     "full": {
         "webface": dict(n_identities=10_000, images_per_identity=40),

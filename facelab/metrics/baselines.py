@@ -46,7 +46,8 @@ from facelab.metrics.reconstruction import rmse
 from facelab.metrics.verification import verify
 
 BASELINE_SUITES = ("micc", "bu3dfe", "lfw")
-PROFILES = ("quick", "full")
+PROFILES = ("quick", "standard", "full")
+CPU_PROFILES = ("quick", "standard")  # quick protocol limits (ICP, single frames, threads)
 DEFAULT_ORACLE_KS = (10, 40, 80)
 # Std of the Gaussian noise added to ground-truth 2D landmarks, as a fraction of the image
 # size: 0.01 gives a landmark NME of about 2.5 %, a good modern detector.
@@ -71,7 +72,7 @@ FIT_CHUNK = 64  # images per fit_landmarks call
 QUICK_MICC_IDENTITIES = 5
 QUICK_ICP_ITERS = 30
 QUICK_ICP_TOL = 1e-3  # mm: a thousandth of the errors being measured
-PROFILE_RESOLUTION = {"quick": "quick", "full": "default"}
+PROFILE_RESOLUTION = {"quick": "quick", "standard": "quick", "full": "default"}
 _KEEP_KEYS = ("label", "condition", "shape", "shape_identity", "alpha_id", "landmarks2d", "yaw_deg")
 
 
@@ -142,18 +143,19 @@ class BaselineConfig:
         if not self.landmark_noise >= 0:
             raise ValueError(f"landmark_noise: must be >= 0, got {self.landmark_noise}")
         quick = self.profile == "quick"
+        cpu = self.profile in CPU_PROFILES
         if not self.resolution:
             self.resolution = PROFILE_RESOLUTION[self.profile]
         if self.micc_identities == 0 and quick:
             self.micc_identities = QUICK_MICC_IDENTITIES
         if self.micc_single_frames == 0:
-            self.micc_single_frames = 1 if quick else -1
+            self.micc_single_frames = 1 if cpu else -1
         if self.icp_iters == 0:
-            self.icp_iters = QUICK_ICP_ITERS if quick else PROTOCOL_ICP_ITERS
+            self.icp_iters = QUICK_ICP_ITERS if cpu else PROTOCOL_ICP_ITERS
         if self.icp_tol == 0.0:
-            self.icp_tol = QUICK_ICP_TOL if quick else PROTOCOL_ICP_TOL
+            self.icp_tol = QUICK_ICP_TOL if cpu else PROTOCOL_ICP_TOL
         if self.num_threads == 0:
-            self.num_threads = 1 if quick else -1
+            self.num_threads = 1 if cpu else -1
         for name in ("micc_identities", "bu3dfe_identities", "lfw_identities", "lfw_pairs_per_fold"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0 (0 = the profile's default), got {getattr(self, name)}")
@@ -362,7 +364,8 @@ def micc_baselines(cfg: BaselineConfig | None = None, details: bool = False) -> 
     ``landmark_fit`` row averages the errors of ``micc_single_frames`` frames per video).
     With ``details=True`` a ``"details"`` entry holds, per row, the per-video
     ``distances`` (list of ``(M,)`` mm arrays) and ``crop_index``, plus ``scans``
-    ``(S, V, 3)``, ``faces``, ``video_label`` and ``video_condition`` (not JSON).
+    ``(S, V, 3)``, ``faces``, ``video_label``, ``video_condition`` and each row's
+    ``video_errors`` (mm, one per video; not JSON).
     """
     cfg = cfg or BaselineConfig()
     suite = _suite(cfg, "micc", n_identities=cfg.micc_identities)
@@ -415,7 +418,7 @@ def micc_baselines(cfg: BaselineConfig | None = None, details: bool = False) -> 
     table = micc_rows(errors, conditions)
     if details:
         table["details"] = {**kept, "scans": scans, "faces": model.faces, "video_label": [v["label"] for v in videos],
-                            "video_condition": conditions}
+                            "video_condition": conditions, "video_errors": {k: np.asarray(e) for k, e in errors.items()}}
     return table
 
 
@@ -500,7 +503,8 @@ def lfw_baselines(cfg: BaselineConfig | None = None, details: bool = False) -> d
     ``mean_face`` (``None``: a constant prediction has no embedding), ``oracle_k{K}`` (the
     true identity's coefficients, first K; an upper bound for any linear-3DMM method) and
     ``landmark_fit``. Each non-null row is :meth:`VerificationResult.to_dict`.
-    ``details=True`` adds per-row ``(emb1, emb2)`` arrays and ``issame``.
+    ``details=True`` adds per-row ``(emb1, emb2)`` arrays, ``issame`` and each row's
+    ``pair_correct`` (see :class:`~facelab.metrics.verification.VerificationResult`).
     """
     cfg = cfg or BaselineConfig()
     suite = _suite(cfg, "lfw", n_identities=cfg.lfw_identities, pairs_per_fold=cfg.lfw_pairs_per_fold)
@@ -518,13 +522,15 @@ def lfw_baselines(cfg: BaselineConfig | None = None, details: bool = False) -> d
     embeddings["landmark_fit"] = fit.alpha_id / std
     embeddings["landmark_fit_exact"] = exact.alpha_id / std
     out: dict = {"mean_face": None}
-    kept = {}
+    kept, correct = {}, {}
     for name, emb in embeddings.items():
         e1, e2 = _np(emb[pairs[:, 0]]), _np(emb[pairs[:, 1]])
-        out[name] = verify(e1, e2, issame, n_folds=n_folds).to_dict()
+        result = verify(e1, e2, issame, n_folds=n_folds)
+        out[name] = result.to_dict()
         kept[name] = (e1, e2)
+        correct[name] = np.asarray(result.pair_correct)
     if details:
-        out["details"] = {"embeddings": kept, "issame": issame}
+        out["details"] = {"embeddings": kept, "issame": issame, "pair_correct": correct}
     return out
 
 

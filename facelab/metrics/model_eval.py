@@ -39,11 +39,12 @@ from facelab.metrics.verification import verify
 from facelab.models.registry import evaluable_model, load_model
 
 EVAL_SUITES = ("micc", "bu3dfe", "lfw")
-PROFILES = ("quick", "full")
+PROFILES = ("quick", "standard", "full")
 # Same quick-profile protocol limits as facelab.metrics.baselines, so the tables compare.
 QUICK_MICC_IDENTITIES = 5
 QUICK_ICP_ITERS = 30
 QUICK_ICP_TOL = 1e-3  # mm
+CPU_PROFILES = ("quick", "standard")
 MICC_ROWS = ("average_over_identity", "three_view", "single_frame")
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -78,13 +79,14 @@ class ModelEvalConfig:
         """A copy with the profile's defaults filled in."""
         check_choice(profile, "profile", PROFILES)
         quick = profile == "quick"
+        cpu = profile in CPU_PROFILES  # the CPU profiles share quick's ICP limits
         check_positive(self.batch_size, "batch_size", integer=True)
         return dataclasses.replace(
             self,
             micc_identities=self.micc_identities or (QUICK_MICC_IDENTITIES if quick else 0),
-            icp_iters=self.icp_iters or (QUICK_ICP_ITERS if quick else PROTOCOL_ICP_ITERS),
-            icp_tol=self.icp_tol or (QUICK_ICP_TOL if quick else PROTOCOL_ICP_TOL),
-            num_threads=self.num_threads or (1 if quick else -1),
+            icp_iters=self.icp_iters or (QUICK_ICP_ITERS if cpu else PROTOCOL_ICP_ITERS),
+            icp_tol=self.icp_tol or (QUICK_ICP_TOL if cpu else PROTOCOL_ICP_TOL),
+            num_threads=self.num_threads or (1 if cpu else -1),
         )
 
 
@@ -114,6 +116,33 @@ def suite_for(model, name: str, profile: str, cfg: ModelEvalConfig, **sizes):
     sizes = {k: v for k, v in sizes.items() if v}
     return make_suite(name, profile=profile, device=cfg.device, image_size=tuple(_model_setting(model, "image_size")),
                       resolution=_model_setting(model, "resolution"), seed=cfg.seed, **sizes)
+
+
+#: the batch fields scoring reads (predict_suite's truth, aligned-crop inputs)
+SCORED_FIELDS = ("image", "shape", "shape_identity", "landmarks2d", "label", "condition", "yaw_deg")
+
+
+class RenderedSuite:
+    """A suite whose batches are rendered once and kept in memory, to score many models on the same photos.
+
+    Behaves like the wrapped suite (``model``, ``table``, ``scan``, ``config`` ...); ``batches``
+    replays the stored batches of ``batch_size`` (other sizes or ``indices`` render anew).
+    Keeps only :data:`SCORED_FIELDS`: about 200 kB per 128 x 128 photo.
+    """
+
+    def __init__(self, suite, batch_size: int = 64) -> None:
+        check_positive(batch_size, "batch_size", integer=True)
+        self.suite = suite
+        self.batch_size = batch_size
+        self._batches = [{k: v for k, v in b.items() if k in SCORED_FIELDS} for b in suite.batches(batch_size)]
+
+    def batches(self, batch_size: int = 64, indices=None, progress: bool = False):
+        if indices is not None or batch_size != self.batch_size:
+            return self.suite.batches(batch_size, indices, progress)
+        return iter(self._batches)
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["suite"], name)
 
 
 @torch.no_grad()
@@ -153,8 +182,13 @@ def micc_suite(model, profile: str, cfg: ModelEvalConfig):
     return suite_for(model, "micc", profile, cfg.resolved(profile), n_identities=cfg.resolved(profile).micc_identities)
 
 
-def score_micc(model, profile: str, cfg: ModelEvalConfig, suite=None, pred: dict | None = None) -> dict:
-    """MICC rows of ``model``; ``suite``/``pred`` (from :func:`predict_suite`) are reused when given."""
+def score_micc(model, profile: str, cfg: ModelEvalConfig, suite=None, pred: dict | None = None,
+               return_units: bool = False):
+    """MICC rows of ``model``; ``suite``/``pred`` (from :func:`predict_suite`) are reused when given.
+
+    With ``return_units`` also ``{row: (n_subjects,) float array}``: each subject's error (mm)
+    averaged over its videos, in label order, the units a paired bootstrap resamples.
+    """
     suite = suite if suite is not None else micc_suite(model, profile, cfg)
     morphable = suite.model
     pred = pred if pred is not None else predict_suite(model, suite, cfg.batch_size)
@@ -170,11 +204,12 @@ def score_micc(model, profile: str, cfg: ModelEvalConfig, suite=None, pred: dict
 
     key = pred["label"] * 100 + pred["condition"]
     errors = {row: [] for row in MICC_ROWS}
-    conditions = []
+    conditions, labels = [], []
     for v in torch.unique(key).tolist():
         frames = torch.nonzero(key == v).flatten()
         label, cond = int(pred["label"][frames[0]]), int(pred["condition"][frames[0]])
         conditions.append(suite.condition_names[cond])
+        labels.append(label)
         with torch.no_grad():
             avg = model.decode_identity(pred["embedding"][frames].mean(0, keepdim=True).to(cfg.device), morphable)[0]
         errors["average_over_identity"].append(score(avg, label))
@@ -182,7 +217,13 @@ def score_micc(model, profile: str, cfg: ModelEvalConfig, suite=None, pred: dict
         three = frames[torch.stack([yaw.argmin(), yaw.abs().argmin(), yaw.argmax()])]
         errors["three_view"].append(score(pred["identity_shape"][three].mean(0), label))
         errors["single_frame"].append(score(pred["identity_shape"][frames[frames.numel() // 2]], label))
-    return micc_rows(errors, conditions)
+    rows = micc_rows(errors, conditions)
+    if not return_units:
+        return rows
+    labels = np.asarray(labels)
+    subjects = np.unique(labels)
+    units = {row: np.array([np.mean(np.asarray(errs)[labels == k]) for k in subjects]) for row, errs in errors.items()}
+    return rows, units
 
 
 # -------------------------------------------------------------------- BU3DFE
@@ -212,13 +253,26 @@ def _bu3dfe(model, profile: str, cfg: ModelEvalConfig) -> dict:
 
 
 # ----------------------------------------------------------------------- LFW
-def _lfw(model, profile: str, cfg: ModelEvalConfig, row: str) -> dict:
-    suite = suite_for(model, "lfw", profile, cfg, n_identities=cfg.lfw_identities, pairs_per_fold=cfg.lfw_pairs_per_fold)
+def lfw_suite(model, profile: str, cfg: ModelEvalConfig):
+    """The LFW-style suite ``model`` is scored on (its image size and mesh resolution)."""
+    return suite_for(model, "lfw", profile, cfg, n_identities=cfg.lfw_identities, pairs_per_fold=cfg.lfw_pairs_per_fold)
+
+
+def score_lfw(model, profile: str, cfg: ModelEvalConfig, suite=None):
+    """:func:`~facelab.metrics.verify` of ``model``'s identity embeddings on the LFW-style suite.
+
+    Returns the :class:`~facelab.metrics.verification.VerificationResult`; its ``pair_correct``
+    are the per-pair units of a paired bootstrap. ``suite`` is reused when given.
+    """
+    suite = suite if suite is not None else lfw_suite(model, profile, cfg)
     pred = predict_suite(model, suite, cfg.batch_size)
     emb = _np(pred["embedding"])
     pairs = suite.table.pairs.numpy()
-    result = verify(emb[pairs[:, 0]], emb[pairs[:, 1]], suite.table.issame.numpy(), n_folds=suite.config.n_folds)
-    return {row: result.to_dict()}
+    return verify(emb[pairs[:, 0]], emb[pairs[:, 1]], suite.table.issame.numpy(), n_folds=suite.config.n_folds)
+
+
+def _lfw(model, profile: str, cfg: ModelEvalConfig, row: str) -> dict:
+    return {row: score_lfw(model, profile, cfg).to_dict()}
 
 
 # ----------------------------------------------------------------------- API

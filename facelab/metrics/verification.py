@@ -54,6 +54,9 @@ class VerificationResult:
     tar_at_far: dict[str, float]
     best_thresholds: list[float]
     fold_accuracies: list[float] = field(default_factory=list)
+    #: per pair, whether its fold's threshold (chosen on the other folds) classified it right;
+    #: the units a paired bootstrap of two models' accuracies resamples
+    pair_correct: list[bool] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -216,12 +219,14 @@ def verify(
         _require_both_classes(same[test], f"issame (fold {k})")
 
     accuracies, best, vals, fars = [], [], [], []
+    correct = np.zeros(n, dtype=bool)
     for train, test in folds:
         predict = dist[train][None, :] < thr[:, None]  # (T, n_train)
         acc_train = np.mean(predict == same[train], axis=1)
         best_t = float(thr[int(np.argmax(acc_train))])  # argmax: first, i.e. smallest, best
         best.append(best_t)
         accuracies.append(_accuracy(best_t, dist[test], same[test]))
+        correct[test] = (dist[test] < best_t) == same[test]
         far_train = np.sum(predict & ~same[train], axis=1) / np.sum(~same[train])
         v, f = _val_far(_threshold_at_far(far_train, thr, VAL_FAR_TARGET), dist[test], same[test])
         vals.append(v)
@@ -239,6 +244,7 @@ def verify(
         tar_at_far=tar_at_far(fpr, tpr, far_targets),
         best_thresholds=best,
         fold_accuracies=[float(a) for a in accuracies],
+        pair_correct=correct.tolist(),
     )
 
 

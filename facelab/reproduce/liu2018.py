@@ -31,15 +31,40 @@ import numpy as np
 from facelab.checks import check_choice
 from facelab.config import torch_threads
 
-PROFILES = ("quick", "full")
+PROFILES = ("quick", "standard", "full")
 #: the ablation rows, in table order: (training stage, phase, identity disentangling, identification loss)
 ROWS = (
     ("phase1", "I", True, "none"),
     ("phase2_joint", "II", False, "none"),
     ("phase2", "II", True, "none"),
+    ("phase3_no_lc", "III", True, "none (control: L_R only, same steps)"),
     ("phase3_softmax", "III", True, "softmax"),
     ("phase3", "III", True, "A-Softmax"),
+    ("phase3_no_lr", "III", True, "A-Softmax without L_R (recognition ceiling)"),
 )
+#: training seeds per profile; seed 0 trains in the run folder, seed k in ``seed<k>/``
+PROFILE_SEEDS = {"quick": (0,), "standard": (0, 1, 2), "full": (0,)}
+#: the claims of Liu et al. (2018) tested here: (id, text, (row A, row B), metric, better,
+#: the loss term that must have pulled on training for the comparison to mean anything)
+CLAIMS = (
+    ("L1", "Disentangling lowers the reconstruction error (Phase II)", ("phase2", "phase2_joint"), "micc_mm", "lower",
+     "phase2"),
+    ("L2", "The identification loss lowers the reconstruction error (Phase III vs the same steps without L_C)",
+     ("phase3", "phase3_no_lc"), "micc_mm", "lower", "L_C"),
+    ("L3", "The identification loss raises recognition (Phase III vs Phase II)", ("phase3", "phase2"),
+     "lfw_accuracy", "higher", "L_C"),
+    ("L4", "A-Softmax beats softmax", ("phase3", "phase3_softmax"), "lfw_accuracy", "higher", "L_C"),
+    ("T1", "Phase III beats a landmark fit with detector-like landmark noise on MICC", ("phase3", "landmark_fit"),
+     "micc_mm", "lower", None),
+    ("T2", "Phase III beats a landmark fit with detector-like landmark noise on LFW", ("phase3", "landmark_fit"),
+     "lfw_accuracy", "higher", None),
+)
+# Phase II pulled when its loss fell by this fraction (its decoders start at the generating
+# 3DMM, so a loss that does not move means the disentangling row cannot differ).
+MIN_PHASE2_LOSS_DROP = 0.05
+UNITS_NPZ = "units.npz"
+#: what a claim's bootstrap resamples, per metric (``n_subjects`` counts these)
+METRIC_UNITS = {"micc_mm": "subject", "lfw_accuracy": "pair"}
 FRONTAL_YAW_MAX_DEG = 10  # "frontal-ish" expression images: yaw 0 and +-10 degrees
 NEUTRAL = "neutral"
 RESULTS_JSON = "results.json"
@@ -83,15 +108,35 @@ def liu_reference(liu, profile: str, artifact: str = LIU_ARTIFACT):
 
 
 # ------------------------------------------------------------------ scoring
-def _bu3dfe_columns(model, profile: str, cfg) -> tuple[dict, dict]:
+class ScoringSuites:
+    """The MICC, BU-3DFE and LFW suites of one profile, rendered once and shared by every model scored."""
+
+    def __init__(self, profile: str, eval_cfg) -> None:
+        self.profile = profile
+        self.cfg = eval_cfg.resolved(profile)
+        self._suites: dict = {}
+
+    def get(self, model, name: str):
+        from facelab.metrics.model_eval import RenderedSuite, suite_for
+
+        cfg = self.cfg
+        key = (name, tuple(model.config.image_size), model.config.resolution)
+        if key not in self._suites:
+            sizes = {"micc": dict(n_identities=cfg.micc_identities), "bu3dfe": dict(n_identities=cfg.bu3dfe_identities),
+                     "lfw": dict(n_identities=cfg.lfw_identities, pairs_per_fold=cfg.lfw_pairs_per_fold)}[name]
+            self._suites[key] = RenderedSuite(suite_for(model, name, self.profile, cfg, **sizes), cfg.batch_size)
+        return self._suites[key]
+
+
+def _bu3dfe_columns(model, suites: ScoringSuites) -> tuple[dict, dict]:
     """``({"rmse_bu3dfe_pose", "rmse_bu3dfe_exp"}, identity RMSE per |yaw|)`` in mm."""
     from facelab.data import BU3DFE_EXPRESSIONS
     from facelab.metrics.baselines import by_abs_yaw
-    from facelab.metrics.model_eval import predict_suite, suite_for
+    from facelab.metrics.model_eval import predict_suite
     from facelab.metrics.reconstruction import rmse
 
-    suite = suite_for(model, "bu3dfe", profile, cfg, n_identities=cfg.bu3dfe_identities)
-    pred = predict_suite(model, suite, cfg.batch_size)
+    suite = suites.get(model, "bu3dfe")
+    pred = predict_suite(model, suite, suites.cfg.batch_size)
     mask = suite.model.face_mask.numpy()
     as_np = lambda t: t.detach().cpu().double().numpy()  # noqa: E731
     yaw = as_np(pred["yaw_deg"])
@@ -104,18 +149,26 @@ def _bu3dfe_columns(model, profile: str, cfg) -> tuple[dict, dict]:
     return cols, by_abs_yaw(err_id[neutral], yaw[neutral])
 
 
-def score_phase(model, profile: str, eval_cfg) -> tuple[dict, dict]:
-    """The four table columns of one model, and its BU-3DFE identity RMSE per |yaw| (mm)."""
-    from facelab.metrics.model_eval import evaluate_model
+def score_phase(model, profile: str, eval_cfg, suites: ScoringSuites | None = None) -> tuple[dict, dict, dict]:
+    """The four table columns of one model, its BU-3DFE identity RMSE per |yaw| (mm), and its units.
 
-    cfg = eval_cfg.resolved(profile)
-    micc = evaluate_model(model, "micc", profile, config=cfg)["micc"]
-    lfw = evaluate_model(model, "lfw", profile, config=cfg)["lfw"]
+    ``units`` are ``{"micc_mm": (n_subjects,) mm, "lfw_accuracy": (n_pairs,) 0/1}``: each MICC
+    subject's "average over identity" error and whether each LFW pair was verified right,
+    the samples a paired bootstrap resamples. ``suites`` (rendered once) are reused when given.
+    """
+    from facelab.metrics.model_eval import predict_suite, score_lfw, score_micc
+
+    suites = suites or ScoringSuites(profile, eval_cfg)
+    cfg = suites.cfg
     with torch_threads(cfg.num_threads):
-        bu, yaw_rmse = _bu3dfe_columns(model, profile, cfg)
-    cols = {"rmse_micc": micc["average_over_identity"]["all"]["mean"], **bu,
-            "lfw_accuracy": next(iter(lfw.values()))["accuracy_mean"]}
-    return cols, yaw_rmse
+        micc_suite = suites.get(model, "micc")
+        micc, micc_units = score_micc(model, profile, cfg, suite=micc_suite,
+                                      pred=predict_suite(model, micc_suite, cfg.batch_size), return_units=True)
+        lfw = score_lfw(model, profile, cfg, suite=suites.get(model, "lfw"))
+        bu, yaw_rmse = _bu3dfe_columns(model, suites)
+    cols = {"rmse_micc": micc["average_over_identity"]["all"]["mean"], **bu, "lfw_accuracy": lfw.accuracy_mean}
+    units = {"micc_mm": micc_units["average_over_identity"], "lfw_accuracy": np.asarray(lfw.pair_correct, dtype=float)}
+    return cols, yaw_rmse, units
 
 
 def baseline_rows(baselines: dict) -> dict:
@@ -159,46 +212,175 @@ def results_markdown(result: dict) -> str:
              "**Phases** (RMSE in mm; LFW: verification accuracy of c_Id)\n\n" + markdown_table(rows, row_header="stage"),
              "**Baselines** (bu3dfe: full shape, all expressions and yaws)\n\n"
              + (markdown_table(result["baselines"], row_header="method") if result["baselines"] else "not run"),
+             claims_markdown(result.get("claims", [])),
              "**Phase III identity RMSE (mm) per |yaw| (degrees), neutral BU-3DFE images**\n\n"
              + markdown_table({"phase III": result["yaw_rmse"]}, row_header="model"),
              f"Time: {result['seconds']} s"]
     return "\n\n".join(parts) + "\n"
 
 
+# ------------------------------------------------------------------ claims
+def seed_dir(out: Path, seed: int, seeds: tuple[int, ...]) -> Path:
+    """The run folder of training seed ``seed``: ``out`` for the first seed, else ``out/seed<k>``.
+
+    >>> seed_dir(Path("runs/x"), 0, (0, 1)), seed_dir(Path("runs/x"), 1, (0, 1))
+    (PosixPath('runs/x'), PosixPath('runs/x/seed1'))
+    """
+    return out if seed == seeds[0] else out / f"seed{seed}"
+
+
+def _phase2_pulled(run: Path) -> bool:
+    """Did Phase II's loss fall by :data:`MIN_PHASE2_LOSS_DROP` (its first vs last logged rows)?"""
+    from facelab.train import read_metrics
+
+    path = run / "phase2"
+    if not path.is_dir():
+        return False
+    losses = read_metrics(path)["loss"]
+    losses = losses[np.isfinite(losses)]
+    return len(losses) >= 2 and bool((losses[0] - losses[-1]) >= MIN_PHASE2_LOSS_DROP * abs(losses[0]))
+
+
+def term_pulled(diagnostics: dict, term: str = "L_C", module: str = "encoder") -> bool:
+    """Whether ``term`` pulled on ``module`` in a stage's :func:`summarize_shares` summary:
+    its gradient share was active and, for a term with an identity head, its training
+    accuracy reached 5x chance in enough of the logged steps.
+
+    >>> d = {"terms": {"L_C": {"encoder": {"active": True}}}, "accuracy": {"active_fraction": 0.9}}
+    >>> term_pulled(d), term_pulled({"terms": {}})
+    (True, False)
+    """
+    from facelab.metrics.stats import MIN_ACTIVE_FRACTION
+
+    share = diagnostics.get("terms", {}).get(term, {}).get(module, {})
+    accuracy = diagnostics.get("accuracy", {})
+    return bool(share.get("active")) and accuracy.get("active_fraction", 1.0) >= MIN_ACTIVE_FRACTION
+
+
+def liu_claims(units: dict, baseline_units: dict, activity: dict, n_boot: int | None = None) -> list[dict]:
+    """The :data:`CLAIMS` entries with 95 % intervals (:func:`facelab.metrics.stats.claim`).
+
+    Args:
+        units: ``{stage: {metric: (n_seeds, n_units) array}}`` of the trained rows.
+        baseline_units: ``{row: {metric: (n_units,) array}}`` of deterministic baselines (they
+            are paired with every seed).
+        activity: ``{term: bool}``, whether the term each claim needs pulled on training
+            (``"phase2"``: the Phase II loss moved; ``"L_C"``: the identification loss).
+
+    Claims whose rows were not run, or with fewer than two units, are left out.
+    """
+    from facelab.metrics.stats import N_BOOTSTRAP, claim
+
+    out = []
+    for claim_id, text, (row_a, row_b), metric, better, term in CLAIMS:
+        a = units.get(row_a, {}).get(metric)
+        if a is None:
+            continue
+        b = units.get(row_b, {}).get(metric)
+        if b is None and row_b in baseline_units and metric in baseline_units[row_b]:
+            b = np.broadcast_to(np.asarray(baseline_units[row_b][metric], dtype=float), np.shape(a))
+        if b is None or np.shape(a)[-1] < 2:  # an interval needs two subjects at least
+            continue
+        entry = claim(claim_id, text, (row_a, row_b), metric, a, b, better,
+                      active=activity.get(term, True) if term else True, n_boot=n_boot or N_BOOTSTRAP)
+        out.append({**entry, "unit": METRIC_UNITS[metric]})
+    return out
+
+
+def _baseline_units(bcfg) -> tuple[dict, dict]:
+    """Rows for the results table and per-subject / per-pair units of the classical baselines."""
+    from facelab.metrics.baselines import run_baselines
+
+    raw = run_baselines(config=bcfg, details=True)
+    units: dict = {}
+    micc = raw.get("micc", {}).pop("details", None)
+    if micc is not None:
+        labels = np.asarray(micc["video_label"])
+        for row, name in (("mean_face", "mean_face"), ("landmark_fit", BASELINE_MICC_ROW["landmark_fit"])):
+            errors = np.asarray(micc["video_errors"][name])
+            units.setdefault(row, {})["micc_mm"] = np.array([errors[labels == k].mean() for k in np.unique(labels)])
+    lfw = raw.get("lfw", {}).pop("details", None)
+    if lfw is not None:
+        units.setdefault("landmark_fit", {})["lfw_accuracy"] = lfw["pair_correct"]["landmark_fit"].astype(float)
+    raw.get("bu3dfe", {}).pop("details", None)
+    return baseline_rows(raw), units
+
+
+def _targets(rows: list[dict], baselines: dict) -> dict:
+    """Absolute checks: Phase III MICC over the mean face's, and the share of the λ_R = 0 ceiling reached on LFW."""
+    by_stage = {r["stage"]: r for r in rows}
+    out = {}
+    p3, mean_face = by_stage.get("phase3"), baselines.get("mean_face")
+    if p3 and mean_face and mean_face.get("rmse_micc"):
+        out["micc_over_mean_face"] = p3["rmse_micc"] / mean_face["rmse_micc"]
+    ceiling, p2 = by_stage.get("phase3_no_lr"), by_stage.get("phase2")
+    if p3 and ceiling and p2 and ceiling["lfw_accuracy"] > p2["lfw_accuracy"]:
+        out["lfw_fraction_of_ceiling"] = (p3["lfw_accuracy"] - p2["lfw_accuracy"]) / (ceiling["lfw_accuracy"] - p2["lfw_accuracy"])
+    if p3:
+        out["lfw_accuracy"] = p3["lfw_accuracy"]
+    return out
+
+
+def claims_markdown(claims: list[dict]) -> str:
+    """The claims as a Markdown table: estimate (A - B), 95 % interval, sample sizes, verdict.
+
+    >>> c = [{"id": "L2", "text": "t", "rows": ["a", "b"], "metric": "micc_mm", "estimate": -0.1,
+    ...       "ci95": [-0.2, 0.0], "n_subjects": 30, "n_seeds": 3, "verdict": "within noise"}]
+    >>> print(claims_markdown(c).splitlines()[-1])
+    | L2 | t | a - b | micc_mm | -0.1000 | [-0.2000, 0.0000] | 30 subjects x 3 seeds | within noise |
+    """
+    from facelab.metrics.report import markdown_table
+
+    if not claims:
+        return "**Claims**: none (their rows were not run)"
+    rows = {c["id"]: {"claim": c["text"], "rows": f"{c['rows'][0]} - {c['rows'][1]}", "metric": c["metric"],
+                      "estimate": f"{c['estimate']:.4f}", "95 % CI": f"[{c['ci95'][0]:.4f}, {c['ci95'][1]:.4f}]",
+                      "n": f"{c['n_subjects']} {c.get('unit', 'subject')}s x {c['n_seeds']} seeds", "verdict": c["verdict"]}
+            for c in claims}
+    return "**Claims** (paired differences A - B, 95 % bootstrap intervals)\n\n" + markdown_table(rows, row_header="id")
+
+
 # ------------------------------------------------------------------ API
 def reproduce_liu2018(profile: str = "quick", out_dir="runs/reproduce-liu2018", overrides=None,
-                      with_baselines: bool = True) -> dict:
+                      with_baselines: bool = True, seeds: tuple[int, ...] | None = None) -> dict:
     """Train (or reuse) the three phases of Liu et al. 2018 and score each one (module docstring).
 
     Args:
-        profile: ``"quick"`` (CPU) or ``"full"``.
+        profile: ``"quick"`` (CPU, one seed), ``"standard"`` (CPU, every control, three
+            seeds) or ``"full"``.
         out_dir: run folder: the phase checkpoints (reused when present), ``results.json``
-            and ``results.md``.
+            and ``results.md``; seeds after the first train in ``seed<k>/``.
         overrides: ``["train.KEY=VALUE", "eval.KEY=VALUE", "baselines.KEY=VALUE"]`` (or a
             dict with such keys) for :class:`~facelab.train.liu2018.Liu2018TrainConfig`,
             :class:`~facelab.metrics.model_eval.ModelEvalConfig` and
             :class:`~facelab.metrics.baselines.BaselineConfig`.
         with_baselines: also run :func:`facelab.metrics.run_baselines` (mean face, oracle,
             landmark fit).
+        seeds: training seeds (None: :data:`PROFILE_SEEDS`).
 
     Returns:
-        ``{"profile", "out_dir", "rows": [{"phase", "disentangling", "identification_loss",
-        "rmse_micc", "rmse_bu3dfe_pose", "rmse_bu3dfe_exp", "lfw_accuracy"}], "baselines":
-        {method: {...}}, "yaw_rmse": {"0".."90", "overall"}, "diagnostics": {stage:
-        summarize_shares(...)}, "train_config", "seconds"}``. ``diagnostics`` says, for each
-        Phase III stage, what share of the gradient L_R and L_C each had on the encoder and the
-        decoders, and how the identity head's training accuracy compares with chance
+        ``{"profile", "out_dir", "seeds", "rows": [{"phase", "disentangling",
+        "identification_loss", "stage", "rmse_micc", "rmse_bu3dfe_pose", "rmse_bu3dfe_exp",
+        "lfw_accuracy"}] (means over seeds), "rows_by_seed", "baselines": {method: {...}},
+        "yaw_rmse": {"0".."90", "overall"}, "claims": [...], "targets", "diagnostics":
+        {stage: summarize_shares(...)}, "train_config", "seconds"}``. ``claims`` are
+        :func:`liu_claims`; ``diagnostics`` says, for each Phase III stage of the first seed,
+        what share of the gradient L_R and L_C each had on the encoder and the decoders, and how
+        the identity head's training accuracy compares with chance
         (:mod:`facelab.train.diagnostics`).
     """
     from facelab.config import apply_overrides, split_overrides
     from facelab.train.stages import read_summary
-    from facelab.metrics.baselines import BaselineConfig, run_baselines
+    from facelab.metrics.baselines import BaselineConfig
     from facelab.metrics.model_eval import ModelEvalConfig
     from facelab.metrics.report import write_json
     from facelab.models.registry import load_evaluable
-    from facelab.train.liu2018 import ABLATION_STAGES, Liu2018TrainConfig, train_liu2018
+    from facelab.train.liu2018 import ABLATION_STAGES, CONTROL_STAGES, Liu2018TrainConfig, train_liu2018
 
     check_choice(profile, "profile", PROFILES)
+    seeds = tuple(seeds) if seeds is not None else PROFILE_SEEDS[profile]
+    if not seeds:
+        raise ValueError("seeds: give at least one training seed")
     groups = split_overrides(overrides, OVERRIDE_GROUPS)
     start = time.perf_counter()
     out = Path(out_dir)
@@ -206,32 +388,63 @@ def reproduce_liu2018(profile: str = "quick", out_dir="runs/reproduce-liu2018", 
     train_cfg.out_dir = str(out)
     eval_cfg = apply_overrides(ModelEvalConfig(), groups["eval"])
     if "stages" not in {o.split("=", 1)[0] for o in groups["train"]}:
-        train_cfg.stages = ABLATION_STAGES
-    train_liu2018(train_cfg)  # trains only the stages whose checkpoint is missing
+        train_cfg.stages = CONTROL_STAGES if profile == "standard" else ABLATION_STAGES
+    for seed in seeds:  # trains only the stages whose checkpoint is missing
+        train_liu2018(dataclasses.replace(train_cfg, seed=seed, out_dir=str(seed_dir(out, seed, seeds))))
     t_train = time.perf_counter() - start
     loss_name = {"asoftmax": "A-Softmax", "softmax": "softmax"}
-    rows, yaw_rmse = [], {}
-    for stage, phase, disentangling, loss in ROWS:
-        if stage not in train_cfg.stages:
-            continue
-        if stage == "phase3":
-            loss = loss_name[train_cfg.loss]
-        cols, per_yaw = score_phase(load_evaluable(out / f"{stage}.pt"), profile, eval_cfg)
-        rows.append({"phase": phase, "disentangling": disentangling, "identification_loss": loss, "stage": stage,
-                     **cols})
-        if stage == "phase3":
-            yaw_rmse = per_yaw
-    baselines = {}
+    suites = ScoringSuites(profile, eval_cfg)
+    rows_by_seed, units, yaw_rmse = {}, {}, {}
+    for seed in seeds:
+        run = seed_dir(out, seed, seeds)
+        rows_by_seed[seed] = []
+        for stage, phase, disentangling, loss in ROWS:
+            if stage not in train_cfg.stages:
+                continue
+            if stage == "phase3":
+                loss = loss_name[train_cfg.loss]
+            cols, per_yaw, stage_units = score_phase(load_evaluable(run / f"{stage}.pt"), profile, eval_cfg, suites)
+            rows_by_seed[seed].append({"phase": phase, "disentangling": disentangling, "identification_loss": loss,
+                                       "stage": stage, **cols})
+            for metric, values in stage_units.items():
+                units.setdefault(stage, {}).setdefault(metric, []).append(values)
+            if stage == "phase3" and seed == seeds[0]:
+                yaw_rmse = per_yaw
+    units = {stage: {m: np.stack(v) for m, v in metrics.items()} for stage, metrics in units.items()}
+    rows = _mean_rows(rows_by_seed)
+    baselines, baseline_units = {}, {}
     if with_baselines:
         bcfg = apply_overrides(BaselineConfig(profile=profile), groups["baselines"])
-        baselines = baseline_rows(run_baselines(config=bcfg))
+        baselines, baseline_units = _baseline_units(bcfg)
     # whether L_R and L_C pulled on the encoder and decoders in each Phase III stage
-    diagnostics = {stage: row["diagnostics"] for stage, row in read_summary(out).items() if "diagnostics" in row}
-    result = {"profile": profile, "out_dir": str(out), "rows": rows, "baselines": baselines, "yaw_rmse": yaw_rmse,
-              "diagnostics": diagnostics,
-              "train_config": dataclasses.asdict(train_cfg), "train_seconds": round(t_train, 2),
-              "seconds": round(time.perf_counter() - start, 2)}
+    summaries = [read_summary(seed_dir(out, seed, seeds)) for seed in seeds]
+    diagnostics = {stage: row["diagnostics"] for stage, row in summaries[0].items() if "diagnostics" in row}
+    activity = {"phase2": all(_phase2_pulled(seed_dir(out, seed, seeds)) for seed in seeds),
+                "L_C": all(term_pulled(s.get("phase3", {}).get("diagnostics", {})) for s in summaries)}
+    claims = liu_claims(units, baseline_units, activity)
+    result = {"profile": profile, "out_dir": str(out), "seeds": list(seeds), "rows": rows,
+              "rows_by_seed": {str(k): v for k, v in rows_by_seed.items()}, "baselines": baselines,
+              "yaw_rmse": yaw_rmse, "claims": claims, "targets": _targets(rows, baselines), "activity": activity,
+              "diagnostics": diagnostics, "train_config": dataclasses.asdict(train_cfg),
+              "train_seconds": round(t_train, 2), "seconds": round(time.perf_counter() - start, 2)}
     out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / UNITS_NPZ, **{f"{stage}/{m}": v for stage, ms in units.items() for m, v in ms.items()},
+                        **{f"baseline/{row}/{m}": np.asarray(v) for row, ms in baseline_units.items() for m, v in ms.items()})
     write_json(result, out / RESULTS_JSON)
     (out / RESULTS_MD).write_text(results_markdown(result))
     return result
+
+
+def _mean_rows(rows_by_seed: dict) -> list[dict]:
+    """Each stage's row with its columns averaged over the seeds (one seed: the row itself)."""
+    runs = list(rows_by_seed.values())
+    if len(runs) == 1:
+        return runs[0]
+    rows = []
+    for i, row in enumerate(runs[0]):
+        mean = dict(row)
+        for col in COLUMNS:
+            values = [run[i][col] for run in runs if run[i][col] is not None]
+            mean[col] = float(np.mean(values)) if values else None
+        rows.append(mean)
+    return rows

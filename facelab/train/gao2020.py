@@ -79,7 +79,7 @@ from facelab.train import distributed as D
 from facelab.train import pools
 from facelab.train.stages import Stage, copy_atomic, run_stages
 from facelab.io.checkpoint import load_checkpoint, save_checkpoint
-from facelab.train.trainer import PROFILES, CriticStep, StepLoader, TrainConfig, Trainer, cosine_lr_factor, step_indices
+from facelab.train.trainer import CriticStep, StepLoader, TrainConfig, Trainer, cosine_lr_factor, step_indices
 
 MODEL_NAME = "gao2020"
 #: the trainer's module (model + identity head); its ``last.pt`` files are internal to a run
@@ -225,7 +225,7 @@ class Gao2020TrainConfig:
     diagnose_every: int | None = None
 
     def __post_init__(self) -> None:
-        check_choice(self.profile, "profile", PROFILES)
+        check_choice(self.profile, "profile", tuple(PROFILE_DEFAULTS))
         check_choice(self.smoothness, "smoothness", SMOOTHNESS)
         resolve_profile(self, PROFILE_DEFAULTS[self.profile])
         self.image_size = check_image_size(self.image_size)

@@ -59,31 +59,46 @@ from facelab.io.checkpoint import load_checkpoint
 from facelab.models.liu2018 import MODEL_NAME, build_liu2018_model
 from facelab.train import pools
 from facelab.train.stages import Stage, run_stages
-from facelab.train.trainer import PROFILES, StepLoader, TrainConfig, Trainer, cosine_lr_factor
+from facelab.train.trainer import StepLoader, TrainConfig, Trainer, cosine_lr_factor
 
 PHASES = (1, 2, 3)
-#: stage name -> (phase whose steps / lr it uses, the stage it starts from, L_C override)
+#: stage name -> (phase whose steps / lr it uses, the stage it starts from, L_C override,
+#: Phase III term weights that differ from the config's: the controls of the ablation)
 STAGES = {
-    "phase1": (1, None, None),
-    "phase2": (2, "phase1", None),
-    "phase3": (3, "phase2", None),
-    "phase2_joint": (2, "phase1", None),
-    "phase3_softmax": (3, "phase2", "softmax"),
+    "phase1": (1, None, None, {}),
+    "phase2": (2, "phase1", None, {}),
+    "phase3": (3, "phase2", None, {}),
+    "phase2_joint": (2, "phase1", None, {}),
+    "phase3_softmax": (3, "phase2", "softmax", {}),
+    # same steps without L_C: does the identification loss itself lower the error?
+    "phase3_no_lc": (3, "phase2", None, {"lambda_c": 0.0}),
+    # same steps without L_R: the recognition ceiling of this encoder
+    "phase3_no_lr": (3, "phase2", None, {"lambda_r": 0.0}),
 }
 DEFAULT_STAGES = ("phase1", "phase2", "phase3")
 ABLATION_STAGES = DEFAULT_STAGES + ("phase2_joint", "phase3_softmax")
+#: the ablation plus the controls its claims need (the standard profile trains these)
+CONTROL_STAGES = ABLATION_STAGES + ("phase3_no_lc", "phase3_no_lr")
 TARGET_SOURCES = ("truth", "fitted")
 PHASE1_METRICS = ("basis", "code")
 POOL_KEYS = ("image", "label", "alpha_id", "alpha_exp", "shape", "shape_identity")
 FINAL_LR_FRACTION = 0.05  # each phase's cosine schedule ends at this fraction of its lr
+STANDARD_LAMBDA_R = 0.1
 
 PROFILE_DEFAULTS = {
     "quick": dict(depth="sphere_tiny", embedding_dim=128, image_size=(64, 64), render_size=(128, 128),
                   resolution="quick", phase_steps=(1200, 300, 1500), batch_size=64, n_identities=2000,
-                  images_per_identity=8, pool=True, num_workers=0, num_threads=2, diagnose_every=25),
+                  images_per_identity=8, pool=True, num_workers=0, num_threads=2, diagnose_every=25, lambda_r=1.0),
+    # quick's network and data, trained long enough for the identity head to learn (Phase III
+    # training accuracy still rises at quick's 1,500 steps), with L_R weighted so that L_C
+    # has a share of the encoder's gradient (at lambda_R = 1 its share is about 2 %)
+    "standard": dict(depth="sphere_tiny", embedding_dim=128, image_size=(64, 64), render_size=(128, 128),
+                     resolution="quick", phase_steps=(1500, 300, 3000), batch_size=64, n_identities=2000,
+                     images_per_identity=8, pool=True, num_workers=0, num_threads=2, diagnose_every=100,
+                     lambda_r=STANDARD_LAMBDA_R),
     "full": dict(depth="sphere20", embedding_dim=512, image_size=(112, 96), render_size=(224, 192), resolution="default",
                  phase_steps=(20_000, 5_000, 20_000), batch_size=64, n_identities=0, images_per_identity=0,
-                 pool=False, num_workers=4, num_threads=-1, diagnose_every=200),
+                 pool=False, num_workers=4, num_threads=-1, diagnose_every=200, lambda_r=1.0),
 }
 
 
@@ -112,7 +127,8 @@ class Liu2018TrainConfig:
         stages: the stages to train, in order (see :data:`STAGES`).
         loss: ``"asoftmax"`` (annealed, SphereFace) or ``"softmax"``, the Phase III ``L_C``.
         margin_m: the A-Softmax margin.
-        lambda_r: weight of the reconstruction loss ``L_R`` (mm^2) in Phase III.
+        lambda_r: weight of the reconstruction loss ``L_R`` (mm^2) in Phase III (the stages
+            ``phase3_no_lc`` and ``phase3_no_lr`` drop ``L_C`` or ``L_R``, see :data:`STAGES`).
         phase_steps: optimisation steps of phases I, II, III.
         phase_lr: Adam learning rates of phases I, II, III.
         batch_size, weight_decay, grad_clip, log_every, ckpt_every, seed, device:
@@ -152,7 +168,7 @@ class Liu2018TrainConfig:
     stages: tuple[str, ...] = DEFAULT_STAGES
     loss: str = "asoftmax"
     margin_m: int = 4
-    lambda_r: float = 1.0
+    lambda_r: float | None = None
     phase_steps: tuple[int, ...] | None = None
     phase_lr: tuple[float, ...] = (1e-3, 1e-2, 1e-3)
     batch_size: int | None = None
@@ -172,7 +188,7 @@ class Liu2018TrainConfig:
     diagnose_every: int | None = None
 
     def __post_init__(self) -> None:
-        check_choice(self.profile, "profile", PROFILES)
+        check_choice(self.profile, "profile", tuple(PROFILE_DEFAULTS))
         check_choice(self.targets, "targets", TARGET_SOURCES)
         check_choice(self.loss, "loss", ("asoftmax", "softmax"))
         check_choice(self.phase1_metric, "phase1_metric", PHASE1_METRICS)
@@ -295,7 +311,7 @@ def phase2_joint_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
 
 
 class Phase3Loss(nn.Module):
-    """Phase III: ``L = lambda_R L_R + L_C`` (joint training).
+    """Phase III: ``L = lambda_R L_R + lambda_C L_C`` (joint training; the paper's lambda_C is 1).
 
     ``forward(model, batch) -> (loss, metrics)``; the batch needs ``image``, ``shape``
     ``(B, V, 3)`` mm and ``label (B,)`` long. Metrics: ``rec`` (``L_R``, mm^2),
@@ -305,11 +321,13 @@ class Phase3Loss(nn.Module):
     trainer's term diagnostics.
     """
 
-    def __init__(self, lambda_r: float = 1.0, return_terms: bool = False) -> None:
+    def __init__(self, lambda_r: float = 1.0, return_terms: bool = False, lambda_c: float = 1.0) -> None:
         super().__init__()
-        if not lambda_r >= 0:
-            raise ValueError(f"lambda_r: must be >= 0, got {lambda_r}")
+        for name, value in (("lambda_r", lambda_r), ("lambda_c", lambda_c)):
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name}: must be finite and >= 0, got {value}")
         self.lambda_r = lambda_r
+        self.lambda_c = lambda_c
         self.return_terms = return_terms
 
     def forward(self, model, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -323,9 +341,9 @@ class Phase3Loss(nn.Module):
         metrics = {"rec": rec.detach(), "rmse_mm": rec.detach().sqrt(), "cls": cls.detach(), "acc": acc}
         if lam is not None:
             metrics["lambda"] = torch.tensor(float(lam))
-        loss = self.lambda_r * rec + cls
+        loss = self.lambda_r * rec + self.lambda_c * cls
         if self.return_terms:
-            return loss, metrics, {"L_R": self.lambda_r * rec, "L_C": cls}
+            return loss, metrics, {"L_R": self.lambda_r * rec, "L_C": self.lambda_c * cls}
         return loss, metrics
 
 
@@ -410,7 +428,8 @@ def stage_loss(stage: str, cfg: Liu2018TrainConfig):
         return phase2_loss
     if stage == "phase2_joint":
         return phase2_joint_loss
-    return Phase3Loss(cfg.lambda_r, return_terms=cfg.diagnose_every > 0)
+    weights = {"lambda_r": cfg.lambda_r, "lambda_c": 1.0, **STAGES[stage][3]}
+    return Phase3Loss(weights["lambda_r"], return_terms=cfg.diagnose_every > 0, lambda_c=weights["lambda_c"])
 
 
 def _batches(cfg: Liu2018TrainConfig, collection):
@@ -447,7 +466,7 @@ def _build_stage(cfg: Liu2018TrainConfig, stage: Stage, data: dict, parent: Path
     """The :class:`Trainer` of ``stage``: a fresh model from the seed, the parent's weights, the phase's optimiser."""
     from facelab.train.trainer import seed_everything
 
-    phase, _, loss_override = STAGES[stage.name]
+    phase, _, loss_override, _ = STAGES[stage.name]
     mcfg = model_config(cfg, data["morphable"], data["n_classes"], loss=loss_override,
                         disentangled=stage.name != "phase2_joint")
     seed_everything(cfg.seed)  # the initial weights depend on the seed only

@@ -33,7 +33,7 @@ from torch import nn
 from facelab.checks import check_choice, check_image_size
 from facelab.config import resolve_profile, torch_threads
 from facelab.train import pools
-from facelab.train.trainer import PROFILES, StepLoader, TrainConfig, Trainer, cosine_lr_factor, step_indices
+from facelab.train.trainer import StepLoader, TrainConfig, Trainer, cosine_lr_factor, step_indices
 
 MODEL_NAME = "regressor"
 POOL_KEYS = ("image", "alpha_id", "alpha_exp", "pose", "sh", "landmarks2d")
@@ -104,7 +104,7 @@ class RegressorTrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        check_choice(self.profile, "profile", PROFILES)
+        check_choice(self.profile, "profile", tuple(PROFILE_DEFAULTS))
         check_choice(self.id_weighting, "id_weighting", ID_WEIGHTINGS)
         resolve_profile(self, PROFILE_DEFAULTS[self.profile])
         self.image_size = check_image_size(self.image_size)

@@ -79,7 +79,7 @@ from facelab.losses.mixed_label import MixedLabelLoss
 from facelab.models.sir import MODEL_NAME, RECOG_LOSSES, SIRNet, SIRNetConfig
 from facelab.train import pools
 from facelab.train.stages import Stage, run_stages
-from facelab.train.trainer import PROFILES, TrainConfig, Trainer, cosine_lr_factor
+from facelab.train.trainer import TrainConfig, Trainer, cosine_lr_factor
 
 VARIANTS = ("params_recog", "params_recog_sir", "sfm_sir")
 BASE = "base"
@@ -183,7 +183,7 @@ class SIRTrainConfig:
     diagnose_every: int | None = None
 
     def __post_init__(self) -> None:
-        check_choice(self.profile, "profile", PROFILES)
+        check_choice(self.profile, "profile", tuple(PROFILE_DEFAULTS))
         check_choice(self.recog_loss, "recog_loss", RECOG_LOSSES)
         self.variants = tuple(self.variants)
         for v in self.variants:

@@ -59,7 +59,7 @@ from facelab.train import distributed as D
 from facelab.train.diagnostics import SHARE_PREFIX, summarize_shares, term_gradient_shares
 from facelab.io.checkpoint import TMP_SUFFIX, config_dict, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 
-PROFILES = ("quick", "full")
+PROFILES = ("quick", "standard", "full")
 CHECKPOINT_NAME = "last.pt"
 METRICS_CSV = "metrics.csv"
 METRICS_JSONL = "metrics.jsonl"
