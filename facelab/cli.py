@@ -6,6 +6,7 @@
     facelab bench render [--json]
     facelab bench synth [--json]
     facelab bench infer [liu2018] [--json]
+    facelab bench train [liu2018|gao2020] [--steps N] [--threads 1,2] [--json]
     facelab train regressor|liu2018|gao2020|sir [--out DIR] [--profile quick|full] [--set key=value ...]
     facelab fit SUITE_OR_DIR --out DIR [--profile quick|full] [--set key=value ...]
     facelab eval verify|recon|baselines ...   (see facelab.eval_cli)
@@ -64,9 +65,19 @@ def _cmd_render(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    if args.what != "infer" and args.model is not None:
-        raise ValueError(f"model: only 'bench infer' takes a model, got {args.model!r}")
-    if args.what == "infer":
+    if args.what not in ("infer", "train") and args.model is not None:
+        raise ValueError(f"model: only 'bench infer' and 'bench train' take a model, got {args.model!r}")
+    if args.what == "infer" and args.model not in (None, "liu2018"):
+        raise ValueError(f"model: 'bench infer' times liu2018 only, got {args.model!r}")
+    if args.what == "train":
+        from facelab.bench.train import bench_train, format_bench_train
+
+        threads = tuple(int(t) for t in args.threads.split(","))
+        result = bench_train(args.model or "liu2018", steps=args.steps, threads=threads)
+        if not args.json:
+            print(format_bench_train(result))
+            return 0
+    elif args.what == "infer":
         from facelab.bench.infer import bench_infer
 
         result = bench_infer(model=args.model or "liu2018")
@@ -194,7 +205,7 @@ def _cmd_artifacts(args) -> int:
     if args.action == "export":
         if not args.run_dir or not args.cmdline:
             raise SystemExit("facelab artifacts export NAME --run-dir DIR --cmdline '...': both are required")
-        print(A.export_run(args.run_dir, args.name, args.cmdline))
+        print(A.export_run(args.run_dir, args.name, args.cmdline, skip=tuple(args.skip)))
     else:
         manifest = A.verify_artifacts(args.name)
         print(f"{args.name}: {len(manifest['files'])} files match {A.MANIFEST} ({manifest['command']})")
@@ -261,8 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("bench", help="print measured performance figures")
-    p.add_argument("what", choices=["render", "synth", "infer"])
-    p.add_argument("model", nargs="?", choices=["liu2018"], help="network timed by 'bench infer' (default liu2018)")
+    p.add_argument("what", choices=["render", "synth", "infer", "train"])
+    p.add_argument("model", nargs="?", choices=["liu2018", "gao2020"],
+                   help="network timed by 'bench infer' (liu2018) or recipe timed by 'bench train' (default liu2018)")
+    p.add_argument("--steps", type=int, default=60, help="train: steps of the main stage per timing")
+    p.add_argument("--threads", default="1,2", help="train: comma-separated thread counts")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--batch", type=int, default=32, help="render batch size")
     p.add_argument("--size", type=int, default=64, help="synth image size")
@@ -285,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="artifact name, e.g. liu2018-quick")
     p.add_argument("--run-dir", help="export: the run folder whose *.pt to export")
     p.add_argument("--cmdline", help="export: the command that produced the run folder (recorded)")
+    p.add_argument("--skip", action="append", default=[], metavar="SUBFOLDER",
+                   help="export: leave this sub-folder's checkpoints out, e.g. seed1 (repeatable)")
     p.set_defaults(func=_cmd_artifacts)
 
     p = sub.add_parser("book", help="teacher mode: student versions of the chapters, auto-checked exercises")

@@ -84,3 +84,18 @@ def test_committed_artifacts_match_manifest_and_load(name):
         if fname.endswith(".pt"):
             model, ckpt = load_model(A.ARTIFACTS_DIR / name / fname)
             assert "optimizer" not in ckpt and sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_export_can_skip_seed_folders(tmp_path):
+    """Skipped sub-folders lose their checkpoints but keep their result files; the manifest says so."""
+    run, _ = _run(tmp_path)
+    seed = run / "seed1"
+    save_checkpoint(seed / "stage.pt", model_name="regressor", model_config={"x": 1},
+                    state_dict=torch.nn.Linear(3, 2).state_dict(), step=1)
+    (seed / "summary.json").write_text("{}")
+    dest = A.export_run(run, "skipping", "cmd", root=tmp_path / "art", skip=("seed1",))
+    manifest = json.loads((dest / A.MANIFEST).read_text())
+    assert "seed1/stage.pt" not in manifest["files"] and "seed1/summary.json" in manifest["files"]
+    assert "stage.pt" in manifest["files"] and manifest["checkpoints_not_exported"] == ["seed1"]
+    with pytest.raises(FileNotFoundError, match="skip"):
+        A.export_run(run, "bad", "cmd", root=tmp_path / "art", skip=("seed9",))

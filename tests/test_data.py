@@ -192,3 +192,12 @@ def test_suite_order_is_part_of_every_image_seed():
 
     # an image's seed mixes in its suite's position here: reordering would change every photo
     assert SUITES == ("webface", "lp", "collections", "micc", "bu3dfe", "lfw")
+
+
+def test_standard_profile_suites_have_power():
+    """The standard profile's scoring suites: >= 30 MICC subjects x 3 videos, >= 3,000 LFW pairs, >= 50 BU-3DFE."""
+    micc = build_table(SuiteConfig(suite="micc", profile="standard"))
+    assert len(set(micc.label.tolist())) >= 30 and len(micc.condition_names) == 3
+    lfw = build_table(SuiteConfig(suite="lfw", profile="standard"))
+    assert lfw.pairs.shape[0] >= 3000 and int(lfw.fold.max()) + 1 == 10
+    assert SuiteConfig(suite="bu3dfe", profile="standard").n_identities >= 50

@@ -174,3 +174,18 @@ def test_empty_and_one_class_fold_raise():
     same[:60] = True  # fold 0 has no mismatched pair
     with pytest.raises(ValueError, match="fold 0"):
         verify(a, b, same)
+
+
+def test_pair_correct_matches_each_folds_threshold():
+    """pair_correct is (dist < the fold's best threshold) == issame, and averages to the fold accuracies."""
+    a, b, same = _pairs()
+    res = verify(a, b, same)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    dist = 2 - 2 * np.sum(unit(a) * unit(b), axis=1)  # squared distance of unit vectors
+    correct = np.asarray(res.pair_correct)
+    assert correct.shape == same.shape and correct.dtype == bool
+    folds = np.array_split(np.arange(len(same)), 10)
+    for k, idx in enumerate(folds):
+        np.testing.assert_array_equal(correct[idx], (dist[idx] < res.best_thresholds[k]) == same[idx])
+        assert correct[idx].mean() == pytest.approx(res.fold_accuracies[k], abs=1e-12)
+    assert "pair_correct" not in res.to_dict()  # per-pair data stays out of the JSON summary

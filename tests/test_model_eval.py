@@ -118,3 +118,27 @@ def test_quick_profile_regressor_beats_the_mean_face(tmp_path):
     assert trained["rmse"]["identity"]["overall"] < mean_face["rmse"]["identity"]["overall"]
     assert trained["rmse"]["shape"]["overall"] < mean_face["rmse"]["shape"]["overall"]
     assert trained["landmark_nme"]["model"]["mean"] < 0.7 * mean_face["landmark_nme"]["model"]["mean"]
+
+
+def test_units_and_rendered_suite_agree_with_the_table(checkpoint):
+    """Per-subject MICC units average to the table's mean; a RenderedSuite replays the same photos."""
+    from facelab.metrics.model_eval import (
+        ModelEvalConfig, RenderedSuite, lfw_suite, micc_suite, predict_suite, score_lfw, score_micc,
+    )
+
+    model, _ = load_model(checkpoint)
+    cfg = ModelEvalConfig(**TINY_SUITES).resolved("quick")
+    suite = micc_suite(model, "quick", cfg)
+    rows, units = score_micc(model, "quick", cfg, suite=suite, return_units=True)
+    assert set(units) == set(rows) and units["average_over_identity"].shape == (2,)
+    for row, values in units.items():
+        assert values.mean() == pytest.approx(rows[row]["all"]["mean"], abs=1e-12)
+    rendered = RenderedSuite(suite, cfg.batch_size)
+    again = predict_suite(model, rendered, cfg.batch_size)
+    direct = predict_suite(model, suite, cfg.batch_size)
+    torch.testing.assert_close(again["shape"], direct["shape"], rtol=0, atol=0)
+    assert rendered.n_identities == suite.n_identities  # the suite's own attributes pass through
+    lfw = score_lfw(model, "quick", cfg, suite=RenderedSuite(lfw_suite(model, "quick", cfg), cfg.batch_size))
+    assert np.mean(lfw.pair_correct) == pytest.approx(lfw.accuracy_mean, abs=1e-12)
+    with pytest.raises(ValueError, match="batch_size"):
+        RenderedSuite(suite, 0)

@@ -134,3 +134,34 @@ def test_stage_checkpoints_evaluate_with_their_input_pipeline(tiny):
     # without disentangling the "identity" is the whole code: decoding it gives the full shape
     torch.testing.assert_close(joint.decode_identity(rec["embedding"]), rec["shape"])
     torch.testing.assert_close(rec["identity_shape"], rec["shape"])
+
+
+def test_liu_claims_on_known_effects():
+    """A real 0.2 mm gain holds, no gain is within noise, an inactive term says so, baselines pair with every seed."""
+    from facelab.reproduce.liu2018 import liu_claims
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(1.0, 0.2, size=(3, 30))
+    units = {"phase3": {"micc_mm": base - 0.2, "lfw_accuracy": np.ones((3, 300))},
+             "phase3_no_lc": {"micc_mm": base + rng.normal(0, 0.01, size=(3, 30))},
+             "phase2": {"micc_mm": base, "lfw_accuracy": (rng.random((3, 300)) < 0.7).astype(float)},
+             "phase2_joint": {"micc_mm": base + rng.normal(0, 0.05, size=(3, 30))}}
+    baseline = {"landmark_fit": {"micc_mm": base[0] - 0.5}}
+    claims = {c["id"]: c for c in liu_claims(units, baseline, {"L_C": True, "phase2": True}, n_boot=500)}
+    assert set(claims) == {"L1", "L2", "L3", "T1"}  # L4 and T2 need rows that were not run
+    assert claims["L2"]["verdict"] == "holds" and claims["L2"]["estimate"] == pytest.approx(-0.2, abs=0.01)
+    assert claims["L3"]["verdict"] == "holds" and claims["L3"]["unit"] == "pair"
+    assert claims["L1"]["verdict"] == "within noise"
+    assert claims["T1"]["verdict"] == "reversed" and claims["T1"]["n_seeds"] == 3
+    lazy = {c["id"]: c for c in liu_claims(units, baseline, {"L_C": False, "phase2": True}, n_boot=500)}
+    assert lazy["L2"]["verdict"] == "inactive" and lazy["L3"]["verdict"] == "inactive"
+
+
+def test_term_pulled_and_seed_dirs(tmp_path):
+    from facelab.reproduce.liu2018 import seed_dir, term_pulled
+
+    active = {"terms": {"L_C": {"encoder": {"active": True}}}, "accuracy": {"active_fraction": 0.9}}
+    assert term_pulled(active)
+    assert not term_pulled({**active, "accuracy": {"active_fraction": 0.5}})  # a head that never learned
+    assert not term_pulled({"terms": {"L_C": {"encoder": {"active": False}}}})
+    assert seed_dir(tmp_path, 2, (0, 2)) == tmp_path / "seed2" and seed_dir(tmp_path, 0, (0, 2)) == tmp_path

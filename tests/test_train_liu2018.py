@@ -49,6 +49,10 @@ def test_config_profiles_and_defaults():
     assert (full.depth, full.image_size, full.resolution) == ("sphere20", (112, 96), "default")
     assert quick.targets == "truth" and quick.out_dir == "runs/liu2018-quick"
     assert len(quick.phase_steps) == 3
+    standard = Liu2018TrainConfig(profile="standard")
+    assert standard.image_size == quick.image_size and standard.phase_steps[2] > quick.phase_steps[2]
+    assert standard.lambda_r < quick.lambda_r == 1.0  # so that L_C has a share of the encoder's gradient
+    assert Liu2018TrainConfig(profile="standard", lambda_r=1.0).lambda_r == 1.0  # an explicit value wins
 
 
 @pytest.mark.parametrize("bad", [dict(profile="huge"), dict(targets="fit"), dict(loss="arcface"),
@@ -119,8 +123,15 @@ def test_phase2_and_phase3_losses_hand_values():
     assert float(m3["rec"]) == pytest.approx(36.0, rel=1e-4)
     expected_cls = float(model.classification_loss(out["c_id"], batch["label"]).detach())
     assert float(loss3.detach()) == pytest.approx(0.5 * 36.0 + expected_cls, rel=1e-4)
-    with pytest.raises(ValueError):
+    # the controls: without L_C the loss is lambda_R L_R alone; without L_R it is L_C alone
+    loss_no_lc, _, terms = Phase3Loss(lambda_r=0.5, lambda_c=0.0, return_terms=True)(model, batch)
+    assert float(loss_no_lc.detach()) == pytest.approx(0.5 * 36.0, rel=1e-4) and float(terms["L_C"].detach()) == 0.0
+    loss_no_lr, _ = Phase3Loss(lambda_r=0.0)(model, batch)
+    assert float(loss_no_lr.detach()) == pytest.approx(expected_cls, rel=1e-4)
+    with pytest.raises(ValueError, match="lambda_r"):
         Phase3Loss(lambda_r=-1)
+    with pytest.raises(ValueError, match="lambda_c"):
+        Phase3Loss(lambda_c=float("nan"))
 
 
 def test_phase2_does_not_train_the_encoder():

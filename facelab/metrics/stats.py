@@ -222,3 +222,29 @@ def claim(claim_id: str, text: str, rows: tuple[str, str], metric: str, a, b, be
         "n_subjects": result.n_subjects, "n_seeds": result.n_seeds, "active": bool(active),
         "verdict": verdict(result.ci95, better, active),
     }
+
+
+#: how each metric of a claim is printed: (format of a difference, unit)
+METRIC_FORMATS = {"micc_mm": ("{:+.3f}", " mm"), "lfw_accuracy": ("{:+.1%}", "")}
+VERDICT_MEANINGS = {
+    "holds": "the interval excludes zero in the claimed direction",
+    "within noise": "the interval includes zero: this many subjects and seeds cannot tell the rows apart",
+    "reversed": "the interval excludes zero in the opposite direction",
+    "inactive": "the term the comparison removes did not pull on training, so the comparison tests nothing",
+}
+
+
+def describe_claim(entry: dict) -> str:
+    """One Markdown sentence for a claim entry (:func:`claim`): estimate, interval, sample sizes, verdict.
+
+    >>> c = {"id": "L2", "text": "L_C lowers the error", "metric": "micc_mm", "estimate": -0.0123,
+    ...      "ci95": [-0.02, -0.004], "n_subjects": 30, "n_seeds": 3, "verdict": "holds"}
+    >>> describe_claim(c)
+    '**L2** (L_C lowers the error): -0.012 mm, 95 % CI [-0.020, -0.004] mm over 30 subjects x 3 seeds: **holds**.'
+    """
+    fmt, unit = METRIC_FORMATS.get(entry["metric"], ("{:+.4g}", ""))
+    show = fmt.format
+    low, high = entry["ci95"]
+    units = f"{entry['n_subjects']} {entry.get('unit', 'subject')}s x {entry['n_seeds']} seed{'s' if entry['n_seeds'] > 1 else ''}"
+    return (f"**{entry['id']}** ({entry['text']}): {show(entry['estimate'])}{unit}, 95 % CI "
+            f"[{show(low)}, {show(high)}]{unit} over {units}: **{entry['verdict']}**.")

@@ -30,7 +30,7 @@ MANIFEST = "manifest.json"
 # what a model-only checkpoint keeps (no optimiser, scheduler or RNG state)
 EXPORT_KEYS = ("format", "format_version", "facelab_version", "torch_version", "model_name", "model_config",
                "state_dict", "step", "epoch", "train_config", "extra")
-RESULT_FILES = ("results.json", "results.md", "summary.json")
+RESULT_FILES = ("results.json", "results.md", "summary.json", "units.npz")
 LOG_FILES = ("metrics.csv",)  # each stage folder's training log (the chapters plot the curves)
 
 
@@ -57,7 +57,7 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def export_run(run_dir, name: str, command: str, root=ARTIFACTS_DIR) -> Path:
+def export_run(run_dir, name: str, command: str, root=ARTIFACTS_DIR, skip: tuple[str, ...] = ()) -> Path:
     """Export every stage checkpoint ``*.pt`` of ``run_dir`` (model-only) and its result files to ``root/name``.
 
     Stage checkpoints are the ``*.pt`` at the top level and in variant sub-folders (e.g.
@@ -68,12 +68,20 @@ def export_run(run_dir, name: str, command: str, root=ARTIFACTS_DIR) -> Path:
         run_dir: the output folder of a reproduce/train command.
         name: artifact name, e.g. ``"liu2018-quick"``.
         command: the command line that produced ``run_dir`` (recorded in the manifest).
+        skip: sub-folders of ``run_dir`` whose checkpoints stay out (e.g. ``("seed1", "seed2")``
+            to keep an artifact small); their result files still come along, and the manifest
+            lists what was skipped.
 
     Returns:
         The artifact folder.
     """
     run_dir = Path(run_dir)
-    ckpts = sorted(p for p in run_dir.rglob("*.pt") if p.name != CHECKPOINT_NAME)
+    skip = tuple(str(Path(s)) for s in skip)
+    for folder in skip:
+        if not (run_dir / folder).is_dir():
+            raise FileNotFoundError(f"skip: {run_dir / folder} is not a folder of the run")
+    skipped = lambda p: any(p.relative_to(run_dir).parts[:len(Path(s).parts)] == Path(s).parts for s in skip)  # noqa: E731
+    ckpts = sorted(p for p in run_dir.rglob("*.pt") if p.name != CHECKPOINT_NAME and not skipped(p))
     if not ckpts:
         raise FileNotFoundError(f"run_dir: {run_dir} holds no *.pt checkpoint to export")
     dest = Path(root) / name
@@ -96,6 +104,7 @@ def export_run(run_dir, name: str, command: str, root=ARTIFACTS_DIR) -> Path:
 
     manifest = {"name": name, "command": command, "facelab_version": facelab.__version__,
                 "git_commit": _git_commit(), "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                **({"checkpoints_not_exported": list(skip)} if skip else {}),
                 "files": {f: {"sha256": _sha256(dest / f), "bytes": (dest / f).stat().st_size} for f in files}}
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return dest
@@ -152,3 +161,23 @@ def restore_run(name: str, out_dir, root=ARTIFACTS_DIR) -> list[str]:
                 restored.append(fname)
     return restored
 
+
+
+def load_results(name: str, root=ARTIFACTS_DIR) -> dict:
+    """The ``results.json`` of artifact ``name``, after checking the artifact against its manifest.
+
+    These are the numbers the run's ``reproduce`` command computed when it was trained (for a
+    multi-seed run, from every seed's checkpoints, even those the artifact leaves out).
+
+    >>> load_results("no-such-artifact")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: name: no artifact 'no-such-artifact' under book/artifacts
+    """
+    if not has_artifact(name, root):
+        raise FileNotFoundError(f"name: no artifact {name!r} under {Path(root).parent.name}/{Path(root).name}")
+    verify_artifacts(name, root)
+    path = Path(root) / name / RESULT_FILES[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the artifact holds no {RESULT_FILES[0]}")
+    return json.loads(path.read_text())

@@ -77,6 +77,7 @@ from facelab.checks import check_choice, check_image_size, check_positive
 from facelab.config import resolve_profile, torch_threads
 from facelab.train import distributed as D
 from facelab.train import pools
+from facelab.train.speed import ENCODER_PRECISIONS, speed_up_encoder
 from facelab.train.stages import Stage, copy_atomic, run_stages
 from facelab.io.checkpoint import load_checkpoint, save_checkpoint
 from facelab.train.trainer import CriticStep, StepLoader, TrainConfig, Trainer, cosine_lr_factor, step_indices
@@ -168,6 +169,8 @@ class Gao2020TrainConfig:
         diagnose_every: training-step (not warm-up) steps between measurements of each weighted
             loss term's share of the gradient on the encoder and the two decoders
             (:mod:`facelab.train.diagnostics`; 0: never).
+        channels_last, encoder_precision: training speed options of the encoder
+            (:mod:`facelab.train.speed`; off by default, ``facelab bench train`` measures them).
 
     >>> Gao2020TrainConfig().backbone, Gao2020TrainConfig(profile="full").lr
     ('resnet_tiny', 0.0001)
@@ -223,9 +226,12 @@ class Gao2020TrainConfig:
     num_threads: int | None = None
     progress: bool = True
     diagnose_every: int | None = None
+    channels_last: bool = False
+    encoder_precision: str = "float32"
 
     def __post_init__(self) -> None:
         check_choice(self.profile, "profile", tuple(PROFILE_DEFAULTS))
+        check_choice(self.encoder_precision, "encoder_precision", ENCODER_PRECISIONS)
         check_choice(self.smoothness, "smoothness", SMOOTHNESS)
         resolve_profile(self, PROFILE_DEFAULTS[self.profile])
         self.image_size = check_image_size(self.image_size)
@@ -690,6 +696,7 @@ def _build_stage(cfg: Gao2020TrainConfig, stage: Stage, data: dict, parent: Path
     mcfg = model_config(cfg, STEP_ALBEDO[stage.name])
     if stage.name == WARMUP:  # shared by the ablations: no identity head, no discriminator
         trainee, _ = build_trainee(dataclasses.replace(cfg, use_recog=False, use_adv=False), STEPS[0], morphable, 0)
+        speed_up_encoder(trainee.model.encoder, cfg.channels_last, cfg.encoder_precision)
         tcfg = cfg.train_config(WARMUP)
         optimizer = torch.optim.Adam(trainee.parameters(), lr=cfg.warmup_lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, WARMUP_FINAL_LR_FRACTION))
@@ -703,6 +710,7 @@ def _build_stage(cfg: Gao2020TrainConfig, stage: Stage, data: dict, parent: Path
     train_mcfg = {"gao2020": mcfg, "n_classes": n_classes if cfg.use_recog else 0}
     optimizer = torch.optim.Adam(trainee.parameters(), lr=cfg.lr)
     model = trainee.model
+    speed_up_encoder(model.encoder, cfg.channels_last, cfg.encoder_precision)
     watch = {"encoder": [model.encoder, model.id_head, model.exp_head], "shape_decoder": model.shape_decoder,
              "albedo_decoder": model.cnn_albedo if STEP_ALBEDO[stage.name] == "cnn" else model.albedo_decoder}
     loss = Gao2020Loss(cfg, morphable, critic, return_terms=cfg.diagnose_every > 0)

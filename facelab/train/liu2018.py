@@ -58,6 +58,7 @@ from facelab.config import resolve_profile, torch_threads
 from facelab.io.checkpoint import load_checkpoint
 from facelab.models.liu2018 import MODEL_NAME, build_liu2018_model
 from facelab.train import pools
+from facelab.train.speed import ENCODER_PRECISIONS, speed_up_encoder
 from facelab.train.stages import Stage, run_stages
 from facelab.train.trainer import StepLoader, TrainConfig, Trainer, cosine_lr_factor
 
@@ -141,6 +142,8 @@ class Liu2018TrainConfig:
         progress: show progress bars.
         diagnose_every: Phase III steps between measurements of how much L_R and L_C each pull
             on the encoder and the decoders (:mod:`facelab.train.diagnostics`; 0: never).
+        channels_last, encoder_precision: training speed options of the encoder
+            (:mod:`facelab.train.speed`; off by default, ``facelab bench train`` measures them).
 
     >>> Liu2018TrainConfig().depth, Liu2018TrainConfig(profile="full").image_size
     ('sphere_tiny', (112, 96))
@@ -186,9 +189,12 @@ class Liu2018TrainConfig:
     num_threads: int | None = None
     progress: bool = True
     diagnose_every: int | None = None
+    channels_last: bool = False
+    encoder_precision: str = "float32"
 
     def __post_init__(self) -> None:
         check_choice(self.profile, "profile", tuple(PROFILE_DEFAULTS))
+        check_choice(self.encoder_precision, "encoder_precision", ENCODER_PRECISIONS)
         check_choice(self.targets, "targets", TARGET_SOURCES)
         check_choice(self.loss, "loss", ("asoftmax", "softmax"))
         check_choice(self.phase1_metric, "phase1_metric", PHASE1_METRICS)
@@ -478,6 +484,7 @@ def _build_stage(cfg: Liu2018TrainConfig, stage: Stage, data: dict, parent: Path
         if other_head:  # another identification head: keep the fresh one
             state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         model.load_state_dict(state, strict=not other_head)
+    speed_up_encoder(model.encoder, cfg.channels_last, cfg.encoder_precision)
     tcfg = cfg.train_config(phase, stage.name)
     optimizer = torch.optim.AdamW(phase_parameters(model, phase), lr=tcfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, FINAL_LR_FRACTION))
