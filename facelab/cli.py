@@ -181,21 +181,15 @@ def _cmd_fit(args) -> int:
 
 def _cmd_reproduce(args) -> int:
     from facelab.metrics.report import write_json
+    from facelab.reproduce import REPRODUCTIONS
 
-    if args.paper == "gao2020":
-        from facelab.reproduce.gao2020 import reproduce_gao2020, results_markdown
-
-        result = reproduce_gao2020(args.profile, args.out, args.set, liu=args.liu, with_baseline=not args.no_baselines)
-        result.pop("heat_maps")  # per-vertex arrays: in results.json, too long for the terminal
-    elif args.paper == "sir":
-        from facelab.reproduce.sir import reproduce_sir, results_markdown
-
-        result = reproduce_sir(args.profile, args.out, args.set, liu=args.liu)
-    else:
-        from facelab.reproduce.liu2018 import reproduce_liu2018, results_markdown
-
-        result = reproduce_liu2018(args.profile, args.out, args.set, with_baselines=not args.no_baselines)
-    print(write_json(result, indent=None) if args.json else results_markdown(result))
+    reproduction = REPRODUCTIONS[args.paper]
+    if args.liu is not None and not reproduction.uses_liu:
+        raise ValueError(f"--liu: the {args.paper} table has no Liu et al. row")
+    result = reproduction(args.profile, args.out, args.set, liu=args.liu, with_baselines=not args.no_baselines)
+    for key in reproduction.terminal_drop:  # per-vertex arrays: in results.json, too long for the terminal
+        result.pop(key, None)
+    print(write_json(result, indent=None) if args.json else reproduction.markdown(result))
     return 0
 
 
@@ -228,6 +222,7 @@ def _cmd_book(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from facelab.data.suites import SUITES
+    from facelab.reproduce import REPRODUCTIONS
     from facelab.train.recipes import RECIPES
 
     parser = argparse.ArgumentParser(prog="facelab", description="facelab: 3D face reconstruction and recognition on SynthFaces.")
@@ -283,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("reproduce", help="train and score a paper's ablation table (results.json, results.md)")
-    p.add_argument("paper", choices=["liu2018", "gao2020", "sir"])
+    p.add_argument("paper", choices=list(REPRODUCTIONS))
     p.add_argument("--out", required=True, help="run folder (phase checkpoints are reused when present)")
     p.add_argument("--profile", default="quick", choices=["quick", "standard", "full"])
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -64,3 +64,14 @@ def test_train_then_eval_model(tmp_path, capsys):
 def test_eval_model_missing_checkpoint(tmp_path, capsys):
     assert main(["eval", "model", str(tmp_path / "nope.pt"), "--suite", "lfw"]) == 2
     assert "nope.pt" in capsys.readouterr().err
+
+
+def test_reproductions_name_their_training_recipes(capsys):
+    """Every `facelab reproduce` table trains a recipe of `facelab train`; --liu only where there is a Liu row."""
+    from facelab.reproduce import REPRODUCTIONS
+    from facelab.train.recipes import RECIPES
+
+    assert {r.recipe for r in REPRODUCTIONS.values()} <= set(RECIPES)
+    assert set(REPRODUCTIONS) == {"liu2018", "gao2020", "sir"}
+    assert main(["reproduce", "liu2018", "--out", "/tmp/unused-facelab-run", "--liu", "x.pt"]) != 0
+    assert "--liu: the liu2018 table has no Liu et al. row" in capsys.readouterr().err

@@ -1,5 +1,47 @@
-"""Reproductions of the papers' result tables on SynthFaces (``facelab reproduce ...``)."""
+"""Reproductions of the papers' result tables on SynthFaces (``facelab reproduce ...``).
 
+:data:`REPRODUCTIONS` is the table ``facelab reproduce NAME`` reads: per paper, the
+training recipe it trains (a key of :data:`facelab.train.recipes.RECIPES`), the function
+that trains and scores it, and the one that prints its result. Adding a paper means
+adding its row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from facelab.reproduce import gao2020, liu2018, sir
 from facelab.reproduce.liu2018 import liu_reference, reproduce_liu2018, results_markdown
 
-__all__ = ["liu_reference", "reproduce_liu2018", "results_markdown"]
+
+@dataclass(frozen=True)
+class Reproduction:
+    """One paper's table: ``run(profile, out_dir, overrides, liu=..., with_baselines=...) -> result``."""
+
+    recipe: str
+    run: Callable[..., dict]
+    markdown: Callable[[dict], str]
+    uses_liu: bool  # its table has a Liu et al. row (``--liu``)
+    terminal_drop: tuple[str, ...] = ()  # result keys too long for the terminal (kept in results.json)
+
+    def __call__(self, profile: str, out_dir, overrides=None, liu=None, with_baselines: bool = True) -> dict:
+        options: dict[str, Any] = {"liu": liu} if self.uses_liu else {}
+        return self.run(profile, out_dir, overrides, with_baselines=with_baselines, **options)
+
+
+def _sir(profile, out_dir, overrides=None, liu=None, with_baselines: bool = True):
+    return sir.reproduce_sir(profile, out_dir, overrides, liu=liu)  # its baselines are rows of its own table
+
+
+def _gao(profile, out_dir, overrides=None, liu=None, with_baselines: bool = True):
+    return gao2020.reproduce_gao2020(profile, out_dir, overrides, liu=liu, with_baseline=with_baselines)
+
+
+REPRODUCTIONS: dict[str, Reproduction] = {
+    "liu2018": Reproduction("liu2018", liu2018.reproduce_liu2018, liu2018.results_markdown, uses_liu=False),
+    "gao2020": Reproduction("gao2020", _gao, gao2020.results_markdown, uses_liu=True, terminal_drop=("heat_maps",)),
+    "sir": Reproduction("sir", _sir, sir.results_markdown, uses_liu=True),
+}
+
+__all__ = ["REPRODUCTIONS", "Reproduction", "liu_reference", "reproduce_liu2018", "results_markdown"]

@@ -192,6 +192,23 @@ def baseline_rows(baselines: dict) -> dict:
 
 
 # ------------------------------------------------------------------ report
+def rows_markdown(result: dict) -> str:
+    """The phase rows of a :func:`reproduce_liu2018` result as a Markdown table (means over seeds).
+
+    >>> r = {"rows": [{"phase": "I", "disentangling": True, "identification_loss": "none", "stage": "phase1",
+    ...      "rmse_micc": 1.0, "rmse_bu3dfe_pose": 2.0, "rmse_bu3dfe_exp": 3.0, "lfw_accuracy": 0.5}]}
+    >>> print(rows_markdown(r).splitlines()[-1])
+    | phase1 | I | yes | none | 1.000 | 2.000 | 3.000 | 0.500 |
+    """
+    from facelab.metrics.report import markdown_table
+
+    rows = {r.get("stage", r["phase"]): {**({"phase": r["phase"]} if "stage" in r else {}),
+                                         "disentangling": "yes" if r["disentangling"] else "no",
+                                         "identification loss": r["identification_loss"], **{c: r[c] for c in COLUMNS}}
+            for r in result["rows"]}
+    return markdown_table(rows, row_header="stage")
+
+
 def results_markdown(result: dict) -> str:
     """Markdown tables of a :func:`reproduce_liu2018` result.
 
@@ -204,12 +221,10 @@ def results_markdown(result: dict) -> str:
     """
     from facelab.metrics.report import markdown_table
 
-    rows = {r.get("stage", r["phase"]): {**({"phase": r["phase"]} if "stage" in r else {}),
-                                         "disentangling": "yes" if r["disentangling"] else "no",
-                                         "identification loss": r["identification_loss"], **{c: r[c] for c in COLUMNS}}
-            for r in result["rows"]}
+    seeds = result.get("seeds", [0])
     parts = [f"# Liu et al. 2018 ablation on SynthFaces ({result['profile']} profile)",
-             "**Phases** (RMSE in mm; LFW: verification accuracy of c_Id)\n\n" + markdown_table(rows, row_header="stage"),
+             "**Phases** (RMSE in mm; LFW: verification accuracy of c_Id"
+             + (f"; means over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else "") + ")\n\n" + rows_markdown(result),
              "**Baselines** (bu3dfe: full shape, all expressions and yaws)\n\n"
              + (markdown_table(result["baselines"], row_header="method") if result["baselines"] else "not run"),
              claims_markdown(result.get("claims", [])),

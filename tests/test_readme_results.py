@@ -1,0 +1,27 @@
+"""The README's results tables are the committed runs' results, not numbers typed by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from facelab.reproduce.artifacts import has_artifact, load_results
+from facelab.reproduce.liu2018 import claims_markdown, rows_markdown
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.mark.skipif(not has_artifact("liu2018-standard"), reason="no committed liu2018-standard run")
+def test_readme_liu_tables_are_the_standard_runs():
+    result = load_results("liu2018-standard")
+    text = README.read_text()
+    assert claims_markdown(result["claims"]) in text, "README: the Liu et al. claims table differs from results.json"
+    assert rows_markdown(result) in text, "README: the Liu et al. rows table differs from results.json"
+
+
+def test_the_check_catches_an_edited_number():
+    result = {"claims": [{"id": "L2", "text": "t", "rows": ["a", "b"], "metric": "micc_mm", "estimate": -0.1,
+                          "ci95": [-0.2, 0.0], "n_subjects": 30, "n_seeds": 3, "verdict": "within noise"}]}
+    table = claims_markdown(result["claims"])
+    assert table.replace("-0.1000", "-0.1001") != table
