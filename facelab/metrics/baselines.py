@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from facelab.checks import check_choice, check_positive, check_tensor
-from facelab.config import torch_threads
+from facelab.config import resolve_profile, torch_threads
 from facelab.metrics.landmarks import landmark_nme, nme_by_yaw
 from facelab.metrics.protocols import PROTOCOL_ICP_ITERS, PROTOCOL_ICP_TOL, micc_error, micc_table
 from facelab.metrics.reconstruction import rmse
@@ -78,10 +78,11 @@ _KEEP_KEYS = ("label", "condition", "shape", "shape_identity", "alpha_id", "land
 
 @dataclass
 class BaselineConfig:
-    """Options of :func:`run_baselines`. Zero means "the profile's default".
+    """Options of :func:`run_baselines`. None means "the profile's value".
 
     Attributes:
-        profile: ``"quick"`` (CPU, minutes) or ``"full"`` (the suites' full sizes).
+        profile: ``"quick"`` (CPU, minutes), ``"standard"`` (CPU, the suites with power of
+            the standard reproductions) or ``"full"`` (the suites' full sizes).
         suites: which of ``"micc"``, ``"bu3dfe"``, ``"lfw"`` to run.
         oracle_ks: numbers of identity components of the oracle rows (clipped to the model's).
         image_size: rendered image size, px (only landmarks are used).
@@ -93,15 +94,16 @@ class BaselineConfig:
         detector_nme: the detector's frontal mean error, fraction of the inter-ocular distance.
         landmark_noise: std of the ``"gaussian"`` landmark noise, fraction of the image size.
         fit_iters: (pose, shape) alternations of the landmark fit.
-        micc_identities, bu3dfe_identities, lfw_identities, lfw_pairs_per_fold: suite sizes.
+        micc_identities, bu3dfe_identities, lfw_identities, lfw_pairs_per_fold: suite sizes
+            (None: the suite's size for the profile; quick MICC: 5 subjects).
         micc_single_frames: frames per video scored for the single-frame row (evenly spaced;
-            ``-1``: all frames; ``0``: the profile's default, quick = 1, full = all).
+            ``-1``: all frames; None: the profile's, 1 in the CPU profiles, else all).
         icp_iters, icp_tol: ICP limits of the MICC protocol (iterations, mm).
         batch_size: images generated per render call.
         seed: seed of the suites and of the landmark noise.
         device: where suites are generated and fits run.
-        num_threads: torch CPU threads while running (-1: leave torch's setting; 0: the
-            profile's default, quick = 1, full = leave). The fits are many small batched
+        num_threads: torch CPU threads while running (-1: leave torch's setting; None: the
+            profile's, 1 in the CPU profiles, else leave). The fits are many small batched
             solves: on a busy 2-core machine one thread is several times faster than two.
     """
 
@@ -114,17 +116,17 @@ class BaselineConfig:
     detector_nme: float = DETECTOR_NME
     landmark_noise: float = DEFAULT_LANDMARK_NOISE
     fit_iters: int = 10
-    micc_identities: int = 0
-    bu3dfe_identities: int = 0
-    lfw_identities: int = 0
-    lfw_pairs_per_fold: int = 0
-    micc_single_frames: int = 0
-    icp_iters: int = 0
-    icp_tol: float = 0.0
+    micc_identities: int | None = None
+    bu3dfe_identities: int | None = None
+    lfw_identities: int | None = None
+    lfw_pairs_per_fold: int | None = None
+    micc_single_frames: int | None = None
+    icp_iters: int | None = None
+    icp_tol: float | None = None
     batch_size: int = 256
     seed: int = 0
     device: str = "cpu"
-    num_threads: int = 0
+    num_threads: int | None = None
 
     def __post_init__(self) -> None:
         check_choice(self.profile, "profile", PROFILES)
@@ -146,19 +148,15 @@ class BaselineConfig:
         cpu = self.profile in CPU_PROFILES
         if not self.resolution:
             self.resolution = PROFILE_RESOLUTION[self.profile]
-        if self.micc_identities == 0 and quick:
-            self.micc_identities = QUICK_MICC_IDENTITIES
-        if self.micc_single_frames == 0:
-            self.micc_single_frames = 1 if cpu else -1
-        if self.icp_iters == 0:
-            self.icp_iters = QUICK_ICP_ITERS if cpu else PROTOCOL_ICP_ITERS
-        if self.icp_tol == 0.0:
-            self.icp_tol = QUICK_ICP_TOL if cpu else PROTOCOL_ICP_TOL
-        if self.num_threads == 0:
-            self.num_threads = 1 if cpu else -1
         for name in ("micc_identities", "bu3dfe_identities", "lfw_identities", "lfw_pairs_per_fold"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be >= 0 (0 = the profile's default), got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name}: must be >= 1 (None: the profile's size), got {value}")
+        resolve_profile(self, {"micc_identities": QUICK_MICC_IDENTITIES if quick else None,
+                               "micc_single_frames": 1 if cpu else -1,
+                               "icp_iters": QUICK_ICP_ITERS if cpu else PROTOCOL_ICP_ITERS,
+                               "icp_tol": QUICK_ICP_TOL if cpu else PROTOCOL_ICP_TOL,
+                               "num_threads": 1 if cpu else -1})
 
 
 # ------------------------------------------------------------------ building blocks

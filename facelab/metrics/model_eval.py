@@ -52,41 +52,54 @@ REPORT_MD = "report.md"
 
 @dataclass
 class ModelEvalConfig:
-    """Options of :func:`evaluate_model`. Zero means "the profile's default".
+    """Options of :func:`evaluate_model`. None means "the profile's value".
 
     Attributes:
         micc_identities, bu3dfe_identities, lfw_identities, lfw_pairs_per_fold: suite sizes
-            (quick MICC: 5 subjects, as the baselines).
-        icp_iters, icp_tol: ICP limits of the MICC protocol.
+            (None: the suite's size for the profile; quick MICC: 5 subjects, as the baselines).
+        icp_iters, icp_tol: ICP limits of the MICC protocol (iterations, mm).
         batch_size: images per forward pass / render call.
         seed: seed of the suites.
         device: where the suite is rendered and the model runs.
-        num_threads: torch CPU threads while evaluating (-1: leave; 0: quick 1, full leave).
+        num_threads: torch CPU threads while evaluating (-1: leave torch's setting; None: 1
+            in the CPU profiles, else leave).
+
+    >>> ModelEvalConfig().resolved("quick").micc_identities, ModelEvalConfig().resolved("standard").micc_identities
+    (5, None)
+    >>> ModelEvalConfig(lfw_identities=0).resolved("quick")
+    Traceback (most recent call last):
+    ...
+    ValueError: lfw_identities: must be >= 1 (None: the profile's size), got 0
     """
 
-    micc_identities: int = 0
-    bu3dfe_identities: int = 0
-    lfw_identities: int = 0
-    lfw_pairs_per_fold: int = 0
-    icp_iters: int = 0
-    icp_tol: float = 0.0
+    micc_identities: int | None = None
+    bu3dfe_identities: int | None = None
+    lfw_identities: int | None = None
+    lfw_pairs_per_fold: int | None = None
+    icp_iters: int | None = None
+    icp_tol: float | None = None
     batch_size: int = 64
     seed: int = 0
     device: str = "cpu"
-    num_threads: int = 0
+    num_threads: int | None = None
 
     def resolved(self, profile: str) -> "ModelEvalConfig":
-        """A copy with the profile's defaults filled in."""
+        """A copy with the profile's values in place of None."""
         check_choice(profile, "profile", PROFILES)
         quick = profile == "quick"
         cpu = profile in CPU_PROFILES  # the CPU profiles share quick's ICP limits
         check_positive(self.batch_size, "batch_size", integer=True)
+        for name in ("micc_identities", "bu3dfe_identities", "lfw_identities", "lfw_pairs_per_fold", "icp_iters"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name}: must be >= 1 (None: the profile's size), got {value}")
+        pick = lambda value, default: default if value is None else value  # noqa: E731
         return dataclasses.replace(
             self,
-            micc_identities=self.micc_identities or (QUICK_MICC_IDENTITIES if quick else 0),
-            icp_iters=self.icp_iters or (QUICK_ICP_ITERS if cpu else PROTOCOL_ICP_ITERS),
-            icp_tol=self.icp_tol or (QUICK_ICP_TOL if cpu else PROTOCOL_ICP_TOL),
-            num_threads=self.num_threads or (1 if cpu else -1),
+            micc_identities=pick(self.micc_identities, QUICK_MICC_IDENTITIES if quick else None),
+            icp_iters=pick(self.icp_iters, QUICK_ICP_ITERS if cpu else PROTOCOL_ICP_ITERS),
+            icp_tol=pick(self.icp_tol, QUICK_ICP_TOL if cpu else PROTOCOL_ICP_TOL),
+            num_threads=pick(self.num_threads, 1 if cpu else -1),
         )
 
 
