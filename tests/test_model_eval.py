@@ -133,12 +133,12 @@ def test_units_and_rendered_suite_agree_with_the_table(checkpoint):
     assert set(units) == set(rows) and units["average_over_identity"].shape == (2,)
     for row, values in units.items():
         assert values.mean() == pytest.approx(rows[row]["all"]["mean"], abs=1e-12)
-    rendered = RenderedSuite(suite, cfg.batch_size)
+    rendered = RenderedSuite(suite)
     again = predict_suite(model, rendered, cfg.batch_size)
     direct = predict_suite(model, suite, cfg.batch_size)
     torch.testing.assert_close(again["shape"], direct["shape"], rtol=0, atol=0)
     assert rendered.n_identities == suite.n_identities  # the suite's own attributes pass through
-    lfw = score_lfw(model, "quick", cfg, suite=RenderedSuite(lfw_suite(model, "quick", cfg), cfg.batch_size))
+    lfw = score_lfw(model, "quick", cfg, suite=RenderedSuite(lfw_suite(model, "quick", cfg)))
     assert np.mean(lfw.pair_correct) == pytest.approx(lfw.accuracy_mean, abs=1e-12)
     with pytest.raises(ValueError, match="batch_size"):
-        RenderedSuite(suite, 0)
+        rendered.batches(0)

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from facelab.config import split_overrides
+from facelab.metrics.model_eval import RenderedSuite
 from facelab.metrics.sir import sir_ratio
 from facelab.reproduce.liu2018 import liu_reference
 from facelab.reproduce.sir import (
-    COLUMNS, LIU_ROW, OVERRIDE_GROUPS, ROW_NAMES, CachedSuite, SIREvalConfig, _cosine_rank1,
+    COLUMNS, LIU_ROW, OVERRIDE_GROUPS, ROW_NAMES, SIREvalConfig, _cosine_rank1,
     gallery_split, reproduce_sir, results_markdown, score_sir,
 )
 
@@ -103,7 +104,7 @@ def test_cached_suite_renders_once():
         def __len__(self):
             return 2
 
-    cached = CachedSuite(Suite())
+    cached = RenderedSuite(Suite(), fields=None)
     assert [len(list(cached.batches(4))) for _ in range(3)] == [1, 1, 1] and Suite.calls == 1
     assert cached.n_identities == 3 and len(cached) == 2
 

@@ -136,26 +136,38 @@ SCORED_FIELDS = ("image", "shape", "shape_identity", "landmarks2d", "label", "co
 
 
 class RenderedSuite:
-    """A suite whose batches are rendered once and kept in memory, to score many models on the same photos.
+    """A suite whose batches are rendered once and replayed, so several models are scored on
+    the very same photos without re-rendering. Other attributes come from the wrapped suite.
 
-    Behaves like the wrapped suite (``model``, ``table``, ``scan``, ``config`` ...); ``batches``
-    replays the stored batches of ``batch_size`` (other sizes or ``indices`` render anew).
-    Keeps only :data:`SCORED_FIELDS`: about 200 kB per 128 x 128 photo.
+    ``fields``: the batch keys kept (default :data:`SCORED_FIELDS`, about 200 kB per 128 x 128
+    photo; None keeps every key). Batches are rendered on first use, once per batch size;
+    ``indices`` render anew.
+
+    >>> from facelab.data import make_suite
+    >>> s = RenderedSuite(make_suite("micc", n_identities=1, frames_per_video=1, image_size=16, resolution="quick"))
+    >>> [b["image"].shape[0] for b in s.batches(2)], s.n_identities, len(s)
+    ([2, 1], 1, 3)
     """
 
-    def __init__(self, suite, batch_size: int = 64) -> None:
-        check_positive(batch_size, "batch_size", integer=True)
+    def __init__(self, suite, fields: tuple[str, ...] | None = SCORED_FIELDS) -> None:
         self.suite = suite
-        self.batch_size = batch_size
-        self._batches = [{k: v for k, v in b.items() if k in SCORED_FIELDS} for b in suite.batches(batch_size)]
+        self.fields = fields
+        self._cache: dict[int, list[dict]] = {}
 
     def batches(self, batch_size: int = 64, indices=None, progress: bool = False):
-        if indices is not None or batch_size != self.batch_size:
+        check_positive(batch_size, "batch_size", integer=True)
+        if indices is not None:
             return self.suite.batches(batch_size, indices, progress)
-        return iter(self._batches)
+        if batch_size not in self._cache:
+            keep = lambda b: b if self.fields is None else {k: v for k, v in b.items() if k in self.fields}  # noqa: E731
+            self._cache[batch_size] = [keep(b) for b in self.suite.batches(batch_size, progress=progress)]
+        return iter(self._cache[batch_size])
 
     def __getattr__(self, name: str):
         return getattr(self.__dict__["suite"], name)
+
+    def __len__(self) -> int:
+        return len(self.suite)
 
 
 @torch.no_grad()

@@ -120,7 +120,7 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
             :class:`~facelab.metrics.model_eval.ModelEvalConfig` and
             :class:`~facelab.metrics.baselines.BaselineConfig`.
         liu: the Liu et al. row: a ``phase3.pt``, a ``facelab reproduce liu2018`` folder, or
-            None for the committed ``book/artifacts/liu2018-quick`` (quick profile; no row otherwise).
+            None for the committed Liu et al. run (:func:`~facelab.reproduce.liu2018.liu_reference`).
         variants: which of :data:`VARIANTS` to train and score (``"full"`` is required).
         with_baseline: add the landmark-only linear 3DMM fit and mean-face rows.
 

@@ -71,19 +71,23 @@ RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 COLUMNS = ("rmse_micc", "rmse_bu3dfe_pose", "rmse_bu3dfe_exp", "lfw_accuracy")
 OVERRIDE_GROUPS = ("train", "eval", "baselines")
-LIU_ARTIFACT = "liu2018-quick"  # the committed quick run other papers compare with
+#: the committed runs other papers take their Liu et al. row from, best first: the standard run's
+#: first-seed Phase III, else the quick run's (same network and input size)
+LIU_ARTIFACTS = ("liu2018-standard", "liu2018-quick")
 FINAL_STAGE_FILE = "phase3.pt"
 # Baseline rows of the table, and the MICC row that matches "average over identity".
 BASELINE_MICC_ROW = {"landmark_fit": "landmark_fit_avg", "landmark_fit_exact": "landmark_fit_exact_avg"}
 
 
-def liu_reference(liu, profile: str, artifact: str = LIU_ARTIFACT):
+def liu_reference(liu, profile: str, artifacts: tuple[str, ...] = LIU_ARTIFACTS):
     """The Liu et al. Phase III model other papers' tables compare with, as an evaluable.
 
     Args:
-        liu: a ``phase3.pt``, a ``reproduce liu2018`` run folder, None (the quick profile's
-            committed artifact ``artifact``, if present) or False (no Liu et al. row).
-        profile: ``"quick"`` or ``"full"``; only the quick profile has a committed artifact.
+        liu: a ``phase3.pt``, a ``reproduce liu2018`` run folder, None (the first committed
+            artifact of ``artifacts`` that is present, in the CPU profiles) or False (no Liu
+            et al. row).
+        profile: ``"quick"``, ``"standard"`` or ``"full"``; the committed artifacts are CPU
+            runs, so ``"full"`` needs ``liu``.
 
     Returns:
         ``(evaluable, checkpoint path as str)``, or ``(None, None)`` when there is none.
@@ -96,8 +100,8 @@ def liu_reference(liu, profile: str, artifact: str = LIU_ARTIFACT):
 
     if liu is False:
         return None, None
-    if liu is None and profile == "quick" and has_artifact(artifact):
-        liu = ARTIFACTS_DIR / artifact
+    if liu is None and profile in ("quick", "standard"):
+        liu = next((ARTIFACTS_DIR / name for name in artifacts if has_artifact(name)), None)
     if liu is None:
         return None, None
     path = Path(liu)
@@ -124,7 +128,7 @@ class ScoringSuites:
         if key not in self._suites:
             sizes = {"micc": dict(n_identities=cfg.micc_identities), "bu3dfe": dict(n_identities=cfg.bu3dfe_identities),
                      "lfw": dict(n_identities=cfg.lfw_identities, pairs_per_fold=cfg.lfw_pairs_per_fold)}[name]
-            self._suites[key] = RenderedSuite(suite_for(model, name, self.profile, cfg, **sizes), cfg.batch_size)
+            self._suites[key] = RenderedSuite(suite_for(model, name, self.profile, cfg, **sizes))
         return self._suites[key]
 
 

@@ -53,6 +53,7 @@ import torch
 
 from facelab.checks import check_choice, check_positive
 from facelab.config import torch_threads
+from facelab.metrics.model_eval import RenderedSuite
 from facelab.models.registry import load_evaluable
 from facelab.reproduce.liu2018 import liu_reference
 
@@ -112,32 +113,6 @@ class SIREvalConfig:
             num_threads=self.num_threads or (1 if quick else -1))
 
 
-class CachedSuite:
-    """A suite whose batches are rendered once and replayed, so several models are scored on
-    the very same images without re-rendering. Other attributes come from the wrapped suite.
-
-    >>> from facelab.data import make_suite
-    >>> s = CachedSuite(make_suite("micc", n_identities=1, frames_per_video=1, image_size=16, resolution="quick"))
-    >>> [b["image"].shape[0] for b in s.batches(2)], s.n_identities
-    ([2, 1], 1)
-    """
-
-    def __init__(self, suite) -> None:
-        self._suite = suite
-        self._cache: dict[int, list[dict]] = {}
-
-    def batches(self, batch_size: int = 64, indices=None, progress: bool = False):
-        if indices is not None:
-            return self._suite.batches(batch_size, indices, progress)
-        if batch_size not in self._cache:
-            self._cache[batch_size] = list(self._suite.batches(batch_size, progress=progress))
-        return iter(self._cache[batch_size])
-
-    def __getattr__(self, name):
-        return getattr(self._suite, name)
-
-    def __len__(self) -> int:
-        return len(self._suite)
 
 
 # ------------------------------------------------------------------ scoring
@@ -233,7 +208,7 @@ class _Suites:
             else:
                 sizes = {"frames_per_video": self.sir_cfg.frames_per_video} if self.sir_cfg.frames_per_video else {}
                 suite = make_suite("micc", seed=self.sir_cfg.seed, n_identities=self.sir_cfg.identities, **common, **sizes)
-            self._cache[key] = CachedSuite(suite)
+            self._cache[key] = RenderedSuite(suite, fields=None)  # the SIR scores read every field
         return self._cache[key]
 
 
@@ -328,7 +303,7 @@ def reproduce_sir(profile: str = "quick", out_dir="runs/reproduce-sir", override
             such keys) for :class:`~facelab.train.sir.SIRTrainConfig`,
             :class:`~facelab.metrics.model_eval.ModelEvalConfig` and :class:`SIREvalConfig`.
         liu: the Liu et al. row: a ``phase3.pt`` or a ``facelab reproduce liu2018`` folder; None:
-            ``book/artifacts/liu2018-quick`` in the quick profile when present; False: none.
+            the committed Liu et al. run (:func:`~facelab.reproduce.liu2018.liu_reference`); False: none.
             Without a checkpoint the row is listed with empty cells.
         variants: the rows of :data:`ROW_NAMES` to train and score.
         with_sfm_vs_pca: also run :func:`sfm_vs_pca_table`.
