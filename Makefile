@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.facelab-installed
 JOBS    ?= 2
 
-.PHONY: test test-fast nbval book book-isolated env lock strip clean
+.PHONY: test test-fast nbval book book-isolated env lock strip clean gpu-check
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -42,6 +42,12 @@ test-fast: $(STAMP)
 book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . --path-output .
 	@$(VPY) -m facelab.book_timings _build
+
+# On a GPU machine: the CUDA test tier, a 2-process torchrun and each recipe's full profile
+# (steps/s), into one JSON file. DRY_RUN=1 runs the same script on the CPU with tiny sizes.
+GPU_CHECK_OUT ?= gpu-check.json
+gpu-check: $(STAMP)
+	$(VPY) -m facelab.bench.gpu_check --out $(GPU_CHECK_OUT) $(if $(DRY_RUN),--dry-run,)
 
 lock:
 	uv pip compile -q requirements.in --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements.lock

@@ -39,22 +39,23 @@ LIU_SUITE = dict(n_identities=64, images_per_identity=8)
 GAO_SUITE = dict(lp_identities=32, lp_images_per_identity=4, col_identities=16, col_images_per_identity=4)
 
 
-def _liu_run(profile: str, out: Path, steps: int, threads: int, options: dict) -> tuple[Path, int]:
+def _liu_run(profile: str, out: Path, steps: int, threads: int, options: dict, device: str) -> tuple[Path, int]:
     from facelab.train.liu2018 import Liu2018TrainConfig, train_liu2018
 
     cfg = Liu2018TrainConfig(profile=profile, out_dir=str(out), stages=("phase1", "phase2", "phase3"),
                              phase_steps=(1, 1, steps), log_every=WARMUP_STEPS, ckpt_every=steps, diagnose_every=0,
-                             progress=False, num_threads=threads, **LIU_SUITE, **options)
+                             progress=False, num_threads=threads, device=device, pool=True, num_workers=0,
+                             **LIU_SUITE, **options)
     train_liu2018(cfg)
     return out / "phase3", cfg.batch_size
 
 
-def _gao_run(profile: str, out: Path, steps: int, threads: int, options: dict) -> tuple[Path, int]:
+def _gao_run(profile: str, out: Path, steps: int, threads: int, options: dict, device: str) -> tuple[Path, int]:
     from facelab.train.gao2020 import Gao2020TrainConfig, train_gao2020
 
     cfg = Gao2020TrainConfig(profile=profile, out_dir=str(out), warmup_steps=0, steps=(steps, 1), log_every=WARMUP_STEPS,
-                             ckpt_every=steps, diagnose_every=0, progress=False, num_threads=threads, **GAO_SUITE,
-                             **options)
+                             ckpt_every=steps, diagnose_every=0, progress=False, num_threads=threads, device=device,
+                             pool=True, num_workers=0, **GAO_SUITE, **options)
     train_gao2020(cfg)
     return out / "step1", cfg.batch_lp + cfg.batch_col
 
@@ -90,8 +91,12 @@ def steps_per_second(stage_dir: Path, skip: int = WARMUP_STEPS) -> float:
 
 
 def bench_train(recipe: str = "liu2018", steps: int = DEFAULT_STEPS, threads: tuple[int, ...] = DEFAULT_THREADS,
-                variants: tuple[str, ...] = tuple(VARIANTS), profiles: tuple[str, ...] | None = None) -> dict:
+                variants: tuple[str, ...] = tuple(VARIANTS), profiles: tuple[str, ...] | None = None,
+                device: str = "cpu") -> dict:
     """Steps/s and images/s of ``recipe``'s training loop per profile, thread count and variant.
+
+    ``profiles`` default to the recipe's CPU profiles; ``device`` is where it trains (the
+    pools are pre-rendered from a small suite either way).
 
     Returns ``{"recipe", "stage_steps", "rows": [{"profile", "threads", "variant",
     "steps_per_s", "images_per_s", "ratio"}]}`` where ``ratio`` is over the ``float32`` row of
@@ -113,13 +118,13 @@ def bench_train(recipe: str = "liu2018", steps: int = DEFAULT_STEPS, threads: tu
                 base = None
                 for variant in variants:
                     out = Path(tmp) / f"{profile}-{n_threads}-{variant}"
-                    stage_dir, batch = RUNNERS[recipe](profile, out, steps, n_threads, VARIANTS[variant])
+                    stage_dir, batch = RUNNERS[recipe](profile, out, steps, n_threads, VARIANTS[variant], device)
                     rate = steps_per_second(stage_dir)
                     base = rate if variant == "float32" else base
                     rows.append({"profile": profile, "threads": n_threads, "variant": variant,
                                  "steps_per_s": round(rate, 3), "images_per_s": round(rate * batch, 1),
                                  "ratio": round(rate / base, 3) if base else None})
-    return {"recipe": recipe, "stage_steps": steps, "rows": rows}
+    return {"recipe": recipe, "stage_steps": steps, "device": device, "rows": rows}
 
 
 def format_bench_train(result: dict) -> str:
