@@ -218,3 +218,30 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+AUTO_DEVICE = "auto"
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"``: ``"cuda"`` when a CUDA device is available, else ``"cpu"``; any other name as given.
+
+    Every recipe and evaluation config defaults to ``device="auto"`` and stores what it
+    resolved to, so a saved config says where it ran.
+
+    >>> resolve_device("cpu"), resolve_device("auto") in ("cpu", "cuda")
+    ('cpu', True)
+    >>> resolve_device("")
+    Traceback (most recent call last):
+    ...
+    ValueError: device: expected 'auto' or a torch device name such as 'cpu' or 'cuda:0', got ''
+    """
+    import torch
+
+    if device == AUTO_DEVICE:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device: expected 'auto' or a torch device name such as 'cpu' or 'cuda:0', got {device!r}") from err
+    return device

@@ -166,7 +166,7 @@ def test_dist_env_reads_torchrun_variables(monkeypatch):
     monkeypatch.setenv("RANK", "2")
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert D.dist_env() == D.DistInfo(rank=2, local_rank=0, world_size=4)
-    assert D.resolve_device("cuda") == torch.device("cuda", 0) and D.resolve_device("cpu").type == "cpu"
+    assert D.rank_device("cuda") == torch.device("cuda", 0) and D.rank_device("cpu").type == "cpu"
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(ValueError, match="RANK/WORLD_SIZE"):
         D.dist_env()

@@ -162,3 +162,16 @@ def test_regressor_loss_gradcheck():
     a = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     e = torch.randn(2, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, e: loss_fn.landmarks3d(a, e), (a, e))
+
+
+def test_device_auto_resolves_and_bad_names_raise():
+    """device="auto" (the default everywhere) is CUDA when available, else the CPU, and is saved resolved."""
+    from facelab.metrics.model_eval import ModelEvalConfig
+    from facelab.train.liu2018 import Liu2018TrainConfig
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert TrainConfig().device == expected and Liu2018TrainConfig().device == expected
+    assert ModelEvalConfig().resolved("quick").device == expected
+    assert TrainConfig(device="cpu").device == "cpu"
+    with pytest.raises(ValueError, match="device"):
+        TrainConfig(device="gpu0")

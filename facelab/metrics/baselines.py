@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from facelab.checks import check_choice, check_positive, check_tensor
-from facelab.config import resolve_profile, torch_threads
+from facelab.config import resolve_device, resolve_profile, torch_threads
 from facelab.metrics.landmarks import landmark_nme, nme_by_yaw
 from facelab.metrics.protocols import PROTOCOL_ICP_ITERS, PROTOCOL_ICP_TOL, micc_error, micc_table
 from facelab.metrics.reconstruction import rmse
@@ -125,10 +125,11 @@ class BaselineConfig:
     icp_tol: float | None = None
     batch_size: int = 256
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     num_threads: int | None = None
 
     def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
         check_choice(self.profile, "profile", PROFILES)
         self.suites = tuple(self.suites)
         for s in self.suites:

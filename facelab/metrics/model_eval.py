@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from facelab.checks import check_choice, check_positive
-from facelab.config import torch_threads
+from facelab.config import resolve_device, torch_threads
 from facelab.metrics.landmarks import landmark_nme, nme_by_yaw
 from facelab.metrics.baselines import by_abs_yaw, micc_rows
 from facelab.metrics.protocols import PROTOCOL_ICP_ITERS, PROTOCOL_ICP_TOL, micc_error
@@ -60,7 +60,7 @@ class ModelEvalConfig:
         icp_iters, icp_tol: ICP limits of the MICC protocol (iterations, mm).
         batch_size: images per forward pass / render call.
         seed: seed of the suites.
-        device: where the suite is rendered and the model runs.
+        device: where the suite is rendered and the model runs (``"auto"``: CUDA when available).
         num_threads: torch CPU threads while evaluating (-1: leave torch's setting; None: 1
             in the CPU profiles, else leave).
 
@@ -80,7 +80,7 @@ class ModelEvalConfig:
     icp_tol: float | None = None
     batch_size: int = 64
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     num_threads: int | None = None
 
     def resolved(self, profile: str) -> "ModelEvalConfig":
@@ -100,6 +100,7 @@ class ModelEvalConfig:
             icp_iters=pick(self.icp_iters, QUICK_ICP_ITERS if cpu else PROTOCOL_ICP_ITERS),
             icp_tol=pick(self.icp_tol, QUICK_ICP_TOL if cpu else PROTOCOL_ICP_TOL),
             num_threads=pick(self.num_threads, 1 if cpu else -1),
+            device=resolve_device(self.device),
         )
 
 

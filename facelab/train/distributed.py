@@ -34,6 +34,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from facelab.config import resolve_device
+
 #: rank ``r`` seeds its RNGs with ``seed + RANK_SEED_STRIDE * r`` (rank 0 = the single-process seed)
 RANK_SEED_STRIDE = 1_000_003
 ENV_KEYS = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
@@ -84,13 +86,14 @@ def dist_env() -> DistInfo:
     return DistInfo(rank, local, world)
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``device``, with a bare ``"cuda"`` mapped to ``cuda:LOCAL_RANK`` under torchrun.
+def rank_device(device: str | torch.device) -> torch.device:
+    """This process's device: ``device`` (``"auto"`` resolved by :func:`facelab.config.resolve_device`),
+    with a bare ``"cuda"`` mapped to ``cuda:LOCAL_RANK`` under torchrun.
 
-    >>> resolve_device("cpu")
+    >>> rank_device("cpu")
     device(type='cpu')
     """
-    device = torch.device(device)
+    device = torch.device(resolve_device(device) if isinstance(device, str) else device)
     info = dist_env()
     if device.type == "cuda" and device.index is None and info.distributed:
         return torch.device("cuda", info.local_rank)
@@ -113,7 +116,7 @@ def init_distributed(device: str | torch.device = "cpu") -> DistInfo:
         return info
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-    device = resolve_device(device)
+    device = rank_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -74,7 +74,7 @@ import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_image_size, check_positive
-from facelab.config import resolve_profile, torch_threads
+from facelab.config import resolve_device, resolve_profile, torch_threads
 from facelab.train import distributed as D
 from facelab.train import pools
 from facelab.train.speed import ENCODER_PRECISIONS, speed_up_encoder
@@ -219,7 +219,7 @@ class Gao2020TrainConfig:
     grad_clip: float = 10.0
     log_every: int = 10
     ckpt_every: int = 50
-    device: str = "cpu"
+    device: str = "auto"
     pool: bool | None = None
     cache_pool: bool = True
     num_workers: int | None = None
@@ -230,6 +230,7 @@ class Gao2020TrainConfig:
     encoder_precision: str = "float32"
 
     def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
         check_choice(self.profile, "profile", tuple(PROFILE_DEFAULTS))
         check_choice(self.encoder_precision, "encoder_precision", ENCODER_PRECISIONS)
         check_choice(self.smoothness, "smoothness", SMOOTHNESS)
@@ -680,7 +681,7 @@ def recipe_stages(cfg: Gao2020TrainConfig, root: Path | None = None) -> list[Sta
 
 def _prepare(cfg: Gao2020TrainConfig) -> dict:
     lp_suite, col_suite = _suites(cfg)
-    device = D.resolve_device(cfg.device)
+    device = D.rank_device(cfg.device)
     morphable = lp_suite.model.to(device)
     if cfg.pool:
         lp_source, col_source = render_pools(cfg, lp_suite, col_suite)

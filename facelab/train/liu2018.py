@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_image_size, check_positive
-from facelab.config import resolve_profile, torch_threads
+from facelab.config import resolve_device, resolve_profile, torch_threads
 from facelab.io.checkpoint import load_checkpoint
 from facelab.models.liu2018 import MODEL_NAME, build_liu2018_model
 from facelab.train import pools
@@ -180,7 +180,7 @@ class Liu2018TrainConfig:
     log_every: int = 10
     ckpt_every: int = 100
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     n_identities: int | None = None
     images_per_identity: int | None = None
     pool: bool | None = None
@@ -193,6 +193,7 @@ class Liu2018TrainConfig:
     encoder_precision: str = "float32"
 
     def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
         check_choice(self.profile, "profile", tuple(PROFILE_DEFAULTS))
         check_choice(self.encoder_precision, "encoder_precision", ENCODER_PRECISIONS)
         check_choice(self.targets, "targets", TARGET_SOURCES)

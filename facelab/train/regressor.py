@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_image_size
-from facelab.config import resolve_profile, torch_threads
+from facelab.config import resolve_device, resolve_profile, torch_threads
 from facelab.train import pools
 from facelab.train.trainer import StepLoader, TrainConfig, Trainer, cosine_lr_factor, step_indices
 
@@ -90,7 +90,7 @@ class RegressorTrainConfig:
     log_every: int = 10
     ckpt_every: int = 100
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     n_identities: int | None = None
     images_per_identity: int | None = None
     pool: bool | None = None
@@ -104,6 +104,7 @@ class RegressorTrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
         check_choice(self.profile, "profile", tuple(PROFILE_DEFAULTS))
         check_choice(self.id_weighting, "id_weighting", ID_WEIGHTINGS)
         resolve_profile(self, PROFILE_DEFAULTS[self.profile])

@@ -74,7 +74,7 @@ from pathlib import Path
 import torch
 
 from facelab.checks import check_choice, check_image_size, check_positive
-from facelab.config import resolve_profile, torch_threads
+from facelab.config import resolve_device, resolve_profile, torch_threads
 from facelab.losses.mixed_label import MixedLabelLoss
 from facelab.models.sir import MODEL_NAME, RECOG_LOSSES, SIRNet, SIRNetConfig
 from facelab.train import pools
@@ -161,7 +161,7 @@ class SIRTrainConfig:
     log_every: int = 10
     ckpt_every: int = 100
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     recog_loss: str = "cosface"
     recog_s: float = 30.0
     recog_m: float = 0.35
@@ -183,6 +183,7 @@ class SIRTrainConfig:
     diagnose_every: int | None = None
 
     def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
         check_choice(self.profile, "profile", tuple(PROFILE_DEFAULTS))
         check_choice(self.recog_loss, "recog_loss", RECOG_LOSSES)
         self.variants = tuple(self.variants)

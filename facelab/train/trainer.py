@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_positive
-from facelab.config import to_dict
+from facelab.config import resolve_device, to_dict
 from facelab.train import distributed as D
 from facelab.train.diagnostics import SHARE_PREFIX, summarize_shares, term_gradient_shares
 from facelab.io.checkpoint import TMP_SUFFIX, config_dict, get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
@@ -99,13 +99,14 @@ class TrainConfig:
     ckpt_every: int = 100
     seed: int = 0
     out_dir: str = "runs/default"
-    device: str = "cpu"
+    device: str = "auto"
     profile: str = "quick"
     grad_clip: float = 0.0
     progress: bool = True
     diagnose_every: int = 0
 
     def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
         for name in ("steps", "batch_size", "log_every", "ckpt_every"):
             check_positive(getattr(self, name), name, integer=True)
         check_positive(self.lr, "lr")
@@ -387,7 +388,7 @@ class Trainer:
             raise TypeError(f"critic: expected an object with step(model, batch, step), state_dict() and "
                             f"load_state_dict() (e.g. a CriticStep), got {type(critic).__name__}")
         self.config = config
-        self.device = D.resolve_device(config.device)
+        self.device = D.rank_device(config.device)
         self.model = model.to(self.device)
         self.optimizer = optimizer
         self.scheduler = scheduler
