@@ -12,6 +12,7 @@
     facelab eval verify|recon|baselines ...   (see facelab.eval_cli)
     facelab reproduce liu2018 --out DIR [--profile quick|full] [--json] [--set train.k=v|eval.k=v|baselines.k=v ...]
     facelab reproduce sir --out DIR [--profile quick|full] [--json] [--liu PHASE3] [--set train.k=v|eval.k=v|sir.k=v ...]
+    facelab photo IMAGE --out DIR [--json] [--largest] [--detector hog|cnn] [--model PATH] [--liu PHASE3 | --no-liu]
     facelab book student --out DIR [NOTEBOOKS...]     (teacher mode, see facelab.teach)
     facelab book check ANSWER.ipynb [--against CHAPTER.ipynb] [--timeout S]
 """
@@ -206,6 +207,32 @@ def _cmd_artifacts(args) -> int:
     return 0
 
 
+def _cmd_photo(args) -> int:
+    from facelab.apps.photo import MissingPhotoExtra, photo_summary, reconstruct_photo, write_photo
+
+    try:
+        results = reconstruct_photo(args.image, model=args.model, detector=args.detector, largest=args.largest,
+                                    liu_checkpoint=args.liu, run_liu=not args.no_liu, min_score=args.min_score)
+    except MissingPhotoExtra as err:  # an ImportError: main() would print a traceback
+        print(f"facelab photo: error: {err}", file=sys.stderr)
+        return 2
+    files = write_photo(results, args.image, args.out)
+    summary = photo_summary(results, image=args.image, files=files, detector=args.detector,
+                            model=args.model or "SynthFaces (default mesh)")
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    for face in summary["faces"]:
+        liu = face["liu_identity_rms_from_mean_mm"]
+        print(f"face {face['index']} (score {face['score']:.2f}): landmark fit {face['landmark_error_px']:.2f} px from dlib's, "
+              f"yaw {face['pose']['yaw_deg']:.1f} deg"
+              + (f"; Liu et al.'s identity shape {liu:.2f} mm RMS from the mean face "
+                 f"(a typical identity: {face['typical_identity_rms_mm']:.2f})" if liu is not None else "")
+              + f" -> {', '.join(face['files'].values())}")
+    print(f"note: {summary['licence']}")
+    return 0
+
+
 def _cmd_book(args) -> int:
     from facelab import teach
 
@@ -297,6 +324,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", action="append", default=[], metavar="SUBFOLDER",
                    help="export: leave this sub-folder's checkpoints out, e.g. seed1 (repeatable)")
     p.set_defaults(func=_cmd_artifacts)
+
+    p = sub.add_parser("photo", help="your own photo to a 3D face: dlib landmarks, a 3DMM fit, Liu et al.'s shape "
+                                     "(needs facelab[photo]; the 68-point model is non-commercial, iBUG 300-W)",
+                       description="Detect the faces in a photo with dlib, fit the 3D morphable model to dlib's 68 "
+                                   "landmarks, colour the mesh from the photo and run Liu et al.'s network on the "
+                                   "aligned crop. Writes face.obj, overlay.png and render.png per face (face_0.obj, "
+                                   "... when there are several). Needs the photo extra: pip install 'facelab[photo]'. "
+                                   "Licence: dlib's 68-point landmark model is trained on the iBUG 300-W data set, "
+                                   "whose licence excludes commercial use. Exit code 2 when no face is found.")
+    p.add_argument("image", metavar="IMAGE", help="the photo (any format Pillow reads)")
+    p.add_argument("--out", required=True, help="output folder (face.obj, overlay.png, render.png)")
+    p.add_argument("--json", action="store_true", help="print one JSON object: per face the detected and fitted "
+                                                       "landmarks (px), their mean distance and the Liu shape's distance from the mean face")
+    p.add_argument("--largest", action="store_true", help="only the face with the largest detection box")
+    p.add_argument("--detector", default="hog", choices=["hog", "cnn"], help="dlib's HOG detector (fast) or its CNN detector")
+    p.add_argument("--model", metavar="PATH", help="morphable model to fit (.npz of MorphableModel.save, BFM .mat/.h5, "
+                                                   "SFM .bin, FLAME .pkl) with 68 landmark vertices; default SynthFaces")
+    p.add_argument("--liu", metavar="PHASE3", help="Liu et al.'s checkpoint (default book/artifacts/liu2018-quick/phase3.pt)")
+    p.add_argument("--no-liu", action="store_true", help="skip Liu et al.'s network")
+    p.add_argument("--min-score", type=float, help="drop detections scoring below this (default: hog 0.5, cnn 0)")
+    p.set_defaults(func=_cmd_photo)
 
     p = sub.add_parser("book", help="teacher mode: student versions of the chapters, auto-checked exercises")
     book = p.add_subparsers(dest="action", required=True)

@@ -541,3 +541,25 @@ def test_loaded_model_moves_to_device_dtype(tmp_path, device, dtype):
     assert verts.device.type == device.type and verts.dtype == dtype
     expected = VERTS.reshape(-1) + basis @ alpha[0].double().cpu().numpy()
     assert np.allclose(verts[0].double().cpu().numpy().reshape(-1), expected, atol=1e-3)
+
+
+# ------------------------------------------------------------------ load_morphable
+def test_load_morphable_picks_the_loader_by_suffix(tmp_path):
+    from facelab.io import load_morphable
+
+    lm = np.arange(68) % V
+    d, *_ = _bfm2009_dict()
+    scipy.io.savemat(tmp_path / "01_MorphableModel.mat", d)
+    _write_bfm2017(tmp_path / "model2017.h5")
+    for path, direct in ((tmp_path / "01_MorphableModel.mat", load_bfm2009), (tmp_path / "model2017.h5", load_bfm2017)):
+        got, want = load_morphable(path, landmarks=lm), direct(path, landmarks=lm)
+        assert torch.equal(got.mean_shape, want.mean_shape) and torch.equal(got.shape_basis, want.shape_basis)
+        assert got.landmarks.tolist() == lm.tolist()
+    saved = load_bfm2009(tmp_path / "01_MorphableModel.mat", landmarks=lm).save(tmp_path / "bfm.npz")
+    assert load_morphable(saved).landmarks.tolist() == lm.tolist()  # a .npz keeps its own landmarks ...
+    assert load_morphable(saved, landmarks=lm[::-1].copy()).landmarks.tolist() == lm[::-1].tolist()  # ... or takes new ones
+    with pytest.raises(ValueError, match=r"model\.obj: unknown morphable-model suffix '\.obj'"):
+        (tmp_path / "model.obj").write_text("v 0 0 0\n")
+        load_morphable(tmp_path / "model.obj")
+    with pytest.raises(FileNotFoundError, match="missing.h5"):
+        load_morphable(tmp_path / "missing.h5")

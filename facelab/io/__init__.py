@@ -6,7 +6,8 @@ the file and the problem; model loaders return a
 x = subject's left, y up, z toward the camera, orthonormal bases with std).
 
 * meshes: :func:`read_mesh`, :func:`write_mesh` (``.obj``, ``.ply``)
-* models: :func:`load_bfm2009`, :func:`load_bfm2017`, :func:`load_flame`, :func:`load_sfm`
+* models: :func:`load_bfm2009`, :func:`load_bfm2017`, :func:`load_flame`, :func:`load_sfm`, and
+  :func:`load_morphable`, which picks one of them (or a facelab ``.npz``) by the file's suffix
 * checkpoints: :func:`save_checkpoint`, :func:`load_checkpoint` (:mod:`facelab.io.checkpoint`;
   rebuilding the model is :func:`facelab.models.load_model`)
 * annotations and datasets: :func:`load_300wlp`, :func:`read_pairs`, :class:`LFWPairs`,
@@ -23,6 +24,7 @@ from facelab.io.lfw import LFWPairs, Pair, lfw_image_path, read_pairs
 from facelab.io.lp300w import load_300wlp
 from facelab.io.mesh import Mesh, read_mesh, write_mesh
 from facelab.io.micc import MICC_CONDITIONS, MICCDataset, MICCSubject
+from facelab.io.models import load_morphable
 from facelab.io.sfm import load_sfm, read_sfm, save_sfm
 
 __all__ = [
