@@ -56,3 +56,22 @@ def test_identity_consistency_hand_example():
                                 "condition": torch.zeros(3)}, np.ones(4, bool))
     # rigid (no scale) alignment of k*x onto x leaves every vertex (k-1) away: RMSE k-1
     assert out["mean_mm"] == pytest.approx(1.0) and out["std_mm"] == pytest.approx(np.std([0.0, 1.0, 2.0]))
+
+
+def test_gao_claims_and_activity():
+    """A recognition loss that never pulled makes G1 `inactive`; a real baseline gap is `reversed`."""
+    from facelab.reproduce.gao2020 import gao_activity, gao_claims
+
+    rng = np.random.default_rng(1)
+    base = rng.normal(1.0, 0.2, size=10)
+    units = {"full": {"micc_mm": base}, "no_recog": {"micc_mm": base + 0.3}, "no_adv": {"micc_mm": base + rng.normal(0, 0.02, 10)},
+             "liu2018": {"micc_mm": base - 0.25}}
+    lazy = {"Full model": {"step1": {"terms": {"recog": {"encoder": {"active": True}}, "adv": {"shape_decoder": {"active": True}},
+                                               "smooth": {"shape_decoder": {"active": False}}},
+                                     "accuracy": {"active_fraction": 0.1}}}}
+    activity = gao_activity(lazy)
+    assert activity == {"recog": False, "adv": True, "smooth": False}  # the head stayed at chance
+    claims = {c["id"]: c for c in gao_claims(units, {"landmark_fit": {"micc_mm": base - 0.3}}, activity, n_boot=500)}
+    assert claims["G1"]["verdict"] == "inactive" and claims["G2"]["verdict"] == "within noise"
+    assert claims["G4"]["verdict"] == "reversed" and claims["T1"]["verdict"] == "reversed"
+    assert "G3" not in claims  # the Laplacian variant was not run

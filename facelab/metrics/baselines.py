@@ -421,6 +421,23 @@ def micc_baselines(cfg: BaselineConfig | None = None, details: bool = False) -> 
     return table
 
 
+def micc_subject_errors(micc: dict, row: str) -> np.ndarray:
+    """``(n_subjects,)`` mm: each subject's error of ``row`` averaged over its videos, in label order.
+
+    ``micc`` is a :func:`micc_baselines` result with ``details=True``; these are the units a
+    paired bootstrap against a model's per-subject errors resamples.
+
+    >>> micc = {"details": {"video_label": [0, 0, 1], "video_errors": {"mean_face": np.array([1.0, 2.0, 4.0])}}}
+    >>> micc_subject_errors(micc, "mean_face")
+    array([1.5, 4. ])
+    """
+    if "details" not in micc:
+        raise ValueError("micc: needs the per-video details (micc_baselines(..., details=True))")
+    labels = np.asarray(micc["details"]["video_label"])
+    errors = np.asarray(micc["details"]["video_errors"][row])
+    return np.array([errors[labels == k].mean() for k in np.unique(labels)])
+
+
 def micc_rows(errors: dict[str, list[float]], conditions) -> dict:
     """``{row: {condition: {mean, std, n}, "all": {...}}}`` from per-video errors (mm) of each row."""
     table = {}

@@ -140,3 +140,20 @@ def baselines_markdown(result: dict, fmt: str = DEFAULT_FORMAT) -> str:
     if "timings_s" in result:
         parts.append("**Time per protocol (s)**: " + ", ".join(f"{k} {v}" for k, v in result["timings_s"].items()))
     return "\n\n".join(parts)
+
+
+def claims_markdown(claims: list[dict]) -> str:
+    """The claims as a Markdown table: estimate (A - B), 95 % interval, sample sizes, verdict.
+
+    >>> c = [{"id": "L2", "text": "t", "rows": ["a", "b"], "metric": "micc_mm", "estimate": -0.1,
+    ...       "ci95": [-0.2, 0.0], "n_subjects": 30, "n_seeds": 3, "verdict": "within noise"}]
+    >>> print(claims_markdown(c).splitlines()[-1])
+    | L2 | t | a - b | micc_mm | -0.1000 | [-0.2000, 0.0000] | 30 subjects x 3 seeds | within noise |
+    """
+    if not claims:
+        return "**Claims**: none (their rows were not run)"
+    rows = {c["id"]: {"claim": c["text"], "rows": f"{c['rows'][0]} - {c['rows'][1]}", "metric": c["metric"],
+                      "estimate": f"{c['estimate']:.4f}", "95 % CI": f"[{c['ci95'][0]:.4f}, {c['ci95'][1]:.4f}]",
+                      "n": f"{c['n_subjects']} {c.get('unit', 'subject')}s x {c['n_seeds']} seeds", "verdict": c["verdict"]}
+            for c in claims}
+    return "**Claims** (paired differences A - B, 95 % bootstrap intervals)\n\n" + markdown_table(rows, row_header="id")

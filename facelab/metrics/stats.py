@@ -248,3 +248,59 @@ def describe_claim(entry: dict) -> str:
     units = f"{entry['n_subjects']} {entry.get('unit', 'subject')}s x {entry['n_seeds']} seed{'s' if entry['n_seeds'] > 1 else ''}"
     return (f"**{entry['id']}** ({entry['text']}): {show(entry['estimate'])}{unit}, 95 % CI "
             f"[{show(low)}, {show(high)}]{unit} over {units}: **{entry['verdict']}**.")
+
+
+#: what a claim's bootstrap resamples, per metric (a claim's ``n_subjects`` counts these)
+METRIC_UNITS = {"micc_mm": "subject", "lfw_accuracy": "pair"}
+
+
+def term_pulled(diagnostics: dict, term: str, module: str = "encoder") -> bool:
+    """Whether ``term`` pulled on ``module`` in one stage's term diagnostics
+    (:func:`facelab.train.diagnostics.summarize_shares`): its gradient share was active and, in a
+    stage with an identity head, the head's training accuracy reached
+    :data:`MIN_ACCURACY_OVER_CHANCE` x chance in :data:`MIN_ACTIVE_FRACTION` of the logged steps.
+
+    >>> d = {"terms": {"L_C": {"encoder": {"active": True}}}, "accuracy": {"active_fraction": 0.9}}
+    >>> term_pulled(d, "L_C"), term_pulled({"terms": {}}, "L_C")
+    (True, False)
+    """
+    share = diagnostics.get("terms", {}).get(term, {}).get(module, {})
+    accuracy = diagnostics.get("accuracy", {})
+    return bool(share.get("active")) and accuracy.get("active_fraction", 1.0) >= MIN_ACTIVE_FRACTION
+
+
+def claims_table(specs, units: dict, baseline_units: dict, activity: dict, n_boot: int = N_BOOTSTRAP) -> list[dict]:
+    """The :func:`claim` entries of ``specs``, from per-unit scores.
+
+    Args:
+        specs: ``(id, text, (row A, row B), metric, better, term)`` tuples; ``term`` names the
+            entry of ``activity`` that says whether the compared difference pulled on training
+            (None: nothing to check, e.g. a comparison with a baseline).
+        units: ``{row: {metric: (n_seeds, n_units) array}}`` of the trained rows.
+        baseline_units: ``{row: {metric: (n_units,) array}}`` of deterministic rows (paired with
+            every seed).
+        activity: ``{term: bool}``.
+
+    Returns:
+        the entries, each with a ``unit`` (:data:`METRIC_UNITS`); specs whose rows were not
+        run, or with fewer than two units, are left out.
+
+    >>> spec = [("X1", "A beats B", ("a", "b"), "micc_mm", "lower", None)]
+    >>> [c["verdict"] for c in claims_table(spec, {"a": {"micc_mm": [[1.0, 2.0, 3.0]]}}, {"b": {"micc_mm": [2.0, 3.0, 4.0]}}, {})]
+    ['holds']
+    """
+    out = []
+    for claim_id, text, (row_a, row_b), metric, better, term in specs:
+        a = units.get(row_a, {}).get(metric)
+        if a is None:
+            continue
+        a = np.atleast_2d(np.asarray(a, dtype=float))
+        b = units.get(row_b, {}).get(metric)
+        if b is None and metric in baseline_units.get(row_b, {}):
+            b = np.broadcast_to(np.asarray(baseline_units[row_b][metric], dtype=float), a.shape)
+        if b is None or a.shape[-1] < 2:  # an interval needs two units at least
+            continue
+        entry = claim(claim_id, text, (row_a, row_b), metric, a, b, better,
+                      active=activity.get(term, True) if term else True, n_boot=n_boot)
+        out.append({**entry, "unit": METRIC_UNITS.get(metric, "subject")})
+    return out

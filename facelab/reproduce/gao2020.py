@@ -87,20 +87,63 @@ def per_vertex_error(pred_verts: torch.Tensor, gt_verts: torch.Tensor, mask: np.
 
 
 def score_model(model, profile: str, eval_cfg, suite=None) -> dict:
-    """MICC rows, identity consistency and heat-map material of one evaluable model."""
+    """MICC rows, per-subject errors (``units``), identity consistency and heat-map material of one evaluable model."""
     from facelab.metrics.model_eval import micc_suite, predict_suite, score_micc
 
     suite = suite if suite is not None else micc_suite(model, profile, eval_cfg)
     cfg = eval_cfg.resolved(profile)
     pred = predict_suite(model, suite, cfg.batch_size)
     mask = suite.model.face_mask.numpy()
-    micc = score_micc(model, profile, cfg, suite=suite, pred=pred)
+    micc, units = score_micc(model, profile, cfg, suite=suite, pred=pred, return_units=True)
     # heat map: subject 0's cooperative video, identity codes averaged, against the scan
     first = torch.nonzero((pred["label"] == 0) & (pred["condition"] == 0)).flatten()
     avg = model.decode_identity(pred["embedding"][first].mean(0, keepdim=True))[0]
     heat = per_vertex_error(avg, suite.scan(0), mask)
-    return {"micc": micc, "identity_consistency": identity_consistency(pred, mask),
+    return {"micc": micc, "units": {"micc_mm": units["average_over_identity"]},
+            "identity_consistency": identity_consistency(pred, mask),
             "heat_map": {"subject": 0, "condition": suite.condition_names[0], "errors_mm": heat.tolist()}}
+
+
+#: the claims of Gao et al. (2020) tested here: (id, text, (row A, row B), metric, better, the
+#: term that must have pulled in the full model's training for the comparison to mean anything)
+CLAIMS = (
+    ("G1", "The recognition loss lowers the reconstruction error", ("full", "no_recog"), "micc_mm", "lower", "recog"),
+    ("G2", "The adversarial loss lowers the reconstruction error", ("full", "no_adv"), "micc_mm", "lower", "adv"),
+    ("G3", "Template-relative smoothness beats the conventional Laplacian", ("full", "laplacian"), "micc_mm", "lower",
+     "smooth"),
+    ("G4", "The semi-supervised model beats Liu et al.'s linear decoders", ("full", "liu2018"), "micc_mm", "lower", None),
+    ("T1", "It beats a landmark fit with detector-like landmark noise", ("full", "landmark_fit"), "micc_mm", "lower",
+     None),
+)
+# the module each ablated term is meant to shape: recognition the encoder, the adversary and
+# the smoothness prior the shape decoder
+TERM_MODULES = {"recog": "encoder", "adv": "shape_decoder", "smooth": "shape_decoder"}
+
+
+def gao_activity(diagnostics: dict, variant: str = VARIANT_LABELS["full"]) -> dict[str, bool]:
+    """``{term: pulled}`` for the ablated terms in ``variant``'s training steps (all of them must pull).
+
+    >>> d = {"Full model": {"step1": {"terms": {"adv": {"shape_decoder": {"active": False}}}}}}
+    >>> gao_activity(d)["adv"], gao_activity({})["recog"]
+    (False, False)
+    """
+    from facelab.metrics.stats import term_pulled
+
+    steps = diagnostics.get(variant, {})
+    return {term: bool(steps) and all(term_pulled({k: v for k, v in d.items() if term == "recog" or k != "accuracy"},
+                                                  term, module) for d in steps.values())
+            for term, module in TERM_MODULES.items()}
+
+
+def gao_claims(units: dict, baseline_units: dict, activity: dict, n_boot: int | None = None) -> list[dict]:
+    """The :data:`CLAIMS` entries with 95 % intervals (:func:`facelab.metrics.stats.claims_table`).
+
+    ``units``: ``{variant or "liu2018": {"micc_mm": (n_subjects,)}}`` (one training seed);
+    ``baseline_units``: ``{"landmark_fit": {"micc_mm": (n_subjects,)}}``.
+    """
+    from facelab.metrics.stats import N_BOOTSTRAP, claims_table
+
+    return claims_table(CLAIMS, units, baseline_units, activity, n_boot=n_boot or N_BOOTSTRAP)
 
 
 def _table_row(micc: dict, row: str) -> dict:
@@ -128,11 +171,12 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
         ``{"profile", "table1": {row_name: {condition: {"mean", "std"}}} per protocol under
         keys "average_over_identity" / "three_view", "table2": {variant: {condition: {...}}},
         "identity_consistency": {model: {"std_mm", "mean_mm"}}, "diagnostics": {variant: {step:
-        summarize_shares(...)}} (:mod:`facelab.train.diagnostics`), "heat_maps", "train_seconds",
+        summarize_shares(...)}} (:mod:`facelab.train.diagnostics`), "claims" (:func:`gao_claims`:
+        paired differences over MICC subjects with 95 % intervals and verdicts), "heat_maps", "train_seconds",
         "seconds", "train_config", "liu_checkpoint"}``.
     """
     from facelab.config import apply_overrides, split_overrides
-    from facelab.metrics.baselines import BaselineConfig, run_baselines
+    from facelab.metrics.baselines import BaselineConfig, micc_subject_errors, run_baselines
     from facelab.metrics.model_eval import ModelEvalConfig, micc_suite
     from facelab.metrics.report import write_json
     from facelab.train.gao2020 import Gao2020TrainConfig, train_gao2020
@@ -174,20 +218,25 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
         if name in scores:
             for row in TABLE1_ROWS:
                 table1[row][label] = _table_row(scores[name]["micc"], row)
+    baseline_units = {}
     if with_baseline:
         bcfg = apply_overrides(BaselineConfig(profile=profile, suites=("micc",)), groups["baselines"])
-        base = run_baselines(config=bcfg)["micc"]
+        base = run_baselines(config=bcfg, details=True)["micc"]
+        baseline_units["landmark_fit"] = {"micc_mm": micc_subject_errors(base, BASELINE_ROWS["average_over_identity"])}
+        base.pop("details")
         for row, name in BASELINE_ROWS.items():
             table1[row]["Linear 3DMM, landmark fit"] = _table_row(base, name)
             table1[row][MEAN_FACE_ROW] = _table_row(base, "mean_face")  # the floor: no reconstruction at all
     table2 = {VARIANT_LABELS[v]: _table_row(scores[v]["micc"], "average_over_identity") for v in variants}
+    diagnostics = {VARIANT_LABELS[v]: {stage: row["diagnostics"] for stage, row in read_summary(out / v).items()
+                                       if "diagnostics" in row} for v in variants}
+    claims = gao_claims({k: s["units"] for k, s in scores.items()}, baseline_units, gao_activity(diagnostics))
     result = {
         "profile": profile, "out_dir": str(out), "table1": table1, "table2": table2,
         "identity_consistency": {VARIANT_LABELS.get(k, k): s["identity_consistency"] for k, s in scores.items()},
         # per variant and training step: each weighted term's share of the gradient on the encoder
         # and decoders, and the identity head's accuracy against chance (facelab.train.diagnostics)
-        "diagnostics": {VARIANT_LABELS[v]: {stage: row["diagnostics"] for stage, row in read_summary(out / v).items()
-                                            if "diagnostics" in row} for v in variants},
+        "diagnostics": diagnostics, "claims": claims,
         "heat_maps": {VARIANT_LABELS.get(k, k): s["heat_map"] for k, s in scores.items()},
         "liu_checkpoint": liu_path,
         "train_config": {v: dataclasses.asdict(c) for v, c in train_cfgs.items()},
@@ -216,4 +265,8 @@ def results_markdown(result: dict) -> str:
     parts.append("\n**Identity consistency** (std over a subject's frames of the identity-shape RMSE, mm)\n\n"
                  "| model | std | mean |\n| --- | --- | --- |\n" + "".join(
                      f"| {k} | {v['std_mm']:.3f} | {v['mean_mm']:.3f} |\n" for k, v in result["identity_consistency"].items()))
+    if "claims" in result:
+        from facelab.metrics.report import claims_markdown
+
+        parts.append("\n" + claims_markdown(result["claims"]) + "\n")
     return "".join(parts)

@@ -30,6 +30,7 @@ import numpy as np
 
 from facelab.checks import check_choice
 from facelab.config import torch_threads
+from facelab.metrics.report import claims_markdown
 
 PROFILES = ("quick", "standard", "full")
 #: the ablation rows, in table order: (training stage, phase, identity disentangling, identification loss)
@@ -63,8 +64,6 @@ CLAIMS = (
 # 3DMM, so a loss that does not move means the disentangling row cannot differ).
 MIN_PHASE2_LOSS_DROP = 0.05
 UNITS_NPZ = "units.npz"
-#: what a claim's bootstrap resamples, per metric (``n_subjects`` counts these)
-METRIC_UNITS = {"micc_mm": "subject", "lfw_accuracy": "pair"}
 FRONTAL_YAW_MAX_DEG = 10  # "frontal-ish" expression images: yaw 0 and +-10 degrees
 NEUTRAL = "neutral"
 RESULTS_JSON = "results.json"
@@ -261,63 +260,39 @@ def _phase2_pulled(run: Path) -> bool:
 
 
 def term_pulled(diagnostics: dict, term: str = "L_C", module: str = "encoder") -> bool:
-    """Whether ``term`` pulled on ``module`` in a stage's :func:`summarize_shares` summary:
-    its gradient share was active and, for a term with an identity head, its training
-    accuracy reached 5x chance in enough of the logged steps.
+    """:func:`facelab.metrics.stats.term_pulled` for Liu et al.'s identification loss (by default).
 
     >>> d = {"terms": {"L_C": {"encoder": {"active": True}}}, "accuracy": {"active_fraction": 0.9}}
     >>> term_pulled(d), term_pulled({"terms": {}})
     (True, False)
     """
-    from facelab.metrics.stats import MIN_ACTIVE_FRACTION
+    from facelab.metrics.stats import term_pulled as pulled
 
-    share = diagnostics.get("terms", {}).get(term, {}).get(module, {})
-    accuracy = diagnostics.get("accuracy", {})
-    return bool(share.get("active")) and accuracy.get("active_fraction", 1.0) >= MIN_ACTIVE_FRACTION
+    return pulled(diagnostics, term, module)
 
 
 def liu_claims(units: dict, baseline_units: dict, activity: dict, n_boot: int | None = None) -> list[dict]:
-    """The :data:`CLAIMS` entries with 95 % intervals (:func:`facelab.metrics.stats.claim`).
+    """The :data:`CLAIMS` entries with 95 % intervals (:func:`facelab.metrics.stats.claims_table`).
 
-    Args:
-        units: ``{stage: {metric: (n_seeds, n_units) array}}`` of the trained rows.
-        baseline_units: ``{row: {metric: (n_units,) array}}`` of deterministic baselines (they
-            are paired with every seed).
-        activity: ``{term: bool}``, whether the term each claim needs pulled on training
-            (``"phase2"``: the Phase II loss moved; ``"L_C"``: the identification loss).
-
-    Claims whose rows were not run, or with fewer than two units, are left out.
+    ``units``: ``{stage: {metric: (n_seeds, n_units)}}``; ``baseline_units``: ``{row: {metric:
+    (n_units,)}}``; ``activity``: ``{"phase2": the Phase II loss moved, "L_C": the identification
+    loss pulled}``. Claims whose rows were not run, or with fewer than two units, are left out.
     """
-    from facelab.metrics.stats import N_BOOTSTRAP, claim
+    from facelab.metrics.stats import N_BOOTSTRAP, claims_table
 
-    out = []
-    for claim_id, text, (row_a, row_b), metric, better, term in CLAIMS:
-        a = units.get(row_a, {}).get(metric)
-        if a is None:
-            continue
-        b = units.get(row_b, {}).get(metric)
-        if b is None and row_b in baseline_units and metric in baseline_units[row_b]:
-            b = np.broadcast_to(np.asarray(baseline_units[row_b][metric], dtype=float), np.shape(a))
-        if b is None or np.shape(a)[-1] < 2:  # an interval needs two subjects at least
-            continue
-        entry = claim(claim_id, text, (row_a, row_b), metric, a, b, better,
-                      active=activity.get(term, True) if term else True, n_boot=n_boot or N_BOOTSTRAP)
-        out.append({**entry, "unit": METRIC_UNITS[metric]})
-    return out
+    return claims_table(CLAIMS, units, baseline_units, activity, n_boot=n_boot or N_BOOTSTRAP)
 
 
 def _baseline_units(bcfg) -> tuple[dict, dict]:
     """Rows for the results table and per-subject / per-pair units of the classical baselines."""
-    from facelab.metrics.baselines import run_baselines
+    from facelab.metrics.baselines import micc_subject_errors, run_baselines
 
     raw = run_baselines(config=bcfg, details=True)
     units: dict = {}
-    micc = raw.get("micc", {}).pop("details", None)
-    if micc is not None:
-        labels = np.asarray(micc["video_label"])
+    if "details" in raw.get("micc", {}):
         for row, name in (("mean_face", "mean_face"), ("landmark_fit", BASELINE_MICC_ROW["landmark_fit"])):
-            errors = np.asarray(micc["video_errors"][name])
-            units.setdefault(row, {})["micc_mm"] = np.array([errors[labels == k].mean() for k in np.unique(labels)])
+            units.setdefault(row, {})["micc_mm"] = micc_subject_errors(raw["micc"], name)
+        raw["micc"].pop("details")
     lfw = raw.get("lfw", {}).pop("details", None)
     if lfw is not None:
         units.setdefault("landmark_fit", {})["lfw_accuracy"] = lfw["pair_correct"]["landmark_fit"].astype(float)
@@ -338,25 +313,6 @@ def _targets(rows: list[dict], baselines: dict) -> dict:
     if p3:
         out["lfw_accuracy"] = p3["lfw_accuracy"]
     return out
-
-
-def claims_markdown(claims: list[dict]) -> str:
-    """The claims as a Markdown table: estimate (A - B), 95 % interval, sample sizes, verdict.
-
-    >>> c = [{"id": "L2", "text": "t", "rows": ["a", "b"], "metric": "micc_mm", "estimate": -0.1,
-    ...       "ci95": [-0.2, 0.0], "n_subjects": 30, "n_seeds": 3, "verdict": "within noise"}]
-    >>> print(claims_markdown(c).splitlines()[-1])
-    | L2 | t | a - b | micc_mm | -0.1000 | [-0.2000, 0.0000] | 30 subjects x 3 seeds | within noise |
-    """
-    from facelab.metrics.report import markdown_table
-
-    if not claims:
-        return "**Claims**: none (their rows were not run)"
-    rows = {c["id"]: {"claim": c["text"], "rows": f"{c['rows'][0]} - {c['rows'][1]}", "metric": c["metric"],
-                      "estimate": f"{c['estimate']:.4f}", "95 % CI": f"[{c['ci95'][0]:.4f}, {c['ci95'][1]:.4f}]",
-                      "n": f"{c['n_subjects']} {c.get('unit', 'subject')}s x {c['n_seeds']} seeds", "verdict": c["verdict"]}
-            for c in claims}
-    return "**Claims** (paired differences A - B, 95 % bootstrap intervals)\n\n" + markdown_table(rows, row_header="id")
 
 
 # ------------------------------------------------------------------ API
