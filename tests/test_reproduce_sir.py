@@ -164,3 +164,20 @@ def test_cli_reproduce_sir_json(tiny_result, capsys):
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [r["name"] for r in printed["rows"]][1] == ROW_NAMES["params_recog"] and "sfm_vs_pca" in printed
+
+
+def test_sir_claims_activity_and_precondition():
+    from facelab.reproduce.sir import base_precondition, sir_activity, sir_claims
+
+    rng = np.random.default_rng(2)
+    ratio = rng.uniform(0.4, 0.7, size=40)
+    units = {"params_recog": {"sir_ratio": ratio, "geo_rank1": rng.uniform(0.0, 0.2, 40)},
+             "params_recog_sir": {"sir_ratio": ratio - 0.2, "geo_rank1": rng.uniform(0.0, 0.2, 40)}}
+    claims = {c["id"]: c for c in sir_claims(units, {"sir": True}, n_boot=500)}
+    assert claims["S1"]["verdict"] == "holds" and claims["S1"]["unit"] == "subject"
+    assert claims["S2"]["verdict"] == "within noise"
+    assert "S4" not in claims  # no SFM row
+    lazy = {c["id"]: c["verdict"] for c in sir_claims(units, sir_activity({}), n_boot=500)}
+    assert lazy["S1"] == "inactive"
+    assert base_precondition([{"stage": "params_recog", "geo_rank1_truth": 0.3}], 40)["met"]
+    assert base_precondition([], 40) == {}

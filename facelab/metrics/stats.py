@@ -225,7 +225,8 @@ def claim(claim_id: str, text: str, rows: tuple[str, str], metric: str, a, b, be
 
 
 #: how each metric of a claim is printed: (format of a difference, unit)
-METRIC_FORMATS = {"micc_mm": ("{:+.3f}", " mm"), "lfw_accuracy": ("{:+.1%}", "")}
+METRIC_FORMATS = {"micc_mm": ("{:+.3f}", " mm"), "lfw_accuracy": ("{:+.1%}", ""), "sir_ratio": ("{:+.3f}", ""),
+                  "geo_rank1": ("{:+.1%}", "")}
 VERDICT_MEANINGS = {
     "holds": "the interval excludes zero in the claimed direction",
     "within noise": "the interval includes zero: this many subjects and seeds cannot tell the rows apart",
@@ -251,7 +252,7 @@ def describe_claim(entry: dict) -> str:
 
 
 #: what a claim's bootstrap resamples, per metric (a claim's ``n_subjects`` counts these)
-METRIC_UNITS = {"micc_mm": "subject", "lfw_accuracy": "pair"}
+METRIC_UNITS = {"micc_mm": "subject", "lfw_accuracy": "pair", "sir_ratio": "subject", "geo_rank1": "subject"}
 
 
 def term_pulled(diagnostics: dict, term: str, module: str = "encoder") -> bool:

@@ -147,7 +147,7 @@ def gallery_split(label: np.ndarray, condition: np.ndarray, yaw_deg: np.ndarray)
 
 
 def score_sir(pred: dict, mask: np.ndarray, align: str = "rigid", max_pairs: int = SIR_MAX_PAIRS,
-              seed: int = 0) -> dict[str, float]:
+              seed: int = 0, units: dict | None = None) -> dict[str, float]:
     """The SIR-metric columns of one model from its :func:`~facelab.metrics.model_eval.predict_suite`
     output on a ``micc``-style suite (``identity_shape (N, V, 3)`` mm, ``embedding (N, D)``,
     ``gt_identity``, ``label``, ``condition``, ``yaw_deg``); see the module docstring.
@@ -156,13 +156,16 @@ def score_sir(pred: dict, mask: np.ndarray, align: str = "rigid", max_pairs: int
         mask: ``(V,)`` bool, the vertices compared (the face region).
         align: ``"rigid"``, ``"similarity"`` or ``"none"``.
         max_pairs: intra / inter pairs drawn for the ratio (each kind), with ``seed``.
+        units: a dict to fill with per-subject ``sir_ratio``
+            (:func:`~facelab.metrics.sir.sir_ratio_per_identity`) and ``geo_rank1`` (each
+            subject's share of identified probes), the units of a paired bootstrap.
 
     Returns:
         ``{"sir_ratio", "geo_rank1", "geo_rank1_truth", "param_rank1", "intra_mm", "inter_mm"}``;
         ``sir_ratio = intra_mm / inter_mm`` is exactly :func:`facelab.metrics.sir.sir_ratio` with
         the same ``max_pairs`` and ``seed``.
     """
-    from facelab.metrics.sir import geometric_rank1, sir_ratio
+    from facelab.metrics.sir import geometric_rank1, sir_ratio, sir_ratio_per_identity
 
     shapes = _np(pred["identity_shape"])[:, mask]
     label = pred["label"].long().numpy()
@@ -175,9 +178,13 @@ def score_sir(pred: dict, mask: np.ndarray, align: str = "rigid", max_pairs: int
     first = np.array([np.flatnonzero(label == lab)[0] for lab in np.unique(label)])
     truth = _np(pred["gt_identity"])[first][:, mask]
     gallery, probes = gallery_split(label, cond, _np(pred["yaw_deg"]))
+    hits = geometric_rank1(shapes[probes], label[probes], shapes[gallery], label[gallery], align=align, return_hits=True)
+    if units is not None:  # per subject: the units of a paired bootstrap
+        units["sir_ratio"] = sir_ratio_per_identity(shapes, label, align=align, seed=seed)
+        units["geo_rank1"] = np.array([hits[label[probes] == k].mean() for k in np.unique(label[probes])])
     return {
         "sir_ratio": ratio["ratio"],
-        "geo_rank1": geometric_rank1(shapes[probes], label[probes], shapes[gallery], label[gallery], align=align),
+        "geo_rank1": float(np.mean(hits)),
         "geo_rank1_truth": geometric_rank1(shapes, label, truth, label[first], align=align),
         "param_rank1": _cosine_rank1(emb[probes], label[probes], emb[gallery], label[gallery]),
         "intra_mm": ratio["intra_mm"], "inter_mm": ratio["inter_mm"],
@@ -212,8 +219,12 @@ class _Suites:
         return self._cache[key]
 
 
-def score_model(model, suites: _Suites) -> dict[str, float]:
-    """Every column of :data:`COLUMNS` for one evaluable model (see the module docstring)."""
+def score_model(model, suites: _Suites, into: dict | None = None) -> dict[str, float]:
+    """Every column of :data:`COLUMNS` for one evaluable model (see the module docstring).
+
+    ``into``: a dict to fill with the model's units (``micc_mm`` and ``sir_ratio`` / ``geo_rank1``
+    per subject, ``lfw_accuracy`` per pair) for :func:`sir_claims`.
+    """
     from facelab.metrics.model_eval import predict_suite, score_micc
     from facelab.metrics.verification import verify
 
@@ -221,15 +232,76 @@ def score_model(model, suites: _Suites) -> dict[str, float]:
     with torch_threads(cfg.num_threads):
         micc = suites.get(model, "micc")
         micc_pred = predict_suite(model, micc, cfg.batch_size)
-        rmse_micc = score_micc(model, suites.profile, cfg, suite=micc, pred=micc_pred)["average_over_identity"]["all"]["mean"]
+        micc_rows, micc_units = score_micc(model, suites.profile, cfg, suite=micc, pred=micc_pred, return_units=True)
         lfw = suites.get(model, "lfw")
         emb = _np(predict_suite(model, lfw, cfg.batch_size)["embedding"])
         pairs = lfw.table.pairs.numpy()
-        acc = verify(emb[pairs[:, 0]], emb[pairs[:, 1]], lfw.table.issame.numpy(), n_folds=lfw.config.n_folds).accuracy_mean
+        verified = verify(emb[pairs[:, 0]], emb[pairs[:, 1]], lfw.table.issame.numpy(), n_folds=lfw.config.n_folds)
         sir = suites.get(model, "sir")
+        units = {"micc_mm": micc_units["average_over_identity"], "lfw_accuracy": np.asarray(verified.pair_correct, float)}
         sir_cols = score_sir(predict_suite(model, sir, sir_cfg.batch_size), sir.model.face_mask.numpy(),
-                             align=sir_cfg.align, seed=sir_cfg.seed)
-    return {"rmse_micc": float(rmse_micc), "lfw_accuracy": float(acc), **sir_cols}
+                             align=sir_cfg.align, seed=sir_cfg.seed, units=units)
+    if into is not None:
+        into.update(units)
+    return {"rmse_micc": float(micc_rows["average_over_identity"]["all"]["mean"]),
+            "lfw_accuracy": float(verified.accuracy_mean), **sir_cols}
+
+
+# ------------------------------------------------------------------ claims
+#: the claims of the SIR and SFM papers tested here: (id, text, (row A, row B), metric, better,
+#: the term that must have pulled for the comparison to mean anything)
+CLAIMS = (
+    ("S1", "The SIR loss lowers the SIR ratio", ("params_recog_sir", "params_recog"), "sir_ratio", "lower", "sir"),
+    ("S2", "The SIR loss raises geometric rank-1", ("params_recog_sir", "params_recog"), "geo_rank1", "higher", "sir"),
+    ("S3", "MICC error with the SIR loss (the paper: not worse)", ("params_recog_sir", "params_recog"), "micc_mm",
+     "lower", "sir"),
+    ("S3b", "LFW accuracy with the SIR loss (the paper: within a point)", ("params_recog_sir", "params_recog"),
+     "lfw_accuracy", "higher", "sir"),
+    ("S4", "The Sphere Face Model lowers the SIR ratio further", ("sfm_sir", "params_recog_sir"), "sir_ratio", "lower",
+     "sir"),
+)
+#: what a base model must reach before any SIR row is read: geometric rank-1 against the true
+#: shapes at this multiple of chance (it identifies, not just separates)
+PRECONDITION_RANK1_OVER_CHANCE = 5.0
+
+
+def sir_activity(diagnostics: dict) -> dict[str, bool]:
+    """``{"sir": the SIR term pulled on the regressor in the + SIR stage}``.
+
+    >>> sir_activity({"params_recog_sir": {"terms": {"sir": {"regressor": {"active": True}}}}})
+    {'sir': True}
+    """
+    from facelab.metrics.stats import term_pulled
+
+    stage = diagnostics.get("params_recog_sir", {})
+    return {"sir": term_pulled({k: v for k, v in stage.items() if k != "accuracy"}, "sir", "regressor")}
+
+
+def sir_claims(units: dict, activity: dict, n_boot: int | None = None) -> list[dict]:
+    """The :data:`CLAIMS` entries with 95 % intervals (:func:`facelab.metrics.stats.claims_table`).
+
+    ``units``: ``{stage: {metric: (n_units,)}}`` from :func:`score_model` (one training seed).
+    """
+    from facelab.metrics.stats import N_BOOTSTRAP, claims_table
+
+    return claims_table(CLAIMS, units, {}, activity, n_boot=n_boot or N_BOOTSTRAP)
+
+
+def base_precondition(rows: list[dict], n_subjects: int) -> dict:
+    """Does the model without SIR identify true shapes (``geo_rank1_truth`` >= 5x chance)?
+
+    The SIR rows compare reconstructions; if the base model's shapes carry no identity,
+    pushing them apart measures nothing. ``n_subjects``: the SIR suite's (chance = 1 / it).
+
+    >>> base_precondition([{"stage": "params_recog", "geo_rank1_truth": 0.025}], 40)
+    {'geo_rank1_truth': 0.025, 'chance': 0.025, 'met': False}
+    """
+    base = next((r for r in rows if r.get("stage") == "params_recog"), None)
+    if base is None or base.get("geo_rank1_truth") is None:
+        return {}
+    chance = 1.0 / n_subjects
+    return {"geo_rank1_truth": base["geo_rank1_truth"], "chance": chance,
+            "met": bool(base["geo_rank1_truth"] >= PRECONDITION_RANK1_OVER_CHANCE * chance)}
 
 
 # ------------------------------------------------------------------ rows
@@ -286,6 +358,10 @@ def results_markdown(result: dict) -> str:
                      f"held-out shapes of {svp[0]['n_test_identities']} identities; rmse_mm: representation error; nmi: "
                      f"k-means clustering of the parameters; verification_accuracy: cosine)\n\n"
                      + markdown_table(table, row_header="dimension"))
+    if "claims" in result:
+        from facelab.metrics.report import claims_markdown
+
+        parts.append(claims_markdown(result["claims"]))
     parts.append(f"Time: {result['seconds']} s (training {result.get('train_seconds')} s)")
     return "\n\n".join(parts) + "\n"
 
@@ -340,16 +416,19 @@ def reproduce_sir(profile: str = "quick", out_dir="runs/reproduce-sir", override
     empty = {c: None for c in COLUMNS}
     rows.append({"name": LIU_ROW, "stage": "liu2018_phase3",
                  **(score_model(liu_model, suites) if liu_model is not None else empty)})
+    units: dict = {}
     for v in train_cfg.variants:  # the function's variants, or a train.variants override
-        rows.append({"name": ROW_NAMES[v], "stage": v, **score_model(load_evaluable(out / f"{v}.pt", expect_model="sir"), suites)})
+        model = load_evaluable(out / f"{v}.pt", expect_model="sir")
+        rows.append({"name": ROW_NAMES[v], "stage": v, **score_model(model, suites, into=units.setdefault(v, {}))})
     svp = sfm_vs_pca_table(train_cfg, sir_cfg) if with_sfm_vs_pca else None
     from facelab.train.stages import read_summary
 
     # per stage: each weighted term's gradient share on the regressor (and the SFM basis), and
     # the identity head's accuracy against chance (facelab.train.diagnostics)
     diagnostics = {stage: row["diagnostics"] for stage, row in read_summary(out).items() if "diagnostics" in row}
+    claims = sir_claims(units, sir_activity(diagnostics))
     result = {"profile": profile, "out_dir": str(out), "rows": rows, "sfm_vs_pca": svp, "liu_checkpoint": liu_path,
-              "diagnostics": diagnostics,
+              "diagnostics": diagnostics, "claims": claims, "precondition": base_precondition(rows, sir_cfg.identities),
               "train_config": dataclasses.asdict(train_cfg), "sir_config": dataclasses.asdict(sir_cfg),
               "train_seconds": round(t_train, 2), "seconds": round(time.perf_counter() - start, 2)}
     out.mkdir(parents=True, exist_ok=True)
