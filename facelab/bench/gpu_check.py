@@ -40,10 +40,11 @@ ROOT = Path(__file__).resolve().parents[2]
 STEPS = 200  # per recipe on the GPU: enough to pass kernel selection and time a steady state
 DRY_RUN_STEPS = 30
 RECIPES = ("liu2018", "gao2020")
-# the tests whose functions take the device fixture (a dry run keeps the first two: seconds, not minutes)
-DEVICE_TESTS = ("tests/test_rasterize.py", "tests/test_camera.py", "tests/test_render.py", "tests/test_losses_angular.py",
+# the tests whose functions take the device fixture: data, fitting, trainer, a recipe and evaluation
+# first (a dry run keeps two fast files: seconds, not minutes)
+DEVICE_TESTS = ("tests/test_device_tier.py", "tests/test_rasterize.py", "tests/test_camera.py", "tests/test_render.py", "tests/test_losses_angular.py",
                 "tests/test_metrics_verification.py", "tests/test_numerics.py")
-DRY_RUN_TESTS = DEVICE_TESTS[:2]
+DRY_RUN_TESTS = DEVICE_TESTS[1:3]
 SUBPROCESS_TIMEOUT_S = 420
 
 TORCHRUN_WORKER = textwrap.dedent("""
