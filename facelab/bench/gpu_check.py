@@ -42,8 +42,8 @@ DRY_RUN_STEPS = 30
 RECIPES = ("liu2018", "gao2020")
 # the tests whose functions take the device fixture: data, fitting, trainer, a recipe and evaluation
 # first (a dry run keeps two fast files: seconds, not minutes)
-DEVICE_TESTS = ("tests/test_device_tier.py", "tests/test_rasterize.py", "tests/test_camera.py", "tests/test_render.py", "tests/test_losses_angular.py",
-                "tests/test_metrics_verification.py", "tests/test_numerics.py")
+DEVICE_TESTS = ("tests/test_device_tier.py", "tests/test_rasterize.py", "tests/test_camera.py", "tests/test_render.py",
+                "tests/test_losses_angular.py", "tests/test_metrics_verification.py", "tests/test_numerics.py")
 DRY_RUN_TESTS = DEVICE_TESTS[1:3]
 SUBPROCESS_TIMEOUT_S = 420
 
