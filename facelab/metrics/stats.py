@@ -235,6 +235,16 @@ VERDICT_MEANINGS = {
 }
 
 
+def format_difference(value: float, metric: str) -> str:
+    """A paired difference in its metric's unit: ``"+0.012 mm"``, ``"-1.5%"``.
+
+    >>> format_difference(0.0123, "micc_mm"), format_difference(-0.015, "lfw_accuracy")
+    ('+0.012 mm', '-1.5%')
+    """
+    fmt, unit = METRIC_FORMATS.get(metric, ("{:+.4g}", ""))
+    return fmt.format(value) + unit
+
+
 def describe_claim(entry: dict) -> str:
     """One Markdown sentence for a claim entry (:func:`claim`): estimate, interval, sample sizes, verdict.
 
@@ -244,11 +254,10 @@ def describe_claim(entry: dict) -> str:
     '**L2** (L_C lowers the error): -0.012 mm, 95 % CI [-0.020, -0.004] mm over 30 subjects x 3 seeds: **holds**.'
     """
     fmt, unit = METRIC_FORMATS.get(entry["metric"], ("{:+.4g}", ""))
-    show = fmt.format
     low, high = entry["ci95"]
     units = f"{entry['n_subjects']} {entry.get('unit', 'subject')}s x {entry['n_seeds']} seed{'s' if entry['n_seeds'] > 1 else ''}"
-    return (f"**{entry['id']}** ({entry['text']}): {show(entry['estimate'])}{unit}, 95 % CI "
-            f"[{show(low)}, {show(high)}]{unit} over {units}: **{entry['verdict']}**.")
+    return (f"**{entry['id']}** ({entry['text']}): {format_difference(entry['estimate'], entry['metric'])}, 95 % CI "
+            f"[{fmt.format(low)}, {fmt.format(high)}]{unit} over {units}: **{entry['verdict']}**.")
 
 
 #: what a claim's bootstrap resamples, per metric (a claim's ``n_subjects`` counts these)
