@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a train./eval./baselines. config field (repeatable)")
     p.add_argument("--no-baselines", action="store_true", help="skip the mean-face / oracle / landmark-fit rows")
     p.add_argument("--liu", help="gao2020, sir: the Liu et al. row's phase3.pt or reproduce-liu2018 folder "
-                                 "(default: the committed book/artifacts/liu2018-standard, else -quick)")
+                                 "(default: the committed book/artifacts/liu2018-quick, else -standard)")
     p.set_defaults(func=_cmd_reproduce)
 
     p = sub.add_parser("artifacts", help="export / verify the book's committed model-only checkpoints (book/artifacts)")
