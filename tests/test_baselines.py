@@ -99,7 +99,11 @@ def test_noisy_landmarks_deterministic_and_scaled(dtype):
 def test_config_profile_defaults_and_bad_values():
     quick, full = BaselineConfig(), BaselineConfig(profile="full")
     assert quick.resolution == "quick" and quick.micc_single_frames == 1 and quick.num_threads == 1
-    assert full.resolution == "default" and full.micc_single_frames == -1 and full.micc_identities == 0
+    assert full.resolution == "default" and full.micc_single_frames == -1 and full.micc_identities is None
+    standard = BaselineConfig(profile="standard")  # quick's protocol limits, the suites' standard sizes
+    assert standard.micc_single_frames == 1 and standard.micc_identities is None and standard.resolution == "quick"
+    with pytest.raises(ValueError, match="micc_identities"):
+        BaselineConfig(micc_identities=0)
     with pytest.raises(ValueError, match="profile"):
         BaselineConfig(profile="huge")
     with pytest.raises(ValueError, match="suites"):

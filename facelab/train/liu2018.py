@@ -150,7 +150,7 @@ class Liu2018TrainConfig:
     >>> Liu2018TrainConfig(stages=("phase4",))
     Traceback (most recent call last):
     ...
-    ValueError: stages: unknown value 'phase4'; expected one of 'phase1', 'phase2', 'phase3', 'phase2_joint', 'phase3_softmax'
+    ValueError: stages: unknown value 'phase4'; expected one of 'phase1', 'phase2', 'phase3', 'phase2_joint', 'phase3_softmax', 'phase3_no_lc', 'phase3_no_lr'
 
     ``photo_size`` is what the suite renders: ``render_size`` with alignment, else ``image_size``.
     """
