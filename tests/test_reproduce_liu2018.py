@@ -158,10 +158,11 @@ def test_liu_claims_on_known_effects():
 
 
 def test_term_pulled_and_seed_dirs(tmp_path):
-    from facelab.reproduce.liu2018 import seed_dir, term_pulled
+    from facelab.metrics.stats import term_pulled
+    from facelab.reproduce.liu2018 import seed_dir
 
     active = {"terms": {"L_C": {"encoder": {"active": True}}}, "accuracy": {"active_fraction": 0.9}}
-    assert term_pulled(active)
-    assert not term_pulled({**active, "accuracy": {"active_fraction": 0.5}})  # a head that never learned
-    assert not term_pulled({"terms": {"L_C": {"encoder": {"active": False}}}})
+    assert term_pulled(active, "L_C")
+    assert not term_pulled({**active, "accuracy": {"active_fraction": 0.5}}, "L_C")  # a head that never learned
+    assert not term_pulled({"terms": {"L_C": {"encoder": {"active": False}}}}, "L_C")
     assert seed_dir(tmp_path, 2, (0, 2)) == tmp_path / "seed2" and seed_dir(tmp_path, 0, (0, 2)) == tmp_path

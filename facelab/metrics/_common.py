@@ -121,3 +121,19 @@ def as_mask(mask, name: str, n: int) -> np.ndarray:
 
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def check_optional_sizes(cfg, names) -> None:
+    """Each field of ``cfg`` in ``names`` is None ("the profile's size") or an int >= 1.
+
+    >>> from types import SimpleNamespace
+    >>> check_optional_sizes(SimpleNamespace(n=None, m=3), ("n", "m"))
+    >>> check_optional_sizes(SimpleNamespace(n=0), ("n",))
+    Traceback (most recent call last):
+    ...
+    ValueError: n: must be >= 1 (None: the profile's size), got 0
+    """
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"{name}: must be >= 1 (None: the profile's size), got {value}")

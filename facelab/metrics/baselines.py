@@ -40,6 +40,7 @@ import torch
 
 from facelab.checks import check_choice, check_positive, check_tensor
 from facelab.config import resolve_device, resolve_profile, torch_threads
+from facelab.metrics._common import check_optional_sizes
 from facelab.metrics.landmarks import landmark_nme, nme_by_yaw
 from facelab.metrics.protocols import PROTOCOL_ICP_ITERS, PROTOCOL_ICP_TOL, micc_error, micc_table
 from facelab.metrics.reconstruction import rmse
@@ -149,10 +150,7 @@ class BaselineConfig:
         cpu = self.profile in CPU_PROFILES
         if not self.resolution:
             self.resolution = PROFILE_RESOLUTION[self.profile]
-        for name in ("micc_identities", "bu3dfe_identities", "lfw_identities", "lfw_pairs_per_fold"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name}: must be >= 1 (None: the profile's size), got {value}")
+        check_optional_sizes(self, ("micc_identities", "bu3dfe_identities", "lfw_identities", "lfw_pairs_per_fold"))
         resolve_profile(self, {"micc_identities": QUICK_MICC_IDENTITIES if quick else None,
                                "micc_single_frames": 1 if cpu else -1,
                                "icp_iters": QUICK_ICP_ITERS if cpu else PROTOCOL_ICP_ITERS,

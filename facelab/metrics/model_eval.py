@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from facelab.checks import check_choice, check_positive
-from facelab.config import resolve_device, torch_threads
+from facelab.config import resolve_device, resolve_profile, torch_threads
+from facelab.metrics._common import check_optional_sizes
 from facelab.metrics.landmarks import landmark_nme, nme_by_yaw
 from facelab.metrics.baselines import by_abs_yaw, micc_rows
 from facelab.metrics.protocols import PROTOCOL_ICP_ITERS, PROTOCOL_ICP_TOL, micc_error
@@ -89,19 +90,14 @@ class ModelEvalConfig:
         quick = profile == "quick"
         cpu = profile in CPU_PROFILES  # the CPU profiles share quick's ICP limits
         check_positive(self.batch_size, "batch_size", integer=True)
-        for name in ("micc_identities", "bu3dfe_identities", "lfw_identities", "lfw_pairs_per_fold", "icp_iters"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name}: must be >= 1 (None: the profile's size), got {value}")
-        pick = lambda value, default: default if value is None else value  # noqa: E731
-        return dataclasses.replace(
-            self,
-            micc_identities=pick(self.micc_identities, QUICK_MICC_IDENTITIES if quick else None),
-            icp_iters=pick(self.icp_iters, QUICK_ICP_ITERS if cpu else PROTOCOL_ICP_ITERS),
-            icp_tol=pick(self.icp_tol, QUICK_ICP_TOL if cpu else PROTOCOL_ICP_TOL),
-            num_threads=pick(self.num_threads, 1 if cpu else -1),
-            device=resolve_device(self.device),
-        )
+        check_optional_sizes(self, ("micc_identities", "bu3dfe_identities", "lfw_identities", "lfw_pairs_per_fold",
+                                    "icp_iters"))
+        out = dataclasses.replace(self, device=resolve_device(self.device))
+        resolve_profile(out, {"micc_identities": QUICK_MICC_IDENTITIES if quick else None,
+                              "icp_iters": QUICK_ICP_ITERS if cpu else PROTOCOL_ICP_ITERS,
+                              "icp_tol": QUICK_ICP_TOL if cpu else PROTOCOL_ICP_TOL,
+                              "num_threads": 1 if cpu else -1})
+        return out
 
 
 # ------------------------------------------------------------------ helpers

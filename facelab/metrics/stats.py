@@ -264,18 +264,19 @@ def describe_claim(entry: dict) -> str:
 METRIC_UNITS = {"micc_mm": "subject", "lfw_accuracy": "pair", "sir_ratio": "subject", "geo_rank1": "subject"}
 
 
-def term_pulled(diagnostics: dict, term: str, module: str = "encoder") -> bool:
+def term_pulled(diagnostics: dict, term: str, module: str = "encoder", head: bool = True) -> bool:
     """Whether ``term`` pulled on ``module`` in one stage's term diagnostics
-    (:func:`facelab.train.diagnostics.summarize_shares`): its gradient share was active and, in a
-    stage with an identity head, the head's training accuracy reached
-    :data:`MIN_ACCURACY_OVER_CHANCE` x chance in :data:`MIN_ACTIVE_FRACTION` of the logged steps.
+    (:func:`facelab.train.diagnostics.summarize_shares`): its gradient share was active and, when
+    ``head`` (the term trains the stage's identity head) and the stage logged one, the head's
+    training accuracy reached :data:`MIN_ACCURACY_OVER_CHANCE` x chance in
+    :data:`MIN_ACTIVE_FRACTION` of the logged steps.
 
-    >>> d = {"terms": {"L_C": {"encoder": {"active": True}}}, "accuracy": {"active_fraction": 0.9}}
-    >>> term_pulled(d, "L_C"), term_pulled({"terms": {}}, "L_C")
-    (True, False)
+    >>> d = {"terms": {"L_C": {"encoder": {"active": True}}}, "accuracy": {"active_fraction": 0.1}}
+    >>> term_pulled(d, "L_C"), term_pulled(d, "L_C", head=False), term_pulled({"terms": {}}, "L_C")
+    (False, True, False)
     """
     share = diagnostics.get("terms", {}).get(term, {}).get(module, {})
-    accuracy = diagnostics.get("accuracy", {})
+    accuracy = diagnostics.get("accuracy", {}) if head else {}
     return bool(share.get("active")) and accuracy.get("active_fraction", 1.0) >= MIN_ACTIVE_FRACTION
 
 

@@ -130,8 +130,7 @@ def gao_activity(diagnostics: dict, variant: str = VARIANT_LABELS["full"]) -> di
     from facelab.metrics.stats import term_pulled
 
     steps = diagnostics.get(variant, {})
-    return {term: bool(steps) and all(term_pulled({k: v for k, v in d.items() if term == "recog" or k != "accuracy"},
-                                                  term, module) for d in steps.values())
+    return {term: bool(steps) and all(term_pulled(d, term, module, head=term == "recog") for d in steps.values())
             for term, module in TERM_MODULES.items()}
 
 

@@ -260,18 +260,6 @@ def _phase2_pulled(run: Path) -> bool:
     return len(losses) >= 2 and bool((losses[0] - losses[-1]) >= MIN_PHASE2_LOSS_DROP * abs(losses[0]))
 
 
-def term_pulled(diagnostics: dict, term: str = "L_C", module: str = "encoder") -> bool:
-    """:func:`facelab.metrics.stats.term_pulled` for Liu et al.'s identification loss (by default).
-
-    >>> d = {"terms": {"L_C": {"encoder": {"active": True}}}, "accuracy": {"active_fraction": 0.9}}
-    >>> term_pulled(d), term_pulled({"terms": {}})
-    (True, False)
-    """
-    from facelab.metrics.stats import term_pulled as pulled
-
-    return pulled(diagnostics, term, module)
-
-
 def liu_claims(units: dict, baseline_units: dict, activity: dict, n_boot: int | None = None) -> list[dict]:
     """The :data:`CLAIMS` entries with 95 % intervals (:func:`facelab.metrics.stats.claims_table`).
 
@@ -350,6 +338,7 @@ def reproduce_liu2018(profile: str = "quick", out_dir="runs/reproduce-liu2018", 
     from facelab.metrics.baselines import BaselineConfig
     from facelab.metrics.model_eval import ModelEvalConfig
     from facelab.metrics.report import write_json
+    from facelab.metrics.stats import term_pulled
     from facelab.models.registry import load_evaluable
     from facelab.train.liu2018 import ABLATION_STAGES, CONTROL_STAGES, Liu2018TrainConfig, train_liu2018
 
@@ -396,7 +385,7 @@ def reproduce_liu2018(profile: str = "quick", out_dir="runs/reproduce-liu2018", 
     summaries = [read_summary(seed_dir(out, seed, seeds)) for seed in seeds]
     diagnostics = {stage: row["diagnostics"] for stage, row in summaries[0].items() if "diagnostics" in row}
     activity = {"phase2": all(_phase2_pulled(seed_dir(out, seed, seeds)) for seed in seeds),
-                "L_C": all(term_pulled(s.get("phase3", {}).get("diagnostics", {})) for s in summaries)}
+                "L_C": all(term_pulled(s.get("phase3", {}).get("diagnostics", {}), "L_C") for s in summaries)}
     claims = liu_claims(units, baseline_units, activity)
     result = {"profile": profile, "out_dir": str(out), "seeds": list(seeds), "rows": rows,
               "rows_by_seed": {str(k): v for k, v in rows_by_seed.items()}, "baselines": baselines,

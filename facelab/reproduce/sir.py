@@ -274,7 +274,7 @@ def sir_activity(diagnostics: dict) -> dict[str, bool]:
     from facelab.metrics.stats import term_pulled
 
     stage = diagnostics.get("params_recog_sir", {})
-    return {"sir": term_pulled({k: v for k, v in stage.items() if k != "accuracy"}, "sir", "regressor")}
+    return {"sir": term_pulled(stage, "sir", "regressor", head=False)}  # the SIR term trains no head
 
 
 def sir_claims(units: dict, activity: dict, n_boot: int | None = None) -> list[dict]:
