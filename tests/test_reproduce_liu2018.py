@@ -157,6 +157,28 @@ def test_liu_claims_on_known_effects():
     assert lazy["L2"]["verdict"] == "inactive" and lazy["L3"]["verdict"] == "inactive"
 
 
+def test_dose_response_orders_weights_and_reads_each_stage_activity():
+    """Each λ_R gets its own L2 / L3 entry; a dose whose L_C did not pull is inactive; unrun doses are left out."""
+    from facelab.reproduce.liu2018 import liu_dose_response
+    from facelab.train.liu2018 import dose_stage
+
+    rng = np.random.default_rng(1)
+    control = rng.normal(1.0, 0.2, size=(3, 30))
+    # the error rises as lambda_R falls: +0.4 mm at 0.1, +0.1 mm at 1.0 (a monotone trade-off)
+    units = {"phase3_no_lc": {"micc_mm": control}, "phase2": {"lfw_accuracy": np.zeros((3, 300))},
+             "phase3": {"micc_mm": control + 0.4, "lfw_accuracy": np.ones((3, 300))},
+             dose_stage(1.0): {"micc_mm": control + 0.1 + rng.normal(0, 0.01, (3, 30)),
+                               "lfw_accuracy": np.ones((3, 300))}}
+    activity = {"phase3": True, dose_stage(1.0): False}
+    entries = liu_dose_response(units, 0.1, activity, n_boot=300)
+    assert [(e["id"], e["lambda_r"]) for e in entries] == [("L2 at λ_R = 0.1", 0.1), ("L2 at λ_R = 1", 1.0),
+                                                          ("L3 at λ_R = 0.1", 0.1), ("L3 at λ_R = 1", 1.0)]
+    by_id = {e["id"]: e for e in entries}
+    assert by_id["L2 at λ_R = 0.1"]["verdict"] == "reversed"
+    assert by_id["L2 at λ_R = 0.1"]["estimate"] == pytest.approx(0.4, abs=1e-9)
+    assert by_id["L2 at λ_R = 1"]["verdict"] == "inactive"  # its L_C never pulled
+
+
 def test_term_pulled_and_seed_dirs(tmp_path):
     from facelab.metrics.stats import term_pulled
     from facelab.reproduce.liu2018 import seed_dir

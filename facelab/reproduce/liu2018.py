@@ -31,6 +31,7 @@ import numpy as np
 from facelab.checks import check_choice
 from facelab.config import torch_threads
 from facelab.metrics.report import claims_markdown
+from facelab.train.liu2018 import DOSE_STAGES, LAMBDA_R_DOSES, dose_stage
 
 PROFILES = ("quick", "standard", "full")
 #: the ablation rows, in table order: (training stage, phase, identity disentangling, identification loss)
@@ -41,8 +42,12 @@ ROWS = (
     ("phase3_no_lc", "III", True, "none (control: L_R only, same steps)"),
     ("phase3_softmax", "III", True, "softmax"),
     ("phase3", "III", True, "A-Softmax"),
+    *((dose_stage(w), "III", True, f"A-Softmax, λ_R = {w:g}") for w in LAMBDA_R_DOSES),
     ("phase3_no_lr", "III", True, "A-Softmax without L_R (recognition ceiling)"),
 )
+#: rows scored on LFW only: without L_R nothing ties the decoders to a shape, so their
+#: reconstructions are meaningless (rigid alignment of such shapes diverges) and slow to score
+RECOGNITION_ONLY_ROWS = ("phase3_no_lr",)
 #: training seeds per profile; seed 0 trains in the run folder, seed k in ``seed<k>/``
 PROFILE_SEEDS = {"quick": (0,), "standard": (0, 1, 2), "full": (0,)}
 #: the claims of Liu et al. (2018) tested here: (id, text, (row A, row B), metric, better,
@@ -60,6 +65,9 @@ CLAIMS = (
     ("T2", "Phase III beats a landmark fit with detector-like landmark noise on LFW", ("phase3", "landmark_fit"),
      "lfw_accuracy", "higher", None),
 )
+#: the dose-response of the reconstruction weight: at each lambda_R, the Phase III row against
+#: the same steps without L_C (MICC) and against Phase II (LFW); the term is that stage's L_C
+DOSE_CLAIMS = (("L2", "phase3_no_lc", "micc_mm", "lower"), ("L3", "phase2", "lfw_accuracy", "higher"))
 # Phase II pulled when its loss fell by this fraction (its decoders start at the generating
 # 3DMM, so a loss that does not move means the disentangling row cannot differ).
 MIN_PHASE2_LOSS_DROP = 0.05
@@ -153,22 +161,28 @@ def _bu3dfe_columns(model, suites: ScoringSuites) -> tuple[dict, dict]:
     return cols, by_abs_yaw(err_id[neutral], yaw[neutral])
 
 
-def score_phase(model, profile: str, eval_cfg, suites: ScoringSuites | None = None) -> tuple[dict, dict, dict]:
+def score_phase(model, profile: str, eval_cfg, suites: ScoringSuites | None = None,
+                reconstruction: bool = True) -> tuple[dict, dict, dict]:
     """The four table columns of one model, its BU-3DFE identity RMSE per |yaw| (mm), and its units.
 
     ``units`` are ``{"micc_mm": (n_subjects,) mm, "lfw_accuracy": (n_pairs,) 0/1}``: each MICC
     subject's "average over identity" error and whether each LFW pair was verified right,
     the samples a paired bootstrap resamples. ``suites`` (rendered once) are reused when given.
+    ``reconstruction=False`` scores LFW only (the RMSE columns are None, ``micc_mm`` is absent).
     """
     from facelab.metrics.model_eval import predict_suite, score_lfw, score_micc
 
     suites = suites or ScoringSuites(profile, eval_cfg)
     cfg = suites.cfg
     with torch_threads(cfg.num_threads):
+        lfw = score_lfw(model, profile, cfg, suite=suites.get(model, "lfw"))
+        if not reconstruction:
+            cols = {"rmse_micc": None, "rmse_bu3dfe_pose": None, "rmse_bu3dfe_exp": None,
+                    "lfw_accuracy": lfw.accuracy_mean}
+            return cols, {}, {"lfw_accuracy": np.asarray(lfw.pair_correct, dtype=float)}
         micc_suite = suites.get(model, "micc")
         micc, micc_units = score_micc(model, profile, cfg, suite=micc_suite,
                                       pred=predict_suite(model, micc_suite, cfg.batch_size), return_units=True)
-        lfw = score_lfw(model, profile, cfg, suite=suites.get(model, "lfw"))
         bu, yaw_rmse = _bu3dfe_columns(model, suites)
     cols = {"rmse_micc": micc["average_over_identity"]["all"]["mean"], **bu, "lfw_accuracy": lfw.accuracy_mean}
     units = {"micc_mm": micc_units["average_over_identity"], "lfw_accuracy": np.asarray(lfw.pair_correct, dtype=float)}
@@ -272,6 +286,25 @@ def liu_claims(units: dict, baseline_units: dict, activity: dict, n_boot: int | 
     return claims_table(CLAIMS, units, baseline_units, activity, n_boot=n_boot or N_BOOTSTRAP)
 
 
+def liu_dose_response(units: dict, lambda_r: float, activity: dict, n_boot: int | None = None) -> list[dict]:
+    """L2 and L3 at each reconstruction weight: the profile's ``lambda_r`` (``phase3``) and :data:`LAMBDA_R_DOSES`.
+
+    ``units`` as for :func:`liu_claims`; ``activity``: ``{stage: L_C pulled in that stage}``.
+    Returns :func:`facelab.metrics.stats.claims_table` entries, each with its ``lambda_r``,
+    ordered by claim and then by weight; weights whose stage was not run are left out.
+    """
+    from facelab.metrics.stats import N_BOOTSTRAP, claims_table
+
+    doses = sorted([(lambda_r, "phase3")] + [(w, dose_stage(w)) for w in LAMBDA_R_DOSES if w != lambda_r])
+    out = []
+    for claim_id, control, metric, better in DOSE_CLAIMS:
+        for weight, stage in doses:
+            spec = (f"{claim_id} at λ_R = {weight:g}", f"{stage} vs {control}", (stage, control), metric, better, stage)
+            out += [{**entry, "lambda_r": weight} for entry in claims_table([spec], units, {}, activity,
+                                                                          n_boot=n_boot or N_BOOTSTRAP)]
+    return out
+
+
 def _baseline_units(bcfg) -> tuple[dict, dict]:
     """Rows for the results table and per-subject / per-pair units of the classical baselines."""
     from facelab.metrics.baselines import micc_subject_errors, run_baselines
@@ -326,11 +359,13 @@ def reproduce_liu2018(profile: str = "quick", out_dir="runs/reproduce-liu2018", 
         ``{"profile", "out_dir", "seeds", "rows": [{"phase", "disentangling",
         "identification_loss", "stage", "rmse_micc", "rmse_bu3dfe_pose", "rmse_bu3dfe_exp",
         "lfw_accuracy"}] (means over seeds), "rows_by_seed", "baselines": {method: {...}},
-        "yaw_rmse": {"0".."90", "overall"}, "claims": [...], "targets", "diagnostics":
-        {stage: summarize_shares(...)}, "train_config", "seconds"}``. ``claims`` are
-        :func:`liu_claims`; ``diagnostics`` says, for each Phase III stage of the first seed,
-        what share of the gradient L_R and L_C each had on the encoder and the decoders, and how
-        the identity head's training accuracy compares with chance
+        "yaw_rmse": {"0".."90", "overall"}, "claims": [...], "dose_response": [...], "targets",
+        "diagnostics": {stage: summarize_shares(...)}, "train_config", "seconds"}``. ``claims`` are
+        :func:`liu_claims`; ``dose_response`` is :func:`liu_dose_response` (the standard
+        profile trains Phase III at each of :data:`LAMBDA_R_DOSES` too); ``diagnostics`` says,
+        for each Phase III stage of the first seed, what share of the gradient L_R and L_C each
+        had on the encoder and the decoders, and how the identity head's training accuracy
+        compares with chance
         (:mod:`facelab.train.diagnostics`).
     """
     from facelab.config import apply_overrides, split_overrides
@@ -366,9 +401,10 @@ def reproduce_liu2018(profile: str = "quick", out_dir="runs/reproduce-liu2018", 
         for stage, phase, disentangling, loss in ROWS:
             if stage not in train_cfg.stages:
                 continue
-            if stage == "phase3":
-                loss = loss_name[train_cfg.loss]
-            cols, per_yaw, stage_units = score_phase(load_evaluable(run / f"{stage}.pt"), profile, eval_cfg, suites)
+            if stage == "phase3" or stage in DOSE_STAGES:
+                loss = loss_name[train_cfg.loss] + loss.removeprefix("A-Softmax")
+            cols, per_yaw, stage_units = score_phase(load_evaluable(run / f"{stage}.pt"), profile, eval_cfg, suites,
+                                                     reconstruction=stage not in RECOGNITION_ONLY_ROWS)
             rows_by_seed[seed].append({"phase": phase, "disentangling": disentangling, "identification_loss": loss,
                                        "stage": stage, **cols})
             for metric, values in stage_units.items():
@@ -387,9 +423,12 @@ def reproduce_liu2018(profile: str = "quick", out_dir="runs/reproduce-liu2018", 
     activity = {"phase2": all(_phase2_pulled(seed_dir(out, seed, seeds)) for seed in seeds),
                 "L_C": all(term_pulled(s.get("phase3", {}).get("diagnostics", {}), "L_C") for s in summaries)}
     claims = liu_claims(units, baseline_units, activity)
+    dose_activity = {stage: all(term_pulled(s.get(stage, {}).get("diagnostics", {}), "L_C") for s in summaries)
+                     for stage in ("phase3",) + DOSE_STAGES}
+    dose_response = liu_dose_response(units, train_cfg.lambda_r, dose_activity)
     result = {"profile": profile, "out_dir": str(out), "seeds": list(seeds), "rows": rows,
               "rows_by_seed": {str(k): v for k, v in rows_by_seed.items()}, "baselines": baselines,
-              "yaw_rmse": yaw_rmse, "claims": claims, "targets": _targets(rows, baselines), "activity": activity,
+              "yaw_rmse": yaw_rmse, "claims": claims, "dose_response": dose_response, "targets": _targets(rows, baselines), "activity": activity,
               "diagnostics": diagnostics, "train_config": dataclasses.asdict(train_cfg),
               "train_seconds": round(t_train, 2), "seconds": round(time.perf_counter() - start, 2)}
     out.mkdir(parents=True, exist_ok=True)

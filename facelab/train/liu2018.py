@@ -76,10 +76,26 @@ STAGES = {
     # same steps without L_R: the recognition ceiling of this encoder
     "phase3_no_lr": (3, "phase2", None, {"lambda_r": 0.0}),
 }
+#: other reconstruction weights lambda_R tried in Phase III (the standard profile's dose-response:
+#: how reconstruction and recognition trade against each other as L_R's weight grows)
+LAMBDA_R_DOSES = (0.3, 1.0)
+
+
+def dose_stage(lambda_r: float) -> str:
+    """The name of the Phase III stage trained with reconstruction weight ``lambda_r``.
+
+    >>> dose_stage(0.3), dose_stage(1.0)
+    ('phase3_lambda_r0.3', 'phase3_lambda_r1')
+    """
+    return f"phase3_lambda_r{lambda_r:g}"
+
+
+STAGES.update({dose_stage(w): (3, "phase2", None, {"lambda_r": w}) for w in LAMBDA_R_DOSES})
+DOSE_STAGES = tuple(dose_stage(w) for w in LAMBDA_R_DOSES)
 DEFAULT_STAGES = ("phase1", "phase2", "phase3")
 ABLATION_STAGES = DEFAULT_STAGES + ("phase2_joint", "phase3_softmax")
-#: the ablation plus the controls its claims need (the standard profile trains these)
-CONTROL_STAGES = ABLATION_STAGES + ("phase3_no_lc", "phase3_no_lr")
+#: the ablation plus the controls its claims need and the lambda_R doses (the standard profile trains these)
+CONTROL_STAGES = ABLATION_STAGES + ("phase3_no_lc", "phase3_no_lr") + DOSE_STAGES
 TARGET_SOURCES = ("truth", "fitted")
 PHASE1_METRICS = ("basis", "code")
 POOL_KEYS = ("image", "label", "alpha_id", "alpha_exp", "shape", "shape_identity")
@@ -150,7 +166,7 @@ class Liu2018TrainConfig:
     >>> Liu2018TrainConfig(stages=("phase4",))
     Traceback (most recent call last):
     ...
-    ValueError: stages: unknown value 'phase4'; expected one of 'phase1', 'phase2', 'phase3', 'phase2_joint', 'phase3_softmax', 'phase3_no_lc', 'phase3_no_lr'
+    ValueError: stages: unknown value 'phase4'; expected one of 'phase1', 'phase2', 'phase3', 'phase2_joint', ...
 
     ``photo_size`` is what the suite renders: ``render_size`` with alignment, else ``image_size``.
     """

@@ -123,7 +123,7 @@ def plot_claims(claims: list[dict], ax=None, title: str | None = None):
         raise ValueError("claims: nothing to plot")
     if ax is None:
         _, ax = plt.subplots(figsize=(6.0, 0.5 + 0.45 * len(claims)))
-    colours = {"holds": "tab:green", "within noise": "tab:gray", "reversed": "tab:red", "inactive": "tab:orange"}
+    colours = VERDICT_COLOURS
     for row, c in enumerate(claims):
         low, high = c["ci95"]
         ax.errorbar(c["estimate"], row, xerr=[[c["estimate"] - low], [high - c["estimate"]]], fmt="o", capsize=4,
@@ -132,6 +132,57 @@ def plot_claims(claims: list[dict], ax=None, title: str | None = None):
     ax.set_yticks(range(len(claims)), [f"{c['id']} ({c['metric']}, {c['better']} is better): {c['verdict']}" for c in claims])
     ax.invert_yaxis()
     ax.set_xlabel("paired difference A - B, with 95 % interval")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+VERDICT_COLOURS = {"holds": "tab:green", "within noise": "tab:gray", "reversed": "tab:red", "inactive": "tab:orange"}
+
+
+def plot_dose_response(entries: list[dict], dose_key: str, ax=None, title: str | None = None, log_x: bool = True):
+    """Paired differences of one claim at several doses of a loss weight, with 95 % intervals.
+
+    Args:
+        entries: claim entries (:func:`facelab.metrics.stats.claim`) of *one* comparison, each
+            with its dose under ``dose_key`` (e.g. ``"lambda_r"``).
+        dose_key: the entry key that holds the dose, also the x label.
+        ax: a matplotlib axis (default: a new figure).
+        log_x: a logarithmic dose axis (doses must then be > 0).
+
+    Returns:
+        the axis: one point per dose, coloured by its verdict, joined by a line; the dashed
+        line is "no difference".
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> e = [{"lambda_r": w, "estimate": d, "ci95": [d - 0.1, d + 0.1], "verdict": "holds", "metric": "micc_mm",
+    ...       "better": "lower"} for w, d in ((0.1, -0.3), (1.0, -0.2))]
+    >>> [float(x) for x in plot_dose_response(e, "lambda_r").lines[0].get_xdata()]
+    [0.1, 1.0]
+    """
+    import matplotlib.pyplot as plt
+
+    if not entries:
+        raise ValueError("entries: nothing to plot")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 3.2))
+    entries = sorted(entries, key=lambda e: e[dose_key])
+    doses = [e[dose_key] for e in entries]
+    ax.plot(doses, [e["estimate"] for e in entries], "-", color="0.6", zorder=1)
+    for dose, e in zip(doses, entries):
+        low, high = e["ci95"]
+        ax.errorbar(dose, e["estimate"], yerr=[[e["estimate"] - low], [high - e["estimate"]]], fmt="o", capsize=4,
+                    color=VERDICT_COLOURS.get(e["verdict"], "black"), label=e["verdict"], zorder=2)
+    ax.axhline(0.0, color="black", linestyle="--", linewidth=1)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xticks(doses, [f"{d:g}" for d in doses])
+    ax.minorticks_off()
+    ax.set_xlabel(dose_key)
+    ax.set_ylabel(f"{entries[0]['metric']}: A - B ({entries[0]['better']} is better)")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=8)
     if title:
         ax.set_title(title)
     return ax
