@@ -7,7 +7,7 @@
     facelab bench synth [--json]
     facelab bench infer [liu2018] [--json]
     facelab bench train [liu2018|gao2020] [--steps N] [--threads 1,2] [--json]
-    facelab train regressor|liu2018|gao2020|sir [--out DIR] [--profile quick|full] [--set key=value ...]
+    facelab train regressor|liu2018|gao2020|sir [--out DIR] [--profile quick|full] [--set key=value|train.key=value ...]
     facelab fit SUITE_OR_DIR --out DIR [--profile quick|full] [--set key=value ...]
     facelab eval verify|recon|baselines ...   (see facelab.eval_cli)
     facelab reproduce liu2018 --out DIR [--profile quick|full] [--json] [--set train.k=v|eval.k=v|baselines.k=v ...]
@@ -280,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", choices=list(RECIPES), help="; ".join(f"{k}: {r.summary}" for k, r in RECIPES.items()))
     p.add_argument("--profile", default="quick", choices=["quick", "standard", "full"])
     p.add_argument("--out", help="run folder (default runs/<model>-<profile>)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a training config field (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the recipe's config; its loop options as train.KEY (train.lr=5e-4, "
+                        "or lr=5e-4 for short) (repeatable)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("fit", help="multi-image 3DMM fitting of a suite or saved folder: training targets + fitted-vs-true report")

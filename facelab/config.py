@@ -2,12 +2,15 @@
 
 Every config in facelab is a ``@dataclass``. ``apply_overrides`` takes
 ``key=value`` strings (as given to the CLI's ``--set``), parses each value with
-the field's type, and rejects unknown keys by name.
+the field's type, and rejects unknown keys by name. A config may nest another
+(every recipe config holds its training-loop options as ``train``): its fields
+are set as ``train.lr=0.1``, or as ``lr=0.1`` when the outer config has no ``lr``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import types
@@ -53,8 +56,74 @@ def _parse(value: str, typ: Any, key: str):
         return value
 
 
+def _hints(cls) -> dict[str, Any]:
+    """``{field name: type}`` of dataclass ``cls``, in field order."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _nested(cls) -> dict[str, type]:
+    """The fields of dataclass ``cls`` that hold a nested dataclass: ``{name: its class}``."""
+    return {name: typ for name, typ in _hints(cls).items() if isinstance(typ, type) and dataclasses.is_dataclass(typ)}
+
+
+def known_keys(cls) -> list[str]:
+    """The keys :func:`apply_overrides` takes for dataclass ``cls``: its fields, a nested config's as ``name.field``."""
+    nested = _nested(cls)
+    return [key for name in _hints(cls)
+            for key in ([f"{name}.{k}" for k in known_keys(nested[name])] if name in nested else [name])]
+
+
+def _resolve_key(cls, key: str, label: str = "") -> str:
+    """The full key of ``key`` in dataclass ``cls``: itself if known, else ``name.key`` when exactly one
+    nested config has a field ``key`` that ``cls`` lacks (the short form); unknown keys raise."""
+    keys = known_keys(cls)
+    if key in keys:
+        return key
+    short = [k for k in keys if "." not in key and k.count(".") == 1 and k.endswith("." + key)]
+    if len(short) == 1:
+        return short[0]
+    raise ValueError(f"{label}{key}: unknown config key; known keys: {', '.join(keys)}")
+
+
+def _field_type(cls, key: str):
+    """The type of the field that full key ``key`` (dotted into nested configs) names."""
+    *parents, name = key.split(".")
+    for parent in parents:
+        cls = _nested(cls)[parent]
+    return _hints(cls)[name]
+
+
+def _replace(cfg: T, changes: dict[str, Any]) -> T:
+    """``dataclasses.replace`` with full keys, dotted ones replacing fields of nested configs."""
+    top = {k: v for k, v in changes.items() if "." not in k}
+    inner: dict[str, dict] = {}
+    for key, value in changes.items():
+        if "." in key:
+            head, rest = key.split(".", 1)
+            inner.setdefault(head, {})[rest] = value
+    for head, sub in inner.items():
+        top[head] = _replace(getattr(cfg, head), sub)
+    return dataclasses.replace(cfg, **top)
+
+
+def replace_fields(cfg: T, changes: dict[str, Any]) -> T:
+    """A copy of dataclass ``cfg`` with ``changes`` (``{key: value}``) applied.
+
+    Keys are those of :func:`apply_overrides` (a field, ``name.field`` for a field of a nested
+    config, or such a field named alone when ``cfg`` has no field of that name) and the name of
+    a nested config, whose value replaces it whole.
+    """
+    names = _hints(type(cfg))
+    return _replace(cfg, {key if key in names else _resolve_key(type(cfg), key): value
+                          for key, value in changes.items()})
+
+
 def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
     """Return a copy of dataclass ``cfg`` with ``key=value`` overrides applied.
+
+    A key is a field of ``cfg`` or, dotted, of a nested config (``train.lr=0.1``); a field of a
+    nested config that ``cfg`` itself lacks may also be named alone (``lr=0.1``).
 
     >>> from dataclasses import dataclass
     >>> @dataclass
@@ -73,18 +142,15 @@ def apply_overrides(cfg: T, overrides: list[str] | None) -> T:
     """
     if not overrides:
         return cfg
-    hints = typing.get_type_hints(type(cfg))
-    names = [f.name for f in dataclasses.fields(cfg)]
     changes = {}
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected key=value")
         key, value = item.split("=", 1)
         key = key.strip()
-        if key not in names:
-            raise ValueError(f"--set {key}: unknown config key; known keys: {', '.join(names)}")
-        changes[key] = _parse(value.strip(), hints[key], key)
-    return dataclasses.replace(cfg, **changes)
+        full = _resolve_key(type(cfg), key, "--set ")
+        changes[full] = _parse(value.strip(), _field_type(type(cfg), full), key)
+    return _replace(cfg, changes)
 
 
 def with_options(config, config_class: type[T], options: dict, caller: str) -> T:
@@ -115,22 +181,34 @@ def resolve_profile(cfg, defaults: dict) -> None:
     """Fill each field of dataclass ``cfg`` that is None with ``defaults[name]``, in place.
 
     None means "the profile's value" in every recipe config; ``defaults`` is the profile's
-    table. A key of ``defaults`` that is not a field of ``cfg`` raises (a typo in a table).
+    table. A nested config takes a dict of its own defaults (``{"train": {"lr": 0.1}}``): it is
+    replaced by a copy whose None fields are filled the same way. A key of ``defaults`` that is
+    not a field of ``cfg`` raises (a typo in a table).
 
-    >>> from dataclasses import dataclass
+    >>> from dataclasses import dataclass, field
+    >>> @dataclass
+    ... class Loop:
+    ...     lr: float | None = None
+    ...     seed: int = 0
     >>> @dataclass
     ... class C:
     ...     steps: int | None = None
     ...     lr: float = 0.1
-    >>> c = C(); resolve_profile(c, {"steps": 300}); c
-    C(steps=300, lr=0.1)
+    ...     train: Loop = field(default_factory=Loop)
+    >>> c = C(); resolve_profile(c, {"steps": 300, "train": {"lr": 1e-3}}); c
+    C(steps=300, lr=0.1, train=Loop(lr=0.001, seed=0))
     """
     names = {f.name for f in dataclasses.fields(cfg)}
     unknown = sorted(set(defaults) - names)
     if unknown:
         raise ValueError(f"defaults: {unknown} are not fields of {type(cfg).__name__}")
     for name, value in defaults.items():
-        if getattr(cfg, name) is None:
+        current = getattr(cfg, name)
+        if isinstance(value, dict) and dataclasses.is_dataclass(current):
+            current = copy.copy(current)  # the caller's nested config stays as it was
+            resolve_profile(current, value)
+            setattr(cfg, name, current)
+        elif current is None:
             setattr(cfg, name, value)
 
 
@@ -171,15 +249,25 @@ def to_dict(cfg) -> dict:
 
 
 def from_dict(cls: type[T], d: dict) -> T:
-    """Rebuild a dataclass from ``to_dict`` output; unknown keys raise."""
+    """Rebuild a dataclass from ``to_dict`` output; unknown keys raise.
+
+    Nested configs are rebuilt from their dicts. A key that is not a field of ``cls`` but of
+    exactly one nested config moves into it, so a dict saved before that config was nested
+    (flat ``lr``, ``seed``, ...) still loads.
+    """
     d = {k: v for k, v in d.items() if k != "_type"}
-    names = {f.name for f in dataclasses.fields(cls)}
-    extra = set(d) - names
-    if extra:
-        raise ValueError(f"{cls.__name__}: unknown keys {sorted(extra)}")
-    hints = typing.get_type_hints(cls)
+    hints, nested = _hints(cls), _nested(cls)
+    for key in [k for k in d if k not in hints]:
+        full = _resolve_key(cls, key, f"{cls.__name__}: ")  # unknown keys raise here
+        head, rest = full.split(".", 1)
+        sub = d[head] = dict(d.get(head) or {})
+        if rest in sub:
+            raise ValueError(f"{cls.__name__}: {key!r} is given both flat and in {head!r}")
+        sub[rest] = d.pop(key)
     for k, v in d.items():
-        if typing.get_origin(hints[k]) is tuple and isinstance(v, list):
+        if k in nested and isinstance(v, dict):
+            d[k] = from_dict(nested[k], v)
+        elif typing.get_origin(hints[k]) is tuple and isinstance(v, list):
             d[k] = tuple(v)
     return cls(**d)
 

@@ -58,10 +58,11 @@ def test_liu_recipe_and_evaluation_on_the_device(device, tmp_path):
     """A tiny Liu et al. run trains on the device and scores there; the result file says where."""
     from facelab.metrics.model_eval import evaluate_model
     from facelab.train.liu2018 import Liu2018TrainConfig, train_liu2018
+    from facelab.train.trainer import LoopConfig
 
     cfg = Liu2018TrainConfig(out_dir=str(tmp_path), image_size=(32, 32), render_size=(48, 48), n_identities=16,
-                             images_per_identity=4, batch_size=16, phase_steps=(4, 2, 4), embedding_dim=16,
-                             log_every=2, progress=False, cache_pool=False, device=str(device))
+                             images_per_identity=4, phase_steps=(4, 2, 4), embedding_dim=16, cache_pool=False,
+                             train=LoopConfig(batch_size=16, log_every=2, progress=False, device=str(device)))
     run = train_liu2018(cfg)
     result = evaluate_model(run / "phase3.pt", "lfw", lfw_identities=20, lfw_pairs_per_fold=3, device=str(device))
     assert result["config"]["device"] == str(device)

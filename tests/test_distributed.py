@@ -39,6 +39,7 @@ LIU_WORKER = textwrap.dedent("""
     import json, os, sys
     from facelab.train import distributed as D
     from facelab.train.liu2018 import Liu2018TrainConfig, train_liu2018
+    from facelab.train.trainer import LoopConfig
 
     out = sys.argv[1]
     seen = []
@@ -51,9 +52,9 @@ LIU_WORKER = textwrap.dedent("""
 
     D.shard_batch = recording_shard
     cfg = Liu2018TrainConfig(out_dir=out, image_size=(32, 32), render_size=(48, 48), resolution="quick",
-                             n_identities=16, images_per_identity=4, batch_size=16, phase_steps=(8, 4, 8),
-                             embedding_dim=32, log_every=2, ckpt_every=4, progress=False, cache_pool=False,
-                             pool=True, num_threads=1, phase_lr=(1e-3, 1e-3, 1e-3))
+                             n_identities=16, images_per_identity=4, phase_steps=(8, 4, 8), embedding_dim=32,
+                             cache_pool=False, pool=True, num_threads=1, phase_lr=(1e-3, 1e-3, 1e-3),
+                             train=LoopConfig(batch_size=16, log_every=2, ckpt_every=4, progress=False))
     train_liu2018(cfg)
     with open(os.path.join(out, f"rows-rank{os.environ.get('RANK', 'single')}.json"), "w") as fh:
         json.dump(seen, fh)

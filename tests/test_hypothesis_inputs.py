@@ -68,7 +68,7 @@ def test_train_config_overrides(items):
 
 
 LIU_KEYS = ["image_size", "render_size", "phase_steps", "phase_lr", "stages", "lambda_r", "batch_size",
-            "embedding_dim", "margin_m", "pool", "loss", "targets"]
+            "train.batch_size", "train.lr", "embedding_dim", "margin_m", "pool", "loss", "targets"]
 
 
 @FUZZ
@@ -82,7 +82,8 @@ def test_liu2018_config_overrides(key, value):
         assert names_an_argument(err, names), f"{type(err).__name__}: {err}"
         return
     assert all(s >= 1 for s in cfg.phase_steps) and all(lr > 0 and math.isfinite(lr) for lr in cfg.phase_lr)
-    assert all(s >= 1 for s in cfg.image_size) and cfg.batch_size >= 1 and cfg.embedding_dim >= 1
+    assert all(s >= 1 for s in cfg.image_size) and cfg.train.batch_size >= 1 and cfg.embedding_dim >= 1
+    assert cfg.train.lr is None  # each phase's rate is phase_lr
     assert cfg.lambda_r >= 0 and math.isfinite(cfg.lambda_r)
 
 

@@ -11,6 +11,7 @@ from facelab.metrics.protocols import micc_error
 from facelab.models.regressor import CoefficientRegressor
 from facelab.models.registry import load_model
 from facelab.train.regressor import train_regressor
+from facelab.train.trainer import LoopConfig
 
 SIZE = 32
 TINY_SUITES = dict(micc_identities=2, bu3dfe_identities=2, lfw_identities=20, lfw_pairs_per_fold=3, icp_iters=10)
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("regressor")
     train_regressor(out_dir=str(out), image_size=(SIZE, SIZE), n_identities=32, images_per_identity=2, steps=60,
-                    batch_size=16, lr=3e-3, ckpt_every=60, log_every=10, cache_pool=False, progress=False)
+                    cache_pool=False,
+                    train=LoopConfig(batch_size=16, lr=3e-3, ckpt_every=60, log_every=10, progress=False))
     return out / "last.pt"
 
 
@@ -110,7 +112,7 @@ def test_bad_input_raises(checkpoint, tmp_path):
 def test_quick_profile_regressor_beats_the_mean_face(tmp_path):
     """The quick recipe (300 steps, 64 px; ~1 min on one core once its image pool is cached)
     recovers identity shape better than the mean face on held-out BU-3DFE identities."""
-    train_regressor(out_dir=str(tmp_path / "run"), progress=False)
+    train_regressor(out_dir=str(tmp_path / "run"), progress=False)  # the short form of train.progress
     ckpt = tmp_path / "run" / "last.pt"
     sizes = dict(bu3dfe_identities=3)
     trained = evaluate_model(ckpt, "bu3dfe", **sizes)["bu3dfe"]

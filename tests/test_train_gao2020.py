@@ -22,13 +22,13 @@ from facelab.train.gao2020 import (
     SOURCE_COL, SOURCE_LP, Gao2020Loss, Gao2020TrainConfig, build_trainee, hybrid_batches, merge_hybrid, render_pools,
     train_gao2020,
 )
-from facelab.train.trainer import CRITIC_STATE_KEY, Trainer
+from facelab.train.trainer import CRITIC_STATE_KEY, LoopConfig, Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = dict(image_size=(32, 32), lp_identities=4, lp_images_per_identity=4, col_identities=4, col_images_per_identity=4,
-            batch_lp=4, batch_col=4, steps=(8, 4), warmup_steps=4, batch_warmup=4, log_every=1, ckpt_every=2, progress=False, cache_pool=False,
-            num_threads=1)
+            batch_lp=4, batch_col=4, steps=(8, 4), warmup_steps=4, batch_warmup=4, cache_pool=False, num_threads=1,
+            train=LoopConfig(log_every=1, ckpt_every=2, progress=False))
 RECOG_KEYS = {"recog", "softmax", "center", "acc"}
 ADV_KEYS = {"adv", "critic_loss", "d_wdist", "d_penalty"}
 ALWAYS_KEYS = {"loss", "photo", "gdl", "lmk", "lmk_gdl", "smooth", "symm", "shape", "pair"}
@@ -66,7 +66,7 @@ def tiny_data():
 def test_config_profiles_and_defaults():
     quick, full = Gao2020TrainConfig(), Gao2020TrainConfig(profile="full")
     assert (quick.backbone, quick.image_size, quick.resolution, quick.pool) == ("resnet_tiny", (64, 64), "quick", True)
-    assert (full.backbone, full.lr, full.pool) == ("resnet50", 1e-4, False)
+    assert (full.backbone, full.train.lr, full.pool) == ("resnet50", 1e-4, False)
     assert quick.critic_lr == 5e-5 and quick.n_critic == 1 and (quick.batch_lp, quick.batch_col) == (16, 16)
     assert len(quick.steps) == 2 and quick.out_dir == "runs/gao2020-quick"
     tcfg = quick.train_config("step2")
@@ -75,10 +75,14 @@ def test_config_profiles_and_defaults():
 
 @pytest.mark.parametrize("bad", [dict(profile="huge"), dict(smoothness="cot"), dict(steps=(1,)), dict(steps=(1, 0)),
                                  dict(batch_lp=1), dict(batch_col=0), dict(lr=-1.0), dict(critic_lr=0.0),
-                                 dict(n_critic=0), dict(w_adv=-0.1), dict(w_photo=float("nan"))])
+                                 dict(n_critic=0), dict(w_adv=-0.1), dict(w_photo=float("nan")),
+                                 dict(grad_clip=float("inf")), dict(batch_size=8)])
 def test_config_bad_values_raise(bad):
-    with pytest.raises(ValueError, match=next(iter(bad)) if next(iter(bad)) != "profile" else "profile"):
-        Gao2020TrainConfig(**bad)
+    from facelab.config import replace_fields
+
+    name = next(iter(bad))
+    with pytest.raises(ValueError, match=name):  # lr, grad_clip, batch_size: fields of the nested loop options
+        replace_fields(Gao2020TrainConfig(), bad)
 
 
 # -------------------------------------------------------------------- data
@@ -230,7 +234,7 @@ def test_tiny_run_writes_loadable_checkpoints(tiny_run):
 def test_step2_starts_from_step1(tiny_run):
     cfg, out = tiny_run
     s1, s2 = (load_checkpoint(out / f"{s}.pt")["state_dict"] for s in ("step1", "step2"))
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.train.seed)
     fresh = build_trainee(cfg, "step1", G._suites(cfg)[0].model, cfg.col_identities)[0].model.state_dict()
     # step 2 does not use the GCN albedo decoder: it keeps step 1's trained weights exactly
     key = "albedo_decoder.fc.weight"
@@ -325,6 +329,7 @@ def test_cli_train_gao2020_tiny(tmp_path):
 DDP_WORKER = textwrap.dedent(f"""
     import sys
     from facelab.train.gao2020 import Gao2020TrainConfig, train_gao2020
+    from facelab.train.trainer import LoopConfig
 
     tiny = {TINY!r}
     tiny["steps"] = (2, 1)
@@ -410,7 +415,8 @@ def test_warmup_config_bad_values_raise(bad):
 def test_term_diagnostics_cover_every_term_and_module(tmp_path):
     from facelab.train.stages import read_summary
 
-    cfg = Gao2020TrainConfig(out_dir=str(tmp_path / "run"), **{**TINY, "steps": (4, 2)}, diagnose_every=2)
+    loop = dataclasses.replace(TINY["train"], diagnose_every=2)
+    cfg = Gao2020TrainConfig(out_dir=str(tmp_path / "run"), **{**TINY, "steps": (4, 2), "train": loop})
     out = train_gao2020(cfg)
     summary = read_summary(out)
     assert "diagnostics" not in summary["warmup"]  # the warm-up has no ablated term to watch

@@ -15,9 +15,11 @@ from facelab.train.liu2018 import (
     Liu2018TrainConfig, Phase3Loss, phase1_loss, phase2_loss, phase_parameters, pool_batches,
     render_pool, train_liu2018, _fitted, _suite,
 )
+from facelab.train.trainer import LoopConfig
 
-TINY = dict(image_size=(32, 32), render_size=(48, 48), resolution="quick", n_identities=16, images_per_identity=4, batch_size=16,
-            phase_steps=(30, 20, 30), embedding_dim=32, log_every=5, progress=False, cache_pool=False)
+TINY = dict(image_size=(32, 32), render_size=(48, 48), resolution="quick", n_identities=16, images_per_identity=4,
+            phase_steps=(30, 20, 30), embedding_dim=32, cache_pool=False,
+            train=LoopConfig(batch_size=16, log_every=5, progress=False))
 EVAL_STEPS = (0, 1, 2)  # fixed pool batches the phase objectives are compared on
 
 
@@ -163,8 +165,8 @@ def test_tiny_run_writes_phase_checkpoints(tiny_run):
 def test_tiny_run_each_phase_lowers_its_objective(tiny_run):
     cfg, out = tiny_run
     collection = _suite(cfg)
-    batches = pool_batches(render_pool(collection, cache=False, align_to=cfg.image_size), cfg.batch_size, seed=123)
-    before = _initial_model(out, cfg.seed)
+    batches = pool_batches(render_pool(collection, cache=False, align_to=cfg.image_size), cfg.train.batch_size, seed=123)
+    before = _initial_model(out, cfg.train.seed)
     models = [before] + [load_model(out / f"phase{p}.pt")[0] for p in (1, 2, 3)]
     objectives = {1: phase1_loss, 2: phase2_loss, 3: Phase3Loss(cfg.lambda_r)}
     for phase, loss_fn in objectives.items():
@@ -175,7 +177,7 @@ def test_tiny_run_each_phase_lowers_its_objective(tiny_run):
 
 def test_tiny_run_freezes_the_right_parts(tiny_run):
     cfg, out = tiny_run
-    init = _initial_model(out, cfg.seed).state_dict()
+    init = _initial_model(out, cfg.train.seed).state_dict()
     s1, s2 = (load_model(out / f"phase{p}.pt")[0].state_dict() for p in (1, 2))
     # Phase I leaves the decoders at the basis initialisation; Phase II leaves the encoder alone
     assert torch.equal(s1["id_decoder.linear.weight"], init["id_decoder.linear.weight"])
@@ -194,7 +196,8 @@ def test_rerun_skips_finished_phases(tiny_run):
 def test_cli_train_liu2018_tiny(tmp_path):
     from facelab.cli import main
 
-    sets = ["image_size=[32,32]", "n_identities=8", "images_per_identity=4", "batch_size=8", "phase_steps=[3,2,3]",
+    # the loop's options dotted (train.batch_size) or by their short name (progress)
+    sets = ["image_size=[32,32]", "n_identities=8", "images_per_identity=4", "train.batch_size=8", "phase_steps=[3,2,3]",
             "embedding_dim=16", "progress=False", "cache_pool=False"]
     argv = ["train", "liu2018", "--out", str(tmp_path / "cli")]
     for s in sets:
@@ -218,8 +221,9 @@ def test_fitted_targets_replace_the_truth(tmp_path):
     """targets='fitted' trains on a `facelab fit` result of the same suite, not on the truth."""
     from facelab.fitting import CollectionFitConfig, fit_collection, save_fitted_targets
 
+    loop = dataclasses.replace(TINY["train"], batch_size=2)
     cfg = Liu2018TrainConfig(out_dir=str(tmp_path / "run"), **{**TINY, "n_identities": 2, "images_per_identity": 2,
-                                                               "batch_size": 2, "phase_steps": (1, 1, 1)})
+                                                               "phase_steps": (1, 1, 1), "train": loop})
     collection = _suite(cfg)
     targets, _ = fit_collection(collection, CollectionFitConfig(n_steps=2, n_shape=4, n_albedo=2))
     path = save_fitted_targets(tmp_path / "targets.npz", targets)

@@ -19,12 +19,14 @@ from facelab.train.sir import (
     BASE, VARIANTS, SIRTrainConfig, identity_indices, init_class_weights, mixed_batches, reparametrise_head,
     stage_loss, train_sir,
 )
+from facelab.train.trainer import LoopConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+LOOP = dict(log_every=5, progress=False, lr=3e-3)
 TINY = dict(image_size=(32, 32), n_shape=8, n_exp=4, base_steps=20, steps=3, batch_lp=8, batch_id=8, ids_per_batch=4,
             n_identities=6, images_per_identity=4, lp_identities=4, lp_images_per_identity=4, sfm_identities=10,
-            sfm_samples=3, sfm_steps=5, log_every=5, progress=False, cache_pool=False, lr=3e-3)
+            sfm_samples=3, sfm_steps=5, cache_pool=False, train=LoopConfig(**LOOP))
 
 
 @pytest.fixture(scope="module")
@@ -317,8 +319,8 @@ def test_variants_start_from_base():
 def test_cli_train_sir(tmp_path, capsys):
     from facelab.cli import main
 
-    sets = [f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY.items()]
-    sets += ["base_steps=2", "steps=1", "variants=params_recog"]
+    sets = [f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY.items() if k != "train"]
+    sets += [f"train.{k}={v}" for k, v in LOOP.items()] + ["base_steps=2", "steps=1", "variants=params_recog"]
     argv = ["train", "sir", "--out", str(tmp_path / "run")] + [x for s in sets for x in ("--set", s)]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -328,8 +330,8 @@ def test_cli_train_sir(tmp_path, capsys):
 def test_term_diagnostics_of_the_mixed_label_loss(tmp_path):
     from facelab.train.stages import read_summary
 
-    cfg = SIRTrainConfig(out_dir=str(tmp_path / "run"), **{**TINY, "base_steps": 4, "steps": 2}, diagnose_every=2,
-                         variants=("params_recog_sir",))
+    cfg = SIRTrainConfig(out_dir=str(tmp_path / "run"), variants=("params_recog_sir",),
+                         **{**TINY, "base_steps": 4, "steps": 2, "train": LoopConfig(**LOOP, diagnose_every=2)})
     summary = read_summary(train_sir(cfg))
     sir_stage = summary["params_recog_sir"]["diagnostics"]
     assert set(sir_stage["terms"]) == {"lmk", "prior", "recog", "sir"}

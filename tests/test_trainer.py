@@ -170,7 +170,7 @@ def test_device_auto_resolves_and_bad_names_raise():
     from facelab.train.liu2018 import Liu2018TrainConfig
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert TrainConfig().device == expected and Liu2018TrainConfig().device == expected
+    assert TrainConfig().device == expected and Liu2018TrainConfig().train.device == expected
     assert ModelEvalConfig().resolved("quick").device == expected
     assert TrainConfig(device="cpu").device == "cpu"
     with pytest.raises(ValueError, match="device"):

@@ -39,23 +39,29 @@ LIU_SUITE = dict(n_identities=64, images_per_identity=8)
 GAO_SUITE = dict(lp_identities=32, lp_images_per_identity=4, col_identities=16, col_images_per_identity=4)
 
 
+def _loop(steps: int, device: str):
+    """The loop options of a timed run: a row after the warm-up steps, one checkpoint, no diagnostics."""
+    from facelab.train.trainer import LoopConfig
+
+    return LoopConfig(log_every=WARMUP_STEPS, ckpt_every=steps, diagnose_every=0, progress=False, device=device)
+
+
 def _liu_run(profile: str, out: Path, steps: int, threads: int, options: dict, device: str) -> tuple[Path, int]:
     from facelab.train.liu2018 import Liu2018TrainConfig, train_liu2018
 
     cfg = Liu2018TrainConfig(profile=profile, out_dir=str(out), stages=("phase1", "phase2", "phase3"),
-                             phase_steps=(1, 1, steps), log_every=WARMUP_STEPS, ckpt_every=steps, diagnose_every=0,
-                             progress=False, num_threads=threads, device=device, pool=True, num_workers=0,
-                             **LIU_SUITE, **options)
+                             phase_steps=(1, 1, steps), train=_loop(steps, device), num_threads=threads, pool=True,
+                             num_workers=0, **LIU_SUITE, **options)
     train_liu2018(cfg)
-    return out / "phase3", cfg.batch_size
+    return out / "phase3", cfg.train.batch_size
 
 
 def _gao_run(profile: str, out: Path, steps: int, threads: int, options: dict, device: str) -> tuple[Path, int]:
     from facelab.train.gao2020 import Gao2020TrainConfig, train_gao2020
 
-    cfg = Gao2020TrainConfig(profile=profile, out_dir=str(out), warmup_steps=0, steps=(steps, 1), log_every=WARMUP_STEPS,
-                             ckpt_every=steps, diagnose_every=0, progress=False, num_threads=threads, device=device,
-                             pool=True, num_workers=0, **GAO_SUITE, **options)
+    cfg = Gao2020TrainConfig(profile=profile, out_dir=str(out), warmup_steps=0, steps=(steps, 1),
+                             train=_loop(steps, device), num_threads=threads, pool=True, num_workers=0,
+                             **GAO_SUITE, **options)
     train_gao2020(cfg)
     return out / "step1", cfg.batch_lp + cfg.batch_col
 

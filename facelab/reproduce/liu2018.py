@@ -390,7 +390,7 @@ def reproduce_liu2018(profile: str = "quick", out_dir="runs/reproduce-liu2018", 
     if "stages" not in {o.split("=", 1)[0] for o in groups["train"]}:
         train_cfg.stages = CONTROL_STAGES if profile == "standard" else ABLATION_STAGES
     for seed in seeds:  # trains only the stages whose checkpoint is missing
-        train_liu2018(dataclasses.replace(train_cfg, seed=seed, out_dir=str(seed_dir(out, seed, seeds))))
+        train_liu2018(train_cfg, seed=seed, out_dir=str(seed_dir(out, seed, seeds)))  # seed: train.seed
     t_train = time.perf_counter() - start
     loss_name = {"asoftmax": "A-Softmax", "softmax": "softmax"}
     suites = ScoringSuites(profile, eval_cfg)

@@ -319,7 +319,7 @@ def sfm_vs_pca_table(train_cfg, sir_cfg: SIREvalConfig, ks=None) -> list[dict]:
     ks = sorted(set(ks if ks is not None else (*sir_cfg.sfm_k, model_k)))
     tr_s, tr_l = sfm_shapes(train_cfg, sfm_train_ids(train_cfg))
     test_ids = torch.arange(SFM_TEST_ID_START, SFM_TEST_ID_START + sir_cfg.sfm_test_identities)
-    te_s, te_l = sfm_shapes(train_cfg, test_ids, seed=train_cfg.seed + 1)
+    te_s, te_l = sfm_shapes(train_cfg, test_ids, seed=train_cfg.train.seed + 1)
     return [sfm_vs_pca(tr_s.double(), tr_l, te_s.double(), te_l, k, sfm_config(train_cfg), seed=sir_cfg.seed)
             for k in ks]
 

@@ -67,20 +67,22 @@ from __future__ import annotations
 import dataclasses
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_image_size, check_positive
-from facelab.config import resolve_device, resolve_profile, torch_threads
+from facelab.config import replace_fields, resolve_profile, torch_threads
 from facelab.train import distributed as D
 from facelab.train import pools
 from facelab.train.speed import ENCODER_PRECISIONS, speed_up_encoder
 from facelab.train.stages import Stage, copy_atomic, run_stages
 from facelab.io.checkpoint import load_checkpoint, save_checkpoint
-from facelab.train.trainer import CriticStep, StepLoader, TrainConfig, Trainer, cosine_lr_factor, step_indices
+from facelab.train.trainer import (
+    LOOP_DEFAULTS, CriticStep, LoopConfig, StepLoader, TrainConfig, Trainer, cosine_lr_factor, step_indices,
+)
 
 MODEL_NAME = "gao2020"
 #: the trainer's module (model + identity head); its ``last.pt`` files are internal to a run
@@ -109,12 +111,16 @@ PROFILE_DEFAULTS = {
     # lp: many identities with a few photos each, so that the shape warm-up generalises
     "quick": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", lp_identities=500,
                   lp_images_per_identity=8, col_identities=150, col_images_per_identity=16, steps=(300, 100),
-                  lr=5e-4, pool=True, num_workers=0, num_threads=1, warmup_steps=1500, diagnose_every=20),
+                  pool=True, num_workers=0, num_threads=1, warmup_steps=1500,
+                  train=dict(LOOP_DEFAULTS, lr=5e-4, weight_decay=0.0, ckpt_every=50, diagnose_every=20)),
     # full: the paper's ResNet-50, suites at their full size, streamed
     "full": dict(backbone="resnet50", image_size=(128, 128), resolution="default", lp_identities=0,
                  lp_images_per_identity=0, col_identities=0, col_images_per_identity=0, steps=(40_000, 20_000),
-                 lr=1e-4, pool=False, num_workers=4, num_threads=-1, warmup_steps=0, diagnose_every=500),
+                 pool=False, num_workers=4, num_threads=-1, warmup_steps=0,
+                 train=dict(LOOP_DEFAULTS, lr=1e-4, weight_decay=0.0, ckpt_every=50, diagnose_every=500)),
 }
+#: the loop options Gao et al.'s recipe takes from elsewhere: {field: what it uses instead}
+UNUSED_LOOP_OPTIONS = {"batch_size": "batch_lp + batch_col images per step, batch_warmup in the warm-up"}
 
 
 @dataclass
@@ -124,7 +130,16 @@ class Gao2020TrainConfig:
     Attributes:
         profile: ``"quick"`` (CPU, minutes) or ``"full"`` (GPU).
         out_dir: the run folder ("" = ``runs/gao2020-<profile>``).
-        seed: seeds the initial weights, the batch order and the critic's real samples.
+        train: the training-loop options of every step (:class:`~facelab.train.trainer.LoopConfig`;
+            ``--set train.lr=1e-4``). ``seed`` seeds the suites, the initial weights, the batch
+            order and the critic's real samples. ``lr`` is the Adam learning rate of the
+            encoder-decoder (the paper: 1e-4; ``quick`` uses 5e-4: its few hundred CPU steps are a
+            tiny fraction of the paper's 200 epochs, and even at 5e-4 the shape terms move slowly
+            in that budget). ``grad_clip`` is the max global gradient norm of the encoder-decoder
+            (0: off); ``weight_decay``: Adam's (0 in both profiles). ``diagnose_every``: training-step
+            (not warm-up) steps between measurements of each weighted loss term's share of the
+            gradient on the encoder and the two decoders (:mod:`facelab.train.diagnostics`; 0:
+            never). ``batch_size`` is not used (``batch_lp + batch_col``, ``batch_warmup``).
         backbone: encoder trunk (``"resnet_tiny"``, ``"resnet18"``, ``"resnet50"``).
         image_size: ``(H, W)`` px of the photos and of the rendered reconstruction.
         resolution: SynthFaces mesh preset.
@@ -144,9 +159,6 @@ class Gao2020TrainConfig:
             :data:`WARMUP_FINAL_LR_FRACTION` of it).
         warmup_from: a ``warmup.pt`` of another run with the same model config to start
             ``step1`` from, instead of training the warm-up here (the ablations share one).
-        lr: Adam learning rate of the encoder-decoder (the paper: 1e-4).
-            ``quick`` uses 5e-4: its few hundred CPU steps are a tiny fraction of the paper's
-            200 epochs, and even at 5e-4 the shape terms move slowly in that budget.
         critic_lr: RMSprop learning rate of the discriminator (the paper: 5e-5).
         n_critic: discriminator updates per model update.
         w_photo, w_gdl, w_lmk, w_lmk_gdl, w_shape, w_pair, w_smooth, w_symm, w_recog, w_adv:
@@ -159,20 +171,14 @@ class Gao2020TrainConfig:
         use_recog: train with the recognition loss (ablation: False).
         use_adv: train with the adversarial loss and the discriminator (ablation: False).
         smoothness: ``"template"`` (eq. 9) or ``"laplacian"`` (the conventional loss; ablation).
-        grad_clip: max global gradient norm of the encoder-decoder (0: off).
-        log_every, ckpt_every, device: see :class:`~facelab.train.trainer.TrainConfig`.
         pool: pre-render the suites once and sample batches from memory, else stream them.
         cache_pool: keep the rendered pools on disk under :func:`facelab.config.cache_dir`.
         num_workers: ``DataLoader`` workers per suite when streaming.
         num_threads: torch CPU threads while training (-1: leave them as they are).
-        progress: show progress bars.
-        diagnose_every: training-step (not warm-up) steps between measurements of each weighted
-            loss term's share of the gradient on the encoder and the two decoders
-            (:mod:`facelab.train.diagnostics`; 0: never).
         channels_last, encoder_precision: training speed options of the encoder
             (:mod:`facelab.train.speed`; off by default, ``facelab bench train`` measures them).
 
-    >>> Gao2020TrainConfig().backbone, Gao2020TrainConfig(profile="full").lr
+    >>> Gao2020TrainConfig().backbone, Gao2020TrainConfig(profile="full").train.lr
     ('resnet_tiny', 0.0001)
     >>> Gao2020TrainConfig(smoothness="cotangent")
     Traceback (most recent call last):
@@ -182,7 +188,7 @@ class Gao2020TrainConfig:
 
     profile: str = "quick"
     out_dir: str = ""
-    seed: int = 0
+    train: LoopConfig = field(default_factory=LoopConfig)
     backbone: str | None = None
     image_size: tuple[int, ...] | None = None
     resolution: str | None = None
@@ -199,7 +205,6 @@ class Gao2020TrainConfig:
     batch_warmup: int = 32
     warmup_lr: float = 1e-3
     warmup_from: str = ""
-    lr: float | None = None
     critic_lr: float = 5e-5
     n_critic: int = 1
     w_photo: float = 1.0
@@ -216,25 +221,19 @@ class Gao2020TrainConfig:
     use_recog: bool = True
     use_adv: bool = True
     smoothness: str = "template"
-    grad_clip: float = 10.0
-    log_every: int = 10
-    ckpt_every: int = 50
-    device: str = "auto"
     pool: bool | None = None
     cache_pool: bool = True
     num_workers: int | None = None
     num_threads: int | None = None
-    progress: bool = True
-    diagnose_every: int | None = None
     channels_last: bool = False
     encoder_precision: str = "float32"
 
     def __post_init__(self) -> None:
-        self.device = resolve_device(self.device)
         check_choice(self.profile, "profile", tuple(PROFILE_DEFAULTS))
         check_choice(self.encoder_precision, "encoder_precision", ENCODER_PRECISIONS)
         check_choice(self.smoothness, "smoothness", SMOOTHNESS)
         resolve_profile(self, PROFILE_DEFAULTS[self.profile])
+        self.train.check(unused=UNUSED_LOOP_OPTIONS)
         self.image_size = check_image_size(self.image_size)
         self.steps = tuple(self.steps)
         if len(self.steps) != len(STEPS):
@@ -245,16 +244,15 @@ class Gao2020TrainConfig:
             raise ValueError(f"warmup_steps: expected an int >= 0 (None: the profile's), got {self.warmup_steps!r}")
         check_positive(self.batch_warmup, "batch_warmup", integer=True)
         check_positive(self.warmup_lr, "warmup_lr")
-        for name in ("batch_col", "n_critic", "log_every", "ckpt_every"):
+        for name in ("batch_col", "n_critic"):
             check_positive(getattr(self, name), name, integer=True)
         if not isinstance(self.batch_lp, int) or self.batch_lp < 2:
             raise ValueError(f"batch_lp: the pairwise loss needs >= 2 labelled images per batch, got {self.batch_lp}")
-        check_positive(self.lr, "lr")
         if not isinstance(self.cheb_k, int) or self.cheb_k < 0:
             raise ValueError(f"cheb_k: expected an int >= 1 (0: the model's default), got {self.cheb_k!r}")
         self.gcn_channels = tuple(self.gcn_channels)
         check_positive(self.critic_lr, "critic_lr")
-        for name in WEIGHTS + ("w_center", "grad_clip"):
+        for name in WEIGHTS + ("w_center",):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
@@ -267,12 +265,9 @@ class Gao2020TrainConfig:
         if stage == WARMUP:
             steps, batch, lr = self.warmup_steps, self.batch_warmup, self.warmup_lr
         else:
-            steps, batch, lr = self.steps[STEPS.index(stage)], self.batch_lp + self.batch_col, self.lr
-        return TrainConfig(steps=steps, batch_size=batch, lr=lr,
-                           weight_decay=0.0, log_every=self.log_every, ckpt_every=self.ckpt_every, seed=self.seed,
-                           out_dir=str(Path(self.out_dir) / stage), device=self.device, profile=self.profile,
-                           grad_clip=self.grad_clip, progress=self.progress,
-                           diagnose_every=0 if stage == WARMUP else self.diagnose_every)
+            steps, batch, lr = self.steps[STEPS.index(stage)], self.batch_lp + self.batch_col, self.train.lr
+        return self.train.stage(steps, Path(self.out_dir) / stage, self.profile, batch_size=batch, lr=lr,
+                                diagnose_every=0 if stage == WARMUP else self.train.diagnose_every)
 
 
 # ------------------------------------------------------------------ model
@@ -492,7 +487,7 @@ def _suites(cfg: Gao2020TrainConfig):
     def suite(name: str, n_ids: int, per_id: int):
         sizes = {k: v for k, v in (("n_identities", n_ids), ("images_per_identity", per_id)) if v}
         return make_suite(name, profile=cfg.profile, image_size=tuple(cfg.image_size), resolution=cfg.resolution,
-                          seed=cfg.seed, **sizes)
+                          seed=cfg.train.seed, **sizes)
 
     return (suite("lp", cfg.lp_identities, cfg.lp_images_per_identity),
             suite("collections", cfg.col_identities, cfg.col_images_per_identity))
@@ -510,7 +505,7 @@ def render_pools(cfg: Gao2020TrainConfig, lp_suite, col_suite) -> tuple[dict, di
     """
     out = []
     for suite, keys in ((lp_suite, LP_KEYS), (col_suite, COL_KEYS)):
-        pool = pools.render_pool(suite, keys, MODEL_NAME, cache=cfg.cache_pool, progress=cfg.progress)
+        pool = pools.render_pool(suite, keys, MODEL_NAME, cache=cfg.cache_pool, progress=cfg.train.progress)
         mask = _photo_mask(pool.pop("face_mask").float(), pool.pop("occlusion_mask").float())
         pool["photo_mask"] = (mask.clamp(0, 1) * MASK_LEVELS).round().to(torch.uint8)
         out.append(pool)
@@ -563,7 +558,7 @@ def hybrid_batches(lp_source, col_source, cfg: Gao2020TrainConfig, morphable, to
     each call, so the layout matches :func:`merge_hybrid`'s sharding.
     """
     total_steps = total_steps or sum(cfg.steps)
-    seeds = (cfg.seed, cfg.seed + COL_SEED_OFFSET)
+    seeds = (cfg.train.seed, cfg.train.seed + COL_SEED_OFFSET)
 
     def getter(source, batch_size: int, seed: int):
         if isinstance(source, dict):
@@ -589,9 +584,11 @@ def warmup_batches(lp_source, cfg: Gao2020TrainConfig, morphable):
     """
     if isinstance(lp_source, dict):
         n = lp_source["image"].shape[0]
-        get = lambda step: {k: v[step_indices(n, cfg.batch_warmup, step, cfg.seed)] for k, v in lp_source.items()}  # noqa: E731
+        seed = cfg.train.seed
+        get = lambda step: {k: v[step_indices(n, cfg.batch_warmup, step, seed)] for k, v in lp_source.items()}  # noqa: E731
     else:
-        get = StepLoader(lp_source, cfg.batch_warmup, cfg.warmup_steps, seed=cfg.seed, num_workers=cfg.num_workers)
+        get = StepLoader(lp_source, cfg.batch_warmup, cfg.warmup_steps, seed=cfg.train.seed,
+                         num_workers=cfg.num_workers)
     return lambda step: _as_training(get(step), SOURCE_LP, morphable)
 
 
@@ -600,27 +597,28 @@ def train_gao2020(config: Gao2020TrainConfig | None = None, **overrides) -> Path
     """Train :class:`~facelab.models.gao2020.Gao2020Model` in two steps on hybrid ``lp`` + ``collections`` batches.
 
     See the module docstring for the losses and the folder layout. ``overrides`` replace
-    fields of ``config``. An interrupted run resumes when called again.
+    fields of ``config`` (keys as :func:`facelab.config.replace_fields` takes them: ``seed=1``
+    sets ``train.seed``). An interrupted run resumes when called again.
 
     Returns:
         The run folder: ``step1.pt``, ``step2.pt`` and ``summary.json`` (the last logged row
         of each stage, :func:`facelab.train.stages.read_summary`).
     """
-    cfg = dataclasses.replace(config or Gao2020TrainConfig(), **overrides)
+    cfg = replace_fields(config or Gao2020TrainConfig(), overrides)
     with torch_threads(cfg.num_threads):
         _train(cfg)
     return Path(cfg.out_dir)
 
 
 def build_trainee(cfg: Gao2020TrainConfig, stage: str, morphable, n_classes: int):
-    """``(trainee, critic or None)`` of a training step, initialised from ``cfg.seed`` alone."""
+    """``(trainee, critic or None)`` of a training step, initialised from ``cfg.train.seed`` alone."""
     from facelab.losses.recognition import RecognitionLoss
     from facelab.models.gao2020 import Gao2020Config, ShapeDiscriminator, build_gao2020_model
     from facelab.train.trainer import seed_everything
 
     check_choice(stage, "stage", STEPS)
     mcfg = model_config(cfg, STEP_ALBEDO[stage])
-    seed_everything(cfg.seed)  # the initial weights depend on the seed only
+    seed_everything(cfg.train.seed)  # the initial weights depend on the seed only
     model = build_gao2020_model(mcfg)
     recognition = RecognitionLoss(model.config.id_dim, n_classes, lambda_center=cfg.w_center) if cfg.use_recog else None
     critic = None
@@ -681,7 +679,7 @@ def recipe_stages(cfg: Gao2020TrainConfig, root: Path | None = None) -> list[Sta
 
 def _prepare(cfg: Gao2020TrainConfig) -> dict:
     lp_suite, col_suite = _suites(cfg)
-    device = D.rank_device(cfg.device)
+    device = D.rank_device(cfg.train.device)
     morphable = lp_suite.model.to(device)
     if cfg.pool:
         lp_source, col_source = render_pools(cfg, lp_suite, col_suite)
@@ -699,7 +697,7 @@ def _build_stage(cfg: Gao2020TrainConfig, stage: Stage, data: dict, parent: Path
         trainee, _ = build_trainee(dataclasses.replace(cfg, use_recog=False, use_adv=False), STEPS[0], morphable, 0)
         speed_up_encoder(trainee.model.encoder, cfg.channels_last, cfg.encoder_precision)
         tcfg = cfg.train_config(WARMUP)
-        optimizer = torch.optim.Adam(trainee.parameters(), lr=cfg.warmup_lr)
+        optimizer = torch.optim.Adam(trainee.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, WARMUP_FINAL_LR_FRACTION))
         return Trainer(trainee, optimizer, warmup_batches(data["lp_source"], cfg, morphable), WarmupLoss(cfg, morphable),
                        tcfg, scheduler=scheduler, model_name=TRAIN_MODEL_NAME,
@@ -709,13 +707,14 @@ def _build_stage(cfg: Gao2020TrainConfig, stage: Stage, data: dict, parent: Path
     if parent is not None:
         _load_parent(trainee, critic, parent, model_only=stage.parent == WARMUP)
     train_mcfg = {"gao2020": mcfg, "n_classes": n_classes if cfg.use_recog else 0}
-    optimizer = torch.optim.Adam(trainee.parameters(), lr=cfg.lr)
+    tcfg = cfg.train_config(stage.name)
+    optimizer = torch.optim.Adam(trainee.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     model = trainee.model
     speed_up_encoder(model.encoder, cfg.channels_last, cfg.encoder_precision)
     watch = {"encoder": [model.encoder, model.id_head, model.exp_head], "shape_decoder": model.shape_decoder,
              "albedo_decoder": model.cnn_albedo if STEP_ALBEDO[stage.name] == "cnn" else model.albedo_decoder}
-    loss = Gao2020Loss(cfg, morphable, critic, return_terms=cfg.diagnose_every > 0)
-    return Trainer(trainee, optimizer, data["batches"], loss, cfg.train_config(stage.name),
+    loss = Gao2020Loss(cfg, morphable, critic, return_terms=cfg.train.diagnose_every > 0)
+    return Trainer(trainee, optimizer, data["batches"], loss, tcfg,
                    model_name=TRAIN_MODEL_NAME, model_config=train_mcfg, extra_config=cfg, critic=critic,
                    diagnostic_modules=watch, chance=1.0 / n_classes if cfg.use_recog and n_classes else None)
 

@@ -47,20 +47,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_image_size, check_positive
-from facelab.config import resolve_device, resolve_profile, torch_threads
+from facelab.config import replace_fields, resolve_profile, torch_threads
 from facelab.io.checkpoint import load_checkpoint
 from facelab.models.liu2018 import MODEL_NAME, build_liu2018_model
 from facelab.train import pools
 from facelab.train.speed import ENCODER_PRECISIONS, speed_up_encoder
 from facelab.train.stages import Stage, run_stages
-from facelab.train.trainer import StepLoader, TrainConfig, Trainer, cosine_lr_factor
+from facelab.train.trainer import LOOP_DEFAULTS, LoopConfig, StepLoader, TrainConfig, Trainer, cosine_lr_factor
 
 PHASES = (1, 2, 3)
 #: stage name -> (phase whose steps / lr it uses, the stage it starts from, L_C override,
@@ -104,19 +104,23 @@ STANDARD_LAMBDA_R = 0.1
 
 PROFILE_DEFAULTS = {
     "quick": dict(depth="sphere_tiny", embedding_dim=128, image_size=(64, 64), render_size=(128, 128),
-                  resolution="quick", phase_steps=(1200, 300, 1500), batch_size=64, n_identities=2000,
-                  images_per_identity=8, pool=True, num_workers=0, num_threads=2, diagnose_every=25, lambda_r=1.0),
+                  resolution="quick", phase_steps=(1200, 300, 1500), n_identities=2000, images_per_identity=8,
+                  pool=True, num_workers=0, num_threads=2, lambda_r=1.0,
+                  train=dict(LOOP_DEFAULTS, batch_size=64, diagnose_every=25)),
     # quick's network and data, trained long enough for the identity head to learn (Phase III
     # training accuracy still rises at quick's 1,500 steps), with L_R weighted so that L_C
     # has a share of the encoder's gradient (at lambda_R = 1 its share is about 2 %)
     "standard": dict(depth="sphere_tiny", embedding_dim=128, image_size=(64, 64), render_size=(128, 128),
-                     resolution="quick", phase_steps=(1500, 300, 3000), batch_size=64, n_identities=2000,
-                     images_per_identity=8, pool=True, num_workers=0, num_threads=2, diagnose_every=100,
-                     lambda_r=STANDARD_LAMBDA_R),
+                     resolution="quick", phase_steps=(1500, 300, 3000), n_identities=2000, images_per_identity=8,
+                     pool=True, num_workers=0, num_threads=2, lambda_r=STANDARD_LAMBDA_R,
+                     train=dict(LOOP_DEFAULTS, batch_size=64, diagnose_every=100)),
     "full": dict(depth="sphere20", embedding_dim=512, image_size=(112, 96), render_size=(224, 192), resolution="default",
-                 phase_steps=(20_000, 5_000, 20_000), batch_size=64, n_identities=0, images_per_identity=0,
-                 pool=False, num_workers=4, num_threads=-1, diagnose_every=200, lambda_r=1.0),
+                 phase_steps=(20_000, 5_000, 20_000), n_identities=0, images_per_identity=0, pool=False,
+                 num_workers=4, num_threads=-1, lambda_r=1.0,
+                 train=dict(LOOP_DEFAULTS, batch_size=64, diagnose_every=200)),
 }
+#: the loop options Liu et al.'s recipe takes from elsewhere: {field: what it uses instead}
+UNUSED_LOOP_OPTIONS = {"lr": "each phase's rate is phase_lr"}
 
 
 @dataclass
@@ -148,16 +152,17 @@ class Liu2018TrainConfig:
             ``phase3_no_lc`` and ``phase3_no_lr`` drop ``L_C`` or ``L_R``, see :data:`STAGES`).
         phase_steps: optimisation steps of phases I, II, III.
         phase_lr: Adam learning rates of phases I, II, III.
-        batch_size, weight_decay, grad_clip, log_every, ckpt_every, seed, device:
-            see :class:`~facelab.train.trainer.TrainConfig`.
+        train: the training-loop options of every phase (:class:`~facelab.train.trainer.LoopConfig`:
+            ``batch_size``, ``weight_decay``, ``grad_clip``, ``log_every``, ``ckpt_every``, ``seed``,
+            ``device``, ``progress``, ``diagnose_every``; ``--set train.batch_size=32``). Its
+            ``diagnose_every`` applies to Phase III: the steps between measurements of how much L_R
+            and L_C each pull on the encoder and the decoders (:mod:`facelab.train.diagnostics`; 0:
+            never). Its ``lr`` is not used (``phase_lr``).
         n_identities, images_per_identity: size of the ``webface`` suite (0: suite default).
         pool: pre-render the suite once and sample batches from memory, else stream.
         cache_pool: keep the rendered pool on disk under :func:`facelab.config.cache_dir`.
         num_workers: ``DataLoader`` workers when streaming.
         num_threads: torch CPU threads while training (-1: leave them as they are).
-        progress: show progress bars.
-        diagnose_every: Phase III steps between measurements of how much L_R and L_C each pull
-            on the encoder and the decoders (:mod:`facelab.train.diagnostics`; 0: never).
         channels_last, encoder_precision: training speed options of the encoder
             (:mod:`facelab.train.speed`; off by default, ``facelab bench train`` measures them).
 
@@ -190,26 +195,17 @@ class Liu2018TrainConfig:
     lambda_r: float | None = None
     phase_steps: tuple[int, ...] | None = None
     phase_lr: tuple[float, ...] = (1e-3, 1e-2, 1e-3)
-    batch_size: int | None = None
-    weight_decay: float = 1e-4
-    grad_clip: float = 10.0
-    log_every: int = 10
-    ckpt_every: int = 100
-    seed: int = 0
-    device: str = "auto"
+    train: LoopConfig = field(default_factory=LoopConfig)
     n_identities: int | None = None
     images_per_identity: int | None = None
     pool: bool | None = None
     cache_pool: bool = True
     num_workers: int | None = None
     num_threads: int | None = None
-    progress: bool = True
-    diagnose_every: int | None = None
     channels_last: bool = False
     encoder_precision: str = "float32"
 
     def __post_init__(self) -> None:
-        self.device = resolve_device(self.device)
         check_choice(self.profile, "profile", tuple(PROFILE_DEFAULTS))
         check_choice(self.encoder_precision, "encoder_precision", ENCODER_PRECISIONS)
         check_choice(self.targets, "targets", TARGET_SOURCES)
@@ -221,6 +217,7 @@ class Liu2018TrainConfig:
         if self.targets == "fitted" and not self.targets_path:
             raise ValueError("targets_path: targets='fitted' needs the targets.npz written by `facelab fit`")
         resolve_profile(self, PROFILE_DEFAULTS[self.profile])
+        self.train.check(unused=UNUSED_LOOP_OPTIONS)
         self.image_size = check_image_size(self.image_size)
         self.render_size = check_image_size(self.render_size, "render_size")
         self.phase_steps = tuple(self.phase_steps)
@@ -244,11 +241,9 @@ class Liu2018TrainConfig:
     def train_config(self, phase: int, stage: str | None = None) -> TrainConfig:
         """The :class:`TrainConfig` of phase ``phase`` (1, 2 or 3), in ``out_dir/<stage>`` (default ``phase<k>``)."""
         check_choice(phase, "phase", PHASES)
-        return TrainConfig(steps=self.phase_steps[phase - 1], batch_size=self.batch_size, lr=self.phase_lr[phase - 1],
-                           weight_decay=self.weight_decay, log_every=self.log_every, ckpt_every=self.ckpt_every,
-                           seed=self.seed, out_dir=str(Path(self.out_dir) / (stage or f"phase{phase}")), device=self.device,
-                           profile=self.profile, grad_clip=self.grad_clip, progress=self.progress,
-                           diagnose_every=self.diagnose_every if phase == 3 else 0)
+        out_dir = Path(self.out_dir) / (stage or f"phase{phase}")
+        return self.train.stage(self.phase_steps[phase - 1], out_dir, self.profile, lr=self.phase_lr[phase - 1],
+                                diagnose_every=self.train.diagnose_every if phase == 3 else 0)
 
 
 # ------------------------------------------------------------------ losses
@@ -422,9 +417,10 @@ def train_liu2018(config: Liu2018TrainConfig | None = None, **overrides) -> Path
     """Train :class:`~facelab.models.liu2018.Liu2018Model` in three phases on ``webface``; returns the run folder.
 
     See the module docstring for the phases and the folder layout. ``overrides`` replace
-    fields of ``config``. An interrupted run resumes when called again.
+    fields of ``config`` (keys as :func:`facelab.config.replace_fields` takes them: ``seed=1``
+    sets ``train.seed``). An interrupted run resumes when called again.
     """
-    cfg = dataclasses.replace(config or Liu2018TrainConfig(), **overrides)
+    cfg = replace_fields(config or Liu2018TrainConfig(), overrides)
     with torch_threads(cfg.num_threads):
         _train(cfg)
     return Path(cfg.out_dir)
@@ -452,19 +448,20 @@ def stage_loss(stage: str, cfg: Liu2018TrainConfig):
     if stage == "phase2_joint":
         return phase2_joint_loss
     weights = {"lambda_r": cfg.lambda_r, "lambda_c": 1.0, **STAGES[stage][3]}
-    return Phase3Loss(weights["lambda_r"], return_terms=cfg.diagnose_every > 0, lambda_c=weights["lambda_c"])
+    return Phase3Loss(weights["lambda_r"], return_terms=cfg.train.diagnose_every > 0, lambda_c=weights["lambda_c"])
 
 
 def _batches(cfg: Liu2018TrainConfig, collection):
     if cfg.pool:
-        pool = render_pool(collection, cache=cfg.cache_pool, progress=cfg.progress,
+        pool = render_pool(collection, cache=cfg.cache_pool, progress=cfg.train.progress,
                            align_to=tuple(cfg.image_size) if cfg.align else None)
         if cfg.targets == "fitted":
             pool = _fitted(pool, cfg, collection)
-        return pool_batches(pool, cfg.batch_size, cfg.seed)
+        return pool_batches(pool, cfg.train.batch_size, cfg.train.seed)
     if cfg.targets == "fitted":
         raise ValueError("targets: 'fitted' needs pool=True (the fitted targets are per image of a fixed suite)")
-    stream = StepLoader(collection, cfg.batch_size, sum(cfg.phase_steps), seed=cfg.seed, num_workers=cfg.num_workers)
+    stream = StepLoader(collection, cfg.train.batch_size, sum(cfg.phase_steps), seed=cfg.train.seed,
+                        num_workers=cfg.num_workers)
     if not cfg.align:
         return stream
     return lambda step: pools.align_batch(stream(step), tuple(cfg.image_size))
@@ -492,7 +489,7 @@ def _build_stage(cfg: Liu2018TrainConfig, stage: Stage, data: dict, parent: Path
     phase, _, loss_override, _ = STAGES[stage.name]
     mcfg = model_config(cfg, data["morphable"], data["n_classes"], loss=loss_override,
                         disentangled=stage.name != "phase2_joint")
-    seed_everything(cfg.seed)  # the initial weights depend on the seed only
+    seed_everything(cfg.train.seed)  # the initial weights depend on the seed only
     model = build_liu2018_model(mcfg)
     if parent is not None:
         ckpt = load_checkpoint(parent, expect_model=MODEL_NAME)
@@ -503,7 +500,7 @@ def _build_stage(cfg: Liu2018TrainConfig, stage: Stage, data: dict, parent: Path
         model.load_state_dict(state, strict=not other_head)
     speed_up_encoder(model.encoder, cfg.channels_last, cfg.encoder_precision)
     tcfg = cfg.train_config(phase, stage.name)
-    optimizer = torch.optim.AdamW(phase_parameters(model, phase), lr=tcfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(phase_parameters(model, phase), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, FINAL_LR_FRACTION))
     watch = {"encoder": model.encoder, "decoders": [model.id_decoder, model.res_decoder]} if phase == 3 else None
     return Trainer(model, optimizer, data["batches"], stage_loss(stage.name, cfg), tcfg, scheduler=scheduler,

@@ -23,13 +23,13 @@ POOL_RENDER_BATCH = 64
 
 def recipe_suite(suite: str, cfg, image_size: tuple[int, int] | None = None):
     """The training suite of a recipe config (``profile``, ``image_size``, ``resolution``,
-    ``seed`` and optional ``n_identities`` / ``images_per_identity``; 0 = the suite's default).
+    ``train.seed`` and optional ``n_identities`` / ``images_per_identity``; 0 = the suite's default).
     ``image_size`` overrides the config's (e.g. the photo size before aligned cropping)."""
     from facelab.data import make_suite
 
     sizes = {k: getattr(cfg, k) for k in ("n_identities", "images_per_identity") if getattr(cfg, k)}
     return make_suite(suite, profile=cfg.profile, image_size=image_size or cfg.image_size, resolution=cfg.resolution,
-                      seed=cfg.seed, **sizes)
+                      seed=cfg.train.seed, **sizes)
 
 
 def pool_path(collection, keys: tuple[str, ...], tag: str, align_to: tuple[int, int] | None = None) -> Path:

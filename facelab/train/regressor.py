@@ -22,18 +22,19 @@ through ``DataLoader`` workers into a ResNet-50.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from facelab.checks import check_choice, check_image_size
-from facelab.config import resolve_device, resolve_profile, torch_threads
+from facelab.config import replace_fields, resolve_profile, torch_threads
 from facelab.train import pools
-from facelab.train.trainer import StepLoader, TrainConfig, Trainer, cosine_lr_factor, step_indices
+from facelab.train.trainer import (
+    LOOP_DEFAULTS, LoopConfig, StepLoader, TrainConfig, Trainer, cosine_lr_factor, step_indices,
+)
 
 MODEL_NAME = "regressor"
 POOL_KEYS = ("image", "alpha_id", "alpha_exp", "pose", "sh", "landmarks2d")
@@ -42,10 +43,12 @@ FINAL_LR_FRACTION = 0.05  # cosine schedule ends at this fraction of lr
 ID_WEIGHTINGS = ("uniform", "geometric")
 
 PROFILE_DEFAULTS = {
-    "quick": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", steps=300, batch_size=32,
-                  n_identities=192, images_per_identity=4, pool=True, num_workers=0, num_threads=1),
-    "full": dict(backbone="resnet50", image_size=(112, 96), resolution="default", steps=20_000, batch_size=64,
-                 n_identities=0, images_per_identity=0, pool=False, num_workers=4, num_threads=-1),
+    "quick": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", steps=300, n_identities=192,
+                  images_per_identity=4, pool=True, num_workers=0, num_threads=1,
+                  train=dict(LOOP_DEFAULTS, batch_size=32, lr=1e-3, diagnose_every=0)),
+    "full": dict(backbone="resnet50", image_size=(112, 96), resolution="default", steps=20_000, n_identities=0,
+                 images_per_identity=0, pool=False, num_workers=4, num_threads=-1,
+                 train=dict(LOOP_DEFAULTS, batch_size=64, lr=1e-3, diagnose_every=0)),
 }
 
 
@@ -59,8 +62,10 @@ class RegressorTrainConfig:
         backbone: ``"resnet_tiny"``, ``"resnet18"``, ``"resnet50"``.
         image_size: ``(H, W)`` px. resolution: SynthFaces mesh preset.
         n_shape, n_exp: coefficients regressed (0: all of the model's).
-        steps, batch_size, lr, weight_decay, grad_clip, log_every, ckpt_every, seed, device:
-            see :class:`~facelab.train.trainer.TrainConfig`.
+        steps: optimisation steps.
+        train: the training-loop options (:class:`~facelab.train.trainer.LoopConfig`;
+            ``--set train.batch_size=64``); ``seed`` also seeds the suite. ``diagnose_every`` must
+            stay 0: the regressor's loss does not report its terms.
         n_identities, images_per_identity: size of the ``lp`` training suite (0: the suite's default).
         pool: pre-render the whole training suite once and sample batches from memory
             (fast for small suites), else render every batch (``DataLoader`` workers).
@@ -72,7 +77,6 @@ class RegressorTrainConfig:
             error is then proportional to the vertex error, so large components dominate).
         num_threads: torch CPU threads while training (-1: leave torch's setting; the quick
             profile's 1: small convolutions on a busy 2-core machine run faster on one thread).
-        progress: show progress bars.
     """
 
     profile: str = "quick"
@@ -83,14 +87,7 @@ class RegressorTrainConfig:
     n_shape: int = 0
     n_exp: int = 0
     steps: int | None = None
-    batch_size: int | None = None
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    grad_clip: float = 10.0
-    log_every: int = 10
-    ckpt_every: int = 100
-    seed: int = 0
-    device: str = "auto"
+    train: LoopConfig = field(default_factory=LoopConfig)
     n_identities: int | None = None
     images_per_identity: int | None = None
     pool: bool | None = None
@@ -101,13 +98,12 @@ class RegressorTrainConfig:
     w_landmark: float = 10.0
     id_weighting: str = "geometric"
     num_threads: int | None = None
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        self.device = resolve_device(self.device)
         check_choice(self.profile, "profile", tuple(PROFILE_DEFAULTS))
         check_choice(self.id_weighting, "id_weighting", ID_WEIGHTINGS)
         resolve_profile(self, PROFILE_DEFAULTS[self.profile])
+        self.train.check()
         self.image_size = check_image_size(self.image_size)
         if not self.out_dir:
             self.out_dir = f"runs/regressor-{self.profile}"
@@ -117,9 +113,7 @@ class RegressorTrainConfig:
 
     def train_config(self) -> TrainConfig:
         """The :class:`TrainConfig` of the loop."""
-        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                           log_every=self.log_every, ckpt_every=self.ckpt_every, seed=self.seed, out_dir=self.out_dir,
-                           device=self.device, profile=self.profile, grad_clip=self.grad_clip, progress=self.progress)
+        return self.train.stage(self.steps, self.out_dir, self.profile)
 
 
 class RegressorLoss(nn.Module):
@@ -214,9 +208,10 @@ def train_regressor(config: RegressorTrainConfig | None = None, **overrides) -> 
 
     The folder holds ``last.pt`` (load it with :func:`facelab.models.load_model`), ``config.json``
     and ``metrics.csv`` / ``metrics.jsonl``; an interrupted run resumes when called again.
-    ``overrides`` replace fields of ``config``.
+    ``overrides`` replace fields of ``config`` (keys as :func:`facelab.config.replace_fields`
+    takes them: ``seed=1`` sets ``train.seed``).
     """
-    cfg = dataclasses.replace(config or RegressorTrainConfig(), **overrides)
+    cfg = replace_fields(config or RegressorTrainConfig(), overrides)
     with torch_threads(cfg.num_threads):
         _train(cfg)
     return Path(cfg.out_dir)
@@ -227,21 +222,23 @@ def _train(cfg: RegressorTrainConfig) -> None:
 
     collection = _suite(cfg)
     morphable = collection.model
-    seed_everything(cfg.seed)  # the initial weights depend on the seed only
+    loop = cfg.train
+    seed_everything(loop.seed)  # the initial weights depend on the seed only
     model = build_regressor(cfg, morphable)
     if cfg.pool:
-        pool = render_pool(collection, cache=cfg.cache_pool, progress=cfg.progress)
-        batches = pool_batches(pool, cfg.batch_size, cfg.seed)
+        pool = render_pool(collection, cache=cfg.cache_pool, progress=loop.progress)
+        batches = pool_batches(pool, loop.batch_size, loop.seed)
         stats = pool
     else:
-        batches = StepLoader(collection, cfg.batch_size, cfg.steps, seed=cfg.seed, num_workers=cfg.num_workers)
-        parts = [collection.batch(step_indices(len(collection), cfg.batch_size, s, cfg.seed + 1)) for s in range(STAT_BATCHES)]
+        batches = StepLoader(collection, loop.batch_size, cfg.steps, seed=loop.seed, num_workers=cfg.num_workers)
+        parts = [collection.batch(step_indices(len(collection), loop.batch_size, s, loop.seed + 1))
+                 for s in range(STAT_BATCHES)]
         stats = {k: torch.cat([p[k] for p in parts]).cpu() for k in ("pose", "sh")}
     model.set_target_statistics(stats["pose"].float(), stats["sh"].float())
 
     loss_fn = RegressorLoss(morphable, model.n_shape, model.n_exp, cfg.image_size, cfg.w_coeff, cfg.w_sh,
-                            cfg.w_landmark, cfg.id_weighting).to(cfg.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+                            cfg.w_landmark, cfg.id_weighting).to(loop.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(cfg.steps, FINAL_LR_FRACTION))
     trainer = Trainer(model, optimizer, batches, loss_fn, cfg.train_config(), scheduler=scheduler,
                       model_name=MODEL_NAME, model_config=model.config, extra_config=cfg)

@@ -66,20 +66,19 @@ steps and 300 per variant: about 6 minutes on a 2-core CPU. ``full`` trains a Re
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from facelab.checks import check_choice, check_image_size, check_positive
-from facelab.config import resolve_device, resolve_profile, torch_threads
+from facelab.config import replace_fields, resolve_profile, torch_threads
 from facelab.losses.mixed_label import MixedLabelLoss
 from facelab.models.sir import MODEL_NAME, RECOG_LOSSES, SIRNet, SIRNetConfig
 from facelab.train import pools
 from facelab.train.stages import Stage, run_stages
-from facelab.train.trainer import TrainConfig, Trainer, cosine_lr_factor
+from facelab.train.trainer import LOOP_DEFAULTS, LoopConfig, TrainConfig, Trainer, cosine_lr_factor
 
 VARIANTS = ("params_recog", "params_recog_sir", "sfm_sir")
 BASE = "base"
@@ -94,12 +93,14 @@ PROFILE_DEFAULTS = {
     "quick": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", base_steps=900, steps=300,
                   batch_lp=32, batch_id=32, ids_per_batch=8, n_identities=200, images_per_identity=16,
                   lp_identities=100, lp_images_per_identity=16, sfm_identities=200, sfm_samples=5, pool=True,
-                  num_threads=1, diagnose_every=25),
+                  num_threads=1, train=dict(LOOP_DEFAULTS, lr=1e-3, diagnose_every=25)),
     "full": dict(backbone="resnet50", image_size=(112, 96), resolution="default", base_steps=20_000, steps=5_000,
                  batch_lp=32, batch_id=64, ids_per_batch=16, n_identities=2000, images_per_identity=20,
                  lp_identities=1000, lp_images_per_identity=20, sfm_identities=2000, sfm_samples=10, pool=True,
-                 num_threads=-1, diagnose_every=500),
+                 num_threads=-1, train=dict(LOOP_DEFAULTS, lr=1e-3, diagnose_every=500)),
 }
+#: the loop options the SIR recipe takes from elsewhere: {field: what it uses instead}
+UNUSED_LOOP_OPTIONS = {"batch_size": "batch_lp + batch_id images per step"}
 
 
 @dataclass
@@ -118,8 +119,11 @@ class SIRTrainConfig:
             ``batch_id // ids_per_batch`` images).
         n_identities, images_per_identity: ``webface`` training suite size.
         lp_identities, lp_images_per_identity: ``lp`` training suite size.
-        lr, weight_decay, grad_clip, log_every, ckpt_every, seed, device: the loop
-            (see :class:`~facelab.train.trainer.TrainConfig`).
+        train: the training-loop options of every stage (:class:`~facelab.train.trainer.LoopConfig`;
+            ``--set train.lr=5e-4``); ``seed`` also seeds the suites and the SFM's 3D data.
+            ``diagnose_every``: steps between measurements of each weighted term's (landmarks, prior,
+            recognition, SIR) share of the gradient on the regressor and the Sphere Face Model basis
+            (:mod:`facelab.train.diagnostics`; 0: never). ``batch_size`` is not used (``batch_lp + batch_id``).
         recog_loss: ``"cosface"`` or ``"arcface"``; recog_s, recog_m: its scale and margin
             (CosFace: cosine margin; ArcFace: radians).
         w_landmark, w_prior, w_recog, w_sir: loss weights (``w_sir`` applies to the
@@ -132,10 +136,6 @@ class SIRTrainConfig:
         pool: pre-render the training suites once (in memory, cached on disk).
         cache_pool: keep rendered pools under :func:`facelab.config.cache_dir`.
         num_threads: torch CPU threads (-1: leave them as they are; quick: 1).
-        progress: show progress bars.
-        diagnose_every: steps between measurements of each weighted term's (landmarks, prior,
-            recognition, SIR) share of the gradient on the regressor and the Sphere Face Model
-            basis (:mod:`facelab.train.diagnostics`; 0: never).
     """
 
     profile: str = "quick"
@@ -155,13 +155,7 @@ class SIRTrainConfig:
     images_per_identity: int | None = None
     lp_identities: int | None = None
     lp_images_per_identity: int | None = None
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    grad_clip: float = 10.0
-    log_every: int = 10
-    ckpt_every: int = 100
-    seed: int = 0
-    device: str = "auto"
+    train: LoopConfig = field(default_factory=LoopConfig)
     recog_loss: str = "cosface"
     recog_s: float = 30.0
     recog_m: float = 0.35
@@ -179,17 +173,15 @@ class SIRTrainConfig:
     pool: bool | None = None
     cache_pool: bool = True
     num_threads: int | None = None
-    progress: bool = True
-    diagnose_every: int | None = None
 
     def __post_init__(self) -> None:
-        self.device = resolve_device(self.device)
         check_choice(self.profile, "profile", tuple(PROFILE_DEFAULTS))
         check_choice(self.recog_loss, "recog_loss", RECOG_LOSSES)
         self.variants = tuple(self.variants)
         for v in self.variants:
             check_choice(v, "variants", list(VARIANTS))
         resolve_profile(self, PROFILE_DEFAULTS[self.profile])
+        self.train.check(unused=UNUSED_LOOP_OPTIONS)
         self.image_size = check_image_size(self.image_size)
         for key in ("base_steps", "steps", "batch_lp", "batch_id", "ids_per_batch", "n_identities",
                     "images_per_identity", "lp_identities", "lp_images_per_identity", "sfm_identities",
@@ -212,10 +204,7 @@ class SIRTrainConfig:
         check_choice(stage, "stage", list(STAGES))
         steps = self.base_steps if stage == BASE else self.steps
         batch = self.batch_lp + self.batch_id
-        return TrainConfig(steps=steps, batch_size=batch, lr=self.lr, weight_decay=self.weight_decay,
-                           log_every=self.log_every, ckpt_every=self.ckpt_every, seed=self.seed,
-                           out_dir=str(Path(self.out_dir) / stage), device=self.device, profile=self.profile,
-                           grad_clip=self.grad_clip, progress=self.progress, diagnose_every=self.diagnose_every)
+        return self.train.stage(steps, Path(self.out_dir) / stage, self.profile, batch_size=batch)
 
 
 # -------------------------------------------------------------------- data
@@ -227,7 +216,7 @@ def _suite(cfg: SIRTrainConfig, name: str):
     else:
         sizes = dict(n_identities=cfg.n_identities, images_per_identity=cfg.images_per_identity)
     return make_suite(name, profile=cfg.profile, image_size=cfg.image_size, resolution=cfg.resolution,
-                      seed=cfg.seed, **sizes)
+                      seed=cfg.train.seed, **sizes)
 
 
 def render_pools(cfg: SIRTrainConfig) -> dict[str, dict[str, torch.Tensor]]:
@@ -237,9 +226,9 @@ def render_pools(cfg: SIRTrainConfig) -> dict[str, dict[str, torch.Tensor]]:
     can reach the loss. Cached under ``cache_dir()/pools`` (:func:`facelab.train.pools.render_pool`).
     """
     return {"lp": pools.render_pool(_suite(cfg, "lp"), LP_POOL_KEYS, "sir", cache=cfg.cache_pool,
-                                    progress=cfg.progress),
+                                    progress=cfg.train.progress),
             "webface": pools.render_pool(_suite(cfg, "webface"), ID_POOL_KEYS, "sir", cache=cfg.cache_pool,
-                                         progress=cfg.progress)}
+                                         progress=cfg.train.progress)}
 
 
 def identity_indices(labels: torch.Tensor, ids_per_batch: int, per_id: int, step: int, seed: int = 0) -> torch.Tensor:
@@ -333,7 +322,7 @@ def stage_loss(stage: str, cfg: SIRTrainConfig) -> MixedLabelLoss:
     check_choice(stage, "stage", list(STAGES))
     w_sir = cfg.w_sir if stage.endswith("_sir") else 0.0
     return MixedLabelLoss(cfg.image_size, cfg.w_landmark, cfg.w_prior, cfg.w_recog, w_sir, cfg.sir_margin_mm,
-                          return_terms=cfg.diagnose_every > 0)
+                          return_terms=cfg.train.diagnose_every > 0)
 
 
 def train_sir(config: SIRTrainConfig | None = None, **overrides) -> Path:
@@ -343,9 +332,10 @@ def train_sir(config: SIRTrainConfig | None = None, **overrides) -> Path:
     load with :func:`facelab.models.load_model`), ``sfm_stage1.npz`` (the stage-1 Sphere Face Model, a
     :class:`~facelab.morphable.model.MorphableModel` file), per-stage sub-folders with the
     trainer's logs, and ``summary.json``. Finished stages are skipped; an interrupted one resumes.
-    ``overrides`` replace fields of ``config``.
+    ``overrides`` replace fields of ``config`` (keys as :func:`facelab.config.replace_fields` takes
+    them: ``seed=1`` sets ``train.seed``).
     """
-    cfg = dataclasses.replace(config or SIRTrainConfig(), **overrides)
+    cfg = replace_fields(config or SIRTrainConfig(), overrides)
     with torch_threads(cfg.num_threads):
         _train(cfg)
     return Path(cfg.out_dir)
@@ -354,9 +344,9 @@ def train_sir(config: SIRTrainConfig | None = None, **overrides) -> Path:
 def _parameter_groups(model: SIRNet, cfg: SIRTrainConfig) -> list[dict]:
     basis = [p for n, p in model.named_parameters() if n.startswith("sfm.")]
     rest = [p for n, p in model.named_parameters() if not n.startswith("sfm.")]
-    groups = [{"params": rest, "lr": cfg.lr}]
+    groups = [{"params": rest, "lr": cfg.train.lr}]
     if basis:
-        groups.append({"params": basis, "lr": cfg.lr * cfg.sfm_basis_lr_scale, "weight_decay": 0.0})
+        groups.append({"params": basis, "lr": cfg.train.lr * cfg.sfm_basis_lr_scale, "weight_decay": 0.0})
     return groups
 
 
@@ -374,7 +364,7 @@ def _build_stage_model(stage: str, cfg: SIRTrainConfig, morphable, root: Path,
     from facelab.io.checkpoint import load_checkpoint
     from facelab.train.trainer import seed_everything
 
-    seed_everything(cfg.seed)  # the initial weights depend on the seed only
+    seed_everything(cfg.train.seed)  # the initial weights depend on the seed only
     if stage != "sfm_sir":
         mcfg = model_config(cfg, morphable, "pca")
         model = SIRNet(mcfg, morphable)
@@ -407,9 +397,10 @@ def _build_stage(cfg: SIRTrainConfig, stage: Stage, data: dict, parent: Path | N
     model, mcfg = _build_stage_model(stage.name, cfg, data["morphable"], root, parent)
     if stage.name == "sfm_sir" and not (root / stage.name / CHECKPOINT_NAME).exists():
         init_class_weights(model, pools_["webface"])  # a fresh start; a resumed run has its own
-    batches = mixed_batches(pools_["lp"], pools_["webface"], cfg.batch_lp, cfg.batch_id, cfg.ids_per_batch, cfg.seed)
+    batches = mixed_batches(pools_["lp"], pools_["webface"], cfg.batch_lp, cfg.batch_id, cfg.ids_per_batch,
+                            cfg.train.seed)
     tcfg = cfg.train_config(stage.name)
-    optimizer = torch.optim.AdamW(_parameter_groups(model, cfg), lr=tcfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, cfg), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, FINAL_LR_FRACTION))
     watch = {"regressor": model.regressor}
     if model.sfm is not None and any(p.requires_grad for p in model.sfm.parameters()):
@@ -438,7 +429,7 @@ def sfm_shapes(cfg: SIRTrainConfig, ids: torch.Tensor, seed: int | None = None) 
     from facelab.morphable.sphere import noisy_identity_shapes
 
     world = load_world(SynthFacesConfig(resolution=cfg.resolution))
-    shapes, labels = noisy_identity_shapes(world, ids, cfg.sfm_samples, seed=cfg.seed if seed is None else seed)
+    shapes, labels = noisy_identity_shapes(world, ids, cfg.sfm_samples, seed=cfg.train.seed if seed is None else seed)
     return shapes.float(), labels
 
 
@@ -454,7 +445,7 @@ def sfm_config(cfg: SIRTrainConfig):
     from facelab.morphable.sphere import SFMConfig
 
     over = {k: v for k, v in (("n_steps", cfg.sfm_steps), ("margin", cfg.sfm_margin)) if v}
-    return SFMConfig(seed=cfg.seed, **over)
+    return SFMConfig(seed=cfg.train.seed, **over)
 
 
 def sfm_stage1(cfg: SIRTrainConfig, root, morphable):

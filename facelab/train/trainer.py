@@ -45,7 +45,7 @@ import math
 import random
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -112,11 +112,77 @@ class TrainConfig:
         check_positive(self.lr, "lr")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
-        if not self.grad_clip >= 0:
-            raise ValueError(f"grad_clip: must be >= 0 (0 = off), got {self.grad_clip}")
+        if not (self.grad_clip >= 0 and math.isfinite(self.grad_clip)):
+            raise ValueError(f"grad_clip: must be finite and >= 0 (0 = off), got {self.grad_clip}")
         if not (isinstance(self.diagnose_every, int) and self.diagnose_every >= 0):
             raise ValueError(f"diagnose_every: must be an int >= 0 (0 = off), got {self.diagnose_every!r}")
         check_choice(self.profile, "profile", PROFILES)
+
+
+#: the loop options every recipe uses with these values unless its profile table says otherwise
+LOOP_DEFAULTS = dict(weight_decay=1e-4, grad_clip=10.0, log_every=10, ckpt_every=100, seed=0, device="auto",
+                     progress=True)
+
+
+@dataclass
+class LoopConfig:
+    """The training-loop options of a recipe, shared by all its stages: every recipe config's ``train``.
+
+    Every :class:`TrainConfig` field but ``steps``, ``out_dir`` and ``profile``, which a recipe
+    sets per stage (see :class:`TrainConfig` for their meaning; ``seed`` also seeds the recipe's
+    suites and batch order). None takes the recipe profile's value: its ``PROFILE_DEFAULTS[profile]["train"]``,
+    filled in by :func:`facelab.config.resolve_profile`. Set them as ``--set train.lr=0.1`` (or
+    ``--set lr=0.1``) or ``Recipe(train=LoopConfig(lr=0.1))``. A field a recipe takes from
+    elsewhere (Liu et al.'s ``lr``: each phase has its own, ``phase_lr``) stays None, and setting it raises.
+
+    >>> loop = LoopConfig(batch_size=8, lr=0.1, **LOOP_DEFAULTS); loop.check()
+    >>> cfg = loop.stage(steps=5, out_dir="runs/x/phase1", profile="quick", lr=0.01)
+    >>> cfg.steps, cfg.batch_size, cfg.lr, cfg.grad_clip
+    (5, 8, 0.01, 10.0)
+    >>> LoopConfig(lr=0.1).check(unused={"lr": "each phase's rate is phase_lr"})
+    Traceback (most recent call last):
+    ...
+    ValueError: train.lr: not used by this recipe (each phase's rate is phase_lr); leave it unset
+    """
+
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    log_every: int | None = None
+    ckpt_every: int | None = None
+    seed: int | None = None
+    device: str | None = None
+    grad_clip: float | None = None
+    progress: bool | None = None
+    diagnose_every: int | None = None
+
+    def _given(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def check(self, unused: dict[str, str] | None = None) -> None:
+        """Check the options as :class:`TrainConfig` does and resolve ``device="auto"``, in place.
+
+        ``unused``: ``{field: what the recipe uses instead}``, fields that must stay None. Errors
+        name the field as a recipe config's key (``train.lr: ...``).
+
+        >>> LoopConfig(batch_size=0).check()
+        Traceback (most recent call last):
+        ...
+        ValueError: train.batch_size: must be positive, got 0
+        """
+        for name, instead in (unused or {}).items():
+            if getattr(self, name) is not None:
+                raise ValueError(f"train.{name}: not used by this recipe ({instead}); leave it unset")
+        try:
+            checked = TrainConfig(**self._given())  # its errors start with the field's name
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"train.{err}") from None
+        if self.device is not None:
+            self.device = checked.device
+
+    def stage(self, steps: int, out_dir, profile: str, **changes) -> TrainConfig:
+        """The :class:`TrainConfig` of one stage: these options (None: TrainConfig's default) with ``changes``."""
+        return TrainConfig(steps=steps, out_dir=str(out_dir), profile=profile, **{**self._given(), **changes})
 
 
 def seed_everything(seed: int) -> None:
