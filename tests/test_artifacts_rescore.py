@@ -1,0 +1,41 @@
+"""A committed run's checkpoints, loaded through the model registry, score what its ``results.json`` says.
+
+The scores were computed when the run was made; re-scoring the exported checkpoints with
+today's loaders and evaluation code must give the same numbers. Like the reproduce goldens,
+the comparison holds on the kind of machine the runs were scored on (LAPACK's rounding of
+the SynthFaces PCA differs between CPUs), and skips elsewhere, saying so.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from facelab.metrics.model_eval import ModelEvalConfig
+from facelab.models.registry import load_evaluable
+from facelab.reproduce.artifacts import ARTIFACTS_DIR, has_artifact, load_results
+from facelab.reproduce.liu2018 import COLUMNS, RECOGNITION_ONLY_ROWS, ScoringSuites, score_phase
+from test_reproduce_golden import GOLDEN, MACHINE_KEY, machine
+
+SAME_SCORE = 1e-6  # mm and accuracy: the same code on the same kind of CPU gives the same number
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["liu2018-quick"])
+def test_committed_liu_run_rescores_to_its_results(name, one_thread):
+    recorded_on = json.loads(GOLDEN.read_text()).get(MACHINE_KEY)
+    if recorded_on != machine():
+        pytest.skip(f"the committed runs were scored on {recorded_on!r}, this is {machine()!r}")
+    if not has_artifact(name):
+        pytest.skip(f"no committed {name} run")
+    result = load_results(name)
+    eval_cfg = ModelEvalConfig()
+    suites = ScoringSuites(result["profile"], eval_cfg)
+    for row in result["rows"]:
+        model = load_evaluable(ARTIFACTS_DIR / name / f"{row['stage']}.pt")
+        cols, _, _ = score_phase(model, result["profile"], eval_cfg, suites,
+                                 reconstruction=row["stage"] not in RECOGNITION_ONLY_ROWS)
+        for col in COLUMNS:
+            if row[col] is not None:
+                assert cols[col] == pytest.approx(row[col], abs=SAME_SCORE), f"{name}/{row['stage']}: {col}"
