@@ -20,6 +20,14 @@ def test_readme_liu_tables_are_the_standard_runs():
     assert rows_markdown(result) in text, "README: the Liu et al. rows table differs from results.json"
 
 
+@pytest.mark.skipif(not has_artifact("gao2020-quick"), reason="no committed gao2020-quick run")
+def test_readme_gao_tables_are_the_quick_runs():
+    from facelab.reproduce.gao2020 import results_markdown
+
+    assert results_markdown(load_results("gao2020-quick")) in README.read_text(), \
+        "README: the Gao et al. tables differ from book/artifacts/gao2020-quick/results.json"
+
+
 def test_the_check_catches_an_edited_number():
     result = {"claims": [{"id": "L2", "text": "t", "rows": ["a", "b"], "metric": "micc_mm", "estimate": -0.1,
                           "ci95": [-0.2, 0.0], "n_subjects": 30, "n_seeds": 3, "verdict": "within noise"}]}

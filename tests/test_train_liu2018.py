@@ -13,7 +13,7 @@ from facelab.models.liu2018 import build_liu2018_model
 from facelab.models.registry import load_model
 from facelab.train.liu2018 import (
     Liu2018TrainConfig, Phase3Loss, phase1_loss, phase2_loss, phase_parameters, pool_batches,
-    render_pool, train_liu2018, _fitted, _suite,
+    render_pool, train_liu2018, _fitted, training_suite,
 )
 from facelab.train.trainer import LoopConfig
 
@@ -164,7 +164,7 @@ def test_tiny_run_writes_phase_checkpoints(tiny_run):
 
 def test_tiny_run_each_phase_lowers_its_objective(tiny_run):
     cfg, out = tiny_run
-    collection = _suite(cfg)
+    collection = training_suite(cfg)
     batches = pool_batches(render_pool(collection, cache=False, align_to=cfg.image_size), cfg.train.batch_size, seed=123)
     before = _initial_model(out, cfg.train.seed)
     models = [before] + [load_model(out / f"phase{p}.pt")[0] for p in (1, 2, 3)]
@@ -224,7 +224,7 @@ def test_fitted_targets_replace_the_truth(tmp_path):
     loop = dataclasses.replace(TINY["train"], batch_size=2)
     cfg = Liu2018TrainConfig(out_dir=str(tmp_path / "run"), **{**TINY, "n_identities": 2, "images_per_identity": 2,
                                                                "phase_steps": (1, 1, 1), "train": loop})
-    collection = _suite(cfg)
+    collection = training_suite(cfg)
     targets, _ = fit_collection(collection, CollectionFitConfig(n_steps=2, n_shape=4, n_albedo=2))
     path = save_fitted_targets(tmp_path / "targets.npz", targets)
     fitted = dataclasses.replace(cfg, targets="fitted", targets_path=str(path))

@@ -274,7 +274,13 @@ def _solve_map(
     return alpha_id, local[..., 0]
 
 
-def _groups(groups: torch.Tensor | None, B: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def group_index_of(groups: torch.Tensor | None, B: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(labels (G,), index (B,))`` long: the sorted identity labels of ``groups (B,)`` and each
+    image's group. ``groups=None`` puts every image in a group of its own.
+
+    >>> group_index_of(torch.tensor([7, 3, 7]), 3, "cpu")
+    (tensor([3, 7]), tensor([1, 0, 1]))
+    """
     if groups is None:
         labels = torch.arange(B, device=device)
         return labels, labels
@@ -371,7 +377,7 @@ def fit_landmarks(
     check_tensor(weights, "weights", (B, N_LANDMARKS))
     if (weights < 0).any():
         raise ValueError("weights: must be >= 0")
-    labels, group_index = _groups(groups, B, dev)
+    labels, group_index = group_index_of(groups, B, dev)
     G = labels.shape[0]
     k_id = leading_components(cfg.n_shape, model.n_shape, "n_shape")
     k_exp = leading_components(cfg.n_exp, model.n_exp, "n_exp")

@@ -29,7 +29,7 @@ import torch
 from facelab.checks import check_choice, check_nonnegative_int, check_positive, check_tensor
 from facelab.config import with_options
 from facelab.fitting.landmarks import (
-    N_LANDMARKS, LandmarkFit, LandmarkFitConfig, _groups, fit_landmarks, leading_components,
+    N_LANDMARKS, LandmarkFit, LandmarkFitConfig, fit_landmarks, group_index_of, leading_components,
 )
 from facelab.morphable.model import MorphableModel
 from facelab.render.rasterize import interpolate
@@ -248,7 +248,7 @@ def fit_photometric(
     cfg = _resolve(config, options)
     B, _, H, W = images.shape
     dev, dt = images.device, images.dtype
-    labels, group_index = _groups(groups, B, dev)
+    labels, group_index = group_index_of(groups, B, dev)
     G = labels.shape[0]
     k_id = leading_components(cfg.n_shape, model.n_shape, "n_shape", at_most=True)
     k_exp = leading_components(cfg.n_exp, model.n_exp, "n_exp", at_most=True)

@@ -361,9 +361,9 @@ def check_labelled_shapes(shapes, labels, shapes_name="shapes", labels_name="lab
 
 def _pca_fit(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean ``(D,)``, orthonormal basis ``(D, k)`` and std ``(k,)`` of ``x (N, D)`` (float64)."""
-    from facelab.morphable.synthfaces import _pca  # QR first: much faster than a wide SVD
+    from facelab.morphable.synthfaces import pca_basis  # QR first: much faster than a wide SVD
 
-    return _pca(x, k)
+    return pca_basis(x, k)
 
 
 def fit_pca(shapes: torch.Tensor, K: int) -> SphereFaceModel:

@@ -768,7 +768,7 @@ def load_world(config: SynthFacesConfig | None = None) -> FaceWorld:
     return _world_cached(json.dumps(dataclasses.asdict(config), sort_keys=True))
 
 
-def _pca(data: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pca_basis(data: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean ``(D,)``, orthonormal basis ``(D, k)`` and std ``(k,)`` of ``data`` ``(M, D)`` (float64)."""
     mean = data.mean(0)
     # QR first, then the SVD of the small (M, M) factor: LAPACK's SVD of a wide matrix
@@ -819,10 +819,10 @@ def _build_model(config: SynthFacesConfig) -> MorphableModel:
     shapes = torch.cat([shapes, world.mirror(shapes)])
     albedos = torch.cat([albedos, world.mirror(albedos, flip_x=False)])
     V = world.n_verts
-    mean, basis, std = _pca(shapes.reshape(2 * config.n_population, -1), config.n_shape)
+    mean, basis, std = pca_basis(shapes.reshape(2 * config.n_population, -1), config.n_shape)
     mean = mean.reshape(V, 3)
     mean = 0.5 * (mean + world.mirror(mean[None])[0])
-    a_mean, a_basis, a_std = _pca(albedos.reshape(2 * config.n_population, -1), config.n_albedo)
+    a_mean, a_basis, a_std = pca_basis(albedos.reshape(2 * config.n_population, -1), config.n_albedo)
     a_mean = a_mean.reshape(V, 3)
     a_mean = 0.5 * (a_mean + world.mirror(a_mean[None], flip_x=False)[0])
     e_basis, e_std = expression_basis(world, config.n_expression_samples, config.seed + 1)

@@ -366,7 +366,9 @@ class Phase3Loss(nn.Module):
 
 
 # -------------------------------------------------------------------- data
-def _suite(cfg: Liu2018TrainConfig):
+def training_suite(cfg: Liu2018TrainConfig):
+    """The WebFace-like training collection of ``cfg`` (``cfg.n_identities`` x ``cfg.images_per_identity``
+    photos of ``cfg.photo_size`` px), before it is rendered into a pool."""
     return pools.recipe_suite("webface", cfg, image_size=cfg.photo_size)
 
 
@@ -477,7 +479,7 @@ def recipe_stages(cfg: Liu2018TrainConfig) -> list[Stage]:
 
 
 def _prepare(cfg: Liu2018TrainConfig) -> dict:
-    collection = _suite(cfg)
+    collection = training_suite(cfg)
     return {"morphable": collection.model, "n_classes": collection.config.n_identities,
             "batches": _batches(cfg, collection)}
 
