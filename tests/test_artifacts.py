@@ -21,6 +21,7 @@ def _run(tmp_path):
     save_checkpoint(run / "stage.pt", model_name="regressor", model_config={"x": 1}, state_dict=net.state_dict(),
                     optimizer=opt, step=3)
     (run / "results.json").write_text("{}")
+    (run / "summary.json").write_text('{"stage": {"diagnostics": {}}}')
     (run / "stage").mkdir()
     (run / "stage" / "metrics.csv").write_text("step,loss\n1,2.0\n")
     return run, net
@@ -34,7 +35,8 @@ def test_export_keeps_weights_drops_training_state(tmp_path):
     for k, v in net.state_dict().items():
         assert torch.equal(ckpt["state_dict"][k], v)
     manifest = json.loads((dest / A.MANIFEST).read_text())
-    assert manifest["command"] == "facelab reproduce demo" and set(manifest["files"]) == {"stage.pt", "results.json", "stage/metrics.csv"}
+    assert manifest["command"] == "facelab reproduce demo" and set(manifest["files"]) == {"stage.pt", "results.json", "summary.json",
+                                                                                             "stage/metrics.csv"}
 
 
 def test_verify_names_a_modified_file(tmp_path):
@@ -57,6 +59,8 @@ def test_restore_copies_only_missing_checkpoints(tmp_path):
     out = tmp_path / "out"
     assert A.restore_run("demo", out, root=tmp_path / "art") == ["stage.pt"]
     assert (out / "stage.pt").is_file() and not (out / "results.json").exists()
+    # the stage summaries travel too: they hold the term diagnostics a re-scored run's claims read
+    assert json.loads((out / "summary.json").read_text()) == {"stage": {"diagnostics": {}}}
     assert (out / "stage" / "metrics.csv").read_text().startswith("step,loss")
     assert A.restore_run("missing", out, root=tmp_path / "art") == []
 
@@ -71,7 +75,8 @@ def test_nested_runs_keep_their_layout_and_skip_trainer_state(tmp_path):
     (variant / "summary.json").write_text("{}")
     dest = A.export_run(run, "nested", "cmd", root=tmp_path / "art")
     files = set(json.loads((dest / A.MANIFEST).read_text())["files"])
-    assert files == {"variant/step2.pt", "variant/step2/metrics.csv", "variant/summary.json", "results.json"}
+    assert files == {"variant/step2.pt", "variant/step2/metrics.csv", "variant/summary.json", "summary.json",
+                     "results.json"}
     out = tmp_path / "out"
     assert A.restore_run("nested", out, root=tmp_path / "art") == ["variant/step2.pt"]
     assert torch.equal(torch.load(out / "variant" / "step2.pt", weights_only=True)["state_dict"]["weight"], net.weight.detach())

@@ -28,6 +28,14 @@ def test_readme_gao_tables_are_the_quick_runs():
         "README: the Gao et al. tables differ from book/artifacts/gao2020-quick/results.json"
 
 
+@pytest.mark.skipif(not has_artifact("sir-quick"), reason="no committed sir-quick run")
+def test_readme_sir_tables_are_the_quick_runs():
+    from facelab.reproduce.sir import results_markdown
+
+    tables = results_markdown(load_results("sir-quick")).split("\n", 1)[1].strip()  # without its title
+    assert tables in README.read_text(), "README: the SIR tables differ from book/artifacts/sir-quick/results.json"
+
+
 def test_the_check_catches_an_edited_number():
     result = {"claims": [{"id": "L2", "text": "t", "rows": ["a", "b"], "metric": "micc_mm", "estimate": -0.1,
                           "ci95": [-0.2, 0.0], "n_subjects": 30, "n_seeds": 3, "verdict": "within noise"}]}

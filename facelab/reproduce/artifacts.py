@@ -31,6 +31,7 @@ MANIFEST = "manifest.json"
 EXPORT_KEYS = ("format", "format_version", "facelab_version", "torch_version", "model_name", "model_config",
                "state_dict", "step", "epoch", "train_config", "extra")
 RESULT_FILES = ("results.json", "results.md", "summary.json", "units.npz")
+SUMMARY_FILE = "summary.json"  # the recipes' record of each finished stage, with its term diagnostics
 LOG_FILES = ("metrics.csv",)  # each stage folder's training log (the chapters plot the curves)
 
 
@@ -136,8 +137,9 @@ def has_artifact(name: str, root=ARTIFACTS_DIR) -> bool:
 
 
 def restore_run(name: str, out_dir, root=ARTIFACTS_DIR) -> list[str]:
-    """Copy artifact ``name``'s checkpoints and training logs into ``out_dir`` (those missing
-    there), after verifying them.
+    """Copy artifact ``name``'s checkpoints, training logs and stage summaries (``summary.json``:
+    the term diagnostics the claims read) into ``out_dir`` (those missing there), after
+    verifying them.
 
     Returns the checkpoint file names now in ``out_dir`` that came from the artifact
     (empty when there is no such artifact). The recipes skip every stage whose final
@@ -153,7 +155,7 @@ def restore_run(name: str, out_dir, root=ARTIFACTS_DIR) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     restored = []
     for fname in manifest["files"]:
-        if fname.endswith(".pt") or Path(fname).name in LOG_FILES:
+        if fname.endswith(".pt") or Path(fname).name in LOG_FILES + (SUMMARY_FILE,):
             if not (out / fname).exists():
                 (out / fname).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(Path(root) / name / fname, out / fname)
