@@ -39,3 +39,37 @@ def test_committed_liu_run_rescores_to_its_results(name, one_thread):
         for col in COLUMNS:
             if row[col] is not None:
                 assert cols[col] == pytest.approx(row[col], abs=SAME_SCORE), f"{name}/{row['stage']}: {col}"
+
+
+def _gao(out):
+    from facelab.reproduce.gao2020 import reproduce_gao2020
+
+    return reproduce_gao2020("quick", out, ["train.progress=false"])
+
+
+def _sir(out):
+    from facelab.reproduce.sir import reproduce_sir
+
+    return reproduce_sir("quick", out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, rescore", [("gao2020-quick", _gao), ("sir-quick", _sir)])
+def test_committed_run_rescores_to_its_results(name, rescore, tmp_path, one_thread):
+    """``facelab reproduce`` on the restored checkpoints trains nothing and gives every recorded number again."""
+    from facelab.reproduce.artifacts import restore_run
+    from test_reproduce_golden import UNSTABLE_KEYS, numbers
+
+    recorded_on = json.loads(GOLDEN.read_text()).get(MACHINE_KEY)
+    if recorded_on != machine():
+        pytest.skip(f"the committed runs were scored on {recorded_on!r}, this is {machine()!r}")
+    if not has_artifact(name):
+        pytest.skip(f"no committed {name} run")
+    assert restore_run(name, tmp_path / name)
+    got = rescore(tmp_path / name)
+    assert got["train_seconds"] < 5, f"{name}: the restored run trained again"
+    want = {k: v for k, v in numbers(load_results(name)).items() if not k.startswith(tuple(UNSTABLE_KEYS))}
+    got = numbers(got)
+    assert set(want) <= set(got), f"{name}: numbers missing from the re-score: {sorted(set(want) - set(got))[:5]}"
+    worst = max(want, key=lambda k: abs(got[k] - want[k]))
+    assert abs(got[worst] - want[worst]) <= SAME_SCORE, f"{name}: {worst} = {got[worst]}, recorded {want[worst]}"
