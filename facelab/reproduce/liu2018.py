@@ -365,8 +365,7 @@ def reproduce_liu2018(profile: str = "quick", out_dir="runs/reproduce-liu2018", 
         profile trains Phase III at each of :data:`LAMBDA_R_DOSES` too); ``diagnostics`` says,
         for each Phase III stage of the first seed, what share of the gradient L_R and L_C each
         had on the encoder and the decoders, and how the identity head's training accuracy
-        compares with chance
-        (:mod:`facelab.train.diagnostics`).
+        compares with chance (:mod:`facelab.train.diagnostics`).
     """
     from facelab.config import apply_overrides, split_overrides
     from facelab.train.stages import read_summary
@@ -428,7 +427,8 @@ def reproduce_liu2018(profile: str = "quick", out_dir="runs/reproduce-liu2018", 
     dose_response = liu_dose_response(units, train_cfg.lambda_r, dose_activity)
     result = {"profile": profile, "out_dir": str(out), "seeds": list(seeds), "rows": rows,
               "rows_by_seed": {str(k): v for k, v in rows_by_seed.items()}, "baselines": baselines,
-              "yaw_rmse": yaw_rmse, "claims": claims, "dose_response": dose_response, "targets": _targets(rows, baselines), "activity": activity,
+              "yaw_rmse": yaw_rmse, "claims": claims, "dose_response": dose_response,
+              "targets": _targets(rows, baselines), "activity": activity,
               "diagnostics": diagnostics, "train_config": dataclasses.asdict(train_cfg),
               "train_seconds": round(t_train, 2), "seconds": round(time.perf_counter() - start, 2)}
     out.mkdir(parents=True, exist_ok=True)
