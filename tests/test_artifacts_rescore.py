@@ -21,14 +21,19 @@ from test_reproduce_golden import GOLDEN, MACHINE_KEY, machine
 SAME_SCORE = 1e-6  # mm and accuracy: the same code on the same kind of CPU gives the same number
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["liu2018-quick"])
-def test_committed_liu_run_rescores_to_its_results(name, one_thread):
+def _skip_unless_scorable(name: str) -> None:
+    """Skip, saying why, off the machine kind the runs were scored on or without the artifact."""
     recorded_on = json.loads(GOLDEN.read_text()).get(MACHINE_KEY)
     if recorded_on != machine():
         pytest.skip(f"the committed runs were scored on {recorded_on!r}, this is {machine()!r}")
     if not has_artifact(name):
         pytest.skip(f"no committed {name} run")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["liu2018-quick"])
+def test_committed_liu_run_rescores_to_its_results(name, one_thread):
+    _skip_unless_scorable(name)
     result = load_results(name)
     eval_cfg = ModelEvalConfig()
     suites = ScoringSuites(result["profile"], eval_cfg)
@@ -60,11 +65,7 @@ def test_committed_run_rescores_to_its_results(name, rescore, tmp_path, one_thre
     from facelab.reproduce.artifacts import restore_run
     from test_reproduce_golden import UNSTABLE_KEYS, numbers
 
-    recorded_on = json.loads(GOLDEN.read_text()).get(MACHINE_KEY)
-    if recorded_on != machine():
-        pytest.skip(f"the committed runs were scored on {recorded_on!r}, this is {machine()!r}")
-    if not has_artifact(name):
-        pytest.skip(f"no committed {name} run")
+    _skip_unless_scorable(name)
     assert restore_run(name, tmp_path / name)
     got = rescore(tmp_path / name)
     assert got["train_seconds"] < 5, f"{name}: the restored run trained again"

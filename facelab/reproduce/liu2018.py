@@ -296,13 +296,14 @@ def liu_dose_response(units: dict, lambda_r: float, activity: dict, n_boot: int 
     from facelab.metrics.stats import N_BOOTSTRAP, claims_table
 
     doses = sorted([(lambda_r, "phase3")] + [(w, dose_stage(w)) for w in LAMBDA_R_DOSES if w != lambda_r])
-    out = []
+    specs, weights = [], {}
     for claim_id, control, metric, better in DOSE_CLAIMS:
         for weight, stage in doses:
-            spec = (f"{claim_id} at λ_R = {weight:g}", f"{stage} vs {control}", (stage, control), metric, better, stage)
-            out += [{**entry, "lambda_r": weight} for entry in claims_table([spec], units, {}, activity,
-                                                                          n_boot=n_boot or N_BOOTSTRAP)]
-    return out
+            spec_id = f"{claim_id} at λ_R = {weight:g}"
+            weights[spec_id] = weight
+            specs.append((spec_id, f"{stage} vs {control}", (stage, control), metric, better, stage))
+    entries = claims_table(specs, units, {}, activity, n_boot=n_boot or N_BOOTSTRAP)
+    return [{**entry, "lambda_r": weights[entry["id"]]} for entry in entries]
 
 
 def _baseline_units(bcfg) -> tuple[dict, dict]:
