@@ -7,10 +7,11 @@
     facelab bench synth [--json]
     facelab bench infer [liu2018] [--json]
     facelab bench train [liu2018|gao2020] [--steps N] [--threads 1,2] [--json]
-    facelab train regressor|liu2018|gao2020|sir [--out DIR] [--profile quick|full] [--set key=value|train.key=value ...]
+    facelab train regressor|liu2018|gao2020|sir [--out DIR] [--profile quick|standard|full] [--set key=value|train.key=value ...]
     facelab fit SUITE_OR_DIR --out DIR [--profile quick|full] [--set key=value ...]
     facelab eval verify|recon|baselines ...   (see facelab.eval_cli)
-    facelab reproduce liu2018 --out DIR [--profile quick|full] [--json] [--set train.k=v|eval.k=v|baselines.k=v ...]
+    facelab reproduce liu2018 --out DIR [--profile quick|standard|full] [--seeds 0,1,2] [--json] [--set train.k=v|eval.k=v|baselines.k=v ...]
+    facelab reproduce gao2020 --out DIR [--profile quick|standard|full] [--seeds 0,1,2] [--liu PHASE3] [--json] [--set ...]
     facelab reproduce sir --out DIR [--profile quick|full] [--json] [--liu PHASE3] [--set train.k=v|eval.k=v|sir.k=v ...]
     facelab photo IMAGE --out DIR [--json] [--largest] [--detector hog|cnn] [--model PATH] [--liu PHASE3 | --no-liu]
     facelab book student --out DIR [NOTEBOOKS...]     (teacher mode, see facelab.teach)
@@ -180,6 +181,17 @@ def _cmd_fit(args) -> int:
     return 0
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> ``(0, 1, 2)`` (an argparse type: a bad value names the option)."""
+    try:
+        values = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
 def _cmd_reproduce(args) -> int:
     from facelab.metrics.report import write_json
     from facelab.reproduce import REPRODUCTIONS
@@ -187,7 +199,8 @@ def _cmd_reproduce(args) -> int:
     reproduction = REPRODUCTIONS[args.paper]
     if args.liu is not None and not reproduction.uses_liu:
         raise ValueError(f"--liu: the {args.paper} table has no Liu et al. row")
-    result = reproduction(args.profile, args.out, args.set, liu=args.liu, with_baselines=not args.no_baselines)
+    result = reproduction(args.profile, args.out, args.set, liu=args.liu, with_baselines=not args.no_baselines,
+                          seeds=args.seeds)
     for key in reproduction.terminal_drop:  # per-vertex arrays: in results.json, too long for the terminal
         result.pop(key, None)
     print(write_json(result, indent=None) if args.json else reproduction.markdown(result))
@@ -314,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="GROUP.KEY=VALUE",
                    help="override a train./eval./baselines. config field (repeatable)")
     p.add_argument("--no-baselines", action="store_true", help="skip the mean-face / oracle / landmark-fit rows")
+    p.add_argument("--seeds", type=_int_list, help="liu2018, gao2020: comma-separated training seeds "
+                                                   "(default: the profile's; standard trains 0,1,2)")
     p.add_argument("--liu", help="gao2020, sir: the Liu et al. row's phase3.pt or reproduce-liu2018 folder "
                                  "(default: the committed book/artifacts/liu2018-quick, else -standard)")
     p.set_defaults(func=_cmd_reproduce)

@@ -75,3 +75,53 @@ def test_gao_claims_and_activity():
     assert claims["G1"]["verdict"] == "inactive" and claims["G2"]["verdict"] == "within noise"
     assert claims["G4"]["verdict"] == "reversed" and claims["T1"]["verdict"] == "reversed"
     assert "G3" not in claims  # the Laplacian variant was not run
+
+
+def test_frame_units_are_zero_for_the_truth_and_see_each_effect():
+    """Per-subject frame scores: exact on the truth, and each moves with the error it measures."""
+    from facelab.morphable import SynthFacesConfig, build_synthfaces
+    from facelab.reproduce.gao2020 import HARD_YAW_DEG, frame_units
+
+    mm = build_synthfaces(SynthFacesConfig(resolution="quick"))
+    n_frames, rng = 4, torch.Generator().manual_seed(0)
+    ids = mm.mean_shape + (mm.shape_basis @ torch.randn(mm.n_shape, 2, generator=rng) * 20).T.reshape(2, -1, 3)
+    gt_identity = ids.repeat_interleave(n_frames, 0)  # subjects 0 and 1, one video of four frames each
+    expression = torch.zeros_like(gt_identity)
+    expression[[1, 5]] = 2.0  # one expressive frame per subject
+    pred = {"identity_shape": gt_identity.clone(), "gt_identity": gt_identity, "shape": gt_identity + expression,
+            "gt_shape": gt_identity + expression, "label": torch.arange(2).repeat_interleave(n_frames),
+            "condition": torch.zeros(2 * n_frames), "yaw_deg": torch.tensor([0.0, 0, HARD_YAW_DEG, 0] * 2)}
+    exact = frame_units(pred, mm)
+    assert set(exact) == {"frame_mm", "frame_std_mm", "hard_frame_mm", "span_mm", "detail_curvature_mm"}
+    for name, value in exact.items():
+        assert value.shape == (2,) and np.allclose(value, 0.0, atol=1e-4), name  # float32 shapes of ~100 mm
+    # subject 1's identity off by 1 mm along z on every vertex of frame 4, and a bump off the span
+    noisy = {**pred, "identity_shape": pred["identity_shape"].clone()}
+    noisy["identity_shape"][4, :, 2] += torch.linspace(-1, 1, mm.n_verts) ** 2
+    scores = frame_units(noisy, mm)
+    assert scores["frame_mm"][0] == pytest.approx(0.0, abs=1e-6) and scores["frame_mm"][1] > 0
+    assert scores["frame_std_mm"][1] > 0 and scores["span_mm"][1] > 0 and scores["span_mm"][0] < 1e-3
+    # the hard frames are the turned (frame 2) and expressive (frame 1) ones: a shape error elsewhere is not seen
+    off = {**pred, "shape": pred["shape"].clone()}
+    off["shape"][0, :, 0] += torch.linspace(0, 3, mm.n_verts)
+    assert frame_units(off, mm)["hard_frame_mm"][0] == pytest.approx(0.0, abs=1e-6)
+    off["shape"][2, :, 0] += torch.linspace(0, 3, mm.n_verts)
+    assert frame_units(off, mm)["hard_frame_mm"][0] > 0
+
+
+@pytest.mark.slow
+def test_tiny_reproduce_with_seeds_and_unshared_warmups(tmp_path):
+    out = tmp_path / "run"
+    result = reproduce_gao2020("quick", out, TINY_TRAIN + TINY_EVAL + ["train.share_warmup=false"],
+                               variants=("full", "no_adv"), with_baseline=False, seeds=(0, 3))
+    assert result["seeds"] == [0, 3]
+    for run in (out, out / "seed3"):
+        for variant in ("full", "no_adv"):
+            assert (run / variant / "step2.pt").exists() and (run / variant / "warmup").is_dir()  # its own warm-up
+    claims = {c["id"]: c for c in result["claims"]}
+    assert {"G2", "G2a", "G2b"} <= set(claims) and claims["G2a"]["n_seeds"] == 2 and claims["G2a"]["n_subjects"] == 2
+    warm = torch.load(out / "full" / "warmup.pt", weights_only=False)
+    other = torch.load(out / "seed3" / "full" / "warmup.pt", weights_only=False)
+    assert not torch.equal(warm["state_dict"]["shape_decoder.head.weight"], other["state_dict"]["shape_decoder.head.weight"])
+    with pytest.raises(ValueError, match="seeds"):
+        reproduce_gao2020("quick", out, TINY_TRAIN, seeds=())

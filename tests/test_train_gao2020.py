@@ -73,9 +73,20 @@ def test_config_profiles_and_defaults():
     assert tcfg.steps == quick.steps[1] and tcfg.out_dir.endswith("step2") and tcfg.batch_size == 32
 
 
+def test_standard_profile_trains_every_term_from_the_start():
+    quick, standard = Gao2020TrainConfig(), Gao2020TrainConfig(profile="standard")
+    assert quick.share_warmup and not standard.share_warmup
+    assert (quick.n_critic, quick.critic_p) == (1, 6.0) and (standard.n_critic, standard.critic_p) == (5, 2.0)
+    assert standard.w_recog > quick.w_recog and standard.w_adv > quick.w_adv and standard.w_smooth > quick.w_smooth
+    # the unshared warm-up's batches hold the collections' images too (the recognition loss sees them)
+    assert standard.train_config("warmup").batch_size == standard.batch_warmup + standard.batch_col
+    assert quick.train_config("warmup").batch_size == quick.batch_warmup
+    assert Gao2020TrainConfig(profile="standard", w_adv=0.0).w_adv == 0.0  # an explicit value beats the profile's
+
+
 @pytest.mark.parametrize("bad", [dict(profile="huge"), dict(smoothness="cot"), dict(steps=(1,)), dict(steps=(1, 0)),
                                  dict(batch_lp=1), dict(batch_col=0), dict(lr=-1.0), dict(critic_lr=0.0),
-                                 dict(n_critic=0), dict(w_adv=-0.1), dict(w_photo=float("nan")),
+                                 dict(n_critic=0), dict(critic_p=0.0), dict(w_adv=-0.1), dict(w_photo=float("nan")),
                                  dict(grad_clip=float("inf")), dict(batch_size=8)])
 def test_config_bad_values_raise(bad):
     from facelab.config import replace_fields
@@ -372,6 +383,47 @@ def test_warmup_trains_first_and_step1_starts_from_it(tiny_run):
     # step1's first logged row comes after loading the warm-up weights, not the initial ones
     first = _rows(root / "step1")[0]
     assert "warmup" in read_summary(out) and math.isfinite(first["shape"])
+
+
+@pytest.fixture(scope="module")
+def unshared_run(tmp_path_factory):
+    loop = dataclasses.replace(TINY["train"], diagnose_every=2)
+    cfg = Gao2020TrainConfig(out_dir=str(tmp_path_factory.mktemp("gao") / "unshared"),
+                             **{**TINY, "steps": (2, 2), "share_warmup": False, "n_critic": 2, "critic_p": 2.0, "train": loop})
+    return cfg, train_gao2020(cfg)
+
+
+def test_unshared_warmup_trains_the_ablated_terms_and_hands_them_on(unshared_run):
+    cfg, out = unshared_run
+    rows = _rows(out / "warmup")
+    # every term that needs no rasterising: the recognition and adversarial losses and the smoothness prior
+    assert {"shape", "pair", "lmk", "smooth", "recog", "acc", "adv", "d_wdist"} <= set(rows[-1])
+    assert not {"photo", "gdl", "lmk_gdl", "symm"} & set(rows[-1])
+    diag = read_summary(out)["warmup"]["diagnostics"]
+    assert {"recog", "adv", "smooth"} <= set(diag["terms"]) and "albedo_decoder" not in diag["terms"]["shape"]
+    assert diag["accuracy"]["chance"] == pytest.approx(1 / cfg.col_identities)
+    # the warm-up's identity head and critic are step1's starting point (not fresh ones)
+    warm = load_checkpoint(out / "warmup.pt", expect_model="gao2020")
+    assert warm["extra"]["recognition"] and warm["extra"][CRITIC_STATE_KEY]
+    data = G._prepare(cfg)
+    trainer = G._build_stage(cfg, G.Stage("step1", parent="warmup"), data, out / "warmup.pt")
+    head = trainer.model.recognition.state_dict()
+    _equal_states(head, warm["extra"]["recognition"])
+    _equal_states(trainer.critic.critic.state_dict(), warm["extra"][CRITIC_STATE_KEY]["critic"])
+    assert trainer.critic.p == 2.0 and trainer.critic.n_critic == 2
+
+
+def test_geometric_loss_is_the_full_loss_without_the_rendered_terms(tiny_data):
+    cfg, mm, (lp, col) = tiny_data
+    batch = hybrid_batches(lp, col, cfg, mm)(0)
+    trainee, critic = build_trainee(cfg, "step1", mm, cfg.col_identities)
+    _, full = Gao2020Loss(cfg, mm, critic)(trainee, batch)
+    loss, geometric = Gao2020Loss(cfg, mm, critic, render=False)(trainee, batch)
+    assert set(full) - set(geometric) == {"photo", "gdl", "lmk_gdl", "symm"}
+    for name in ("smooth", "shape", "pair", "recog", "adv"):
+        assert float(geometric[name]) == pytest.approx(float(full[name]), rel=1e-5), name
+    total = sum(getattr(cfg, f"w_{k}") * float(geometric[k]) for k in ("lmk", "smooth", "shape", "pair", "recog", "adv"))
+    assert float(loss.detach()) == pytest.approx(total, rel=1e-5)
 
 
 def test_warmup_loss_matches_hand_terms(tiny_data):

@@ -80,6 +80,10 @@ GAO2020_PROFILES = {
     "quick": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", n_levels=3,
                   gcn_channels=(32, 16, 16, 8), cheb_k=3, discriminator_channels=(8, 16, 32, 32),
                   cnn_channels=(32, 16, 8, 8)),
+    # standard: the quick architecture, trained longer on larger suites (CPU)
+    "standard": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", n_levels=3,
+                     gcn_channels=(32, 16, 16, 8), cheb_k=3, discriminator_channels=(8, 16, 32, 32),
+                     cnn_channels=(32, 16, 8, 8)),
     "full": dict(backbone="resnet50", image_size=(224, 224), resolution="default", n_levels=4,
                  gcn_channels=(256, 128, 64, 32, 16), cheb_k=6, discriminator_channels=(16, 32, 64, 128, 256),
                  cnn_channels=(256, 128, 64, 32)),

@@ -25,8 +25,15 @@ class Reproduction:
     uses_liu: bool  # its table has a Liu et al. row (``--liu``)
     terminal_drop: tuple[str, ...] = ()  # result keys too long for the terminal (kept in results.json)
 
-    def __call__(self, profile: str, out_dir, overrides=None, liu=None, with_baselines: bool = True) -> dict:
+    takes_seeds: bool = False  # trains several seeds (``seeds=``)
+
+    def __call__(self, profile: str, out_dir, overrides=None, liu=None, with_baselines: bool = True,
+                 seeds: tuple[int, ...] | None = None) -> dict:
         options: dict[str, Any] = {"liu": liu} if self.uses_liu else {}
+        if seeds is not None:
+            if not self.takes_seeds:
+                raise ValueError(f"seeds: the {self.recipe} reproduction trains one seed (set train.seed instead)")
+            options["seeds"] = tuple(seeds)
         return self.run(profile, out_dir, overrides, with_baselines=with_baselines, **options)
 
 
@@ -34,13 +41,15 @@ def _sir(profile, out_dir, overrides=None, liu=None, with_baselines: bool = True
     return sir.reproduce_sir(profile, out_dir, overrides, liu=liu)  # its baselines are rows of its own table
 
 
-def _gao(profile, out_dir, overrides=None, liu=None, with_baselines: bool = True):
-    return gao2020.reproduce_gao2020(profile, out_dir, overrides, liu=liu, with_baseline=with_baselines)
+def _gao(profile, out_dir, overrides=None, liu=None, with_baselines: bool = True, seeds=None):
+    return gao2020.reproduce_gao2020(profile, out_dir, overrides, liu=liu, with_baseline=with_baselines, seeds=seeds)
 
 
 REPRODUCTIONS: dict[str, Reproduction] = {
-    "liu2018": Reproduction("liu2018", liu2018.reproduce_liu2018, liu2018.results_markdown, uses_liu=False),
-    "gao2020": Reproduction("gao2020", _gao, gao2020.results_markdown, uses_liu=True, terminal_drop=("heat_maps",)),
+    "liu2018": Reproduction("liu2018", liu2018.reproduce_liu2018, liu2018.results_markdown, uses_liu=False,
+                            takes_seeds=True),
+    "gao2020": Reproduction("gao2020", _gao, gao2020.results_markdown, uses_liu=True, terminal_drop=("heat_maps",),
+                            takes_seeds=True),
     "sir": Reproduction("sir", _sir, sir.results_markdown, uses_liu=True),
 }
 

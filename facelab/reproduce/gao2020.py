@@ -30,7 +30,9 @@ from facelab.checks import check_choice
 from facelab.models.registry import load_evaluable
 from facelab.reproduce.liu2018 import liu_reference
 
-PROFILES = ("quick", "full")
+PROFILES = ("quick", "standard", "full")
+#: training seeds per profile; seed 0 trains in the run folder, seed k in ``seed<k>/``
+PROFILE_SEEDS = {"quick": (0,), "standard": (0, 1, 2), "full": (0,)}
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 OVERRIDE_GROUPS = ("train", "eval", "baselines")
@@ -76,6 +78,61 @@ def identity_consistency(pred: dict, mask: np.ndarray) -> dict[str, float]:
     return {"std_mm": float(np.mean(stds)), "mean_mm": float(err.mean())}
 
 
+#: a frame is "hard" for G2 when the head turns at least this far (deg) ...
+HARD_YAW_DEG = 30.0
+#: ... or its true expression moves the face more than this quantile of the suite's frames
+EXPRESSIVE_QUANTILE = 0.5
+
+
+def _subject_means(values: np.ndarray, labels: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """``(n_subjects,)``: each subject's mean of ``values`` over its (kept) frames, in label order."""
+    keep = np.ones(len(values), bool) if keep is None else keep
+    return np.array([values[(labels == k) & keep].mean() for k in np.unique(labels)])
+
+
+def frame_units(pred: dict, morphable) -> dict[str, np.ndarray]:
+    """Per-subject scores of single frames (the units the G1-G3 claims resample), mm.
+
+    Args:
+        pred: :func:`~facelab.metrics.model_eval.predict_suite` output of a MICC suite.
+        morphable: the suite's linear model (mesh, face mask, identity basis).
+
+    Returns:
+        ``{"frame_mm": mean over frames of the identity shape's rigidly aligned RMSE,
+        "frame_std_mm": mean over videos of its std over frames (the spread L_recog should
+        shrink), "hard_frame_mm": the full shape's RMSE on frames with |yaw| >= HARD_YAW_DEG
+        or an expression above the suite's EXPRESSIVE_QUANTILE, "span_mm": the identity
+        shape's distance to the linear model's span (plausibility), "detail_curvature_mm": the
+        identity shape's Laplacian error at the nostrils, eye corners and mouth corners}``,
+        each ``(n_subjects,)`` in label order.
+    """
+    from facelab.metrics.geometry import LOCAL_DETAIL_LANDMARKS, linear_span_distance, local_curvature_error, ring_vertices
+    from facelab.metrics.reconstruction import rmse
+    from facelab.morphable.grid import edges_from_faces
+
+    mask = morphable.face_mask.numpy()
+    labels = pred["label"].long().numpy()
+    ident, gt_ident = pred["identity_shape"].double().numpy(), pred["gt_identity"].double().numpy()
+    frame_err = np.asarray(rmse(ident, gt_ident, mask=mask, align="rigid"))
+    video = labels * 1000 + pred["condition"].long().numpy()
+    stds = {v: frame_err[video == v].std() for v in np.unique(video)}
+    frame_std = np.array([np.mean([stds[v] for v in np.unique(video[labels == k])]) for k in np.unique(labels)])
+
+    gt_shape = pred["gt_shape"].double().numpy()
+    expression = np.sqrt(((gt_shape - gt_ident)[:, mask] ** 2).sum(-1).mean(-1))
+    hard = (pred["yaw_deg"].abs().numpy() >= HARD_YAW_DEG) | (expression > np.quantile(expression, EXPRESSIVE_QUANTILE))
+    shape_err = np.asarray(rmse(pred["shape"].double().numpy(), gt_shape, mask=mask, align="rigid"))
+
+    edges = edges_from_faces(morphable.faces, morphable.n_verts)
+    seeds = morphable.landmarks[[i for ids in LOCAL_DETAIL_LANDMARKS.values() for i in ids]].numpy()
+    curvature = local_curvature_error(ident, gt_ident, edges, ring_vertices(seeds, edges), align_mask=mask)
+    # the identity shapes are in the model's frame already; aligning them to the mean would turn them off the span
+    span = linear_span_distance(ident, morphable.mean_shape, morphable.shape_basis, mask=mask, align="none")
+    return {"frame_mm": _subject_means(frame_err, labels), "frame_std_mm": frame_std,
+            "hard_frame_mm": _subject_means(shape_err, labels, hard), "span_mm": _subject_means(span, labels),
+            "detail_curvature_mm": _subject_means(curvature, labels)}
+
+
 def per_vertex_error(pred_verts: torch.Tensor, gt_verts: torch.Tensor, mask: np.ndarray) -> np.ndarray:
     """``(V,)`` distance (mm) of each vertex after rigid alignment on ``mask`` (for heat maps)."""
     from facelab.metrics.reconstruction import align_to
@@ -99,7 +156,7 @@ def score_model(model, profile: str, eval_cfg, suite=None) -> dict:
     first = torch.nonzero((pred["label"] == 0) & (pred["condition"] == 0)).flatten()
     avg = model.decode_identity(pred["embedding"][first].mean(0, keepdim=True))[0]
     heat = per_vertex_error(avg, suite.scan(0), mask)
-    return {"micc": micc, "units": {"micc_mm": units["average_over_identity"]},
+    return {"micc": micc, "units": {"micc_mm": units["average_over_identity"], **frame_units(pred, suite.model)},
             "identity_consistency": identity_consistency(pred, mask),
             "heat_map": {"subject": 0, "condition": suite.condition_names[0], "errors_mm": heat.tolist()}}
 
@@ -108,9 +165,16 @@ def score_model(model, profile: str, eval_cfg, suite=None) -> dict:
 #: term that must have pulled in the full model's training for the comparison to mean anything)
 CLAIMS = (
     ("G1", "The recognition loss lowers the reconstruction error", ("full", "no_recog"), "micc_mm", "lower", "recog"),
+    ("G1a", "... and the spread of the identity error across a video's frames", ("full", "no_recog"), "frame_std_mm",
+     "lower", "recog"),
+    ("G1b", "... and the single-frame identity error", ("full", "no_recog"), "frame_mm", "lower", "recog"),
     ("G2", "The adversarial loss lowers the reconstruction error", ("full", "no_adv"), "micc_mm", "lower", "adv"),
+    ("G2a", "... on large-yaw and expressive frames", ("full", "no_adv"), "hard_frame_mm", "lower", "adv"),
+    ("G2b", "... and keeps the shapes nearer the linear model's span", ("full", "no_adv"), "span_mm", "lower", "adv"),
     ("G3", "Template-relative smoothness beats the conventional Laplacian", ("full", "laplacian"), "micc_mm", "lower",
      "smooth"),
+    ("G3a", "... on local geometry at the nostrils, eye corners and mouth corners", ("full", "laplacian"),
+     "detail_curvature_mm", "lower", "smooth"),
     ("G4", "The semi-supervised model beats Liu et al.'s linear decoders", ("full", "liu2018"), "micc_mm", "lower", None),
     ("T1", "It beats a landmark fit with detector-like landmark noise", ("full", "landmark_fit"), "micc_mm", "lower",
      None),
@@ -137,20 +201,29 @@ def gao_activity(diagnostics: dict, variant: str = VARIANT_LABELS["full"]) -> di
 def gao_claims(units: dict, baseline_units: dict, activity: dict, n_boot: int | None = None) -> list[dict]:
     """The :data:`CLAIMS` entries with 95 % intervals (:func:`facelab.metrics.stats.claims_table`).
 
-    ``units``: ``{variant or "liu2018": {"micc_mm": (n_subjects,)}}`` (one training seed);
-    ``baseline_units``: ``{"landmark_fit": {"micc_mm": (n_subjects,)}}``.
+    ``units``: ``{variant: {metric: (n_seeds, n_subjects)}}`` (:func:`frame_units` and
+    ``micc_mm``); ``baseline_units``: ``{"landmark_fit" or "liu2018": {metric: (n_subjects,)}}``,
+    rows of one deterministic model each, paired with every seed.
     """
     from facelab.metrics.stats import N_BOOTSTRAP, claims_table
 
     return claims_table(CLAIMS, units, baseline_units, activity, n_boot=n_boot or N_BOOTSTRAP)
 
 
-def _table_row(micc: dict, row: str) -> dict:
-    return {cond: {"mean": v["mean"], "std": v["std"]} for cond, v in micc[row].items() if cond != "all"}
+def _table_row(micc: dict | list[dict], row: str) -> dict:
+    """``{condition: {"mean", "std"}}`` of one MICC row; given one ``micc`` per seed, their means."""
+    per_seed = micc if isinstance(micc, list) else [micc]
+    conds = [c for c in per_seed[0][row] if c != "all"]
+    return {c: {k: float(np.mean([m[row][c][k] for m in per_seed])) for k in ("mean", "std")} for c in conds}
+
+
+def _mean_over_seeds(dicts: list[dict]) -> dict:
+    """Key-wise means of flat ``{name: float}`` dicts (one per seed)."""
+    return {k: float(np.mean([d[k] for d in dicts])) for k in dicts[0]}
 
 
 def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", overrides=None, liu=None,
-                      variants=tuple(VARIANTS), with_baseline: bool = True) -> dict:
+                      variants=tuple(VARIANTS), with_baseline: bool = True, seeds: tuple[int, ...] | None = None) -> dict:
     """Train (or reuse) the Gao et al. 2020 variants and write the MICC tables (module docstring).
 
     Args:
@@ -165,6 +238,9 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
             None for the committed Liu et al. run (:func:`~facelab.reproduce.liu2018.liu_reference`).
         variants: which of :data:`VARIANTS` to train and score (``"full"`` is required).
         with_baseline: add the landmark-only linear 3DMM fit and mean-face rows.
+        seeds: training seeds (None: :data:`PROFILE_SEEDS`); the first trains in ``out_dir``,
+            seed ``k`` in ``out_dir/seed<k>``. Tables are means over seeds; the claims
+            resample subjects and seeds.
 
     Returns:
         ``{"profile", "table1": {row_name: {condition: {"mean", "std"}}} per protocol under
@@ -187,30 +263,42 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
     if "full" not in variants:
         raise ValueError(f"variants: must include 'full' (the reference row), got {list(variants)}")
     variants = ("full",) + tuple(v for v in variants if v != "full")  # its warm-up is the others' start
+    from facelab.reproduce.liu2018 import seed_dir
+
+    seeds = tuple(seeds) if seeds is not None else PROFILE_SEEDS[profile]
+    if not seeds:
+        raise ValueError("seeds: give at least one training seed")
     groups = split_overrides(overrides, OVERRIDE_GROUPS)
     start = time.perf_counter()
     out = Path(out_dir)
     eval_cfg = apply_overrides(ModelEvalConfig(), groups["eval"])
     train_cfgs = {}
-    for v in variants:
-        cfg = apply_overrides(Gao2020TrainConfig(profile=profile, out_dir=str(out / v)), groups["train"])
-        for key, value in VARIANTS[v].items():
-            setattr(cfg, key, value)
-        cfg.out_dir = str(out / v)
-        if v != "full" and cfg.warmup_steps:  # the ablations continue from the full model's warm-up
-            cfg.warmup_from = str(out / "full" / "warmup.pt")
-        train_cfgs[v] = cfg
-        train_gao2020(cfg)  # skips the steps whose checkpoint exists
+    for seed in seeds:  # trains only the steps whose checkpoint is missing
+        run = seed_dir(out, seed, seeds)
+        for v in variants:
+            cfg = apply_overrides(Gao2020TrainConfig(profile=profile, out_dir=str(run / v)), groups["train"])
+            for key, value in VARIANTS[v].items():
+                setattr(cfg, key, value)
+            cfg.out_dir, cfg.train.seed = str(run / v), seed
+            if v != "full" and cfg.warmup_steps and cfg.share_warmup:  # the ablations continue from the full model's warm-up
+                cfg.warmup_from = str(run / "full" / "warmup.pt")
+            train_cfgs.setdefault(v, cfg)
+            train_gao2020(cfg)
     t_train = time.perf_counter() - start
 
-    scores, suite = {}, None
-    for v in variants:
-        model = load_evaluable(out / v / f"{FINAL_STAGE}.pt", expect_model="gao2020")
-        suite = suite if suite is not None else micc_suite(model, profile, eval_cfg)
-        scores[v] = score_model(model, profile, eval_cfg, suite=suite)
+    per_seed, suite = {v: [] for v in variants}, None
+    for seed in seeds:
+        for v in variants:
+            model = load_evaluable(seed_dir(out, seed, seeds) / v / f"{FINAL_STAGE}.pt", expect_model="gao2020")
+            suite = suite if suite is not None else micc_suite(model, profile, eval_cfg)
+            per_seed[v].append(score_model(model, profile, eval_cfg, suite=suite))
     liu_model, liu_path = liu_reference(liu, profile)
     if liu_model is not None:
-        scores["liu2018"] = score_model(liu_model, profile, eval_cfg)
+        per_seed["liu2018"] = [score_model(liu_model, profile, eval_cfg)]  # one trained model: paired with every seed
+    scores = {k: {"micc": [s["micc"] for s in runs], "heat_map": runs[0]["heat_map"],
+                  "identity_consistency": _mean_over_seeds([s["identity_consistency"] for s in runs]),
+                  "units": {m: np.stack([s["units"][m] for s in runs]) for m in runs[0]["units"]}}
+              for k, runs in per_seed.items()}
 
     table1 = {row: {} for row in TABLE1_ROWS}
     for name, label in (("full", "Ours (Gao et al. 2020, full)"), ("liu2018", "Liu et al. 2018 (Phase III)")):
@@ -227,11 +315,15 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
             table1[row]["Linear 3DMM, landmark fit"] = _table_row(base, name)
             table1[row][MEAN_FACE_ROW] = _table_row(base, "mean_face")  # the floor: no reconstruction at all
     table2 = {VARIANT_LABELS[v]: _table_row(scores[v]["micc"], "average_over_identity") for v in variants}
+    # the first seed's term diagnostics (which terms pulled, and how hard)
     diagnostics = {VARIANT_LABELS[v]: {stage: row["diagnostics"] for stage, row in read_summary(out / v).items()
                                        if "diagnostics" in row} for v in variants}
-    claims = gao_claims({k: s["units"] for k, s in scores.items()}, baseline_units, gao_activity(diagnostics))
+    if "liu2018" in scores:  # one trained model, paired with every seed like a baseline
+        baseline_units["liu2018"] = {m: u[0] for m, u in scores["liu2018"]["units"].items()}
+    claims = gao_claims({k: s["units"] for k, s in scores.items() if k != "liu2018"}, baseline_units,
+                        gao_activity(diagnostics))
     result = {
-        "profile": profile, "out_dir": str(out), "table1": table1, "table2": table2,
+        "profile": profile, "out_dir": str(out), "seeds": list(seeds), "table1": table1, "table2": table2,
         "identity_consistency": {VARIANT_LABELS.get(k, k): s["identity_consistency"] for k, s in scores.items()},
         # per variant and training step: each weighted term's share of the gradient on the encoder
         # and decoders, and the identity head's accuracy against chance (facelab.train.diagnostics)
@@ -255,7 +347,10 @@ def results_markdown(result: dict) -> str:
     """Tables 1 and 2 and the identity consistency as Markdown."""
     conds = ("cooperative", "indoor", "outdoor")
     head = "| method | " + " | ".join(conds) + " |\n| --- | " + " | ".join("---" for _ in conds) + " |\n"
-    parts = [f"Gao et al. 2020 on SynthFaces ({result['profile']} profile); MICC point-to-plane error, mm, mean ± std over subjects.\n"]
+    seeds = result.get("seeds", [0])
+    over = f"; means over training seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""
+    parts = [f"Gao et al. 2020 on SynthFaces ({result['profile']} profile); MICC point-to-plane error, mm, "
+             f"mean ± std over subjects{over}.\n"]
     for row in TABLE1_ROWS:
         parts.append(f"\n**Table 1, {row.replace('_', ' ')}**\n\n" + head + "".join(
             f"| {name} | " + " | ".join(_fmt(v.get(c)) for c in conds) + " |\n" for name, v in result["table1"][row].items()))

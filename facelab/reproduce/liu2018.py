@@ -91,9 +91,9 @@ def liu_reference(liu, profile: str, artifacts: tuple[str, ...] = LIU_ARTIFACTS)
     """The Liu et al. Phase III model other papers' tables compare with, as an evaluable.
 
     Args:
-        liu: a ``phase3.pt``, a ``reproduce liu2018`` run folder, None (the first committed
-            artifact of ``artifacts`` that is present, in the CPU profiles) or False (no Liu
-            et al. row).
+        liu: a ``phase3.pt``, a ``reproduce liu2018`` run folder, None (the committed
+            artifact of ``artifacts`` of the same profile if present, else the first present,
+            in the CPU profiles) or False (no Liu et al. row).
         profile: ``"quick"``, ``"standard"`` or ``"full"``; the committed artifacts are CPU
             runs, so ``"full"`` needs ``liu``.
 
@@ -108,8 +108,9 @@ def liu_reference(liu, profile: str, artifacts: tuple[str, ...] = LIU_ARTIFACTS)
 
     if liu is False:
         return None, None
-    if liu is None and profile in ("quick", "standard"):
-        liu = next((ARTIFACTS_DIR / name for name in artifacts if has_artifact(name)), None)
+    if liu is None and profile in ("quick", "standard"):  # the same profile's artifact first
+        ordered = sorted(artifacts, key=lambda name: not name.endswith(f"-{profile}"))
+        liu = next((ARTIFACTS_DIR / name for name in ordered if has_artifact(name)), None)
     if liu is None:
         return None, None
     path = Path(liu)

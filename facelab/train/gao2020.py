@@ -40,9 +40,13 @@ encoder and the shape decoder train on ``lp`` images alone with the shape, pairw
 landmark terms (landmarks projected with the predicted pose; nothing is rasterised, so a step
 costs about a third of a full one). On a CPU budget of a few hundred full steps the shape
 loss otherwise stays at the mean face's level: identity shows in a 64 px photo as sub-pixel
-detail, and the encoder needs thousands of steps to find it. The warm-up holds none of the
-ablated terms (recognition, adversarial, smoothness), so :func:`facelab.reproduce.gao2020`
-trains it once and every ablation continues from it (``warmup_from``).
+detail, and the encoder needs thousands of steps to find it. The shared warm-up
+(``share_warmup=True``) holds none of the ablated terms (recognition, adversarial,
+smoothness), so :func:`facelab.reproduce.gao2020` trains it once and every ablation continues
+from it (``warmup_from``). Its cost: the ablated terms are then missing from most of a
+variant's steps. The *geometric* warm-up (``share_warmup=False``, the standard profile) trains
+every term that needs no rasterising, ablated ones included, on hybrid batches
+(``batch_warmup`` ``lp`` + ``batch_col`` collection images), and each variant trains its own.
 
 Two steps, as the paper: ``step1`` trains with the GCN albedo decoder (albedo from ``c_id``
 only); ``step2`` continues from ``step1``'s weights (model, identity head, discriminator) with
@@ -56,8 +60,10 @@ checkpoint ``warmup.pt`` / ``step1.pt`` / ``step2.pt`` (a ``"gao2020"`` model: l
 step). Calling again resumes: finished steps are skipped, an interrupted one resumes exactly.
 
 ``quick`` renders small ``lp`` / ``collections`` pools once (cached) and trains a
-``resnet_tiny`` at 64x64 on the 1353-vertex mesh on the CPU; ``full`` streams the full-size
-suites into a ResNet-50 on the GPU.
+``resnet_tiny`` at 64x64 on the 1353-vertex mesh on the CPU; ``standard`` trains the same
+network longer, with every variant's ablated terms on from its first step (an unshared,
+geometric warm-up: ``share_warmup=False``) and weights at which those terms pull; ``full``
+streams the full-size suites into a ResNet-50 on the GPU.
 
 Book chapter: ``book/08_gao2020.ipynb``.
 """
@@ -80,6 +86,7 @@ from facelab.train import pools
 from facelab.train.speed import ENCODER_PRECISIONS, speed_up_encoder
 from facelab.train.stages import Stage, copy_atomic, run_stages
 from facelab.io.checkpoint import load_checkpoint, save_checkpoint
+from facelab.losses.adversarial import WGAN_DIV_P
 from facelab.train.trainer import (
     LOOP_DEFAULTS, CriticStep, LoopConfig, StepLoader, TrainConfig, Trainer, cosine_lr_factor, step_indices,
 )
@@ -111,12 +118,27 @@ PROFILE_DEFAULTS = {
     # lp: many identities with a few photos each, so that the shape warm-up generalises
     "quick": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", lp_identities=500,
                   lp_images_per_identity=8, col_identities=150, col_images_per_identity=16, steps=(300, 100),
-                  pool=True, num_workers=0, num_threads=1, warmup_steps=1500,
+                  pool=True, num_workers=0, num_threads=1, warmup_steps=1500, share_warmup=True,
+                  n_critic=1, critic_p=WGAN_DIV_P, w_recog=0.1, w_adv=0.001, w_smooth=0.1,
                   train=dict(LOOP_DEFAULTS, lr=5e-4, weight_decay=0.0, ckpt_every=50, diagnose_every=20)),
+    # standard: trains until the ablated terms pull (chapter 8 shows the measurements). On the
+    # quick settings the identity head never learned (150 identities x 16 photos: accuracy at
+    # chance), the adversary's share of the shape decoder's gradient was ~1 % (the WGAN-div
+    # penalty with p = 6 was ~1e-4, so nothing held the critic's scale) and the variants shared
+    # 1,500 of their 1,900 steps. Here the collections hold fewer identities with many photos
+    # each, every variant trains its own warm-up with its ablated terms on (so each removed term
+    # is missing from all of its variant's steps), the critic takes 5 steps per model step with
+    # p = 2, and the recognition and adversarial weights are raised until their shares reach 10 %
+    "standard": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", lp_identities=500,
+                     lp_images_per_identity=8, col_identities=50, col_images_per_identity=64, steps=(800, 200),
+                     pool=True, num_workers=0, num_threads=1, warmup_steps=1200, share_warmup=False,
+                     n_critic=5, critic_p=2.0, w_recog=0.3, w_adv=0.003, w_smooth=2.0,
+                     train=dict(LOOP_DEFAULTS, lr=5e-4, weight_decay=0.0, ckpt_every=100, diagnose_every=50)),
     # full: the paper's ResNet-50, suites at their full size, streamed
     "full": dict(backbone="resnet50", image_size=(128, 128), resolution="default", lp_identities=0,
                  lp_images_per_identity=0, col_identities=0, col_images_per_identity=0, steps=(40_000, 20_000),
-                 pool=False, num_workers=4, num_threads=-1, warmup_steps=0,
+                 pool=False, num_workers=4, num_threads=-1, warmup_steps=0, share_warmup=True,
+                 n_critic=1, critic_p=WGAN_DIV_P, w_recog=0.1, w_adv=0.001, w_smooth=0.1,
                  train=dict(LOOP_DEFAULTS, lr=1e-4, weight_decay=0.0, ckpt_every=50, diagnose_every=500)),
 }
 #: the loop options Gao et al.'s recipe takes from elsewhere: {field: what it uses instead}
@@ -128,7 +150,8 @@ class Gao2020TrainConfig:
     """Options of :func:`train_gao2020`. None takes the profile's value (:data:`PROFILE_DEFAULTS`).
 
     Attributes:
-        profile: ``"quick"`` (CPU, minutes) or ``"full"`` (GPU).
+        profile: ``"quick"`` (CPU, minutes), ``"standard"`` (CPU, about an hour per variant
+            pair on two cores) or ``"full"`` (GPU).
         out_dir: the run folder ("" = ``runs/gao2020-<profile>``).
         train: the training-loop options of every step (:class:`~facelab.train.trainer.LoopConfig`;
             ``--set train.lr=1e-4``). ``seed`` seeds the suites, the initial weights, the batch
@@ -159,8 +182,17 @@ class Gao2020TrainConfig:
             :data:`WARMUP_FINAL_LR_FRACTION` of it).
         warmup_from: a ``warmup.pt`` of another run with the same model config to start
             ``step1`` from, instead of training the warm-up here (the ablations share one).
+        share_warmup: True (quick, full): the warm-up holds only the labelled shape terms, so
+            every ablation can start from one warm-up. False (standard): the *geometric*
+            warm-up, every term that needs no rasterising (the labelled terms, projected
+            landmarks on every image, smoothness, recognition on the collections' images, the
+            adversary and its critic), so a removed term is missing from all of its variant's
+            steps; ``step1`` then starts from the warm-up's identity head and critic too.
         critic_lr: RMSprop learning rate of the discriminator (the paper: 5e-5).
-        n_critic: discriminator updates per model update.
+        n_critic: discriminator updates per model update (quick 1, standard 5).
+        critic_p: the WGAN-div penalty's exponent ``p`` (Wu et al.'s 6 in quick and full; 2 in
+            standard: with the critic's gradient norms below 1, ``||grad||^6`` measured ~1e-4 on
+            the quick run and held nothing, while its Wasserstein estimate kept rising).
         w_photo, w_gdl, w_lmk, w_lmk_gdl, w_shape, w_pair, w_smooth, w_symm, w_recog, w_adv:
             loss weights (see the module docstring; the paper gives none). ``w_center`` is the
             center loss's weight inside the recognition loss (eq. 4's ``lambda_center``).
@@ -168,6 +200,12 @@ class Gao2020TrainConfig:
             (recognition, landmarks, shape and pair of the same order); ``w_adv = 1e-3``
             because at ``1e-2`` the generator outran the discriminator within ~100 quick steps
             (the critic's Wasserstein estimate turned negative and the shapes grew noisy).
+            ``w_recog``, ``w_adv``, ``w_smooth`` are the profile's (quick and full 0.1, 1e-3,
+            0.1; standard 0.3, 3e-3, 2): on the standard settings these put each term's share
+            of the gradient on the module it shapes above 10 % (:mod:`facelab.train.diagnostics`;
+            at quick's weights the smoothness share was ~1 % and the recognition head stayed at
+            chance); at ``w_adv = 1e-2`` the adversary took ~40 % of the shape decoder's
+            gradient and the warm-up's shape loss rose instead of falling.
         use_recog: train with the recognition loss (ablation: False).
         use_adv: train with the adversarial loss and the discriminator (ablation: False).
         smoothness: ``"template"`` (eq. 9) or ``"laplacian"`` (the conventional loss; ablation).
@@ -205,19 +243,21 @@ class Gao2020TrainConfig:
     batch_warmup: int = 32
     warmup_lr: float = 1e-3
     warmup_from: str = ""
+    share_warmup: bool | None = None
     critic_lr: float = 5e-5
-    n_critic: int = 1
+    n_critic: int | None = None
+    critic_p: float | None = None
     w_photo: float = 1.0
     w_gdl: float = 1.0
     w_lmk: float = 0.01
     w_lmk_gdl: float = 0.01
     w_shape: float = 1.0
     w_pair: float = 1.0
-    w_smooth: float = 0.1
+    w_smooth: float | None = None
     w_symm: float = 1.0
-    w_recog: float = 0.1
+    w_recog: float | None = None
     w_center: float = 0.003
-    w_adv: float = 0.001
+    w_adv: float | None = None
     use_recog: bool = True
     use_adv: bool = True
     smoothness: str = "template"
@@ -252,6 +292,10 @@ class Gao2020TrainConfig:
             raise ValueError(f"cheb_k: expected an int >= 1 (0: the model's default), got {self.cheb_k!r}")
         self.gcn_channels = tuple(self.gcn_channels)
         check_positive(self.critic_lr, "critic_lr")
+        if isinstance(self.critic_p, bool) or not isinstance(self.critic_p, (int, float)) or not self.critic_p > 1:
+            raise ValueError(f"critic_p: the WGAN-div exponent must be a number > 1, got {self.critic_p!r}")
+        if not isinstance(self.share_warmup, bool):
+            raise ValueError(f"share_warmup: expected True or False (None: the profile's), got {self.share_warmup!r}")
         for name in WEIGHTS + ("w_center",):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -263,11 +307,13 @@ class Gao2020TrainConfig:
         """The :class:`TrainConfig` of training step ``stage`` (``"warmup"`` / ``"step1"`` / ``"step2"``), in ``out_dir/<stage>``."""
         check_choice(stage, "stage", (WARMUP,) + STEPS)
         if stage == WARMUP:
-            steps, batch, lr = self.warmup_steps, self.batch_warmup, self.warmup_lr
+            batch = self.batch_warmup + (0 if self.share_warmup else self.batch_col)
+            steps, lr = self.warmup_steps, self.warmup_lr
         else:
             steps, batch, lr = self.steps[STEPS.index(stage)], self.batch_lp + self.batch_col, self.train.lr
+        shared = stage == WARMUP and self.share_warmup  # the shared warm-up holds none of the watched terms
         return self.train.stage(steps, Path(self.out_dir) / stage, self.profile, batch_size=batch, lr=lr,
-                                diagnose_every=0 if stage == WARMUP else self.train.diagnose_every)
+                                diagnose_every=0 if shared else self.train.diagnose_every)
 
 
 # ------------------------------------------------------------------ model
@@ -334,9 +380,9 @@ class ShapeCritic(CriticStep):
     estimate ``E[D(real)] - E[D(fake)]``) and ``d_penalty``.
     """
 
-    def __init__(self, discriminator: nn.Module, morphable, lr: float, n_critic: int = 1) -> None:
+    def __init__(self, discriminator: nn.Module, morphable, lr: float, n_critic: int = 1, p: float = WGAN_DIV_P) -> None:
         super().__init__(discriminator, torch.optim.RMSprop(discriminator.parameters(), lr=lr), n_critic)
-        self.morphable = morphable
+        self.morphable, self.p = morphable, p
         self.fake: torch.Tensor | None = None
 
     def loss(self, model, batch, step, k):
@@ -349,7 +395,7 @@ class ShapeCritic(CriticStep):
                 codes = net.encode(batch["image"])
                 fake = net.decode_shape(codes["c_id"], codes["c_exp"])
         real = sample_real_shapes(self.morphable, fake.shape[0]).to(fake.device, fake.dtype)
-        loss, parts = wgan_div_critic_loss(self.critic, real, fake, return_parts=True)
+        loss, parts = wgan_div_critic_loss(self.critic, real, fake, p=self.p, return_parts=True)
         return loss, {"d_wdist": parts["wdist"], "d_penalty": parts["penalty"]}
 
     def step(self, model, batch, step):
@@ -394,11 +440,11 @@ class Gao2020Loss:
     """
 
     def __init__(self, cfg: Gao2020TrainConfig, morphable, critic: ShapeCritic | None = None,
-                 return_terms: bool = False) -> None:
+                 return_terms: bool = False, render: bool = True) -> None:
         if cfg.use_adv and critic is None:
             raise ValueError("critic: use_adv=True needs the ShapeCritic")
         self.cfg, self.morphable, self.critic = cfg, morphable, critic if cfg.use_adv else None
-        self.return_terms = return_terms
+        self.return_terms, self.render = return_terms, render
 
     def __call__(self, trainee: Gao2020Trainee, batch: dict) -> tuple[torch.Tensor, dict]:
         from facelab.losses.adversarial import wgan_div_generator_loss
@@ -410,25 +456,27 @@ class Gao2020Loss:
         images = batch["image"]
         codes = model.encode(images)
         features = codes.pop("features")
-        out = {**codes, "shape": model.decode_shape(codes["c_id"], codes["c_exp"]),
-               "albedo": model.decode_albedo(codes["c_id"], features),
-               "pose": model.pose(codes["c_pose"]), "sh": model.light(codes["c_lgt"])}
-        rendered = model.render(out)
-        shape, albedo = out["shape"], out["albedo"]
-
+        out = {**codes, "shape": model.decode_shape(codes["c_id"], codes["c_exp"]), "pose": model.pose(codes["c_pose"])}
+        shape = out["shape"]
         terms: dict[str, torch.Tensor] = {}
-        mask = batch["photo_mask"] * rendered.mask
-        terms["photo"] = photometric_loss(rendered.image, images, mask, gdl_weight=0.0)
-        terms["gdl"] = gradient_difference_loss(rendered.image, images, mask)
         unit = images.shape[-1] / LANDMARK_REF_WIDTH  # px per landmark unit
-        lm_pred, lm_true = rendered.landmarks2d / unit, batch["landmarks2d"] / unit
-        terms["lmk"] = landmark_loss(lm_pred, lm_true)
-        terms["lmk_gdl"] = landmark_gdl(lm_pred, lm_true)
+        if self.render:
+            out.update(albedo=model.decode_albedo(codes["c_id"], features), sh=model.light(codes["c_lgt"]))
+            rendered = model.render(out)
+            mask = batch["photo_mask"] * rendered.mask
+            terms["photo"] = photometric_loss(rendered.image, images, mask, gdl_weight=0.0)
+            terms["gdl"] = gradient_difference_loss(rendered.image, images, mask)
+            lm_pred, lm_true = rendered.landmarks2d / unit, batch["landmarks2d"] / unit
+            terms["lmk"] = landmark_loss(lm_pred, lm_true)
+            terms["lmk_gdl"] = landmark_gdl(lm_pred, lm_true)
+        else:  # the geometric warm-up: landmark vertices projected with the predicted pose, nothing rasterised
+            terms["lmk"] = landmark_loss(_projected_landmarks(model, out) / unit, batch["landmarks2d"] / unit)
         if cfg.smoothness == "template":
             terms["smooth"] = template_smoothness(shape, model.template, model.edge_index)
         else:
             terms["smooth"] = laplacian_smoothness(shape, model.edge_index)
-        terms["symm"] = albedo_symmetry(albedo, model.symmetry)
+        if self.render:
+            terms["symm"] = albedo_symmetry(out["albedo"], model.symmetry)
 
         lp = batch["source"] == SOURCE_LP
         terms.update(labelled_shape_terms(model, self.morphable, shape[lp], out["c_id"][lp], out["c_exp"][lp],
@@ -452,6 +500,13 @@ class Gao2020Loss:
         return loss, metrics
 
 
+def _projected_landmarks(model, out: dict) -> torch.Tensor:
+    """``(B, 68, 2)`` px: the predicted shape's landmark vertices under the predicted pose (no rasterising)."""
+    from facelab.camera.projection import WeakPerspectiveCamera
+
+    return WeakPerspectiveCamera.from_pose(out["pose"]).project(out["shape"])[:, model.landmarks.long(), :2]
+
+
 class WarmupLoss:
     """The warm-up's loss on a batch of ``lp`` images: ``w_shape * shape + w_pair * pair + w_lmk * lmk``.
 
@@ -465,14 +520,12 @@ class WarmupLoss:
         self.cfg, self.morphable = cfg, morphable
 
     def __call__(self, trainee: Gao2020Trainee, batch: dict) -> tuple[torch.Tensor, dict]:
-        from facelab.camera.projection import WeakPerspectiveCamera
         from facelab.losses.landmark import landmark_loss
         model, images = trainee.model, batch["image"]
         codes = model.encode(images)
         shape = model.decode_shape(codes["c_id"], codes["c_exp"])
-        camera = WeakPerspectiveCamera.from_pose(model.pose(codes["c_pose"]))
         unit = images.shape[-1] / LANDMARK_REF_WIDTH
-        landmarks = camera.project(shape)[:, model.landmarks.long(), :2]
+        landmarks = _projected_landmarks(model, {"shape": shape, "pose": model.pose(codes["c_pose"])})
         terms = {**labelled_shape_terms(model, self.morphable, shape, codes["c_id"], codes["c_exp"],
                                         batch["alpha_id"], batch["alpha_exp"]),
                  "lmk": landmark_loss(landmarks / unit, batch["landmarks2d"] / unit)}
@@ -624,7 +677,7 @@ def build_trainee(cfg: Gao2020TrainConfig, stage: str, morphable, n_classes: int
     critic = None
     if cfg.use_adv:
         disc = ShapeDiscriminator(Gao2020Config.from_dict(mcfg["model"]), morphable)
-        critic = ShapeCritic(disc, morphable, cfg.critic_lr, cfg.n_critic)
+        critic = ShapeCritic(disc, morphable, cfg.critic_lr, cfg.n_critic, cfg.critic_p)
     return Gao2020Trainee(model, recognition), critic
 
 
@@ -685,15 +738,19 @@ def _prepare(cfg: Gao2020TrainConfig) -> dict:
         lp_source, col_source = render_pools(cfg, lp_suite, col_suite)
     else:
         lp_source, col_source = lp_suite, col_suite
-    return {"morphable": morphable, "n_classes": col_suite.config.n_identities, "lp_source": lp_source,
+    data = {"morphable": morphable, "n_classes": col_suite.config.n_identities, "lp_source": lp_source,
             "batches": hybrid_batches(lp_source, col_source, cfg, morphable)}
+    if not cfg.share_warmup and cfg.warmup_steps:  # the geometric warm-up: batch_warmup lp images per hybrid batch
+        data["warmup_batches"] = hybrid_batches(lp_source, col_source, dataclasses.replace(cfg, batch_lp=cfg.batch_warmup),
+                                                morphable, total_steps=cfg.warmup_steps)
+    return data
 
 
 def _build_stage(cfg: Gao2020TrainConfig, stage: Stage, data: dict, parent: Path | None) -> Trainer:
     """The :class:`Trainer` of the warm-up or of a training step, started from ``parent``."""
     morphable = data["morphable"]
     mcfg = model_config(cfg, STEP_ALBEDO[stage.name])
-    if stage.name == WARMUP:  # shared by the ablations: no identity head, no discriminator
+    if stage.name == WARMUP and cfg.share_warmup:  # shared by the ablations: no identity head, no discriminator
         trainee, _ = build_trainee(dataclasses.replace(cfg, use_recog=False, use_adv=False), STEPS[0], morphable, 0)
         speed_up_encoder(trainee.model.encoder, cfg.channels_last, cfg.encoder_precision)
         tcfg = cfg.train_config(WARMUP)
@@ -703,20 +760,26 @@ def _build_stage(cfg: Gao2020TrainConfig, stage: Stage, data: dict, parent: Path
                        tcfg, scheduler=scheduler, model_name=TRAIN_MODEL_NAME,
                        model_config={"gao2020": mcfg, "n_classes": 0}, extra_config=cfg)
     n_classes = data["n_classes"]
-    trainee, critic = build_trainee(cfg, stage.name, morphable, n_classes)
+    geometric = stage.name == WARMUP  # an unshared warm-up: every term but the rendered ones
+    trainee, critic = build_trainee(cfg, STEPS[0] if geometric else stage.name, morphable, n_classes)
     if parent is not None:
-        _load_parent(trainee, critic, parent, model_only=stage.parent == WARMUP)
+        _load_parent(trainee, critic, parent, model_only=stage.parent == WARMUP and cfg.share_warmup)
     train_mcfg = {"gao2020": mcfg, "n_classes": n_classes if cfg.use_recog else 0}
     tcfg = cfg.train_config(stage.name)
     optimizer = torch.optim.Adam(trainee.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    scheduler = None
+    if geometric:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, WARMUP_FINAL_LR_FRACTION))
     model = trainee.model
     speed_up_encoder(model.encoder, cfg.channels_last, cfg.encoder_precision)
-    watch = {"encoder": [model.encoder, model.id_head, model.exp_head], "shape_decoder": model.shape_decoder,
-             "albedo_decoder": model.cnn_albedo if STEP_ALBEDO[stage.name] == "cnn" else model.albedo_decoder}
-    loss = Gao2020Loss(cfg, morphable, critic, return_terms=cfg.train.diagnose_every > 0)
-    return Trainer(trainee, optimizer, data["batches"], loss, tcfg,
-                   model_name=TRAIN_MODEL_NAME, model_config=train_mcfg, extra_config=cfg, critic=critic,
-                   diagnostic_modules=watch, chance=1.0 / n_classes if cfg.use_recog and n_classes else None)
+    watch = {"encoder": [model.encoder, model.id_head, model.exp_head], "shape_decoder": model.shape_decoder}
+    if not geometric:  # the warm-up renders nothing, so no term reaches the albedo decoder
+        watch["albedo_decoder"] = model.cnn_albedo if STEP_ALBEDO[stage.name] == "cnn" else model.albedo_decoder
+    loss = Gao2020Loss(cfg, morphable, critic, return_terms=tcfg.diagnose_every > 0, render=not geometric)
+    return Trainer(trainee, optimizer, data["warmup_batches" if geometric else "batches"], loss, tcfg,
+                   scheduler=scheduler, model_name=TRAIN_MODEL_NAME, model_config=train_mcfg, extra_config=cfg,
+                   critic=critic, diagnostic_modules=watch,
+                   chance=1.0 / n_classes if cfg.use_recog and n_classes else None)
 
 
 def _copy_warmup(cfg: Gao2020TrainConfig, root: Path) -> None:
