@@ -119,7 +119,8 @@ def test_tiny_reproduce_with_seeds_and_unshared_warmups(tmp_path):
         for variant in ("full", "no_adv"):
             assert (run / variant / "step2.pt").exists() and (run / variant / "warmup").is_dir()  # its own warm-up
     claims = {c["id"]: c for c in result["claims"]}
-    assert {"G2", "G2a", "G2b"} <= set(claims) and claims["G2a"]["n_seeds"] == 2 and claims["G2a"]["n_subjects"] == 2
+    assert {"G2", "G2a", "G2b", "G5"} <= set(claims) and claims["G2a"]["n_seeds"] == 2 and claims["G2a"]["n_subjects"] == 2
+    assert claims["G5"]["rows"] == ["full", "full, identity code alone"] and claims["G5"]["active"]
     warm = torch.load(out / "full" / "warmup.pt", weights_only=False)
     other = torch.load(out / "seed3" / "full" / "warmup.pt", weights_only=False)
     assert not torch.equal(warm["state_dict"]["shape_decoder.head.weight"], other["state_dict"]["shape_decoder.head.weight"])

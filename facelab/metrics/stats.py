@@ -229,7 +229,7 @@ METRIC_FORMATS = {"micc_mm": ("{:+.3f}", " mm"), "lfw_accuracy": ("{:+.1%}", "")
                   "geo_rank1": ("{:+.1%}", ""),
                   # single-frame reconstruction scores (facelab.reproduce.gao2020.frame_units)
                   **{m: ("{:+.3f}", " mm") for m in ("frame_mm", "frame_std_mm", "hard_frame_mm", "span_mm",
-                                                     "detail_curvature_mm")}}
+                                                     "detail_curvature_mm", "transfer_mm")}}
 VERDICT_MEANINGS = {
     "holds": "the interval excludes zero in the claimed direction",
     "within noise": "the interval includes zero: this many subjects and seeds cannot tell the rows apart",

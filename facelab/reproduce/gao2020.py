@@ -133,6 +133,66 @@ def frame_units(pred: dict, morphable) -> dict[str, np.ndarray]:
             "detail_curvature_mm": _subject_means(curvature, labels)}
 
 
+def _partner_frames(labels: np.ndarray, conditions: np.ndarray) -> np.ndarray:
+    """``(N,)``: for each frame, the frame at the same place in the same condition's video of the next subject.
+
+    >>> _partner_frames(np.array([0, 0, 1, 1]), np.zeros(4)).tolist()
+    [2, 3, 0, 1]
+    """
+    subjects = np.unique(labels)
+    video = {}
+    for i, key in enumerate(zip(labels.tolist(), conditions.tolist())):
+        video.setdefault(key, []).append(i)
+    out = np.empty(len(labels), dtype=np.int64)
+    for (label, cond), frames in video.items():
+        nxt = subjects[(np.searchsorted(subjects, label) + 1) % len(subjects)]
+        partner = video[(int(nxt), cond)]
+        for k, i in enumerate(frames):
+            out[i] = partner[k % len(partner)]
+    return out
+
+
+def transfer_units(net, suite, pred: dict, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Per-subject expression-transfer errors (mm) of a model with separate identity and expression codes (G5).
+
+    Each frame's identity code is decoded with the expression code of the frame at the same place
+    in the next subject's video, and compared with the true composite: the first subject's true
+    identity plus the second's true expression offset (SynthFaces adds expressions to the neutral
+    shape, so this composite is exact). The reference is the identity code decoded alone (no
+    expression): a transfer that carries the expression, and not the other person's identity,
+    lands nearer the composite.
+
+    Args:
+        net: a :class:`~facelab.models.gao2020.Gao2020Model` (``encode``, ``decode_shape``,
+            ``neutral_shape``).
+        suite: the MICC suite ``pred`` was predicted on.
+        pred: :func:`~facelab.metrics.model_eval.predict_suite` output.
+
+    Returns:
+        ``{"transfer_mm": with the partner's expression code, "identity_only_mm": the identity
+        code alone}``, each ``(n_subjects,)`` in label order: rigidly aligned RMSE against the
+        composite on the face mask, averaged over the subject's frames.
+    """
+    from facelab.metrics.reconstruction import rmse
+
+    device = next(net.parameters()).device
+    c_id, c_exp = [], []
+    with torch.no_grad():
+        for batch in suite.batches(batch_size):
+            codes = net.encode(batch["image"].to(device))
+            c_id.append(codes["c_id"].cpu())
+            c_exp.append(codes["c_exp"].cpu())
+        c_id, c_exp = torch.cat(c_id), torch.cat(c_exp)
+        labels = pred["label"].long().numpy()
+        partner = torch.from_numpy(_partner_frames(labels, pred["condition"].long().numpy()))
+        moved = net.decode_shape(c_id.to(device), c_exp[partner].to(device)).cpu()
+        alone = net.neutral_shape(c_id.to(device)).cpu()
+    truth = pred["gt_identity"] + (pred["gt_shape"] - pred["gt_identity"])[partner]
+    mask = suite.model.face_mask.numpy()
+    score = lambda shapes: np.asarray(rmse(shapes.double().numpy(), truth.double().numpy(), mask=mask))  # noqa: E731
+    return {"transfer_mm": _subject_means(score(moved), labels), "identity_only_mm": _subject_means(score(alone), labels)}
+
+
 def per_vertex_error(pred_verts: torch.Tensor, gt_verts: torch.Tensor, mask: np.ndarray) -> np.ndarray:
     """``(V,)`` distance (mm) of each vertex after rigid alignment on ``mask`` (for heat maps)."""
     from facelab.metrics.reconstruction import align_to
@@ -156,11 +216,17 @@ def score_model(model, profile: str, eval_cfg, suite=None) -> dict:
     first = torch.nonzero((pred["label"] == 0) & (pred["condition"] == 0)).flatten()
     avg = model.decode_identity(pred["embedding"][first].mean(0, keepdim=True))[0]
     heat = per_vertex_error(avg, suite.scan(0), mask)
-    return {"micc": micc, "units": {"micc_mm": units["average_over_identity"], **frame_units(pred, suite.model)},
+    units = {"micc_mm": units["average_over_identity"], **frame_units(pred, suite.model)}
+    net = getattr(model, "model", None)
+    if all(hasattr(net, f) for f in ("encode", "decode_shape", "neutral_shape")):  # separate expression codes
+        units.update(transfer_units(net, suite, pred, cfg.batch_size))
+    return {"micc": micc, "units": units,
             "identity_consistency": identity_consistency(pred, mask),
             "heat_map": {"subject": 0, "condition": suite.condition_names[0], "errors_mm": heat.tolist()}}
 
 
+#: G5's reference row: the full model's identity code decoded alone, scored against the transfer's target
+TRANSFER_REFERENCE = "full, identity code alone"
 #: the claims of Gao et al. (2020) tested here: (id, text, (row A, row B), metric, better, the
 #: term that must have pulled in the full model's training for the comparison to mean anything)
 CLAIMS = (
@@ -176,6 +242,8 @@ CLAIMS = (
     ("G3a", "... on local geometry at the nostrils, eye corners and mouth corners", ("full", "laplacian"),
      "detail_curvature_mm", "lower", "smooth"),
     ("G4", "The semi-supervised model beats Liu et al.'s linear decoders", ("full", "liu2018"), "micc_mm", "lower", None),
+    ("G5", "Expression transfer carries the other person's expression, not their identity (vs the identity code alone)",
+     ("full", TRANSFER_REFERENCE), "transfer_mm", "lower", None),
     ("T1", "It beats a landmark fit with detector-like landmark noise", ("full", "landmark_fit"), "micc_mm", "lower",
      None),
 )
@@ -320,8 +388,10 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
                                        if "diagnostics" in row} for v in variants}
     if "liu2018" in scores:  # one trained model, paired with every seed like a baseline
         baseline_units["liu2018"] = {m: u[0] for m, u in scores["liu2018"]["units"].items()}
-    claims = gao_claims({k: s["units"] for k, s in scores.items() if k != "liu2018"}, baseline_units,
-                        gao_activity(diagnostics))
+    trained = {k: s["units"] for k, s in scores.items() if k != "liu2018"}
+    if "identity_only_mm" in trained["full"]:
+        trained[TRANSFER_REFERENCE] = {"transfer_mm": trained["full"]["identity_only_mm"]}
+    claims = gao_claims(trained, baseline_units, gao_activity(diagnostics))
     result = {
         "profile": profile, "out_dir": str(out), "seeds": list(seeds), "table1": table1, "table2": table2,
         "identity_consistency": {VARIANT_LABELS.get(k, k): s["identity_consistency"] for k, s in scores.items()},
