@@ -43,8 +43,20 @@ VARIANTS = {
     "no_adv": {"use_adv": False},
     "laplacian": {"smoothness": "laplacian"},
 }
+#: other weights of the full model's terms (the standard profile's dose-response: with the ablation's
+#: weight 0 and the profile's own, three doses of the adversarial term; G1's recognition term is
+#: measured at the profile's weight only)
+DOSE_VARIANTS = {"adv_w0.001": {"w_adv": 0.001}}
+ALL_VARIANTS = {**VARIANTS, **DOSE_VARIANTS}
+#: the variants each profile trains and scores by default
+PROFILE_VARIANTS = {"quick": tuple(VARIANTS), "standard": tuple(ALL_VARIANTS), "full": tuple(VARIANTS)}
 VARIANT_LABELS = {"full": "Full model", "no_recog": "w/o L_recog", "no_adv": "w/o L_adv",
-                  "laplacian": "conventional Laplacian"}
+                  "laplacian": "conventional Laplacian", "adv_w0.001": "w_adv = 0.001"}
+#: the dose-response: (claim, term, its weight field, the variant without it, metric, better)
+DOSE_CLAIMS = (("G1", "recog", "w_recog", "no_recog", "micc_mm", "lower"),
+               ("G1a", "recog", "w_recog", "no_recog", "frame_std_mm", "lower"),
+               ("G2", "adv", "w_adv", "no_adv", "micc_mm", "lower"),
+               ("G2a", "adv", "w_adv", "no_adv", "hard_frame_mm", "lower"))
 FINAL_STAGE = "step2"
 TABLE1_ROWS = ("average_over_identity", "three_view")
 # the landmark-fit baseline's rows of facelab.metrics.baselines.micc_baselines per protocol
@@ -278,6 +290,39 @@ def gao_claims(units: dict, baseline_units: dict, activity: dict, n_boot: int | 
     return claims_table(CLAIMS, units, baseline_units, activity, n_boot=n_boot or N_BOOTSTRAP)
 
 
+def gao_dose_response(units: dict, weights: dict, activity: dict, n_boot: int | None = None) -> list[dict]:
+    """G1, G1a, G2 and G2a at every weight of their term that was trained: each variant against the one without the term.
+
+    Args:
+        units: ``{variant: {metric: (n_seeds, n_subjects)}}``.
+        weights: ``{variant: {"w_recog": ..., "w_adv": ...}}``, the trained configs' weights.
+        activity: ``{variant: {term: pulled}}`` (:func:`gao_activity` of each variant).
+
+    Returns:
+        :func:`facelab.metrics.stats.claims_table` entries, each with ``term``, ``weight`` and
+        ``variant``, ordered by claim and weight; variants not run are left out.
+
+    >>> u = {v: {"micc_mm": [[1.0 + d, 2.0 + d, 3.0 + d]]} for v, d in (("full", -0.5), ("no_adv", 0.0), ("adv_w0.001", -0.1))}
+    >>> w = {"full": {"w_recog": 0.3, "w_adv": 0.003}, "adv_w0.001": {"w_recog": 0.3, "w_adv": 0.001}}
+    >>> [(e["weight"], e["verdict"]) for e in gao_dose_response(u, w, {"full": {"adv": True}}, n_boot=200) if e["id"].startswith("G2 ")]
+    [(0.001, 'inactive'), (0.003, 'holds')]
+    """
+    from facelab.metrics.stats import N_BOOTSTRAP, claims_table
+
+    specs, meta, active = [], {}, {}
+    for claim_id, term, field_name, control, metric, better in DOSE_CLAIMS:
+        doses = sorted((w[field_name], v) for v, w in weights.items()
+                       if v in ("full",) + tuple(DOSE_VARIANTS) and ALL_VARIANTS[v].keys() <= {field_name} and v in units)
+        for weight, variant in doses:
+            spec_id = f"{claim_id} at {field_name} = {weight:g}"
+            meta[spec_id] = {"term": term, "weight": weight, "variant": variant}
+            active[f"{variant}:{term}"] = activity.get(variant, {}).get(term, False)
+            specs.append((spec_id, f"{VARIANT_LABELS[variant]} vs {VARIANT_LABELS[control]}", (variant, control), metric,
+                          better, f"{variant}:{term}"))
+    entries = claims_table(specs, units, {}, active, n_boot=n_boot or N_BOOTSTRAP)
+    return [{**entry, **meta[entry["id"]]} for entry in entries]
+
+
 def _table_row(micc: dict | list[dict], row: str) -> dict:
     """``{condition: {"mean", "std"}}`` of one MICC row; given one ``micc`` per seed, their means."""
     per_seed = micc if isinstance(micc, list) else [micc]
@@ -291,7 +336,7 @@ def _mean_over_seeds(dicts: list[dict]) -> dict:
 
 
 def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", overrides=None, liu=None,
-                      variants=tuple(VARIANTS), with_baseline: bool = True, seeds: tuple[int, ...] | None = None) -> dict:
+                      variants=None, with_baseline: bool = True, seeds: tuple[int, ...] | None = None) -> dict:
     """Train (or reuse) the Gao et al. 2020 variants and write the MICC tables (module docstring).
 
     Args:
@@ -304,7 +349,8 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
             :class:`~facelab.metrics.baselines.BaselineConfig`.
         liu: the Liu et al. row: a ``phase3.pt``, a ``facelab reproduce liu2018`` folder, or
             None for the committed Liu et al. run (:func:`~facelab.reproduce.liu2018.liu_reference`).
-        variants: which of :data:`VARIANTS` to train and score (``"full"`` is required).
+        variants: which of :data:`ALL_VARIANTS` to train and score (``"full"`` is required;
+            None: :data:`PROFILE_VARIANTS`, the standard profile's including the doses).
         with_baseline: add the landmark-only linear 3DMM fit and mean-face rows.
         seeds: training seeds (None: :data:`PROFILE_SEEDS`); the first trains in ``out_dir``,
             seed ``k`` in ``out_dir/seed<k>``. Tables are means over seeds; the claims
@@ -315,7 +361,8 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
         keys "average_over_identity" / "three_view", "table2": {variant: {condition: {...}}},
         "identity_consistency": {model: {"std_mm", "mean_mm"}}, "diagnostics": {variant: {step:
         summarize_shares(...)}} (:mod:`facelab.train.diagnostics`), "claims" (:func:`gao_claims`:
-        paired differences over MICC subjects with 95 % intervals and verdicts), "heat_maps", "train_seconds",
+        paired differences over MICC subjects with 95 % intervals and verdicts), "dose_response"
+        (:func:`gao_dose_response`), "heat_maps", "train_seconds",
         "seconds", "train_config", "liu_checkpoint"}``.
     """
     from facelab.config import apply_overrides, split_overrides
@@ -326,8 +373,9 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
     from facelab.train.stages import read_summary
 
     check_choice(profile, "profile", PROFILES)
+    variants = PROFILE_VARIANTS[profile] if variants is None else tuple(variants)
     for v in variants:
-        check_choice(v, "variants", list(VARIANTS))
+        check_choice(v, "variants", list(ALL_VARIANTS))
     if "full" not in variants:
         raise ValueError(f"variants: must include 'full' (the reference row), got {list(variants)}")
     variants = ("full",) + tuple(v for v in variants if v != "full")  # its warm-up is the others' start
@@ -345,7 +393,7 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
         run = seed_dir(out, seed, seeds)
         for v in variants:
             cfg = apply_overrides(Gao2020TrainConfig(profile=profile, out_dir=str(run / v)), groups["train"])
-            for key, value in VARIANTS[v].items():
+            for key, value in ALL_VARIANTS[v].items():
                 setattr(cfg, key, value)
             cfg.out_dir, cfg.train.seed = str(run / v), seed
             if v != "full" and cfg.warmup_steps and cfg.share_warmup:  # the ablations continue from the full model's warm-up
@@ -382,7 +430,8 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
         for row, name in BASELINE_ROWS.items():
             table1[row]["Linear 3DMM, landmark fit"] = _table_row(base, name)
             table1[row][MEAN_FACE_ROW] = _table_row(base, "mean_face")  # the floor: no reconstruction at all
-    table2 = {VARIANT_LABELS[v]: _table_row(scores[v]["micc"], "average_over_identity") for v in variants}
+    table2 = {VARIANT_LABELS[v]: _table_row(scores[v]["micc"], "average_over_identity") for v in variants
+              if v in VARIANTS}  # the paper's ablation; the doses are in dose_response
     # the first seed's term diagnostics (which terms pulled, and how hard)
     diagnostics = {VARIANT_LABELS[v]: {stage: row["diagnostics"] for stage, row in read_summary(out / v).items()
                                        if "diagnostics" in row} for v in variants}
@@ -392,12 +441,14 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
     if "identity_only_mm" in trained["full"]:
         trained[TRANSFER_REFERENCE] = {"transfer_mm": trained["full"]["identity_only_mm"]}
     claims = gao_claims(trained, baseline_units, gao_activity(diagnostics))
+    dose = gao_dose_response(trained, {v: {f: getattr(train_cfgs[v], f) for f in ("w_recog", "w_adv")} for v in variants},
+                             {v: gao_activity(diagnostics, VARIANT_LABELS[v]) for v in variants})
     result = {
         "profile": profile, "out_dir": str(out), "seeds": list(seeds), "table1": table1, "table2": table2,
         "identity_consistency": {VARIANT_LABELS.get(k, k): s["identity_consistency"] for k, s in scores.items()},
         # per variant and training step: each weighted term's share of the gradient on the encoder
         # and decoders, and the identity head's accuracy against chance (facelab.train.diagnostics)
-        "diagnostics": diagnostics, "claims": claims,
+        "diagnostics": diagnostics, "claims": claims, "dose_response": dose,
         "heat_maps": {VARIANT_LABELS.get(k, k): s["heat_map"] for k, s in scores.items()},
         "liu_checkpoint": liu_path,
         "train_config": {v: dataclasses.asdict(c) for v, c in train_cfgs.items()},
