@@ -75,3 +75,16 @@ def test_reproductions_name_their_training_recipes(capsys):
     assert set(REPRODUCTIONS) == {"liu2018", "gao2020", "sir"}
     assert main(["reproduce", "liu2018", "--out", "/tmp/unused-facelab-run", "--liu", "x.pt"]) != 0
     assert "--liu: the liu2018 table has no Liu et al. row" in capsys.readouterr().err
+
+
+def test_reproduce_seeds_option(capsys):
+    """--seeds reaches the reproductions that train several seeds; elsewhere, or malformed, it is an error."""
+    assert main(["reproduce", "sir", "--out", "/tmp/unused-facelab-run", "--seeds", "0,1"]) != 0
+    assert "seeds: the sir reproduction trains one seed" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["reproduce", "gao2020", "--out", "/tmp/unused-facelab-run", "--seeds", "0,x"])
+    assert "--seeds" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="seeds: give at least one"):
+        from facelab.reproduce import REPRODUCTIONS
+
+        REPRODUCTIONS["gao2020"]("quick", "/tmp/unused-facelab-run", seeds=())
