@@ -28,6 +28,18 @@ def test_readme_gao_tables_are_the_quick_runs():
         "README: the Gao et al. tables differ from book/artifacts/gao2020-quick/results.json"
 
 
+@pytest.mark.skipif(not has_artifact("gao2020-standard"), reason="no committed gao2020-standard run")
+def test_readme_gao_standard_tables_and_claims_are_the_committed_run():
+    from facelab.metrics.stats import describe_claim
+    from facelab.reproduce.gao2020 import results_markdown
+
+    result, text = load_results("gao2020-standard"), README.read_text()
+    assert results_markdown(result) in text, "README: the Gao et al. standard tables differ from its results.json"
+    claims = {c["id"]: c for c in result["claims"]}
+    for claim_id in ("T1", "G4"):  # the sentences quoted under the tables
+        assert describe_claim(claims[claim_id]) in text, f"README: claim {claim_id} differs from results.json"
+
+
 @pytest.mark.skipif(not has_artifact("sir-quick"), reason="no committed sir-quick run")
 def test_readme_sir_tables_are_the_quick_runs():
     from facelab.reproduce.sir import results_markdown

@@ -66,11 +66,15 @@ def test_gao_claims_and_activity():
     base = rng.normal(1.0, 0.2, size=10)
     units = {"full": {"micc_mm": base}, "no_recog": {"micc_mm": base + 0.3}, "no_adv": {"micc_mm": base + rng.normal(0, 0.02, 10)},
              "liu2018": {"micc_mm": base - 0.25}}
-    lazy = {"Full model": {"step1": {"terms": {"recog": {"encoder": {"active": True}}, "adv": {"shape_decoder": {"active": True}},
-                                               "smooth": {"shape_decoder": {"active": False}}},
+    share = lambda fraction: {"active_fraction": fraction}  # noqa: E731
+    lazy = {"Full model": {"step1": {"steps": 100, "terms": {"recog": {"encoder": share(1.0)}, "adv": {"shape_decoder": share(0.9)},
+                                                             "smooth": {"shape_decoder": share(0.3)}},
                                      "accuracy": {"active_fraction": 0.1}}}}
     activity = gao_activity(lazy)
     assert activity == {"recog": False, "adv": True, "smooth": False}  # the head stayed at chance
+    # the stages pool by their steps: a short stage below the threshold does not undo a long one above it
+    lazy["Full model"]["warmup"] = {"steps": 900, "terms": {"smooth": {"shape_decoder": share(0.9)}}}
+    assert gao_activity(lazy)["smooth"] and not gao_activity(lazy)["adv"]  # adv: (900 * 0 + 100 * 0.9) / 1000
     claims = {c["id"]: c for c in gao_claims(units, {"landmark_fit": {"micc_mm": base - 0.3}}, activity, n_boot=500)}
     assert claims["G1"]["verdict"] == "inactive" and claims["G2"]["verdict"] == "within noise"
     assert claims["G4"]["verdict"] == "reversed" and claims["T1"]["verdict"] == "reversed"

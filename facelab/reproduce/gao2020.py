@@ -265,17 +265,40 @@ TERM_MODULES = {"recog": "encoder", "adv": "shape_decoder", "smooth": "shape_dec
 
 
 def gao_activity(diagnostics: dict, variant: str = VARIANT_LABELS["full"]) -> dict[str, bool]:
-    """``{term: pulled}`` for the ablated terms in ``variant``'s training steps (all of them must pull).
+    """``{term: pulled}`` for the ablated terms over ``variant``'s whole training.
 
-    >>> d = {"Full model": {"step1": {"terms": {"adv": {"shape_decoder": {"active": False}}}}}}
-    >>> gao_activity(d)["adv"], gao_activity({})["recog"]
-    (False, False)
+    A term pulled when its gradient share on the module it shapes (:data:`TERM_MODULES`)
+    reached :data:`~facelab.metrics.stats.MIN_GRADIENT_SHARE` in at least
+    :data:`~facelab.metrics.stats.MIN_ACTIVE_FRACTION` of all the logged measurements, and for
+    the recognition term its head reached
+    :data:`~facelab.metrics.stats.MIN_ACCURACY_OVER_CHANCE` x chance as often. The stages
+    (warm-up, step 1, step 2) are pooled by their number of steps (each stage's ``"steps"``;
+    the measurements are evenly spaced in steps), so a stage is weighed by how much of the
+    training it was.
+
+    >>> d = {"Full model": {"warmup": {"steps": 300, "terms": {"adv": {"shape_decoder": {"active_fraction": 1.0}}}},
+    ...                     "step1": {"steps": 100, "terms": {"adv": {"shape_decoder": {"active_fraction": 0.4}}}}}}
+    >>> gao_activity(d)["adv"], gao_activity({})["recog"]   # (300 * 1.0 + 100 * 0.4) / 400 = 0.85
+    (True, False)
     """
-    from facelab.metrics.stats import term_pulled
+    from facelab.metrics.stats import MIN_ACTIVE_FRACTION
 
-    steps = diagnostics.get(variant, {})
-    return {term: bool(steps) and all(term_pulled(d, term, module, head=term == "recog") for d in steps.values())
-            for term, module in TERM_MODULES.items()}
+    stages = diagnostics.get(variant, {})
+
+    def pooled(fractions: list[tuple[float, int]]) -> float:
+        total = sum(n for _, n in fractions)
+        return sum(f * n for f, n in fractions) / total if total else 0.0
+
+    out = {}
+    for term, module in TERM_MODULES.items():
+        shares = [(d.get("terms", {}).get(term, {}).get(module, {}).get("active_fraction", 0.0), d.get("steps", 1))
+                  for d in stages.values()]
+        pulled = bool(stages) and pooled(shares) >= MIN_ACTIVE_FRACTION
+        if term == "recog":  # the identity head must also have learned
+            heads = [(d["accuracy"]["active_fraction"], d.get("steps", 1)) for d in stages.values() if "accuracy" in d]
+            pulled = pulled and bool(heads) and pooled(heads) >= MIN_ACTIVE_FRACTION
+        out[term] = pulled
+    return out
 
 
 def gao_claims(units: dict, baseline_units: dict, activity: dict, n_boot: int | None = None) -> list[dict]:
@@ -433,8 +456,9 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
     table2 = {VARIANT_LABELS[v]: _table_row(scores[v]["micc"], "average_over_identity") for v in variants
               if v in VARIANTS}  # the paper's ablation; the doses are in dose_response
     # the first seed's term diagnostics (which terms pulled, and how hard)
-    diagnostics = {VARIANT_LABELS[v]: {stage: row["diagnostics"] for stage, row in read_summary(out / v).items()
-                                       if "diagnostics" in row} for v in variants}
+    diagnostics = {VARIANT_LABELS[v]: {stage: {**row["diagnostics"], "steps": row["step"]}
+                                       for stage, row in read_summary(out / v).items() if "diagnostics" in row}
+                   for v in variants}
     if "liu2018" in scores:  # one trained model, paired with every seed like a baseline
         baseline_units["liu2018"] = {m: u[0] for m, u in scores["liu2018"]["units"].items()}
     trained = {k: s["units"] for k, s in scores.items() if k != "liu2018"}
