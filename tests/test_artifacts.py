@@ -104,3 +104,17 @@ def test_export_can_skip_seed_folders(tmp_path):
     assert "stage.pt" in manifest["files"] and manifest["checkpoints_not_exported"] == ["seed1"]
     with pytest.raises(FileNotFoundError, match="skip"):
         A.export_run(run, "bad", "cmd", root=tmp_path / "art", skip=("seed9",))
+
+
+def test_export_keeps_the_log_and_config_of_a_stopped_trial(tmp_path):
+    """A stage folder without a finished checkpoint (a trial stopped early) ships its log and config, not its last.pt."""
+    run, _ = _run(tmp_path)
+    trial = run / "tuning" / "w_0.1" / "warmup"
+    trial.mkdir(parents=True)
+    (trial / "metrics.csv").write_text("step,loss\n10,3.0\n")
+    (trial / "config.json").write_text('{"recipe": {"w": 0.1}}')
+    (trial / "last.pt").write_bytes(b"resumable state")
+    dest = A.export_run(run, "trial", "cmd", root=tmp_path / "art")
+    files = set(json.loads((dest / A.MANIFEST).read_text())["files"])
+    assert {"tuning/w_0.1/warmup/metrics.csv", "tuning/w_0.1/warmup/config.json"} <= files
+    assert not any(f.endswith("last.pt") for f in files) and "stage/config.json" not in files

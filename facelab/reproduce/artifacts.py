@@ -33,6 +33,7 @@ EXPORT_KEYS = ("format", "format_version", "facelab_version", "torch_version", "
 RESULT_FILES = ("results.json", "results.md", "summary.json", "units.npz")
 SUMMARY_FILE = "summary.json"  # the recipes' record of each finished stage, with its term diagnostics
 LOG_FILES = ("metrics.csv",)  # each stage folder's training log (the chapters plot the curves)
+STAGE_CONFIG = "config.json"  # a stage folder's recipe and loop config (kept for stages exported without a checkpoint)
 
 
 def _sha256(path: Path) -> str:
@@ -63,7 +64,9 @@ def export_run(run_dir, name: str, command: str, root=ARTIFACTS_DIR, skip: tuple
 
     Stage checkpoints are the ``*.pt`` at the top level and in variant sub-folders (e.g.
     ``full/step2.pt`` of ``facelab reproduce gao2020``), not the trainer's resumable
-    ``last.pt`` files; each one's ``<stage>/metrics.csv`` comes along.
+    ``last.pt`` files; each one's ``<stage>/metrics.csv`` comes along. A stage folder with a
+    log but no finished checkpoint (a trial stopped early) contributes its ``metrics.csv`` and
+    ``config.json`` alone.
 
     Args:
         run_dir: the output folder of a reproduce/train command.
@@ -95,6 +98,16 @@ def export_run(run_dir, name: str, command: str, root=ARTIFACTS_DIR, skip: tuple
             if (src.parent / src.stem / log).is_file():
                 (dest / rel.parent / src.stem).mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src.parent / src.stem / log, dest / rel.parent / src.stem / log)
+    # stage folders without a checkpoint (a stopped trial the chapter plots): their log and config alone
+    for log in sorted(run_dir.rglob(LOG_FILES[0])):
+        stage = log.parent
+        if skipped(log) or stage == run_dir or stage.parent / f"{stage.name}.pt" in ckpts:
+            continue
+        rel = stage.relative_to(run_dir)
+        (dest / rel).mkdir(parents=True, exist_ok=True)
+        for name in LOG_FILES + (STAGE_CONFIG,):
+            if (stage / name).is_file():
+                shutil.copyfile(stage / name, dest / rel / name)
     for fname in RESULT_FILES:
         for found in run_dir.rglob(fname):
             rel = found.relative_to(run_dir)
