@@ -13,6 +13,15 @@ the ``micc`` suite with the MICC protocol of :mod:`facelab.metrics.model_eval`:
 * ``identity_consistency``: per model, the standard deviation over a subject's video
   frames of the identity shape's error (rigidly aligned RMSE against the true identity
   shape, mm), averaged over subjects and videos — the paper's "spread across frames".
+* ``claims`` (:data:`CLAIMS`): each claim of the paper as a paired difference over the MICC
+  subjects (and training seeds) with a 95 % interval and a verdict, measured where the paper
+  says the effect lives (:func:`frame_units`, :func:`transfer_units`), and ``inactive`` when
+  the removed term did not pull on the full model's training (:func:`gao_activity`);
+  ``dose_response`` (:func:`gao_dose_response`) repeats G1 and G2 at every trained weight.
+
+Profiles: ``quick`` (CI: one seed, 5 subjects, the four variants), ``standard`` (30 subjects,
+the four variants plus :data:`DOSE_VARIANTS`, seeds :data:`PROFILE_SEEDS`; ``seeds=(0,)``
+trains one) and ``full`` (GPU).
 
 Book chapter: ``book/08_gao2020.ipynb``.
 """

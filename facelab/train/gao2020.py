@@ -128,7 +128,8 @@ PROFILE_DEFAULTS = {
     # 1,500 of their 1,900 steps. Here the collections hold fewer identities with many photos
     # each, every variant trains its own warm-up with its ablated terms on (so each removed term
     # is missing from all of its variant's steps), the critic takes 5 steps per model step with
-    # p = 2, and the recognition and adversarial weights are raised until their shares reach 10 %
+    # p = 2, and the recognition, adversarial and smoothness weights are raised (chapter 8 reports
+    # which of the three then pulled over the whole training: recognition and the adversary did)
     "standard": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", lp_identities=500,
                      lp_images_per_identity=8, col_identities=50, col_images_per_identity=64, steps=(800, 200),
                      pool=True, num_workers=0, num_threads=1, warmup_steps=1200, share_warmup=False,
@@ -150,8 +151,8 @@ class Gao2020TrainConfig:
     """Options of :func:`train_gao2020`. None takes the profile's value (:data:`PROFILE_DEFAULTS`).
 
     Attributes:
-        profile: ``"quick"`` (CPU, minutes), ``"standard"`` (CPU, about an hour per variant
-            pair on two cores) or ``"full"`` (GPU).
+        profile: ``"quick"`` (CPU, minutes), ``"standard"`` (CPU, up to ~45 min of one core per
+            variant) or ``"full"`` (GPU).
         out_dir: the run folder ("" = ``runs/gao2020-<profile>``).
         train: the training-loop options of every step (:class:`~facelab.train.trainer.LoopConfig`;
             ``--set train.lr=1e-4``). ``seed`` seeds the suites, the initial weights, the batch
@@ -201,11 +202,12 @@ class Gao2020TrainConfig:
             because at ``1e-2`` the generator outran the discriminator within ~100 quick steps
             (the critic's Wasserstein estimate turned negative and the shapes grew noisy).
             ``w_recog``, ``w_adv``, ``w_smooth`` are the profile's (quick and full 0.1, 1e-3,
-            0.1; standard 0.3, 3e-3, 2): on the standard settings these put each term's share
-            of the gradient on the module it shapes above 10 % (:mod:`facelab.train.diagnostics`;
-            at quick's weights the smoothness share was ~1 % and the recognition head stayed at
-            chance); at ``w_adv = 1e-2`` the adversary took ~40 % of the shape decoder's
-            gradient and the warm-up's shape loss rose instead of falling.
+            0.1; standard 0.3, 3e-3, 2): on the standard settings the recognition and
+            adversarial shares of the gradient on the module each shapes stay above 10 %
+            (:mod:`facelab.train.diagnostics`), the smoothness share only in the warm-up (at
+            quick's weights it was ~1 % and the recognition head stayed at chance); at
+            ``w_adv = 1e-2`` the adversary took ~40 % of the shape decoder's gradient and the
+            warm-up's shape loss rose instead of falling.
         use_recog: train with the recognition loss (ablation: False).
         use_adv: train with the adversarial loss and the discriminator (ablation: False).
         smoothness: ``"template"`` (eq. 9) or ``"laplacian"`` (the conventional loss; ablation).
