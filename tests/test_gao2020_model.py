@@ -204,7 +204,9 @@ def test_config_round_trip():
         assert Gao2020Config.from_dict(d) == cfg
     with pytest.raises(ValueError, match="unknown keys"):
         Gao2020Config.from_dict({"id_dimension": 3})
-    assert set(GAO2020_PROFILES) == {"quick", "full"}
+    assert set(GAO2020_PROFILES) == {"quick", "standard", "full"}
+    # the standard profile trains the quick network longer (its checkpoints load with the quick architecture)
+    assert Gao2020Config.for_profile("standard") == Gao2020Config.for_profile("quick")
 
 
 def test_builder_rebuilds_an_identical_state_dict(morphable):
