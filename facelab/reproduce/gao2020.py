@@ -73,13 +73,28 @@ BASELINE_ROWS = {"average_over_identity": "landmark_fit_avg", "three_view": "lan
 MEAN_FACE_ROW = "Mean face (no reconstruction)"
 
 
-def identity_consistency(pred: dict, mask: np.ndarray) -> dict[str, float]:
+def identity_frame_errors(pred: dict, mask: np.ndarray) -> np.ndarray:
+    """``(N,)`` mm: each frame's identity shape against the true one (rigidly aligned RMSE on ``mask``)."""
+    from facelab.metrics.reconstruction import rmse
+
+    return np.asarray(rmse(pred["identity_shape"].double().numpy(), pred["gt_identity"].double().numpy(),
+                           mask=mask, align="rigid"))
+
+
+def _video_stds(errors: np.ndarray, pred: dict) -> tuple[np.ndarray, dict]:
+    """Each frame's video key (subject, condition) and ``{video: std of errors over its frames}``."""
+    video = (pred["label"].long() * 1000 + pred["condition"].long()).numpy()
+    return video, {v: float(errors[video == v].std()) for v in np.unique(video)}
+
+
+def identity_consistency(pred: dict, mask: np.ndarray, errors: np.ndarray | None = None) -> dict[str, float]:
     """Spread of the identity shape's error across a subject's frames.
 
     Args:
         pred: :func:`~facelab.metrics.model_eval.predict_suite` output (``identity_shape``,
             ``gt_identity (N, V, 3)`` mm, ``label``, ``condition (N,)``).
         mask: ``(V,)`` bool, the vertices scored.
+        errors: :func:`identity_frame_errors` of ``pred``, if already computed.
 
     Returns:
         ``{"std_mm": mean over (subject, video) of the std over frames of the rigidly aligned
@@ -90,13 +105,9 @@ def identity_consistency(pred: dict, mask: np.ndarray) -> dict[str, float]:
     >>> identity_consistency(pred, np.ones(3, bool))["std_mm"]
     0.0
     """
-    from facelab.metrics.reconstruction import rmse
-
-    err = np.asarray(rmse(pred["identity_shape"].double().numpy(), pred["gt_identity"].double().numpy(),
-                          mask=mask, align="rigid"))
-    key = (pred["label"].long() * 1000 + pred["condition"].long()).numpy()
-    stds = [float(err[key == k].std()) for k in np.unique(key)]
-    return {"std_mm": float(np.mean(stds)), "mean_mm": float(err.mean())}
+    err = identity_frame_errors(pred, mask) if errors is None else errors
+    _, stds = _video_stds(err, pred)
+    return {"std_mm": float(np.mean(list(stds.values()))), "mean_mm": float(err.mean())}
 
 
 #: a frame is "hard" for G2 when the head turns at least this far (deg) ...
@@ -111,12 +122,13 @@ def _subject_means(values: np.ndarray, labels: np.ndarray, keep: np.ndarray | No
     return np.array([values[(labels == k) & keep].mean() for k in np.unique(labels)])
 
 
-def frame_units(pred: dict, morphable) -> dict[str, np.ndarray]:
+def frame_units(pred: dict, morphable, identity_errors: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-subject scores of single frames (the units the G1-G3 claims resample), mm.
 
     Args:
         pred: :func:`~facelab.metrics.model_eval.predict_suite` output of a MICC suite.
         morphable: the suite's linear model (mesh, face mask, identity basis).
+        identity_errors: :func:`identity_frame_errors` of ``pred``, if already computed.
 
     Returns:
         ``{"frame_mm": mean over frames of the identity shape's rigidly aligned RMSE,
@@ -134,9 +146,8 @@ def frame_units(pred: dict, morphable) -> dict[str, np.ndarray]:
     mask = morphable.face_mask.numpy()
     labels = pred["label"].long().numpy()
     ident, gt_ident = pred["identity_shape"].double().numpy(), pred["gt_identity"].double().numpy()
-    frame_err = np.asarray(rmse(ident, gt_ident, mask=mask, align="rigid"))
-    video = labels * 1000 + pred["condition"].long().numpy()
-    stds = {v: frame_err[video == v].std() for v in np.unique(video)}
+    frame_err = identity_frame_errors(pred, mask) if identity_errors is None else identity_errors
+    video, stds = _video_stds(frame_err, pred)
     frame_std = np.array([np.mean([stds[v] for v in np.unique(video[labels == k])]) for k in np.unique(labels)])
 
     gt_shape = pred["gt_shape"].double().numpy()
@@ -237,12 +248,13 @@ def score_model(model, profile: str, eval_cfg, suite=None) -> dict:
     first = torch.nonzero((pred["label"] == 0) & (pred["condition"] == 0)).flatten()
     avg = model.decode_identity(pred["embedding"][first].mean(0, keepdim=True))[0]
     heat = per_vertex_error(avg, suite.scan(0), mask)
-    units = {"micc_mm": units["average_over_identity"], **frame_units(pred, suite.model)}
+    errors = identity_frame_errors(pred, mask)  # shared by the consistency summary and the frame claims
+    units = {"micc_mm": units["average_over_identity"], **frame_units(pred, suite.model, errors)}
     net = getattr(model, "model", None)
     if all(hasattr(net, f) for f in ("encode", "decode_shape", "neutral_shape")):  # separate expression codes
         units.update(transfer_units(net, suite, pred, cfg.batch_size))
     return {"micc": micc, "units": units,
-            "identity_consistency": identity_consistency(pred, mask),
+            "identity_consistency": identity_consistency(pred, mask, errors),
             "heat_map": {"subject": 0, "condition": suite.condition_names[0], "errors_mm": heat.tolist()}}
 
 
