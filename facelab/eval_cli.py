@@ -1,4 +1,4 @@
-"""``facelab eval``: score your own results with facelab's protocols (book ``book/10_evaluation.ipynb``).
+"""``facelab eval``: score your own results with facelab's protocols (book ``book/07_evaluation.ipynb``).
 
     facelab eval verify --embeddings F.npz [--folds 10] [--json]
     facelab eval recon --pred P.obj --gt G.obj --protocol rmse|micc|now

@@ -8,7 +8,7 @@
   ``n_per_half`` mismatched lines ``name1 i name2 j``; image numbers are 1-based.
 
 Images live at ``root/<name>/<name>_<%04d>.jpg``. Folds are contiguous blocks of
-``2 * n_per_half`` pairs, as the LFW protocol in ``book/10_evaluation.ipynb`` expects.
+``2 * n_per_half`` pairs, as the LFW protocol in ``book/07_evaluation.ipynb`` expects.
 
 Book chapter: ``book/12_real_data.ipynb``.
 """

@@ -2,7 +2,7 @@
 
 The raw MICC release ships VRML scans and MJPEG videos; convert it once (meshes to
 ``.obj``/``.ply``, videos to frame images) into this layout, which
-:class:`MICCDataset` reads (book chapter ``book/10_evaluation.ipynb``)::
+:class:`MICCDataset` reads (book chapter ``book/07_evaluation.ipynb``)::
 
     root/
       subject_01/                 # one folder per subject (any name; sorted)

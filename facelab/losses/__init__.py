@@ -6,7 +6,7 @@
 * :mod:`~facelab.losses.landmark`: 2D landmark loss + landmark GDL (eq. 6).
 * :mod:`~facelab.losses.shape`: shape L1, pairwise shape, template smoothness, albedo symmetry (eqs. 7-10).
 * :mod:`~facelab.losses.adversarial`: WGAN-div critic and generator losses (eq. 11).
-* :mod:`~facelab.losses.sir`: the SIR loss in the geometry-weighted space (facelab's definition; ``book/09_sir.ipynb``).
+* :mod:`~facelab.losses.sir`: the SIR loss in the geometry-weighted space (facelab's definition; ``book/10_sir.ipynb``).
 
 Book chapter: ``book/06_losses.ipynb``.
 """
@@ -42,6 +42,6 @@ __all__ = [
     "LaplacianSmoothnessLoss", "AlbedoSymmetryLoss",
     "WGAN_DIV_K", "WGAN_DIV_P", "wgan_div_critic_loss", "wgan_div_generator_loss", "sample_real_shapes",
     "WGANDivCriticLoss", "WGANDivGeneratorLoss",
-    # SIR (identity-aware shape), book/09_sir.ipynb
+    # SIR (identity-aware shape), book/10_sir.ipynb
     "SIR_MARGIN_MM", "geometry_weighted", "sir_loss_terms", "sir_loss", "SIRLoss",
 ]

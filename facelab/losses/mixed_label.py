@@ -1,6 +1,6 @@
 """The mixed-label loss of the SIR recipe: each term only on the rows that carry its label.
 
-Book chapter: ``book/09_sir.ipynb``; the terms and their definitions are in
+Book chapter: ``book/10_sir.ipynb``; the terms and their definitions are in
 :mod:`facelab.train.sir`. A batch mixes landmark-only rows (2D landmarks, no identity) and
 identity-only rows (an identity label, no landmarks).
 """

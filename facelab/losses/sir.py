@@ -1,6 +1,6 @@
 """The shape identity-aware regularisation (SIR) loss, in facelab's definition.
 
-Book chapter: ``book/09_sir.ipynb``.
+Book chapter: ``book/10_sir.ipynb``.
 
 Why: a recognition loss on the *direction* of the standardised shape coefficients
 ``a = alpha / sigma`` can separate identities in parameter space while the shapes it

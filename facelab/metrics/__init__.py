@@ -1,4 +1,4 @@
-"""facelab.metrics: the evaluation protocols of the book (``book/10_evaluation.ipynb``).
+"""facelab.metrics: the evaluation protocols of the book (``book/07_evaluation.ipynb``).
 
 * :mod:`~facelab.metrics.verification`: LFW verification (10 folds, VAL@FAR, TAR@FAR,
   ROC/AUC/EER) and rank-1 identification.

@@ -1,6 +1,6 @@
 """Rigid and similarity alignment: Umeyama/Procrustes and closest-point ICP.
 
-Book chapter: ``book/10_evaluation.ipynb``. A :class:`Similarity` maps points as
+Book chapter: ``book/07_evaluation.ipynb``. A :class:`Similarity` maps points as
 ``x -> s * R @ x + t``. :func:`procrustes` is Umeyama (1991): the least-squares rotation
 (never a reflection), translation and optionally scale between corresponding points.
 :func:`icp` alternates closest points on the target and Procrustes from the original

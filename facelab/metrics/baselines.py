@@ -1,6 +1,6 @@
 """Evaluation baselines on the SynthFaces suites: the floor and the ceiling of every table.
 
-Book chapter: ``book/10_evaluation.ipynb``. Three methods need no training:
+Book chapter: ``book/07_evaluation.ipynb``. Three methods need no training:
 
 * **mean face** (``mean_face``): always predict the model's mean shape. The floor.
 * **oracle** (``oracle_k{K}``): the best linear-3DMM approximation of the *true* shape with

@@ -10,7 +10,7 @@ look where such a prior acts:
 * :func:`linear_span_distance`: how far a shape lies from the span of a linear shape model
   (mm): a plausibility score that needs no learned critic.
 
-Book chapter: ``book/08_gao2020.ipynb``.
+Book chapter: ``book/09_gao2020.ipynb``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """2D landmark accuracy: NME normalised by the face box, reported per yaw bucket.
 
-Book chapter: ``book/10_evaluation.ipynb``. This is the AFLW2000-3D convention: the mean
+Book chapter: ``book/07_evaluation.ipynb``. This is the AFLW2000-3D convention: the mean
 per-landmark Euclidean error divided by ``sqrt(w * h)`` of the ground-truth landmarks'
 bounding box, summarised in the |yaw| buckets [0, 30], (30, 60] and > 60 degrees and as
 the mean of the three bucket means ("balanced" NME).

@@ -1,6 +1,6 @@
 """Evaluate a trained facelab model on the SynthFaces benchmark suites.
 
-Book chapter: ``book/10_evaluation.ipynb``. :func:`evaluate_model` loads a checkpoint
+Book chapter: ``book/07_evaluation.ipynb``. :func:`evaluate_model` loads a checkpoint
 (or takes a model), renders the suite at the image size and mesh resolution recorded in
 the model's config, runs the model and scores it with the same protocols and result
 layout as :func:`facelab.metrics.baselines.run_baselines`, so both tables line up:

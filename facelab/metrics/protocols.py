@@ -1,6 +1,6 @@
 """Scan-based reconstruction protocols: MICC Florence style and NoW style.
 
-Book chapter: ``book/10_evaluation.ipynb``. Both compare a predicted mesh with a ground
+Book chapter: ``book/07_evaluation.ipynb``. Both compare a predicted mesh with a ground
 truth scan that is *not* in correspondence with it, so the prediction is first aligned
 (landmarks, then closest-point ICP) and errors are distances to surfaces, in mm.
 

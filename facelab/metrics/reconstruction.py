@@ -1,6 +1,6 @@
 """Reconstruction error on meshes in dense correspondence (same topology as the truth).
 
-Book chapter: ``book/10_evaluation.ipynb``. The prediction is aligned to the ground
+Book chapter: ``book/07_evaluation.ipynb``. The prediction is aligned to the ground
 truth by Umeyama/Procrustes on the corresponding (masked) vertices, then the error is the
 root-mean-square per-vertex Euclidean distance in mm over the same vertices.
 """

@@ -1,6 +1,6 @@
 """Writing evaluation results: JSON (machine-readable) and Markdown tables (for people).
 
-Book chapter: ``book/10_evaluation.ipynb``. :func:`to_jsonable` turns numpy/torch values,
+Book chapter: ``book/07_evaluation.ipynb``. :func:`to_jsonable` turns numpy/torch values,
 tuples and dataclasses into plain JSON types (NaN and infinities become ``null``, as
 strict JSON has no NaN); :func:`markdown_table` formats one table; :func:`baselines_markdown`
 formats the result of :func:`facelab.metrics.baselines.run_baselines`.

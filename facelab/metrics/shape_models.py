@@ -1,6 +1,6 @@
 """Compare identity shape models: the Sphere Face Model against PCA at equal dimension.
 
-Book chapter: ``book/09_sir.ipynb``. :func:`sfm_vs_pca` fits both models
+Book chapter: ``book/10_sir.ipynb``. :func:`sfm_vs_pca` fits both models
 (:mod:`facelab.morphable.sphere`) on labelled 3D shapes and scores them on held-out
 identities: reconstruction RMSE, and how well their parameters separate identities.
 """

@@ -1,6 +1,6 @@
 """Discriminability of reconstructed geometry (the SIR metric).
 
-Book chapter: ``book/10_evaluation.ipynb``. facelab's own definition (the SIR paper gives
+Book chapter: ``book/07_evaluation.ipynb``. facelab's own definition (the SIR paper gives
 only an abstract): the distance between two shapes in dense correspondence is their
 per-vertex RMSE in mm after rigid (Umeyama) alignment. Two numbers are reported:
 

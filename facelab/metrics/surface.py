@@ -1,6 +1,6 @@
 """Exact point-to-triangle-mesh distances (unsigned, mm).
 
-Book chapter: ``book/10_evaluation.ipynb``. The closest point on one triangle is Ericson's
+Book chapter: ``book/07_evaluation.ipynb``. The closest point on one triangle is Ericson's
 region test ("Real-Time Collision Detection", 5.1.5), vectorised over many
 (point, triangle) pairs. Candidate triangles come from a KD-tree over triangle centroids
 with a radius that can never miss the true closest triangle:

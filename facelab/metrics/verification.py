@@ -1,6 +1,6 @@
 """Face verification (the LFW protocol) and closed-set identification.
 
-Book chapter: ``book/10_evaluation.ipynb``. The protocol follows the FaceNet /
+Book chapter: ``book/07_evaluation.ipynb``. The protocol follows the FaceNet /
 insightface ``verification.py`` evaluation code:
 
 * embeddings are L2-normalised, the pair distance is the squared Euclidean distance

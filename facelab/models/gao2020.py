@@ -25,7 +25,7 @@ facelab's choices, beyond the paper's text:
 * the CNN albedo decoder (the paper's second step, "CNN + bridge") writes the albedo as
   a ``(3, rows, cols)`` map: the mesh is a regular grid, so the grid *is* its UV map.
 
-Book chapter: ``book/08_gao2020.ipynb``.
+Book chapter: ``book/09_gao2020.ipynb``.
 """
 
 from __future__ import annotations

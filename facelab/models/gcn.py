@@ -19,7 +19,7 @@ the extra first layer of Gao et al. 2020): the decoder starts from a fully conne
 layer on the coarsest mesh and alternates convolution and up-sampling; the encoder
 alternates convolution and down-sampling.
 
-Book chapter: ``book/08_gao2020.ipynb``.
+Book chapter: ``book/09_gao2020.ipynb``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The SIR network: a coefficient regressor with a recognition head and an identity shape model.
 
-Book chapter: ``book/09_sir.ipynb``; trained by :mod:`facelab.train.sir` (the mixed-label
+Book chapter: ``book/10_sir.ipynb``; trained by :mod:`facelab.train.sir` (the mixed-label
 recipe, loss :class:`facelab.losses.mixed_label.MixedLabelLoss`). The identity code is the
 regressor's standardised ``a_id``, decoded either by the linear 3DMM (``shape_model="pca"``)
 or by a :class:`~facelab.morphable.sphere.SphereFaceModel` (``"sfm"``).

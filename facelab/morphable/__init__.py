@@ -16,6 +16,6 @@ __all__ = [
     "SynthFacesConfig", "FaceWorld", "build_synthfaces", "load_world", "mesh_hierarchy", "POPULATION_ID_START",
     "GRID_PRESETS", "MeshHierarchy", "grid_faces", "grid_shape", "grid_symmetry",
     "IBUG_MIRROR", "LANDMARK_GROUPS", "SEVEN_LANDMARKS",
-    # Sphere Face Model (book/09_sir.ipynb)
+    # Sphere Face Model (book/10_sir.ipynb)
     "SphereFaceModel", "SFMConfig", "fit_pca", "fit_sfm_stage1", "noisy_identity_shapes", "split_radius",
 ]

@@ -1,6 +1,6 @@
 """The Sphere Face Model (SFM): a shape basis whose coefficients live on a hypersphere.
 
-Book chapter: ``book/09_sir.ipynb``.
+Book chapter: ``book/10_sir.ipynb``.
 
 A PCA model's coefficients are Gaussian, while a recognition embedding is compared by its
 *direction* (cosine). The SFM makes the shape coefficients such an embedding: with a basis

@@ -23,7 +23,7 @@ Profiles: ``quick`` (CI: one seed, 5 subjects, the four variants), ``standard`` 
 the four variants plus :data:`DOSE_VARIANTS`, seeds :data:`PROFILE_SEEDS`; ``seeds=(0,)``
 trains one) and ``full`` (GPU).
 
-Book chapter: ``book/08_gao2020.ipynb``.
+Book chapter: ``book/09_gao2020.ipynb``.
 """
 
 from __future__ import annotations

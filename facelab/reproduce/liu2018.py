@@ -1,6 +1,6 @@
 """Reproduce the ablation table of Liu et al. 2018 (training phase x loss) on SynthFaces.
 
-Book chapter: ``book/10_evaluation.ipynb``. :func:`reproduce_liu2018` trains the three
+Book chapter: ``book/08_three_phases.ipynb``. :func:`reproduce_liu2018` trains the three
 phases with :func:`facelab.train.liu2018.train_liu2018` (or reuses ``phase1.pt`` ...
 ``phase3.pt`` already in the output folder) and scores each phase checkpoint:
 

@@ -1,6 +1,6 @@
 """Reproduce the SIR / Sphere Face Model comparison on SynthFaces: ``facelab reproduce sir``.
 
-Book chapter: ``book/09_sir.ipynb``. :func:`reproduce_sir` trains (or reuses) the stages of
+Book chapter: ``book/10_sir.ipynb``. :func:`reproduce_sir` trains (or reuses) the stages of
 :mod:`facelab.train.sir` and scores four rows:
 
 =====================================  ==========================================================

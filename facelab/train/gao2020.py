@@ -65,7 +65,7 @@ network longer, with every variant's ablated terms on from its first step (an un
 geometric warm-up: ``share_warmup=False``) and weights at which those terms pull; ``full``
 streams the full-size suites into a ResNet-50 on the GPU.
 
-Book chapter: ``book/08_gao2020.ipynb``.
+Book chapter: ``book/09_gao2020.ipynb``.
 """
 
 from __future__ import annotations
@@ -121,14 +121,14 @@ PROFILE_DEFAULTS = {
                   pool=True, num_workers=0, num_threads=1, warmup_steps=1500, share_warmup=True,
                   n_critic=1, critic_p=WGAN_DIV_P, w_recog=0.1, w_adv=0.001, w_smooth=0.1,
                   train=dict(LOOP_DEFAULTS, lr=5e-4, weight_decay=0.0, ckpt_every=50, diagnose_every=20)),
-    # standard: trains until the ablated terms pull (chapter 8 shows the measurements). On the
+    # standard: trains until the ablated terms pull (chapter 9 shows the measurements). On the
     # quick settings the identity head never learned (150 identities x 16 photos: accuracy at
     # chance), the adversary's share of the shape decoder's gradient was ~1 % (the WGAN-div
     # penalty with p = 6 was ~1e-4, so nothing held the critic's scale) and the variants shared
     # 1,500 of their 1,900 steps. Here the collections hold fewer identities with many photos
     # each, every variant trains its own warm-up with its ablated terms on (so each removed term
     # is missing from all of its variant's steps), the critic takes 5 steps per model step with
-    # p = 2, and the recognition, adversarial and smoothness weights are raised (chapter 8 reports
+    # p = 2, and the recognition, adversarial and smoothness weights are raised (chapter 9 reports
     # which of the three then pulled over the whole training: recognition and the adversary did)
     "standard": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", lp_identities=500,
                      lp_images_per_identity=8, col_identities=50, col_images_per_identity=64, steps=(800, 200),

@@ -1,6 +1,6 @@
 """Mixed-label training of an identity-aware shape regressor (the SIR recipe), on SynthFaces.
 
-Book chapter: ``book/09_sir.ipynb``. The SIR and Sphere Face Model papers are available to
+Book chapter: ``book/10_sir.ipynb``. The SIR and Sphere Face Model papers are available to
 facelab only as abstracts (their public code is incomplete), so everything below except
 the paper's high-level ingredients (a recognition loss on shape parameters, the SIR
 regulariser, batches mixing identity-only and landmark-only samples, a two-stage Sphere
