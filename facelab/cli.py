@@ -1,6 +1,7 @@
 """The ``facelab`` command line.
 
     facelab synth SUITE --out DIR [--profile quick|full] [--set key=value ...]
+    facelab synth lfw --format lfw --out ROOT [...]   (the real LFW layout: NAME/NAME_0001.png, pairs.txt, landmarks.json)
     facelab render [--out face.png] [--identity N] [--yaw DEG] [--size PX]
     facelab render --gallery [--out gallery.png]
     facelab bench render [--json]
@@ -28,10 +29,16 @@ from pathlib import Path
 
 def _cmd_synth(args) -> int:
     from facelab.config import apply_overrides
-    from facelab.data import PhotoCollection, SuiteConfig, save_collection
+    from facelab.data import PhotoCollection, SuiteConfig, export_lfw, save_collection
 
+    if args.format == "lfw" and args.suite != "lfw":
+        raise ValueError(f"--format lfw: only the lfw suite has verification pairs, got {args.suite!r}")
     cfg = apply_overrides(SuiteConfig(suite=args.suite, profile=args.profile), args.set)
     collection = PhotoCollection(cfg)
+    if args.format == "lfw":
+        info = export_lfw(collection, args.out, batch_size=args.batch_size, progress=not args.quiet)
+        print(json.dumps({"suite": cfg.suite, "format": "lfw", **info, "resolution": cfg.resolution, "seed": cfg.seed}))
+        return 0
     out = save_collection(collection, args.out, batch_size=args.batch_size, progress=not args.quiet)
     print(json.dumps({"suite": cfg.suite, "images": len(collection), "identities": cfg.n_identities, "out": str(out)}))
     return 0
@@ -273,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--profile", default="quick", choices=["quick", "standard", "full"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a SuiteConfig field (repeatable)")
+    p.add_argument("--format", default="facelab", choices=["facelab", "lfw"],
+                   help="facelab: manifest + shards (facelab.data.SavedCollection); lfw (lfw suite only): the real "
+                        "LFW layout, ROOT/NAME/NAME_0001.png, ROOT/pairs.txt and ROOT/landmarks.json "
+                        "(facelab.data.lfw_folder), scored by `facelab eval model CKPT --lfw ROOT`")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_synth)

@@ -4,6 +4,8 @@
     facelab eval recon --pred P.obj --gt G.obj --protocol rmse|micc|now
                        [--pred-landmarks L.txt] [--gt-landmarks L.npy] [--align rigid] [--json]
     facelab eval baselines [--profile quick|full] [--set key=value ...] [--json] [--out F.json]
+    facelab eval model CKPT --suite micc|bu3dfe|lfw [--profile P] [--set key=value ...] [--json] [--out DIR]
+    facelab eval model CKPT --lfw ROOT [--pairs ROOT/pairs.txt] [--landmarks ROOT/landmarks.json] [--json] [--out DIR]
 
 ``verify``: ``F.npz`` holds ``emb1 (N, D)``, ``emb2 (N, D)`` and ``issame (N,)`` in pair
 order (the pairs of fold k contiguous, as in LFW's ``pairs.txt``); prints
@@ -23,6 +25,10 @@ and TAR@FAR.
   scan-to-mesh distances of every vertex of G.
 
 All print ``mean``, ``median`` and ``std`` (mm).
+
+``model``: a trained checkpoint on a SynthFaces suite (:func:`facelab.metrics.model_eval.evaluate_model`)
+or, with ``--lfw``, on an LFW-layout folder on disk and a pairs file over it
+(:func:`facelab.metrics.lfw_folder.evaluate_lfw_folder`; ``facelab synth lfw --format lfw`` writes one).
 """
 
 from __future__ import annotations
@@ -291,10 +297,17 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--out", help="also write the JSON to this file")
     b.set_defaults(func=_cmd_baselines)
 
-    m = sub.add_parser("model", help="evaluate a trained facelab checkpoint on a SynthFaces suite (JSON + Markdown report)")
+    m = sub.add_parser("model", help="evaluate a trained facelab checkpoint on a SynthFaces suite or an LFW folder "
+                                     "(JSON + Markdown report)")
     m.add_argument("checkpoint", help="a checkpoint written by facelab's trainer (e.g. runs/regressor-quick/last.pt)")
-    m.add_argument("--suite", required=True, choices=EVAL_SUITES)
-    m.add_argument("--profile", default="quick", choices=["quick", "standard", "full"])
+    where = m.add_mutually_exclusive_group(required=True)
+    where.add_argument("--suite", choices=EVAL_SUITES, help="render this SynthFaces suite and score it")
+    where.add_argument("--lfw", metavar="ROOT", help="an LFW-layout folder (ROOT/NAME/NAME_0001.jpg or .png): the "
+                                                     "LFW protocol on the pairs of --pairs")
+    m.add_argument("--pairs", help="--lfw: the pairs file (LFW's pairs.txt format; default ROOT/pairs.txt)")
+    m.add_argument("--landmarks", help="--lfw: the 68-landmark sidecar (default ROOT/landmarks.json; format in "
+                                       "facelab.io.lfw)")
+    m.add_argument("--profile", choices=["quick", "standard", "full"], help="--suite: the suite's size (default quick)")
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ModelEvalConfig field (repeatable)")
     m.add_argument("--out", help="folder for report.json and report.md")
     m.add_argument("--json", action="store_true", help="print one JSON object (else the Markdown report)")
@@ -303,9 +316,20 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _cmd_model(args) -> int:
-    from facelab.metrics.model_eval import evaluate_model_cli
+    if args.lfw is None:
+        for flag, value in (("--pairs", args.pairs), ("--landmarks", args.landmarks)):
+            if value is not None:
+                raise ValueError(f"{flag}: belongs to --lfw ROOT (a folder on disk), not to --suite")
+        from facelab.metrics.model_eval import evaluate_model_cli
 
-    return evaluate_model_cli(args.checkpoint, args.suite, as_json=args.json, out=args.out, profile=args.profile, overrides=args.set)
+        return evaluate_model_cli(args.checkpoint, args.suite, as_json=args.json, out=args.out,
+                                  profile=args.profile or "quick", overrides=args.set)
+    if args.profile is not None:
+        raise ValueError("--profile: sizes a SynthFaces suite; --lfw scores the folder's own pairs")
+    from facelab.metrics.lfw_folder import evaluate_lfw_folder_cli
+
+    return evaluate_lfw_folder_cli(args.checkpoint, args.lfw, args.pairs, args.landmarks, as_json=args.json,
+                                   out=args.out, overrides=args.set)
 
 
 def build_parser() -> argparse.ArgumentParser:

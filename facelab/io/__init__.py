@@ -10,7 +10,8 @@ x = subject's left, y up, z toward the camera, orthonormal bases with std).
   :func:`load_morphable`, which picks one of them (or a facelab ``.npz``) by the file's suffix
 * checkpoints: :func:`save_checkpoint`, :func:`load_checkpoint` (:mod:`facelab.io.checkpoint`;
   rebuilding the model is :func:`facelab.models.load_model`)
-* annotations and datasets: :func:`load_300wlp`, :func:`read_pairs`, :class:`LFWPairs`,
+* annotations and datasets: :func:`load_300wlp`, :func:`read_pairs` / :func:`write_pairs`,
+  :func:`read_landmarks` / :func:`write_landmarks` (LFW's ``landmarks.json`` sidecar), :class:`LFWPairs`,
   :class:`MICCDataset`
 
 Book chapter: ``book/12_real_data.ipynb``.
@@ -20,7 +21,10 @@ from facelab.io._util import read_image
 from facelab.io.bfm import load_bfm2009, load_bfm2017
 from facelab.io.checkpoint import load_checkpoint, save_checkpoint
 from facelab.io.flame import load_flame, read_flame_pickle
-from facelab.io.lfw import LFWPairs, Pair, lfw_image_path, read_pairs
+from facelab.io.lfw import (
+    LFWPairs, Pair, find_lfw_image, lfw_image_path, read_landmarks, read_pairs, read_pairs_with_lines, write_landmarks,
+    write_pairs,
+)
 from facelab.io.lp300w import load_300wlp
 from facelab.io.mesh import Mesh, read_mesh, write_mesh
 from facelab.io.micc import MICC_CONDITIONS, MICCDataset, MICCSubject
@@ -31,6 +35,7 @@ __all__ = [
     "save_checkpoint", "load_checkpoint",
     "Mesh", "read_mesh", "write_mesh", "read_image",
     "load_bfm2009", "load_bfm2017", "load_flame", "read_flame_pickle", "load_sfm", "read_sfm", "save_sfm",
-    "load_300wlp", "Pair", "read_pairs", "lfw_image_path", "LFWPairs",
+    "load_300wlp", "Pair", "read_pairs", "read_pairs_with_lines", "write_pairs", "lfw_image_path", "find_lfw_image",
+    "read_landmarks", "write_landmarks", "LFWPairs",
     "MICC_CONDITIONS", "MICCDataset", "MICCSubject",
 ]

@@ -10,6 +10,7 @@
 * :mod:`~facelab.metrics.sir`: discriminability of reconstructed geometry.
 * :mod:`~facelab.metrics.shape_models`: the Sphere Face Model against PCA (:func:`sfm_vs_pca`).
 * :mod:`~facelab.metrics.model_eval`: score a trained model (:func:`evaluate_model`).
+* :mod:`~facelab.metrics.lfw_folder`: score it on an LFW-layout folder on disk (:func:`evaluate_lfw_folder`).
 * :mod:`~facelab.metrics.stats`: paired bootstrap intervals and claim verdicts.
 
 Inputs may be torch tensors or numpy arrays; everything is computed in float64 and

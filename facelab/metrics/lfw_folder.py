@@ -1,0 +1,200 @@
+"""Score a trained model on an LFW-layout folder on disk: the LFW protocol on real files.
+
+``facelab eval model CKPT --lfw ROOT --pairs ROOT/pairs.txt`` runs :func:`evaluate_lfw_folder`:
+
+1. :class:`facelab.data.LFWFolder` reads the pairs file (:func:`facelab.io.read_pairs`; any
+   file in LFW's format over the folder, e.g. a subset of the pairs or one written by hand),
+   finds each listed image (``ROOT/NAME/NAME_0001.jpg`` or ``.png``) and its 68 landmarks in
+   ``ROOT/landmarks.json`` (format: :mod:`facelab.io.lfw`).
+2. Each image is brought to the photo size the model was scored on in the suite path (its
+   ``config.image_size``; resized with its landmarks only when the file has another size)
+   and goes through the model's own input pipeline, ``prepare_images({"image",
+   "landmarks2d"})`` (Liu et al.: the five-point aligned crop), exactly as
+   :func:`facelab.metrics.model_eval.predict_suite` feeds a rendered suite batch.
+3. The identity embeddings of the two images of each pair go to :func:`facelab.metrics.verify`
+   with the pairs file's folds.
+
+On a folder written by ``facelab synth lfw --format lfw`` at the model's image size and mesh
+resolution, the embeddings are those of the suite path on the same 8-bit photos
+(:class:`facelab.data.StoredSuite`), so the accuracy equals that suite score; the float
+photos the suite path renders differ from the stored ones by the 8-bit rounding only
+(:mod:`facelab.data.lfw_folder` says how much that moves the score).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from facelab.config import torch_threads
+from facelab.data.lfw_folder import LFWFolder
+from facelab.metrics.model_eval import REPORT_JSON, REPORT_MD, ModelEvalConfig, _load, _model_setting
+from facelab.metrics.verification import VerificationResult, verify
+
+#: ModelEvalConfig fields that apply to a folder; the others size SynthFaces suites.
+FOLDER_FIELDS = ("batch_size", "device", "num_threads")
+#: the profile whose device and thread defaults a folder run takes (CPU: 1 thread, as the suites)
+FOLDER_PROFILE = "quick"
+
+
+def _morphable(resolution: str, device):
+    """The SynthFaces morphable model the suite path hands ``reconstruct`` (models that decode
+    coefficients need it; Liu et al.'s carries its own)."""
+    from facelab.morphable import SynthFacesConfig, build_synthfaces
+
+    return build_synthfaces(SynthFacesConfig(resolution=resolution)).to(device)
+
+
+@torch.no_grad()
+def embed_lfw_folder(model, folder: LFWFolder, batch_size: int = 64, device="cpu") -> torch.Tensor:
+    """The model's identity embedding of every image of ``folder`` (see the module docstring).
+
+    Args:
+        model: an :class:`~facelab.models.Evaluable` (e.g. :func:`facelab.models.load_evaluable`).
+        folder: the :class:`~facelab.data.LFWFolder`.
+        batch_size: images per forward pass. device: where the model runs.
+
+    Returns:
+        ``(M, D)`` float CPU tensor, row ``i`` for ``folder.paths[i]``.
+
+    Raises:
+        ValueError: the model aligns faces by their landmarks and the folder has no sidecar.
+
+    >>> import tempfile
+    >>> from facelab.data import export_lfw, make_suite
+    >>> from facelab.models import build_model
+    >>> root = export_lfw(make_suite("lfw", n_identities=4, pairs_per_fold=1, n_folds=2, image_size=32,
+    ...                              resolution="quick"), tempfile.mkdtemp())["out"]
+    >>> net = build_model("regressor", {"backbone": "resnet_tiny", "image_size": [32, 32], "resolution": "quick"})
+    >>> embed_lfw_folder(net.eval(), LFWFolder(root)).shape[0]
+    8
+    """
+    size = tuple(_model_setting(model, "image_size"))
+    morphable = _morphable(_model_setting(model, "resolution"), device)
+    prepare = getattr(model, "prepare_images", None)
+    out = []
+    for chunk in torch.split(torch.arange(len(folder)), batch_size):
+        photos = [folder.photo(i, size) for i in chunk.tolist()]
+        batch = {"image": torch.stack([img for img, _ in photos]).to(device)}
+        if folder.landmarks is not None:
+            batch["landmarks2d"] = torch.stack([lm for _, lm in photos]).to(device)
+        try:
+            images = prepare(batch) if prepare is not None else batch["image"]
+        except KeyError as err:
+            raise ValueError(f"{folder.root}: the model cuts its input from the face's landmarks ({err}), but the "
+                             f"folder has no landmarks sidecar; write {folder.root / 'landmarks.json'} "
+                             "(format: facelab.io.lfw)") from None
+        out.append(model.reconstruct(images, morphable)["embedding"].detach().cpu())
+    return torch.cat(out)
+
+
+def score_lfw_folder(model, root, pairs=None, landmarks=None, batch_size: int = 64, device="cpu") -> VerificationResult:
+    """:func:`~facelab.metrics.verify` of ``model``'s embeddings on the pairs of an LFW-layout folder.
+
+    Args:
+        model: an :class:`~facelab.models.Evaluable`.
+        root: the image folder. pairs: its pairs file (default ``root/pairs.txt``).
+        landmarks: the sidecar (default ``root/landmarks.json`` if present).
+        batch_size, device: as :func:`embed_lfw_folder`.
+
+    Returns:
+        the :class:`~facelab.metrics.verification.VerificationResult` over the pairs file's folds
+        (fractions; ``pair_correct`` in the file's pair order).
+
+    >>> import tempfile
+    >>> from facelab.data import export_lfw, make_suite
+    >>> from facelab.models import build_model
+    >>> root = export_lfw(make_suite("lfw", n_identities=4, pairs_per_fold=1, n_folds=2, image_size=32,
+    ...                              resolution="quick"), tempfile.mkdtemp())["out"]
+    >>> net = build_model("regressor", {"backbone": "resnet_tiny", "image_size": [32, 32], "resolution": "quick"})
+    >>> len(score_lfw_folder(net.eval(), root).fold_accuracies)
+    2
+    """
+    folder = LFWFolder(root, pairs, landmarks)
+    return _score(model, folder, batch_size, device)
+
+
+def _score(model, folder: LFWFolder, batch_size: int, device) -> VerificationResult:
+    if folder.n_folds < 2:
+        raise ValueError(f"{folder.pairs_path}: holds one fold; the LFW protocol picks each fold's threshold on the "
+                         "other folds, so it needs at least 2 (header 'n_folds n_per_half')")
+    emb = embed_lfw_folder(model, folder, batch_size, device).double().numpy()
+    return verify(emb[folder.index1.numpy()], emb[folder.index2.numpy()], folder.issame.numpy(), n_folds=folder.n_folds)
+
+
+def evaluate_lfw_folder(checkpoint_or_model, root, pairs=None, landmarks=None, out_dir=None,
+                        config: ModelEvalConfig | None = None, **overrides) -> dict:
+    """Score a checkpoint (or model) on an LFW-layout folder; the result layout of
+    :func:`facelab.metrics.model_eval.evaluate_model`'s ``lfw`` suite, with the folder's files.
+
+    Args:
+        checkpoint_or_model: a checkpoint path or a model.
+        root, pairs, landmarks: as :func:`score_lfw_folder`.
+        out_dir: if given, write ``report.json`` and ``report.md`` there.
+        config: a :class:`~facelab.metrics.model_eval.ModelEvalConfig`; only ``batch_size``,
+            ``device`` and ``num_threads`` apply (``overrides`` replace them).
+
+    Returns:
+        ``{"lfw_folder", "pairs_file", "landmarks_file", "n_pairs", "n_folds", "n_images",
+        "model_name", "checkpoint", "step", "image_size", "resolution", "config",
+        "lfw": {model_name: verify(...).to_dict()}, "time_s"}``.
+    """
+    cfg = dataclasses.replace(config or ModelEvalConfig(), **overrides)
+    changed = [f.name for f in dataclasses.fields(cfg)
+               if f.name not in FOLDER_FIELDS and getattr(cfg, f.name) != getattr(ModelEvalConfig(), f.name)]
+    if changed:
+        raise ValueError(f"{', '.join(changed)}: size or seed a SynthFaces suite; a folder is scored on its own pairs "
+                         f"(only {', '.join(FOLDER_FIELDS)} apply)")
+    cfg = cfg.resolved(FOLDER_PROFILE)
+    start = time.perf_counter()
+    folder = LFWFolder(root, pairs, landmarks)  # errors about the folder before the model loads
+    with torch_threads(cfg.num_threads):
+        model, _, info = _load(checkpoint_or_model, cfg.device)
+        scored = _score(model, folder, cfg.batch_size, cfg.device)
+    result = {"lfw_folder": str(folder.root), "pairs_file": str(folder.pairs_path),
+              "landmarks_file": None if folder.landmarks_path is None else str(folder.landmarks_path),
+              "n_pairs": len(folder.pairs), "n_folds": folder.n_folds, "n_images": len(folder), **info,
+              "image_size": list(_model_setting(model, "image_size")), "resolution": _model_setting(model, "resolution"),
+              "config": {k: getattr(cfg, k) for k in FOLDER_FIELDS},
+              "lfw": {info["model_name"]: scored.to_dict()}, "time_s": round(time.perf_counter() - start, 2)}
+    if out_dir is not None:
+        from facelab.metrics.report import write_json
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(result, out / REPORT_JSON)
+        (out / REPORT_MD).write_text(lfw_folder_markdown(result))
+    return result
+
+
+def lfw_folder_markdown(result: dict) -> str:
+    """Markdown of an :func:`evaluate_lfw_folder` result: a head line and the LFW table."""
+    from facelab.metrics.report import baselines_markdown
+
+    head = (f"**{result['model_name']}** ({result.get('checkpoint') or 'in-memory model'}, step {result.get('step')}) "
+            f"on the LFW folder `{result['lfw_folder']}`: {result['n_pairs']} pairs of `{result['pairs_file']}` in "
+            f"{result['n_folds']} folds, {result['n_images']} images, fed as "
+            f"{result['image_size'][0]}x{result['image_size'][1]} px photos")
+    # baselines_markdown titles the table with the suites' 10 folds; a pairs file has its own count
+    table = baselines_markdown({"lfw": result["lfw"]}).replace("(10 folds)", f"({result['n_folds']} folds)")
+    return "\n\n".join([head, table, f"Time: {result['time_s']} s"]) + "\n"
+
+
+def evaluate_lfw_folder_cli(checkpoint, root, pairs=None, landmarks=None, as_json: bool = False, out=None,
+                            overrides: list[str] | None = None) -> int:
+    """``facelab eval model CHECKPOINT --lfw ROOT [--pairs F] [--landmarks F] [--json] [--out DIR] [--set K=V]``.
+
+    Prints the JSON result (``as_json``) or the Markdown report; returns the exit code 0.
+    """
+    from facelab.config import apply_overrides
+    from facelab.metrics.report import write_json
+
+    if not Path(checkpoint).exists():
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint file")
+    cfg = apply_overrides(ModelEvalConfig(), overrides)
+    result = evaluate_lfw_folder(checkpoint, root, pairs, landmarks, out_dir=out, config=cfg)
+    print(write_json(result, indent=None) if as_json else lfw_folder_markdown(result))
+    return 0
