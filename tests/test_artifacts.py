@@ -115,6 +115,8 @@ def test_export_keeps_the_log_and_config_of_a_stopped_trial(tmp_path):
     (trial / "config.json").write_text('{"recipe": {"w": 0.1}}')
     (trial / "last.pt").write_bytes(b"resumable state")
     dest = A.export_run(run, "trial", "cmd", root=tmp_path / "art")
-    files = set(json.loads((dest / A.MANIFEST).read_text())["files"])
+    manifest = json.loads((dest / A.MANIFEST).read_text())
+    files = set(manifest["files"])
+    assert manifest["name"] == "trial"  # the artifact's own name, whatever the stopped trial's files are called
     assert {"tuning/w_0.1/warmup/metrics.csv", "tuning/w_0.1/warmup/config.json"} <= files
     assert not any(f.endswith("last.pt") for f in files) and "stage/config.json" not in files

@@ -105,9 +105,9 @@ def export_run(run_dir, name: str, command: str, root=ARTIFACTS_DIR, skip: tuple
             continue
         rel = stage.relative_to(run_dir)
         (dest / rel).mkdir(parents=True, exist_ok=True)
-        for name in LOG_FILES + (STAGE_CONFIG,):
-            if (stage / name).is_file():
-                shutil.copyfile(stage / name, dest / rel / name)
+        for kept in LOG_FILES + (STAGE_CONFIG,):
+            if (stage / kept).is_file():
+                shutil.copyfile(stage / kept, dest / rel / kept)
     for fname in RESULT_FILES:
         for found in run_dir.rglob(fname):
             rel = found.relative_to(run_dir)
