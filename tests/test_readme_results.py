@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from facelab.reproduce.artifacts import has_artifact, load_results
+from facelab.reproduce.artifacts import ARTIFACTS_DIR, has_artifact, load_results
 from facelab.reproduce.liu2018 import claims_markdown, rows_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -30,7 +31,7 @@ def test_readme_gao_tables_are_the_quick_runs():
 
 @pytest.mark.skipif(not has_artifact("gao2020-standard"), reason="no committed gao2020-standard run")
 def test_readme_gao_standard_tables_and_claims_are_the_committed_run():
-    from facelab.metrics.stats import describe_claim
+    from facelab.metrics.stats import describe_claim, format_difference
     from facelab.reproduce.gao2020 import results_markdown
 
     result, text = load_results("gao2020-standard"), README.read_text()
@@ -38,6 +39,14 @@ def test_readme_gao_standard_tables_and_claims_are_the_committed_run():
     claims = {c["id"]: c for c in result["claims"]}
     for claim_id in ("T0", "T1", "G4"):  # the sentences quoted under the tables
         assert describe_claim(claims[claim_id]).rstrip(".") in text, f"README: claim {claim_id} differs from results.json"
+    held = ARTIFACTS_DIR / "gao2020-standard" / "heldout" / "results.json"
+    if held.is_file():  # the held-out re-score quoted after them
+        for c in json.loads(held.read_text())["claims"]:
+            if c["id"] in ("G1", "G1a", "G1b"):
+                assert describe_claim(c).replace("**", "").rstrip(".") in text, f"README: held-out {c['id']} differs from heldout/results.json"
+    for e in result["dose_response"]:  # the dose-response sentence
+        if e["term"] == "adv":
+            assert f"{e['id']}: {format_difference(e['estimate'], e['metric'])}" in text, f"README: dose {e['id']} differs"
 
 
 @pytest.mark.skipif(not has_artifact("sir-quick"), reason="no committed sir-quick run")
