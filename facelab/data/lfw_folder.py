@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from facelab.io import Pair, find_lfw_image, read_image, read_landmarks, read_pairs_with_lines, write_landmarks, write_pairs
+from facelab.io import Pair, find_lfw_image, format_pair, read_image, read_landmarks, read_pairs_with_lines, write_landmarks, write_pairs
 from facelab.io._util import existing_dir
 from facelab.io.lfw import LFW_LANDMARKS_FILE
 
@@ -260,7 +260,7 @@ class LFWFolder:
                     path = find_lfw_image(self.root, name, number)
                     if not path.is_file():
                         raise FileNotFoundError(f"{path}: no such image (nor .png); listed on line {lineno} of "
-                                                f"{self.pairs_path}: {_line(p)!r}")
+                                                f"{self.pairs_path}: {format_pair(p, ' ')!r}")
                     index[(name, number)] = len(self.paths)
                     self.paths.append(path)
                 ids.append(index[(name, number)])
@@ -314,9 +314,3 @@ class LFWFolder:
             if lm is not None:
                 lm = lm * torch.tensor([w / W, h / H])
         return image, lm
-
-
-def _line(p: Pair) -> str:
-    """A pair as its pairs-file line (for messages)."""
-    fields = (p.name1, p.idx1, p.idx2) if p.issame else (p.name1, p.idx1, p.name2, p.idx2)
-    return " ".join(str(f) for f in fields)

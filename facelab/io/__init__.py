@@ -22,8 +22,8 @@ from facelab.io.bfm import load_bfm2009, load_bfm2017
 from facelab.io.checkpoint import load_checkpoint, save_checkpoint
 from facelab.io.flame import load_flame, read_flame_pickle
 from facelab.io.lfw import (
-    LFWPairs, Pair, find_lfw_image, lfw_image_path, read_landmarks, read_pairs, read_pairs_with_lines, write_landmarks,
-    write_pairs,
+    LFWPairs, Pair, find_lfw_image, format_pair, lfw_image_path, read_landmarks, read_pairs, read_pairs_with_lines,
+    write_landmarks, write_pairs,
 )
 from facelab.io.lp300w import load_300wlp
 from facelab.io.mesh import Mesh, read_mesh, write_mesh
@@ -35,7 +35,8 @@ __all__ = [
     "save_checkpoint", "load_checkpoint",
     "Mesh", "read_mesh", "write_mesh", "read_image",
     "load_bfm2009", "load_bfm2017", "load_flame", "read_flame_pickle", "load_sfm", "read_sfm", "save_sfm",
-    "load_300wlp", "Pair", "read_pairs", "read_pairs_with_lines", "write_pairs", "lfw_image_path", "find_lfw_image",
+    "load_300wlp", "Pair", "read_pairs", "read_pairs_with_lines", "write_pairs", "format_pair", "lfw_image_path",
+    "find_lfw_image",
     "read_landmarks", "write_landmarks", "LFWPairs",
     "MICC_CONDITIONS", "MICCDataset", "MICCSubject",
 ]

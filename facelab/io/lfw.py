@@ -154,11 +154,21 @@ def write_pairs(path, pairs: Sequence[Pair]) -> Path:
         for name in (p.name1, p.name2):
             if not name or any(ch.isspace() for ch in name):
                 raise ValueError(f"pairs[{k}]: a name must be non-empty without white space, got {name!r}")
-        fields = (p.name1, p.idx1, p.idx2) if matched else (p.name1, p.idx1, p.name2, p.idx2)
-        lines.append("\t".join(str(f) for f in fields))
+        lines.append(format_pair(p))
     path = Path(path)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def format_pair(pair: Pair, sep: str = "\t") -> str:
+    """``pair`` as its pairs-file line: ``name i j`` (matched) or ``name1 i name2 j``.
+
+    >>> format_pair(Pair("Ann", 1, "Bob", 3, False, 0), " ")
+    'Ann 1 Bob 3'
+    """
+    p = pair
+    fields = (p.name1, p.idx1, p.idx2) if p.issame else (p.name1, p.idx1, p.name2, p.idx2)
+    return sep.join(str(f) for f in fields)
 
 
 def _header(parts: list[str], path: Path) -> tuple[int, int]:

@@ -20,6 +20,7 @@ from facelab.viz.tables import row_columns
 
 DEFAULT_FORMAT = "{:.3f}"
 MISSING = "–"  # shown for a null cell (e.g. the mean face has no embedding)
+LFW_FOLDS = 10  # the LFW protocol's folds: the title's count when a result carries no per-fold thresholds
 
 
 def to_jsonable(obj):
@@ -136,7 +137,9 @@ def baselines_markdown(result: dict, fmt: str = DEFAULT_FORMAT) -> str:
                 **{f"TAR@FAR={k} (%)": 100 * v for k, v in r["tar_at_far"].items()},
             }
         columns = list(next(r for r in rows.values() if r is not None)) if any(r is not None for r in rows.values()) else []
-        parts.append("**LFW-protocol verification (10 folds)**\n\n" + markdown_table(rows, columns, "{:.2f}"))
+        scored = [r for name, r in result["lfw"].items() if name != "details" and r is not None]
+        n_folds = len(scored[0]["best_thresholds"]) if scored and "best_thresholds" in scored[0] else LFW_FOLDS
+        parts.append(f"**LFW-protocol verification ({n_folds} folds)**\n\n" + markdown_table(rows, columns, "{:.2f}"))
     if "timings_s" in result:
         parts.append("**Time per protocol (s)**: " + ", ".join(f"{k} {v}" for k, v in result["timings_s"].items()))
     return "\n\n".join(parts)

@@ -455,29 +455,24 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
     eval_cfg = apply_overrides(ModelEvalConfig(), groups["eval"])
     train_cfgs = {}
     dose_seeds = seeds[:PROFILE_DOSE_SEEDS[profile]]
-    for seed in seeds:  # trains only the steps whose checkpoint is missing
+    jobs = [(seed, v) for seed in seeds for v in variants if v not in DOSE_VARIANTS or seed in dose_seeds]
+    for seed, v in jobs:  # trains only the steps whose checkpoint is missing
         run = seed_dir(out, seed, seeds)
-        for v in variants:
-            if v in DOSE_VARIANTS and seed not in dose_seeds:
-                continue
-            cfg = apply_overrides(Gao2020TrainConfig(profile=profile, out_dir=str(run / v)), groups["train"])
-            for key, value in ALL_VARIANTS[v].items():
-                setattr(cfg, key, value)
-            cfg.out_dir, cfg.train.seed = str(run / v), seed
-            if v != "full" and cfg.warmup_steps and cfg.share_warmup:  # the ablations continue from the full model's warm-up
-                cfg.warmup_from = str(run / "full" / "warmup.pt")
-            train_cfgs.setdefault(v, cfg)
-            train_gao2020(cfg)
+        cfg = apply_overrides(Gao2020TrainConfig(profile=profile, out_dir=str(run / v)), groups["train"])
+        for key, value in ALL_VARIANTS[v].items():
+            setattr(cfg, key, value)
+        cfg.out_dir, cfg.train.seed = str(run / v), seed
+        if v != "full" and cfg.warmup_steps and cfg.share_warmup:  # the ablations continue from the full model's warm-up
+            cfg.warmup_from = str(run / "full" / "warmup.pt")
+        train_cfgs.setdefault(v, cfg)
+        train_gao2020(cfg)
     t_train = time.perf_counter() - start
 
     per_seed, suite = {v: [] for v in variants}, None
-    for seed in seeds:
-        for v in variants:
-            if v in DOSE_VARIANTS and seed not in dose_seeds:
-                continue
-            model = load_evaluable(seed_dir(out, seed, seeds) / v / f"{FINAL_STAGE}.pt", expect_model="gao2020")
-            suite = suite if suite is not None else micc_suite(model, profile, eval_cfg)
-            per_seed[v].append(score_model(model, profile, eval_cfg, suite=suite))
+    for seed, v in jobs:
+        model = load_evaluable(seed_dir(out, seed, seeds) / v / f"{FINAL_STAGE}.pt", expect_model="gao2020")
+        suite = suite if suite is not None else micc_suite(model, profile, eval_cfg)
+        per_seed[v].append(score_model(model, profile, eval_cfg, suite=suite))
     liu_model, liu_path = liu_reference(liu, profile)
     if liu_model is not None:
         per_seed["liu2018"] = [score_model(liu_model, profile, eval_cfg)]  # one trained model: paired with every seed
