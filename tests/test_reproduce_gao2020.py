@@ -27,7 +27,7 @@ def test_tiny_reproduce_writes_both_tables(tmp_path):
         cells = result["table1"][row]["Ours (Gao et al. 2020, full)"]
         assert set(cells) == conds and all(np.isfinite(c["mean"]) and c["std"] >= 0 for c in cells.values())
     assert set(result["table2"]) == {VARIANT_LABELS["full"], VARIANT_LABELS["no_recog"]}
-    assert result["identity_consistency"][VARIANT_LABELS["full"]]["std_mm"] >= 0
+    assert result["identity_consistency"][VARIANT_LABELS["full"]]["within_mm"] >= 0
     heat = np.asarray(result["heat_maps"][VARIANT_LABELS["full"]]["errors_mm"])
     assert heat.ndim == 1 and (heat >= 0).all()
     saved = json.loads((out / "results.json").read_text())
@@ -47,15 +47,50 @@ def test_variants_must_include_full(tmp_path):
 
 
 def test_identity_consistency_hand_example():
-    # one subject, one video, three frames: identity errors 0, 1, 2 mm (pure translations after
-    # rigid alignment would vanish, so use a scaled copy: RMSE of s*x - x with x fixed)
+    # one subject, one video, three frames k*x (k = 1, 2, 3) of a fixed 4-vertex shape x, truth x
     x = torch.tensor([[1.0, 0, 0], [-1.0, 0, 0], [0, 1.0, 0], [0, -1.0, 0]])
     gt = x.expand(3, -1, -1).clone()
     pred = torch.stack([x, 2 * x, 3 * x])
     out = identity_consistency({"identity_shape": pred, "gt_identity": gt, "label": torch.zeros(3),
                                 "condition": torch.zeros(3)}, np.ones(4, bool))
-    # rigid (no scale) alignment of k*x onto x leaves every vertex (k-1) away: RMSE k-1
-    assert out["mean_mm"] == pytest.approx(1.0) and out["std_mm"] == pytest.approx(np.std([0.0, 1.0, 2.0]))
+    # rigid (no scale) alignment of k*x onto x leaves every vertex (k-1) away: RMSE k-1, mean 1
+    assert out["mean_mm"] == pytest.approx(1.0)
+    # the video's mean shape is 2x: frames lie (k-2)*|x| = 1, 0, 1 mm away on every vertex: RMS sqrt(2/3)
+    assert out["within_mm"] == pytest.approx(np.sqrt(2 / 3)) and out["between_mm"] == pytest.approx(0.0)
+
+
+def test_identity_spread_does_not_reward_one_face_for_everyone():
+    """Shrinking every prediction towards one face (a model that has collapsed) shrinks the raw spread of
+    its identity shape across a video, but not its ratio to the spread between people."""
+    from facelab.reproduce.gao2020 import frame_units, identity_spread
+    from facelab.morphable import SynthFacesConfig, build_synthfaces
+
+    mm = build_synthfaces(SynthFacesConfig(resolution="quick"))
+    g = torch.Generator().manual_seed(0)
+    n_subjects, n_frames = 6, 5
+    truth = mm.mean_shape + (mm.shape_basis @ torch.randn(mm.n_shape, n_subjects, generator=g) * 20).T.reshape(
+        n_subjects, -1, 3)
+    labels = torch.arange(n_subjects).repeat_interleave(n_frames)
+    jitter = torch.randn(n_subjects * n_frames, mm.n_verts, 3, generator=g)
+    honest = truth[labels] + 0.5 * jitter  # right people, 0.5 mm of frame-to-frame noise
+    collapsed = mm.mean_shape + 0.05 * (honest - mm.mean_shape)  # the same model, shrunk 20x towards the mean
+    mask = mm.face_mask.numpy()
+    ratios = {}
+    for name, shapes in (("honest", honest), ("collapsed", collapsed)):
+        pred = {"identity_shape": shapes, "gt_identity": truth[labels], "label": labels,
+                "condition": torch.zeros(len(labels))}
+        within, between = identity_spread(pred, mask)
+        # independent check: numpy per subject, one video each
+        s = shapes.double().numpy()[:, mask]
+        ref = [np.sqrt(((s[labels == k] - s[labels == k].mean(0)) ** 2).sum(-1).mean()) for k in range(n_subjects)]
+        np.testing.assert_allclose(within, ref, rtol=1e-9)
+        ratios[name] = within.mean() / between
+        if name == "collapsed":
+            assert within.mean() < 0.05  # the raw spread alone would call the collapse 20x more consistent
+        assert np.allclose(frame_units({**pred, "shape": shapes, "gt_shape": truth[labels],
+                                        "yaw_deg": torch.full((len(labels),), 45.0)}, mm)["frame_spread_ratio"],
+                           within / between)
+    assert ratios["collapsed"] == pytest.approx(ratios["honest"], rel=1e-4)
 
 
 def test_gao_claims_and_activity():
@@ -96,7 +131,8 @@ def test_frame_units_are_zero_for_the_truth_and_see_each_effect():
             "gt_shape": gt_identity + expression, "label": torch.arange(2).repeat_interleave(n_frames),
             "condition": torch.zeros(2 * n_frames), "yaw_deg": torch.tensor([0.0, 0, HARD_YAW_DEG, 0] * 2)}
     exact = frame_units(pred, mm)
-    assert set(exact) == {"frame_mm", "frame_std_mm", "hard_frame_mm", "span_mm", "detail_curvature_mm"}
+    assert set(exact) == {"frame_mm", "frame_spread_mm", "frame_spread_ratio", "hard_frame_mm", "span_mm",
+                          "detail_curvature_mm"}
     for name, value in exact.items():
         assert value.shape == (2,) and np.allclose(value, 0.0, atol=1e-4), name  # float32 shapes of ~100 mm
     # subject 1's identity off by 1 mm along z on every vertex of frame 4, and a bump off the span
@@ -104,7 +140,7 @@ def test_frame_units_are_zero_for_the_truth_and_see_each_effect():
     noisy["identity_shape"][4, :, 2] += torch.linspace(-1, 1, mm.n_verts) ** 2
     scores = frame_units(noisy, mm)
     assert scores["frame_mm"][0] == pytest.approx(0.0, abs=1e-6) and scores["frame_mm"][1] > 0
-    assert scores["frame_std_mm"][1] > 0 and scores["span_mm"][1] > 0 and scores["span_mm"][0] < 1e-3
+    assert scores["frame_spread_mm"][1] > 0 and scores["frame_spread_ratio"][1] > 0 and scores["span_mm"][1] > 0 and scores["span_mm"][0] < 1e-3
     # the hard frames are the turned (frame 2) and expressive (frame 1) ones: a shape error elsewhere is not seen
     off = {**pred, "shape": pred["shape"].clone()}
     off["shape"][0, :, 0] += torch.linspace(0, 3, mm.n_verts)

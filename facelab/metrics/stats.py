@@ -226,9 +226,9 @@ def claim(claim_id: str, text: str, rows: tuple[str, str], metric: str, a, b, be
 
 #: how each metric of a claim is printed: (format of a difference, unit)
 METRIC_FORMATS = {"micc_mm": ("{:+.3f}", " mm"), "lfw_accuracy": ("{:+.1%}", ""), "sir_ratio": ("{:+.3f}", ""),
-                  "geo_rank1": ("{:+.1%}", ""),
+                  "geo_rank1": ("{:+.1%}", ""), "frame_spread_ratio": ("{:+.3f}", ""),
                   # single-frame reconstruction scores (facelab.reproduce.gao2020.frame_units)
-                  **{m: ("{:+.3f}", " mm") for m in ("frame_mm", "frame_std_mm", "hard_frame_mm", "span_mm",
+                  **{m: ("{:+.3f}", " mm") for m in ("frame_mm", "frame_spread_mm", "hard_frame_mm", "span_mm",
                                                      "detail_curvature_mm", "transfer_mm")}}
 VERDICT_MEANINGS = {
     "holds": "the interval excludes zero in the claimed direction",

@@ -10,9 +10,9 @@ the ``micc`` suite with the MICC protocol of :mod:`facelab.metrics.model_eval`:
   the landmark-only linear 3DMM fit and the mean face (:mod:`facelab.metrics.baselines`).
 * **Table 2 analogue**: "average over identity" for the ablations *w/o L_recog*,
   *w/o L_adv*, *conventional Laplacian* and the full model.
-* ``identity_consistency``: per model, the standard deviation over a subject's video
-  frames of the identity shape's error (rigidly aligned RMSE against the true identity
-  shape, mm), averaged over subjects and videos — the paper's "spread across frames".
+* ``identity_consistency``: per model, how far a subject's identity shape moves across a
+  video's frames (RMS, mm), how far apart the subjects' shapes are, and the ratio of the two
+  (:func:`identity_spread`) — the paper's "identity ... not consistent over each video".
 * ``claims`` (:data:`CLAIMS`): each claim of the paper as a paired difference over the MICC
   subjects (and training seeds) with a 95 % interval and a verdict, measured where the paper
   says the effect lives (:func:`frame_units`, :func:`transfer_units`), and ``inactive`` when
@@ -67,7 +67,7 @@ VARIANT_LABELS = {"full": "Full model", "no_recog": "w/o L_recog", "no_adv": "w/
                   "laplacian": "conventional Laplacian", "adv_w0.001": "w_adv = 0.001"}
 #: the dose-response: (claim, term, its weight field, the variant without it, metric, better)
 DOSE_CLAIMS = (("G1", "recog", "w_recog", "no_recog", "micc_mm", "lower"),
-               ("G1a", "recog", "w_recog", "no_recog", "frame_std_mm", "lower"),
+               ("G1a", "recog", "w_recog", "no_recog", "frame_spread_ratio", "lower"),
                ("G2", "adv", "w_adv", "no_adv", "micc_mm", "lower"),
                ("G2a", "adv", "w_adv", "no_adv", "hard_frame_mm", "lower"))
 FINAL_STAGE = "step2"
@@ -85,14 +85,50 @@ def identity_frame_errors(pred: dict, mask: np.ndarray) -> np.ndarray:
                            mask=mask, align="rigid"))
 
 
-def _video_stds(errors: np.ndarray, pred: dict) -> tuple[np.ndarray, dict]:
-    """Each frame's video key (subject, condition) and ``{video: std of errors over its frames}``."""
-    video = (pred["label"].long() * 1000 + pred["condition"].long()).numpy()
-    return video, {v: float(errors[video == v].std()) for v in np.unique(video)}
+def _video_keys(pred: dict) -> np.ndarray:
+    """``(N,)``: each frame's video key, one per (subject, condition)."""
+    return (pred["label"].long() * 1000 + pred["condition"].long()).numpy()
+
+
+def identity_spread(pred: dict, mask: np.ndarray) -> tuple[np.ndarray, float]:
+    """How much a subject's identity shape moves across a video, and how far apart people are.
+
+    The paper's consistency claim is about the *shape* each frame yields, so this measures the
+    shapes themselves, not their errors: a model that returns one face for everybody has a
+    constant error (zero spread of the error) yet tells nobody apart. Dividing the within-video
+    spread by the between-subject spread makes that collapse score as badly as it should.
+
+    Args:
+        pred: :func:`~facelab.metrics.model_eval.predict_suite` output (``identity_shape (N, V, 3)``
+            mm, ``label``, ``condition (N,)``).
+        mask: ``(V,)`` bool, the vertices scored.
+
+    Returns:
+        ``(within, between)``: ``within (n_subjects,)`` mm, each subject's mean over its videos
+        of the RMS distance of a frame's identity shape from the video's mean shape, in label
+        order; ``between`` mm, the RMS distance of the subjects' mean shapes from their mean.
+
+    >>> v = torch.zeros(4, 2, 3); v[0, 0, 0], v[1, 0, 0], v[2, 0, 0], v[3, 0, 0] = 0., 2., 10., 10.
+    >>> pred = {"identity_shape": v, "label": torch.tensor([0, 0, 1, 1]), "condition": torch.zeros(4)}
+    >>> within, between = identity_spread(pred, np.ones(2, bool))
+    >>> within.round(3).tolist(), round(between, 3)
+    ([0.707, 0.0], 3.182)
+    """
+    shapes = pred["identity_shape"].double().numpy()[:, mask]
+    labels, video = pred["label"].long().numpy(), _video_keys(pred)
+
+    def rms_from_mean(x: np.ndarray) -> float:
+        return float(np.sqrt(((x - x.mean(0)) ** 2).sum(-1).mean()))
+
+    subjects = np.unique(labels)
+    within = np.array([np.mean([rms_from_mean(shapes[video == v]) for v in np.unique(video[labels == k])])
+                       for k in subjects])
+    subject_means = np.stack([shapes[labels == k].mean(0) for k in subjects])
+    return within, rms_from_mean(subject_means)
 
 
 def identity_consistency(pred: dict, mask: np.ndarray, errors: np.ndarray | None = None) -> dict[str, float]:
-    """Spread of the identity shape's error across a subject's frames.
+    """Summary of :func:`identity_spread` and of the identity error, for one model.
 
     Args:
         pred: :func:`~facelab.metrics.model_eval.predict_suite` output (``identity_shape``,
@@ -101,17 +137,21 @@ def identity_consistency(pred: dict, mask: np.ndarray, errors: np.ndarray | None
         errors: :func:`identity_frame_errors` of ``pred``, if already computed.
 
     Returns:
-        ``{"std_mm": mean over (subject, video) of the std over frames of the rigidly aligned
-        identity RMSE, "mean_mm": mean of that RMSE}``.
+        ``{"within_mm": mean over subjects of the within-video spread of the identity shape,
+        "between_mm": the spread between subjects' mean shapes, "ratio": within / between (lower is
+        more consistent), "mean_mm": mean over frames of the rigidly aligned identity RMSE}``.
 
-    >>> v = torch.zeros(4, 3, 3); v[:, 1, 0] = 1; v[:, 2, 1] = 1
-    >>> pred = {"identity_shape": v, "gt_identity": v, "label": torch.zeros(4), "condition": torch.zeros(4)}
-    >>> identity_consistency(pred, np.ones(3, bool))["std_mm"]
-    0.0
+    >>> v = torch.zeros(4, 3, 3); v[:, 1, 0] = 1; v[:, 2, 1] = 1; v[2:, 1, 0] = 2
+    >>> pred = {"identity_shape": v, "gt_identity": v, "label": torch.tensor([0, 0, 1, 1]),
+    ...         "condition": torch.zeros(4)}
+    >>> out = identity_consistency(pred, np.ones(3, bool))
+    >>> out["within_mm"], out["mean_mm"], out["ratio"]
+    (0.0, 0.0, 0.0)
     """
     err = identity_frame_errors(pred, mask) if errors is None else errors
-    _, stds = _video_stds(err, pred)
-    return {"std_mm": float(np.mean(list(stds.values()))), "mean_mm": float(err.mean())}
+    within, between = identity_spread(pred, mask)
+    return {"within_mm": float(within.mean()), "between_mm": between,
+            "ratio": float(within.mean() / max(between, 1e-12)), "mean_mm": float(err.mean())}
 
 
 #: a frame is "hard" for G2 when the head turns at least this far (deg) ...
@@ -136,8 +176,10 @@ def frame_units(pred: dict, morphable, identity_errors: np.ndarray | None = None
 
     Returns:
         ``{"frame_mm": mean over frames of the identity shape's rigidly aligned RMSE,
-        "frame_std_mm": mean over videos of its std over frames (the spread L_recog should
-        shrink), "hard_frame_mm": the full shape's RMSE on frames with |yaw| >= HARD_YAW_DEG
+        "frame_spread_mm": the within-video spread of the identity shape (:func:`identity_spread`),
+        "frame_spread_ratio": that spread over the model's between-subject spread (the
+        inconsistency L_recog should shrink; a model that returns one face for all scores
+        badly), "hard_frame_mm": the full shape's RMSE on frames with |yaw| >= HARD_YAW_DEG
         or an expression above the suite's EXPRESSIVE_QUANTILE, "span_mm": the identity
         shape's distance to the linear model's span (plausibility), "detail_curvature_mm": the
         identity shape's Laplacian error at the nostrils, eye corners and mouth corners}``,
@@ -151,8 +193,7 @@ def frame_units(pred: dict, morphable, identity_errors: np.ndarray | None = None
     labels = pred["label"].long().numpy()
     ident, gt_ident = pred["identity_shape"].double().numpy(), pred["gt_identity"].double().numpy()
     frame_err = identity_frame_errors(pred, mask) if identity_errors is None else identity_errors
-    video, stds = _video_stds(frame_err, pred)
-    frame_std = np.array([np.mean([stds[v] for v in np.unique(video[labels == k])]) for k in np.unique(labels)])
+    within, between = identity_spread(pred, mask)
 
     gt_shape = pred["gt_shape"].double().numpy()
     expression = np.sqrt(((gt_shape - gt_ident)[:, mask] ** 2).sum(-1).mean(-1))
@@ -164,7 +205,8 @@ def frame_units(pred: dict, morphable, identity_errors: np.ndarray | None = None
     curvature = local_curvature_error(ident, gt_ident, edges, ring_vertices(seeds, edges), align_mask=mask)
     # the identity shapes are in the model's frame already; aligning them to the mean would turn them off the span
     span = linear_span_distance(ident, morphable.mean_shape, morphable.shape_basis, mask=mask, align="none")
-    return {"frame_mm": _subject_means(frame_err, labels), "frame_std_mm": frame_std,
+    return {"frame_mm": _subject_means(frame_err, labels), "frame_spread_mm": within,
+            "frame_spread_ratio": within / max(between, 1e-12),
             "hard_frame_mm": _subject_means(shape_err, labels, hard), "span_mm": _subject_means(span, labels),
             "detail_curvature_mm": _subject_means(curvature, labels)}
 
@@ -268,8 +310,8 @@ TRANSFER_REFERENCE = "full, identity code alone"
 #: term that must have pulled in the full model's training for the comparison to mean anything)
 CLAIMS = (
     ("G1", "The recognition loss lowers the reconstruction error", ("full", "no_recog"), "micc_mm", "lower", "recog"),
-    ("G1a", "... and the spread of the identity error across a video's frames", ("full", "no_recog"), "frame_std_mm",
-     "lower", "recog"),
+    ("G1a", "... and the spread of the identity shape across a video's frames (relative to the spread between people)",
+     ("full", "no_recog"), "frame_spread_ratio", "lower", "recog"),
     ("G1b", "... and the single-frame identity error", ("full", "no_recog"), "frame_mm", "lower", "recog"),
     ("G2", "The adversarial loss lowers the reconstruction error", ("full", "no_adv"), "micc_mm", "lower", "adv"),
     ("G2a", "... on large-yaw and expressive frames", ("full", "no_adv"), "hard_frame_mm", "lower", "adv"),
@@ -424,7 +466,7 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
     Returns:
         ``{"profile", "table1": {row_name: {condition: {"mean", "std"}}} per protocol under
         keys "average_over_identity" / "three_view", "table2": {variant: {condition: {...}}},
-        "identity_consistency": {model: {"std_mm", "mean_mm"}}, "diagnostics": {variant: {step:
+        "identity_consistency": {model: {"within_mm", "between_mm", "ratio", "mean_mm"}}, "diagnostics": {variant: {step:
         summarize_shares(...)}} (:mod:`facelab.train.diagnostics`), "claims" (:func:`gao_claims`:
         paired differences over MICC subjects with 95 % intervals and verdicts), "dose_response"
         (:func:`gao_dose_response`), "heat_maps", "train_seconds",
@@ -544,9 +586,11 @@ def results_markdown(result: dict) -> str:
             f"| {name} | " + " | ".join(_fmt(v.get(c)) for c in conds) + " |\n" for name, v in result["table1"][row].items()))
     parts.append("\n**Table 2, ablation (average over identity)**\n\n" + head + "".join(
         f"| {name} | " + " | ".join(_fmt(v.get(c)) for c in conds) + " |\n" for name, v in result["table2"].items()))
-    parts.append("\n**Identity consistency** (std over a subject's frames of the identity-shape RMSE, mm)\n\n"
-                 "| model | std | mean |\n| --- | --- | --- |\n" + "".join(
-                     f"| {k} | {v['std_mm']:.3f} | {v['mean_mm']:.3f} |\n" for k, v in result["identity_consistency"].items()))
+    parts.append("\n**Identity consistency** (identity shape: spread within a video, between people, their ratio; "
+                 "mean identity RMSE, mm)\n\n| model | within | between | ratio | mean error |\n"
+                 "| --- | --- | --- | --- | --- |\n" + "".join(
+                     f"| {k} | {v['within_mm']:.3f} | {v['between_mm']:.3f} | {v['ratio']:.3f} | {v['mean_mm']:.3f} |\n"
+                     for k, v in result["identity_consistency"].items()))
     if "claims" in result:
         from facelab.metrics.report import claims_markdown
 
