@@ -2,6 +2,7 @@
 
     facelab synth SUITE --out DIR [--profile quick|full] [--set key=value ...]
     facelab synth lfw --format lfw --out ROOT [...]   (the real LFW layout: NAME/NAME_0001.png, pairs.txt, landmarks.json)
+    facelab synth lp --format lp300w --out ROOT [...]   (the 300W-LP layout: NAME.png + NAME.mat, model.npz)
     facelab render [--out face.png] [--identity N] [--yaw DEG] [--size PX]
     facelab render --gallery [--out gallery.png]
     facelab bench render [--json]
@@ -38,6 +39,12 @@ def _cmd_synth(args) -> int:
     if args.format == "lfw":
         info = export_lfw(collection, args.out, batch_size=args.batch_size, progress=not args.quiet)
         print(json.dumps({"suite": cfg.suite, "format": "lfw", **info, "resolution": cfg.resolution, "seed": cfg.seed}))
+        return 0
+    if args.format == "lp300w":
+        from facelab.data import export_lp300w
+
+        info = export_lp300w(collection, args.out, batch_size=args.batch_size, progress=not args.quiet)
+        print(json.dumps({"suite": cfg.suite, "format": "lp300w", **info, "resolution": cfg.resolution, "seed": cfg.seed}))
         return 0
     out = save_collection(collection, args.out, batch_size=args.batch_size, progress=not args.quiet)
     print(json.dumps({"suite": cfg.suite, "images": len(collection), "identities": cfg.n_identities, "out": str(out)}))
@@ -280,10 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--profile", default="quick", choices=["quick", "standard", "full"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a SuiteConfig field (repeatable)")
-    p.add_argument("--format", default="facelab", choices=["facelab", "lfw"],
+    p.add_argument("--format", default="facelab", choices=["facelab", "lfw", "lp300w"],
                    help="facelab: manifest + shards (facelab.data.SavedCollection); lfw (lfw suite only): the real "
                         "LFW layout, ROOT/NAME/NAME_0001.png, ROOT/pairs.txt and ROOT/landmarks.json "
-                        "(facelab.data.lfw_folder), scored by `facelab eval model CKPT --lfw ROOT`")
+                        "(facelab.data.lfw_folder), scored by `facelab eval model CKPT --lfw ROOT`"
+                        "; lp300w: the 300W-LP layout, ROOT/NAME.png + ROOT/NAME.mat (Pose_Para, Shape_Para, Exp_Para, "
+                        "pt2d, pt3d_68) and ROOT/model.npz (facelab.data.lp300w), read by facelab.data.LP300W")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_synth)

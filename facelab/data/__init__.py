@@ -7,6 +7,7 @@
 
 from facelab.data.cache import SavedCollection, save_collection
 from facelab.data.lfw_folder import LFWFolder, StoredSuite, export_lfw
+from facelab.data.lp300w import LP300W, export_lp300w
 from facelab.data.suites import (
     BU3DFE_EXPRESSIONS, BU3DFE_YAWS_DEG, MICC_CONDITIONS, SUITES, Conditions, ImageTable, SuiteConfig, build_table,
 )
@@ -15,5 +16,6 @@ from facelab.data.synth import BatchStream, PhotoCollection, make_suite
 __all__ = [
     "SUITES", "MICC_CONDITIONS", "BU3DFE_EXPRESSIONS", "BU3DFE_YAWS_DEG", "Conditions", "SuiteConfig", "ImageTable",
     "build_table", "PhotoCollection", "BatchStream", "make_suite", "save_collection", "SavedCollection",
+    "LP300W", "export_lp300w",
     "export_lfw", "LFWFolder", "StoredSuite",
 ]

@@ -6,11 +6,14 @@ the file and the problem; model loaders return a
 x = subject's left, y up, z toward the camera, orthonormal bases with std).
 
 * meshes: :func:`read_mesh`, :func:`write_mesh` (``.obj``, ``.ply``)
-* models: :func:`load_bfm2009`, :func:`load_bfm2017`, :func:`load_flame`, :func:`load_sfm`, and
-  :func:`load_morphable`, which picks one of them (or a facelab ``.npz``) by the file's suffix
+* models: :func:`load_bfm2009`, :func:`load_bfm2017`, :func:`load_bfm_3ddfa` (3DDFA's ``BFM.mat``),
+  :func:`load_flame`, :func:`load_sfm`, and :func:`load_morphable`, which picks one of them (or a
+  facelab ``.npz``) by the file's suffix
 * checkpoints: :func:`save_checkpoint`, :func:`load_checkpoint` (:mod:`facelab.io.checkpoint`;
   rebuilding the model is :func:`facelab.models.load_model`)
-* annotations and datasets: :func:`load_300wlp`, :func:`read_pairs` / :func:`write_pairs`,
+* annotations and datasets: :func:`load_300wlp` (with 300W-LP's projection: :func:`pose_to_facelab`,
+  :func:`project_300wlp`, :func:`pixels_from_file`; its coefficients: :func:`lp300w_vertices`),
+  :func:`read_pairs` / :func:`write_pairs`,
   :func:`read_landmarks` / :func:`write_landmarks` (LFW's ``landmarks.json`` sidecar), :class:`LFWPairs`,
   :class:`MICCDataset`
 
@@ -19,13 +22,17 @@ Book chapter: ``book/12_real_data.ipynb``.
 
 from facelab.io._util import read_image
 from facelab.io.bfm import load_bfm2009, load_bfm2017
+from facelab.io.bfm3ddfa import is_bfm_3ddfa, load_bfm_3ddfa, lp300w_coefficients, lp300w_vertices
 from facelab.io.checkpoint import load_checkpoint, save_checkpoint
 from facelab.io.flame import load_flame, read_flame_pickle
 from facelab.io.lfw import (
     LFWPairs, Pair, find_lfw_image, format_pair, lfw_image_path, read_landmarks, read_pairs, read_pairs_with_lines,
     write_landmarks, write_pairs,
 )
-from facelab.io.lp300w import load_300wlp
+from facelab.io.lp300w import (
+    landmark_visibility, load_300wlp, pixels_from_file, pixels_to_file, pose_from_facelab, pose_to_facelab,
+    project_300wlp,
+)
 from facelab.io.mesh import Mesh, read_mesh, write_mesh
 from facelab.io.micc import MICC_CONDITIONS, MICCDataset, MICCSubject
 from facelab.io.models import load_morphable
@@ -35,7 +42,9 @@ __all__ = [
     "save_checkpoint", "load_checkpoint",
     "Mesh", "read_mesh", "write_mesh", "read_image",
     "load_bfm2009", "load_bfm2017", "load_flame", "read_flame_pickle", "load_sfm", "read_sfm", "save_sfm",
-    "load_300wlp", "Pair", "read_pairs", "read_pairs_with_lines", "write_pairs", "format_pair", "lfw_image_path",
+    "load_bfm_3ddfa", "is_bfm_3ddfa", "lp300w_coefficients", "lp300w_vertices",
+    "load_300wlp", "pose_to_facelab", "pose_from_facelab", "project_300wlp", "pixels_from_file", "pixels_to_file",
+    "landmark_visibility", "Pair", "read_pairs", "read_pairs_with_lines", "write_pairs", "format_pair", "lfw_image_path",
     "find_lfw_image",
     "read_landmarks", "write_landmarks", "LFWPairs",
     "MICC_CONDITIONS", "MICCDataset", "MICCSubject",

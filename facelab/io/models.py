@@ -4,6 +4,11 @@ The file's suffix picks the loader: ``.npz`` a facelab model (:meth:`MorphableMo
 ``.mat`` BFM2009, ``.h5`` BFM2017/2019, ``.bin`` a Surrey Face Model / eos file, ``.pkl``
 FLAME. Each loader's own checks apply, and its errors name the file.
 
+A ``.mat`` holding a MATLAB struct named ``model`` is 3DDFA's trimmed BFM (``BFM.mat``, the
+model of 300W-LP; :func:`facelab.io.load_bfm_3ddfa`): BFM2009's ``01_MorphableModel.mat`` keeps
+its arrays at the top level and has no such struct, so the variable list tells the two apart
+without reading the arrays, and every BFM2009 file still goes to :func:`facelab.io.load_bfm2009`.
+
 Book chapter: ``book/12_real_data.ipynb``.
 """
 
@@ -15,6 +20,7 @@ import torch
 
 from facelab.io._util import existing_file
 from facelab.io.bfm import load_bfm2009, load_bfm2017
+from facelab.io.bfm3ddfa import is_bfm_3ddfa, load_bfm_3ddfa
 from facelab.io.flame import load_flame
 from facelab.io.sfm import load_sfm
 from facelab.morphable.model import MorphableModel, load_npz
@@ -22,7 +28,7 @@ from facelab.morphable.model import MorphableModel, load_npz
 #: suffix -> (what the file is, the loader's name in facelab.io)
 MORPHABLE_SUFFIXES = {
     ".npz": ("facelab morphable model (MorphableModel.save)", "load_npz"),
-    ".mat": ("Basel Face Model 2009 (01_MorphableModel.mat)", "load_bfm2009"),
+    ".mat": ("Basel Face Model 2009 (01_MorphableModel.mat), or 3DDFA's BFM.mat", "load_bfm2009"),
     ".h5": ("Basel Face Model 2017/2019", "load_bfm2017"),
     ".bin": ("Surrey Face Model / eos", "load_sfm"),
     ".pkl": ("FLAME generic_model.pkl", "load_flame"),
@@ -62,6 +68,8 @@ def load_morphable(path, landmarks=None, face_mask=None) -> MorphableModel:
     if suffix not in MORPHABLE_SUFFIXES:
         known = ", ".join(f"{s} ({what})" for s, (what, _) in MORPHABLE_SUFFIXES.items())
         raise ValueError(f"{path}: unknown morphable-model suffix {suffix!r}; expected one of {known}")
+    if suffix == ".mat" and is_bfm_3ddfa(path):
+        return load_bfm_3ddfa(path, landmarks=landmarks, face_mask=face_mask)
     if suffix != ".npz":
         return _LOADERS[suffix](path, landmarks=landmarks, face_mask=face_mask)
     model = load_npz(path)
