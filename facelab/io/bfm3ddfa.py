@@ -11,7 +11,7 @@ shapeMU    (3V, 1)     mean shape, µm, rows ``3*v + c``
 shapePC    (3V, 199)   identity basis, orthonormal columns
 shapeEV    (199, 1)    identity standard deviations, µm
 expMU      (3V, 1)     mean expression offset, µm
-expPC      (3V, 29)    expression basis (not orthonormal)
+expPC      (3V, 29)    expression basis (columns not necessarily orthonormal)
 expEV      (29, 1)     expression coefficient standard deviations
 texMU      (3V, 1)     mean colour, 0..255 (optional, with texPC (3V, 199) and texEV (199, 1))
 tri        (3, F)      triangles, 1-based (an ``(F, 3)`` array is accepted too)
@@ -27,8 +27,8 @@ tri_mouth  (3, 114)    extra triangles closing the mouth; not read
 * **Indices.** ``tri`` and ``kpt_ind`` are 1-based (MATLAB); they become 0-based ``faces`` and
   ``landmarks``.
 * **Bases.** ``shapePC`` is orthonormal, so facelab's identity basis is ``shapePC`` itself;
-  ``expPC`` is not, so it is re-orthonormalised with the covariance ``expPC diag(expEV^2) expPC^T``
-  (:func:`facelab.io._build.orthonormal_pca`).
+  ``expPC`` need not be, and is re-orthonormalised keeping the covariance
+  ``expPC diag(expEV^2) expPC^T`` (:func:`facelab.io._build.orthonormal_pca`).
 
 **300W-LP coefficients.** ``Shape_Para (199, 1)`` and ``Exp_Para (29, 1)`` of a 300W-LP /
 AFLW2000-3D file are *raw* coefficients on ``shapePC`` and ``expPC`` (not divided by
