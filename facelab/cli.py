@@ -3,6 +3,7 @@
     facelab synth SUITE --out DIR [--profile quick|full] [--set key=value ...]
     facelab synth lfw --format lfw --out ROOT [...]   (the real LFW layout: NAME/NAME_0001.png, pairs.txt, landmarks.json)
     facelab synth lp --format lp300w --out ROOT [...]   (the 300W-LP layout: NAME.png + NAME.mat, model.npz)
+    facelab synth webface --format imagefolder --out ROOT [...]   (CASIA-WebFace layout: NAME/NAME_0001.png, landmarks.json)
     facelab render [--out face.png] [--identity N] [--yaw DEG] [--size PX]
     facelab render --gallery [--out gallery.png]
     facelab bench render [--json]
@@ -10,7 +11,7 @@
     facelab bench infer [liu2018] [--json]
     facelab bench train [liu2018|gao2020] [--steps N] [--threads 1,2] [--json]
     facelab train regressor|liu2018|gao2020|sir [--out DIR] [--profile quick|standard|full] [--set key=value|train.key=value ...]
-    facelab fit SUITE_OR_DIR --out DIR [--profile quick|full] [--set key=value ...]
+    facelab fit SUITE_OR_DIR --out DIR [--profile quick|full] [--set key=value ...]   (DIR: facelab synth's, or ROOT/<identity>/<image>.jpg + landmarks.json)
     facelab eval verify|recon|baselines ...   (see facelab.eval_cli)
     facelab reproduce liu2018 --out DIR [--profile quick|standard|full] [--seeds 0,1,2] [--json] [--set train.k=v|eval.k=v|baselines.k=v ...]
     facelab reproduce gao2020 --out DIR [--profile quick|standard|full] [--seeds 0,1,2] [--liu PHASE3] [--json] [--set ...]
@@ -30,7 +31,7 @@ from pathlib import Path
 
 def _cmd_synth(args) -> int:
     from facelab.config import apply_overrides
-    from facelab.data import PhotoCollection, SuiteConfig, export_lfw, save_collection
+    from facelab.data import PhotoCollection, SuiteConfig, export_image_folder, export_lfw, save_collection
 
     if args.format == "lfw" and args.suite != "lfw":
         raise ValueError(f"--format lfw: only the lfw suite has verification pairs, got {args.suite!r}")
@@ -45,6 +46,11 @@ def _cmd_synth(args) -> int:
 
         info = export_lp300w(collection, args.out, batch_size=args.batch_size, progress=not args.quiet)
         print(json.dumps({"suite": cfg.suite, "format": "lp300w", **info, "resolution": cfg.resolution, "seed": cfg.seed}))
+        return 0
+    if args.format == "imagefolder":
+        info = export_image_folder(collection, args.out, batch_size=args.batch_size, progress=not args.quiet)
+        print(json.dumps({"suite": cfg.suite, "format": "imagefolder", **info, "resolution": cfg.resolution,
+                          "seed": cfg.seed}))
         return 0
     out = save_collection(collection, args.out, batch_size=args.batch_size, progress=not args.quiet)
     print(json.dumps({"suite": cfg.suite, "images": len(collection), "identities": cfg.n_identities, "out": str(out)}))
@@ -138,18 +144,27 @@ def _cmd_train(args) -> int:
     return 0
 
 
+#: ``--set`` fields of ``facelab fit`` that apply to a folder of photos: the size photos are resized to, the model fitted
+PHOTO_FOLDER_FIELDS = ("image_size", "resolution")
+
+
 def _fit_source(source: str, overrides: list[str]):
-    """``facelab fit``'s positional: an existing folder (a saved collection) or a suite name."""
+    """``facelab fit``'s positional: an existing folder (a saved collection, or photos in identity
+    folders: returned as its :class:`Path`) or a suite name (None)."""
     from facelab.data import SUITES, SavedCollection
     from facelab.fitting import FIT_SUITES
     from facelab.fitting.photometric import SUITE_FIELDS
 
     path = Path(source)
     if path.is_dir():  # an existing folder wins over a suite name
+        photos = not (path / "manifest.json").exists()  # no manifest: photos in one folder per identity
         for item in overrides:
             key = item.split("=", 1)[0].strip()
-            if key in SUITE_FIELDS:
-                raise ValueError(f"--set {key}: describes a suite to generate, but SUITE_OR_DIR {source!r} is a saved folder")
+            if key in SUITE_FIELDS and not (photos and key in PHOTO_FOLDER_FIELDS):
+                kind = "a folder of identity folders" if photos else "a saved folder"
+                raise ValueError(f"--set {key}: describes a suite to generate, but SUITE_OR_DIR {source!r} is {kind}")
+        if photos:
+            return path
         try:
             return SavedCollection(path)
         except FileNotFoundError as err:
@@ -165,6 +180,18 @@ def _fit_source(source: str, overrides: list[str]):
     raise ValueError(f"SUITE_OR_DIR {source!r}: neither a suite ({', '.join(FIT_SUITES)}) nor an existing folder")
 
 
+def _photo_folder(path: Path, cfg, args):
+    """``facelab fit ROOT`` of photos in identity folders (``ROOT/<identity>/<image>.jpg``)."""
+    from facelab.data import ImageFolderIdentities
+
+    if not any(d.is_dir() and not d.name.startswith(".") for d in path.iterdir()):
+        raise ValueError("folder holds no saved collection (no manifest.json; write one with `facelab synth SUITE "
+                         "--out DIR`) and no identity folders (ROOT/<identity>/<image>.jpg)")
+    resize = any(item.split("=", 1)[0].strip() == "image_size" for item in args.set)  # else the files' own size
+    return ImageFolderIdentities(path, image_size=cfg.image_size if resize else None, on_bad_image=args.on_bad_image,
+                                 small_identities=args.small_identities, progress=not args.quiet)
+
+
 def _cmd_fit(args) -> int:
     from facelab.config import apply_overrides
     from facelab.fitting import CollectionFitConfig, fit_collection, fit_collection_study, save_fitted_targets
@@ -172,6 +199,8 @@ def _cmd_fit(args) -> int:
     if any(item.split("=", 1)[0].strip() == "suite" for item in args.set):
         raise ValueError("--set suite: give the suite as SUITE_OR_DIR")
     saved = _fit_source(args.source, args.set)
+    if not isinstance(saved, Path) and (args.on_bad_image, args.small_identities) != ("raise", "raise"):
+        raise ValueError("--on-bad-image, --small-identities: apply to photos in identity folders only")
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     if saved is None:
         cfg = apply_overrides(CollectionFitConfig(profile=args.profile, suite=args.source), args.set)
@@ -179,6 +208,8 @@ def _cmd_fit(args) -> int:
     else:
         cfg = apply_overrides(CollectionFitConfig(profile=args.profile), args.set)
         try:
+            if isinstance(saved, Path):
+                saved = _photo_folder(saved, cfg, args)
             targets, report = fit_collection(saved, cfg, progress=say)
         except ValueError as err:
             raise ValueError(f"SUITE_OR_DIR {args.source!r}: {err}") from None
@@ -287,10 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--profile", default="quick", choices=["quick", "standard", "full"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a SuiteConfig field (repeatable)")
-    p.add_argument("--format", default="facelab", choices=["facelab", "lfw", "lp300w"],
+    p.add_argument("--format", default="facelab", choices=["facelab", "lfw", "imagefolder", "lp300w"],
                    help="facelab: manifest + shards (facelab.data.SavedCollection); lfw (lfw suite only): the real "
                         "LFW layout, ROOT/NAME/NAME_0001.png, ROOT/pairs.txt and ROOT/landmarks.json "
-                        "(facelab.data.lfw_folder), scored by `facelab eval model CKPT --lfw ROOT`"
+                        "(facelab.data.lfw_folder), scored by `facelab eval model CKPT --lfw ROOT`; imagefolder: "
+                        "one folder per identity as CASIA-WebFace, ROOT/NAME/NAME_0001.png and ROOT/landmarks.json "
+                        "(facelab.data.ImageFolderIdentities), fitted by `facelab fit ROOT`"
                         "; lp300w: the 300W-LP layout, ROOT/NAME.png + ROOT/NAME.mat (Pose_Para, Shape_Para, Exp_Para, "
                         "pt2d, pt3d_68) and ROOT/model.npz (facelab.data.lp300w), read by facelab.data.LP300W")
     p.add_argument("--batch-size", type=int, default=128)
@@ -321,11 +354,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="multi-image 3DMM fitting of a suite or saved folder: training targets + fitted-vs-true report")
     p.add_argument("source", metavar="SUITE_OR_DIR",
                    help="webface, collections or lp (generated; adds the single- vs multi-image study), "
-                        "or a folder written by `facelab synth` (an existing folder wins over a suite name)")
+                        "a folder written by `facelab synth`, or photos in identity folders ROOT/<identity>/<image>.jpg "
+                        "with ROOT/landmarks.json (CASIA-WebFace layout; --set image_size=N resizes to N x N, "
+                        "--set resolution= picks the model) (an existing folder wins over a suite name)")
     p.add_argument("--out", required=True, help="output folder (targets.npz, report.json)")
     p.add_argument("--profile", default="quick", choices=["quick", "standard", "full"], help="suite size (generated suites only)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a CollectionFitConfig field (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.add_argument("--on-bad-image", default="raise", choices=["raise", "skip"],
+                   help="identity folders: an unreadable photo stops the fit, or is left out with a warning")
+    p.add_argument("--small-identities", default="raise", choices=["raise", "drop"],
+                   help="identity folders: a folder with fewer than 2 readable photos stops the fit, or is left out")
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("bench", help="print measured performance figures")

@@ -6,6 +6,7 @@
 """
 
 from facelab.data.cache import SavedCollection, save_collection
+from facelab.data.image_folder import ImageFolderIdentities, export_image_folder
 from facelab.data.lfw_folder import LFWFolder, StoredSuite, export_lfw
 from facelab.data.lp300w import LP300W, export_lp300w
 from facelab.data.suites import (
@@ -17,5 +18,5 @@ __all__ = [
     "SUITES", "MICC_CONDITIONS", "BU3DFE_EXPRESSIONS", "BU3DFE_YAWS_DEG", "Conditions", "SuiteConfig", "ImageTable",
     "build_table", "PhotoCollection", "BatchStream", "make_suite", "save_collection", "SavedCollection",
     "LP300W", "export_lp300w",
-    "export_lfw", "LFWFolder", "StoredSuite",
+    "export_lfw", "LFWFolder", "StoredSuite", "ImageFolderIdentities", "export_image_folder",
 ]

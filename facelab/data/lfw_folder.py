@@ -162,6 +162,80 @@ class StoredSuite:
         return len(self.suite)
 
 
+def write_photos(collection, out_dir, layout: list[tuple[str, int]], batch_size: int = 128,
+                 progress: bool = False) -> tuple[int, list[int] | None]:
+    """Render a collection's photos as 8-bit PNGs at ``out_dir/NAME/NAME_0001.png`` (:func:`image_key`)
+    and their landmarks as ``out_dir/landmarks.json`` (:func:`facelab.io.write_landmarks`).
+
+    Args:
+        collection: anything whose ``batches(batch_size, progress=...)`` yields ``image
+            (B, 3, H, W)`` float [0, 1] and ``landmarks2d (B, 68, 2)`` px, in image order.
+        out_dir: the folder (created; files already there are overwritten, others kept).
+        layout: per image, its ``(name, number)`` (:func:`lfw_layout`).
+        batch_size: images per render call. progress: a progress bar.
+
+    Returns:
+        ``(images written, [H, W] px of the last one)``.
+
+    Raises:
+        ValueError: the batches gave another number of images than ``layout`` lists.
+
+    >>> import tempfile
+    >>> from facelab.data import make_suite
+    >>> s = make_suite("webface", n_identities=2, images_per_identity=2, image_size=16, resolution="quick")
+    >>> write_photos(s, tempfile.mkdtemp(), lfw_layout(s.table.label, 2))
+    (4, [16, 16])
+    """
+    from PIL import Image
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    landmarks, n, size = {}, 0, None
+    for batch in collection.batches(batch_size, progress=progress):
+        pixels = to_uint8(batch["image"])
+        for img, lm in zip(pixels, batch["landmarks2d"].detach().cpu()):
+            if n >= len(layout):
+                raise ValueError(f"collection: its batches gave more images than the {len(layout)} its table lists")
+            name, number = layout[n]
+            key = image_key(name, number)
+            (out / name).mkdir(exist_ok=True)
+            Image.fromarray(img).save(out / key)
+            landmarks[key] = lm
+            size = list(img.shape[:2])
+            n += 1
+    if n != len(layout):
+        raise ValueError(f"collection: its batches gave {n} images, its table lists {len(layout)}")
+    write_landmarks(out / LFW_LANDMARKS_FILE, landmarks)
+    return n, size
+
+
+def resize_photo(image: torch.Tensor, landmarks: torch.Tensor | None,
+                 image_size: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A photo and its landmarks resized to ``image_size``.
+
+    Args:
+        image: ``(3, H, W)`` float in [0, 1].
+        landmarks: ``(68, 2)`` float px (facelab's convention) or None.
+        image_size: ``(h, w)`` px, or None (unchanged). Bilinear, antialiased; the landmarks
+            are scaled by ``(w / W, h / H)``, exact with half-integer pixel centres.
+
+    Returns:
+        ``image (3, h, w)`` float in [0, 1] and the scaled landmarks (None stays None).
+
+    >>> img, lm = resize_photo(torch.rand(3, 32, 32), torch.full((68, 2), 8.0), (16, 16))
+    >>> img.shape, float(lm[0, 0])
+    (torch.Size([3, 16, 16]), 4.0)
+    """
+    H, W = image.shape[1:]
+    if image_size is None or tuple(image_size) == (H, W):
+        return image, landmarks
+    h, w = image_size
+    image = F.interpolate(image[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
+    if landmarks is not None:
+        landmarks = landmarks * torch.tensor([w / W, h / H])
+    return image.clamp(0, 1), landmarks
+
+
 def export_lfw(collection, out_dir, batch_size: int = 128, progress: bool = False) -> dict:
     """Render every image of an LFW-style suite into ``out_dir`` in the LFW layout (module docstring).
 
@@ -184,28 +258,11 @@ def export_lfw(collection, out_dir, batch_size: int = 128, progress: bool = Fals
     >>> info["images"], info["pairs"], info["folds"], sorted(p.name for p in Path(info["out"]).iterdir())[:2]
     (8, 4, 2, ['Synth_Person_0000', 'Synth_Person_0001'])
     """
-    from PIL import Image
-
     table = collection.table
-    n_identities = collection.config.n_identities
-    layout = lfw_layout(table.label, n_identities)
+    layout = lfw_layout(table.label, collection.config.n_identities)
     pairs = suite_pairs(table, layout)  # checks that the suite has pairs before rendering anything
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    landmarks, n, size = {}, 0, None
-    for batch in collection.batches(batch_size, progress=progress):
-        pixels = to_uint8(batch["image"])
-        for img, lm in zip(pixels, batch["landmarks2d"].detach().cpu()):
-            name, number = layout[n]
-            key = image_key(name, number)
-            (out / name).mkdir(exist_ok=True)
-            Image.fromarray(img).save(out / key)
-            landmarks[key] = lm
-            size = list(img.shape[:2])
-            n += 1
-    if n != len(layout):
-        raise ValueError(f"collection: its batches gave {n} images, its table lists {len(layout)}")
-    write_landmarks(out / LFW_LANDMARKS_FILE, landmarks)
+    n, size = write_photos(collection, out, layout, batch_size, progress)
     write_pairs(out / PAIRS_FILE, pairs)
     per_half = len(pairs) // (2 * (pairs[-1].fold + 1))
     return {"out": str(out), "images": n, "identities": len({name for name, _ in layout}), "pairs": len(pairs),
@@ -304,13 +361,5 @@ class LFWFolder:
             ``image (3, H, W)`` float in [0, 1] and ``landmarks (68, 2)`` float px (None
             without a sidecar). An unreadable file raises ``ValueError`` naming it.
         """
-        image = read_image(self.paths[i])
         lm = self.landmarks[self.key(i)].clone() if self.landmarks is not None else None
-        H, W = image.shape[1:]
-        if image_size is not None and tuple(image_size) != (H, W):
-            h, w = image_size
-            image = F.interpolate(image[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
-            image = image.clamp(0, 1)
-            if lm is not None:
-                lm = lm * torch.tensor([w / W, h / H])
-        return image, lm
+        return resize_photo(read_image(self.paths[i]), lm, image_size)

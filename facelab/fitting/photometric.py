@@ -428,7 +428,7 @@ def _fit_chunks(view, subjects: list[torch.Tensor], n: int | None, grouped: bool
         batch = view.batch(index)
         fit = fit_photometric(
             view.model, batch["image"], batch["landmarks2d"], batch["label"] if grouped else None,
-            masks=batch["occlusion_mask"], n_steps=cfg.n_steps, n_shape=cfg.n_shape, n_albedo=cfg.n_albedo,
+            masks=batch.get("occlusion_mask"), n_steps=cfg.n_steps, n_shape=cfg.n_shape, n_albedo=cfg.n_albedo,
         )
         yield first, index, fit
 
@@ -436,17 +436,21 @@ def _fit_chunks(view, subjects: list[torch.Tensor], n: int | None, grouped: bool
 def _fit_all_images(view, subjects: list[torch.Tensor], n: int | None, cfg: CollectionFitConfig, say) -> dict:
     """Multi-image fits of the first ``n`` images (None: all) of every subject, merged over chunks.
 
-    Returns per-subject ``alpha_id, beta, identity_labels, err`` (face-region identity RMSE, mm),
-    and per-image ``index`` plus :data:`_PER_IMAGE` rows in the order of ``index``.
+    Returns per-subject ``alpha_id, beta, identity_labels, err`` (face-region identity RMSE, mm;
+    left out for a folder of photos, which has no true shapes), and per-image ``index`` plus
+    :data:`_PER_IMAGE` rows in the order of ``index``.
     """
-    parts = {k: [] for k in ("alpha_id", "beta", "identity_labels", "err", "index") + _PER_IMAGE}
+    parts = {k: [] for k in ("alpha_id", "beta", "identity_labels", "index") + _PER_IMAGE}
+    if view.has_truth:
+        parts["err"] = []
     face = view.model.face_mask
     for first, index, fit in _fit_chunks(view, subjects, n, True, cfg):
-        # the group rows follow the sorted labels, as the subjects of the chunk
-        firsts = torch.cumsum(torch.bincount(fit.group_index, minlength=fit.group_labels.shape[0]), 0)
-        firsts = torch.cat([firsts.new_zeros(1), firsts[:-1]])
-        truth = view.truth(view.identity[index[firsts.cpu()]])
-        parts["err"].append(identity_rmse(fit.identity_shapes, truth, face))
+        if view.has_truth:
+            # the group rows follow the sorted labels, as the subjects of the chunk
+            firsts = torch.cumsum(torch.bincount(fit.group_index, minlength=fit.group_labels.shape[0]), 0)
+            firsts = torch.cat([firsts.new_zeros(1), firsts[:-1]])
+            truth = view.truth(view.identity[index[firsts.cpu()]])
+            parts["err"].append(identity_rmse(fit.identity_shapes, truth, face))
         for key in ("alpha_id", "beta", *_PER_IMAGE):
             parts[key].append(getattr(fit, key))
         parts["identity_labels"].append(fit.group_labels)
@@ -477,11 +481,15 @@ def fit_collection(collection, cfg: CollectionFitConfig | None = None, progress=
 
     Each subject gets one identity shape and albedo, each photo its expression, pose and light
     (:func:`fit_photometric` with ``groups`` = the identity labels), ``cfg.batch_identities``
-    subjects per batch. Works for any suite (``micc``, ``bu3dfe``, ... saved with ``facelab synth``).
+    subjects per batch. Works for any suite (``micc``, ``bu3dfe``, ... saved with ``facelab synth``)
+    and for photos in one folder per identity with a landmarks sidecar; ``n_steps=0`` keeps the
+    landmark fit alone (:func:`facelab.fitting.fit_landmarks`, identity shared per subject).
 
     Args:
-        collection: a :class:`~facelab.data.PhotoCollection` or :class:`~facelab.data.SavedCollection`.
-        cfg: uses ``n_steps``, ``n_shape``, ``n_albedo``, ``batch_identities`` (default :class:`CollectionFitConfig`).
+        collection: a :class:`~facelab.data.PhotoCollection`, :class:`~facelab.data.SavedCollection`
+            or :class:`~facelab.data.ImageFolderIdentities`.
+        cfg: uses ``n_steps``, ``n_shape``, ``n_albedo``, ``batch_identities``, and for an image
+            folder ``resolution`` (the SynthFaces model fitted) (default :class:`CollectionFitConfig`).
         progress: None or a callable taking a progress message (str).
 
     Returns:
@@ -490,10 +498,12 @@ def fit_collection(collection, cfg: CollectionFitConfig | None = None, progress=
         collection order ``alpha_exp (N, K_exp)``, ``pose (N, 6)``, ``sh (N, 27)``, ``photo_rmse (N,)``,
         ``residual_px (N,)`` px, ``labels (N,)``, ``identity (N,)``; ``suite_config`` JSON str);
         ``report`` a JSON-ready dict with ``identity_rmse_mm`` (mean face-region RMSE of the
-        fitted vs the true neutral shape, mm), counts, fit settings and timings.
+        fitted vs the true neutral shape, mm; None for a folder of photos), counts, fit
+        settings and timings.
 
     Raises:
-        ValueError: every identity has a single image (nothing to fit jointly).
+        ValueError: every identity has a single image (nothing to fit jointly), or an image
+            folder has no landmarks.
 
     >>> from facelab.data import make_suite
     >>> suite = make_suite("webface", n_identities=2, images_per_identity=2, image_size=32, resolution="quick")
@@ -506,7 +516,8 @@ def fit_collection(collection, cfg: CollectionFitConfig | None = None, progress=
     cfg = cfg if cfg is not None else CollectionFitConfig()
     if not isinstance(cfg, CollectionFitConfig):
         raise TypeError(f"cfg: expected a CollectionFitConfig or None, got {type(cfg).__name__}")
-    view = CollectionView(collection)
+    view = CollectionView(collection, resolution=cfg.resolution)
+    view.require_landmarks("multi-image fitting")
     subjects = _subject_images(view.labels)
     counts = torch.tensor([s.shape[0] for s in subjects])
     if int(counts.max()) < 2:
@@ -519,7 +530,8 @@ def fit_collection(collection, cfg: CollectionFitConfig | None = None, progress=
         "images_per_identity": {"min": int(counts.min()), "mean": float(counts.float().mean()), "max": int(counts.max())},
         "image_size": view.config.get("image_size"), "resolution": view.config.get("resolution"),
         "n_steps": cfg.n_steps, "n_shape": cfg.n_shape, "n_albedo": cfg.n_albedo,
-        "metric": _METRIC, "identity_rmse_mm": float(merged["err"].mean()),
+        "metric": _METRIC if view.has_truth else "none: a folder of photos holds no true shapes",
+        "identity_rmse_mm": float(merged["err"].mean()) if view.has_truth else None,
         "landmark_rmse_px": float(merged["residual_px"].mean()), "photo_rmse": float(merged["photo_rmse"].mean()),
         "timings_s": {"fit_s": time.perf_counter() - start},
     }

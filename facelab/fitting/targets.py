@@ -6,7 +6,8 @@ Liu et al. 2018 train their encoder on coefficients obtained by fitting one 3DMM
 to all photos of each subject. ``facelab fit`` (:func:`facelab.fitting.fit_collection_study`,
 :func:`facelab.fitting.fit_collection`) stores such a fit with :func:`save_fitted_targets`;
 :func:`load_fitted_targets` turns it into per-image targets aligned with a collection
-(a :class:`~facelab.data.PhotoCollection` or a :class:`~facelab.data.SavedCollection`),
+(a :class:`~facelab.data.PhotoCollection`, a :class:`~facelab.data.SavedCollection` or a folder
+of photos, :class:`~facelab.data.ImageFolderIdentities`),
 after checking that the file was fitted to that collection.
 
 Layout of ``targets.npz`` (``N`` images, ``G`` identities, all arrays plain numpy)::
@@ -44,21 +45,28 @@ PER_IDENTITY_KEYS = ("alpha_id", "beta", "identity_labels")
 #: suite-config keys that change an image's pixels or framing but not the subject or the
 #: expression it shows: targets fitted at 64 px also describe the same photos rendered at 112x96
 CONFIG_KEYS_IGNORED = ("profile", "backend", "render_lod", "image_size")
+#: SynthFaces model resolution fitted to a folder of photos unless told otherwise (``CollectionFitConfig``'s default)
+FOLDER_RESOLUTION = "quick"
 
 
 class CollectionView:
     """What fitting and target loading need from a photo collection, whichever kind it is.
 
     Args:
-        collection: a :class:`~facelab.data.PhotoCollection` (generated on the fly) or a
-            :class:`~facelab.data.SavedCollection` (a folder written by ``facelab synth``).
+        collection: a :class:`~facelab.data.PhotoCollection` (generated on the fly), a
+            :class:`~facelab.data.SavedCollection` (a folder written by ``facelab synth``) or an
+            :class:`~facelab.data.ImageFolderIdentities` (photos in one folder per identity).
+        resolution: image folders only: the SynthFaces model resolution to fit
+            (``quick``, ``default``, ``large``); suites carry their own.
 
     Attributes:
         name: how error messages call the collection.
-        model: the suite's :class:`MorphableModel`.
-        config: the suite config as a JSON-ready dict.
+        model: the suite's :class:`MorphableModel` (an image folder: SynthFaces at ``resolution``).
+        config: the suite config as a JSON-ready dict (an image folder:
+            :meth:`~facelab.data.ImageFolderIdentities.describe` and ``resolution``).
         labels: ``(N,)`` long, identity label of each image.
-        identity: ``(N,)`` long, world identity id of each image.
+        identity: ``(N,)`` long, world identity id of each image (an image folder: the label).
+        has_truth: whether :meth:`truth` knows the true shapes (SynthFaces suites only).
 
     >>> from facelab.data import make_suite
     >>> view = CollectionView(make_suite("webface", n_identities=2, images_per_identity=3, resolution="quick"))
@@ -66,9 +74,11 @@ class CollectionView:
     (6, [0, 0, 0, 1, 1, 1], 'webface')
     """
 
-    def __init__(self, collection):
-        from facelab.data import PhotoCollection, SavedCollection
+    def __init__(self, collection, resolution: str | None = None):
+        from facelab.data import ImageFolderIdentities, PhotoCollection, SavedCollection
 
+        self.has_truth = True
+        self.require_landmarks = lambda what: None  # suites always carry their landmarks
         if isinstance(collection, PhotoCollection):
             self.name = repr(collection)
             self.model = collection.model
@@ -92,8 +102,22 @@ class CollectionView:
             self._batch = lambda index: _saved_batch(collection, index)
             # the folder stores no per-vertex truth; it is a pure function of the world identity
             self._truth = lambda ids: world.identity(ids)["shape"]
+        elif isinstance(collection, ImageFolderIdentities):
+            from facelab.morphable import SynthFacesConfig, build_synthfaces
+
+            resolution = FOLDER_RESOLUTION if resolution is None else resolution
+            self.name = str(collection.root)
+            self.config = _json_ready({**collection.describe(), "resolution": resolution})
+            self.model = build_synthfaces(SynthFacesConfig(resolution=resolution))
+            self.labels = collection.labels.clone()
+            self.identity = collection.labels.clone()  # photos of real people: the label is all there is
+            self._batch = collection.batch
+            self.has_truth = False
+            self._truth = None
+            self.require_landmarks = collection.require_landmarks
         else:
-            raise TypeError(f"collection: expected a PhotoCollection or SavedCollection, got {type(collection).__name__}")
+            raise TypeError(f"collection: expected a PhotoCollection, SavedCollection or ImageFolderIdentities, "
+                            f"got {type(collection).__name__}")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -105,6 +129,8 @@ class CollectionView:
 
     def truth(self, ids: torch.Tensor) -> torch.Tensor:
         """``(B, V, 3)`` float, mm: the true neutral shape of world identities ``ids`` ``(B,)``."""
+        if not self.has_truth:
+            raise ValueError(f"{self.name}: a folder of photos holds no true shapes")
         return self._truth(torch.as_tensor(ids, dtype=torch.long)).to(self.model.device, self.model.dtype)
 
 
@@ -189,6 +215,15 @@ def _read(path: Path) -> dict[str, np.ndarray]:
     return data
 
 
+def _fitted_resolution(data: dict) -> str | None:
+    """The model resolution a targets file was fitted with (None when its config does not say)."""
+    try:
+        fitted = json.loads(str(data["suite_config"]))
+    except json.JSONDecodeError:
+        return None  # _check_belongs names the corrupt config
+    return fitted.get("resolution") if isinstance(fitted, dict) else None
+
+
 def _check_belongs(path: Path, data: dict, view: CollectionView) -> None:
     n = int(data["n_images"])
     if n != len(view):
@@ -229,7 +264,8 @@ def load_fitted_targets(path: str | Path, collection, model: MorphableModel | No
 
     Args:
         path: a ``targets.npz`` written by :func:`save_fitted_targets` (``facelab fit``).
-        collection: a :class:`~facelab.data.PhotoCollection` or :class:`~facelab.data.SavedCollection`.
+        collection: a :class:`~facelab.data.PhotoCollection`, :class:`~facelab.data.SavedCollection`
+            or :class:`~facelab.data.ImageFolderIdentities` (fitted with the model resolution the file records).
         model: the morphable model the coefficients belong to (default: the collection's).
 
     Returns:
@@ -256,8 +292,8 @@ def load_fitted_targets(path: str | Path, collection, model: MorphableModel | No
     (True, True)
     """
     path = Path(path)
-    view = CollectionView(collection)
     data = _read(path)
+    view = CollectionView(collection, resolution=_fitted_resolution(data))
     _check_belongs(path, data, view)
     m = model if model is not None else view.model
     if not isinstance(m, MorphableModel):
