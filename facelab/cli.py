@@ -348,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/<model>-<profile>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the recipe's config; its loop options as train.KEY (train.lr=5e-4, "
-                        "or lr=5e-4 for short) (repeatable)")
+                        "or lr=5e-4 for short) (repeatable). liu2018 on photos in identity folders: "
+                        "data.kind=imagefolder data.train=ROOT targets=fitted targets_path=FIT/targets.npz "
+                        "(`facelab fit ROOT --out FIT`); morphable=PATH: the 3DMM file of the decoders")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("fit", help="multi-image 3DMM fitting of a suite or saved folder: training targets + fitted-vs-true report")

@@ -34,7 +34,7 @@ import torch
 
 from facelab.morphable.model import MorphableModel
 
-__all__ = ["CollectionView", "save_fitted_targets", "load_fitted_targets"]
+__all__ = ["CollectionView", "save_fitted_targets", "load_fitted_targets", "fitted_model"]
 
 TARGETS_FORMAT = "facelab-fitted-targets"
 TARGETS_VERSION = 1
@@ -252,6 +252,24 @@ def _pad(values: np.ndarray, k: int, what: str, path: Path) -> torch.Tensor:
     out = torch.zeros(values.shape[0], k, dtype=torch.float32)
     out[:, : values.shape[1]] = torch.from_numpy(values.astype(np.float32))
     return out
+
+
+def fitted_model(path: str | Path, collection) -> MorphableModel:
+    """The morphable model whose coefficients a ``targets.npz`` holds: the suite's own model, or for a
+    folder of photos SynthFaces at the resolution the file records (``facelab fit --set resolution=``).
+
+    Raises the errors of :func:`load_fitted_targets` for a missing or corrupt file.
+
+    >>> import tempfile
+    >>> from facelab.data import make_suite
+    >>> t = {k: torch.zeros(2) for k in PER_IMAGE_KEYS + PER_IDENTITY_KEYS}
+    >>> t.update(alpha_id=torch.zeros(1, 3), alpha_exp=torch.zeros(2, 4), identity_labels=torch.zeros(1), suite_config="{}")
+    >>> p = save_fitted_targets(Path(tempfile.mkdtemp()) / "targets.npz", t)
+    >>> suite = make_suite("webface", n_identities=2, images_per_identity=1, resolution="quick")
+    >>> fitted_model(p, suite).n_verts == suite.model.n_verts
+    True
+    """
+    return CollectionView(collection, resolution=_fitted_resolution(_read(Path(path)))).model
 
 
 def load_fitted_targets(path: str | Path, collection, model: MorphableModel | None = None) -> dict[str, torch.Tensor]:

@@ -253,11 +253,62 @@ class Liu2018Model(nn.Module):
         return self.classifier(c_id, labels)
 
 
-def build_liu2018_model(config: dict) -> Liu2018Model:
+def morphable_record(morphable: MorphableModel, path) -> dict:
+    """What a checkpoint's config records of a morphable model read from ``path``.
+
+    ``{"path": absolute path, "sha256": MorphableModel.content_sha256(), "name", "n_verts", "n_shape", "n_exp"}``:
+    :func:`build_liu2018_model` re-reads ``path`` and refuses a file whose content changed.
+
+    >>> import tempfile
+    >>> from facelab.morphable import SynthFacesConfig, build_synthfaces
+    >>> mm = build_synthfaces(SynthFacesConfig(resolution="quick"))
+    >>> rec = morphable_record(mm, mm.save(tempfile.mkdtemp() + "/m.npz"))
+    >>> rec["sha256"] == mm.content_sha256(), rec["n_verts"], rec["n_shape"], rec["n_exp"]
+    (True, 1353, 80, 30)
+    """
+    from pathlib import Path
+
+    if not isinstance(morphable, MorphableModel):
+        raise TypeError(f"morphable: expected a MorphableModel, got {type(morphable).__name__}")
+    return {"path": str(Path(path).resolve()), "sha256": morphable.content_sha256(), "name": morphable.name,
+            "n_verts": morphable.n_verts, "n_shape": morphable.n_shape, "n_exp": morphable.n_exp}
+
+
+def _recorded_morphable(record: dict, morphable: MorphableModel | None) -> MorphableModel:
+    """The model a config's ``morphable`` record names: ``morphable`` if given, else re-read from the
+    recorded path; either must have the recorded content hash."""
+    from facelab.io.models import load_morphable
+
+    if not isinstance(record, dict) or not {"path", "sha256"} <= set(record):
+        raise ValueError(f"config['morphable']: expected a dict with 'path' and 'sha256', got {record!r}")
+    if morphable is None:
+        try:
+            morphable = load_morphable(record["path"])
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{record['path']}: the morphable model this network was trained with "
+                                    f"(sha256 {record['sha256']}) is no longer there; put the file back to "
+                                    "rebuild the network") from None
+    have = morphable.content_sha256()
+    if have != record["sha256"]:
+        raise ValueError(f"{record['path']}: the morphable model now has sha256 {have}, but the network was "
+                         f"trained with sha256 {record['sha256']} (the file changed since training); "
+                         "restore the model it was trained with")
+    return morphable
+
+
+def build_liu2018_model(config: dict, morphable: MorphableModel | None = None) -> Liu2018Model:
     """An untrained :class:`Liu2018Model` from its checkpoint config dict.
 
     This is the ``"liu2018"`` builder of :func:`facelab.models.build_model`; the config is the
-    one the training recipe stores (``facelab.train.liu2018.model_config``).
+    one the training recipe stores (``facelab.train.liu2018.model_config``). Its decoders start
+    from the morphable model: SynthFaces at ``config["resolution"]``, or, when the config has a
+    ``"morphable"`` record (:func:`morphable_record`), the file it names, re-read and checked
+    against the recorded content hash. ``morphable``: the recorded model already in memory, used
+    instead of re-reading the file (and checked the same way); ignored without a record.
+
+    Raises:
+        FileNotFoundError: the recorded morphable-model file is gone.
+        ValueError: a malformed config, or a morphable model whose content hash differs from the record.
 
     >>> cfg = {"resolution": "quick", "model": {"encoder": {"depth": "sphere_tiny", "embedding_dim": 8,
     ...        "input_size": [32, 32]}, "n_classes": 3}}
@@ -268,7 +319,10 @@ def build_liu2018_model(config: dict) -> Liu2018Model:
 
     if not isinstance(config, dict) or "resolution" not in config or "model" not in config:
         raise ValueError(f"config: expected a dict with 'resolution' and 'model' keys, got {config!r}")
-    morphable = build_synthfaces(SynthFacesConfig(resolution=config["resolution"]))
+    if config.get("morphable") is not None:
+        morphable = _recorded_morphable(config["morphable"], morphable)
+    else:
+        morphable = build_synthfaces(SynthFacesConfig(resolution=config["resolution"]))
     return Liu2018Model(morphable, Liu2018Config(**config["model"]))
 
 

@@ -34,6 +34,8 @@ _TENSOR_FIELDS = (
     "mean_albedo", "albedo_basis", "albedo_std",
     "faces", "landmarks", "symmetry", "face_mask",
 )
+#: the dtype of each integer / bool field in the ``.npz`` (the others are float32)
+_NPZ_DTYPES = {"faces": np.int64, "landmarks": np.int64, "symmetry": np.int64, "face_mask": bool}
 
 
 @dataclass
@@ -238,6 +240,31 @@ class MorphableModel:
                 changes[basis] = getattr(self, basis)[:, :n]
                 changes[std] = getattr(self, std)[:n]
         return dataclasses.replace(self, **changes)
+
+    def content_sha256(self) -> str:
+        """A hex SHA-256 of the model's arrays and ``nose_tip``, as :meth:`save` stores them.
+
+        Two models hash alike when their arrays do, whatever their ``name``, ``meta``, device or
+        file: a model and its :meth:`save`-d ``.npz`` read back agree. Each array enters as its
+        field name, shape and bytes in the ``.npz`` dtypes (float32, int64, bool), so a float64
+        copy hashes like the float32 one.
+
+        >>> from facelab.morphable import SynthFacesConfig, build_synthfaces
+        >>> m = build_synthfaces(SynthFacesConfig(resolution="quick"))
+        >>> h = m.content_sha256(); len(h), h == m.to(dtype=torch.float64).content_sha256()
+        (64, True)
+        >>> h == m.truncate(n_shape=10).content_sha256()
+        False
+        """
+        import hashlib
+
+        digest = hashlib.sha256(f"{NPZ_FORMAT}/{NPZ_VERSION}/nose_tip={int(self.nose_tip)}".encode())
+        for name in _TENSOR_FIELDS:
+            t = getattr(self, name).detach().cpu()
+            a = t.numpy().astype(_NPZ_DTYPES.get(name, np.float32), copy=False)
+            digest.update(f"|{name}{list(a.shape)}|".encode())
+            digest.update(np.ascontiguousarray(a).tobytes())
+        return digest.hexdigest()
 
     # ------------------------------------------------------------- save/load
     def save(self, path: str | Path) -> Path:

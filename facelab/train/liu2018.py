@@ -33,6 +33,17 @@ Targets: the paper builds them by fitting a 3DMM to all photos of each subject.
 (an oracle fit); ``targets="fitted"`` reads a ``facelab fit`` result (``targets_path``)
 made on the same suite.
 
+Real photos: ``data.kind="imagefolder"`` trains on a folder of identity folders
+(CASIA-WebFace / VGGFace2 layout, :class:`~facelab.data.ImageFolderIdentities`, ``data.train``)
+with its ``landmarks.json`` for the crops and ``targets="fitted"`` from ``facelab fit`` of that
+folder; ``morphable`` picks the 3DMM file the decoders start from (SynthFaces by default),
+which must be the model the targets were fitted with::
+
+    facelab synth webface --format imagefolder --out DIR
+    facelab fit DIR --out FIT
+    facelab train liu2018 --set data.kind=imagefolder --set data.train=DIR --set targets=fitted \\
+        --set targets_path=FIT/targets.npz --out RUN
+
 The run folder holds one sub-folder per phase (``phase1/`` ... with the
 :class:`~facelab.train.trainer.Trainer`'s ``last.pt`` and logs) and, once a phase is done,
 its checkpoint ``phase1.pt`` / ``phase2.pt`` / ``phase3.pt`` (load any with
@@ -97,6 +108,10 @@ ABLATION_STAGES = DEFAULT_STAGES + ("phase2_joint", "phase3_softmax")
 #: the ablation plus the controls its claims need and the lambda_R doses (the standard profile trains these)
 CONTROL_STAGES = ABLATION_STAGES + ("phase3_no_lc", "phase3_no_lr") + DOSE_STAGES
 TARGET_SOURCES = ("truth", "fitted")
+#: where the training photos come from: a generated ``webface`` suite, or photos in identity folders
+DATA_KINDS = ("synth", "imagefolder")
+#: the pool fields that come from the fitted targets
+TARGET_KEYS = ("alpha_id", "alpha_exp", "shape", "shape_identity")
 PHASE1_METRICS = ("basis", "code")
 POOL_KEYS = ("image", "label", "alpha_id", "alpha_exp", "shape", "shape_identity")
 FINAL_LR_FRACTION = 0.05  # each phase's cosine schedule ends at this fraction of its lr
@@ -124,6 +139,36 @@ UNUSED_LOOP_OPTIONS = {"lr": "each phase's rate is phase_lr"}
 
 
 @dataclass
+class DataConfig:
+    """Where :func:`train_liu2018` reads its training photos: the ``data`` group (``--set data.kind=imagefolder``).
+
+    Attributes:
+        kind: ``"synth"`` (a generated ``webface`` suite of ``n_identities`` x
+            ``images_per_identity``) or ``"imagefolder"`` (photos in one folder per identity,
+            :class:`~facelab.data.ImageFolderIdentities`, with their ``landmarks.json``).
+        train: the identity folder of ``kind="imagefolder"`` (``ROOT/<identity>/<image>.jpg``).
+
+    >>> DataConfig().kind
+    'synth'
+    >>> DataConfig(kind="imagefolder")
+    Traceback (most recent call last):
+    ...
+    ValueError: data.train: data.kind='imagefolder' needs the identity folder (ROOT/<identity>/<image>.jpg)
+    """
+
+    kind: str = "synth"
+    train: str = ""
+
+    def __post_init__(self) -> None:
+        check_choice(self.kind, "data.kind", DATA_KINDS)
+        if self.kind == "imagefolder" and not self.train:
+            raise ValueError("data.train: data.kind='imagefolder' needs the identity folder (ROOT/<identity>/<image>.jpg)")
+        if self.kind == "synth" and self.train:
+            raise ValueError(f"data.train: {self.train!r} is read with data.kind='imagefolder' only "
+                             "(data.kind='synth' generates its photos)")
+
+
+@dataclass
 class Liu2018TrainConfig:
     """Options of :func:`train_liu2018`. None takes the profile's value (:data:`PROFILE_DEFAULTS`).
 
@@ -143,6 +188,17 @@ class Liu2018TrainConfig:
             (``facelab fit webface --out DIR`` writes ``DIR/targets.npz``; give it as
             ``targets_path``), as the paper built them.
         targets_path: the ``targets.npz`` of ``targets="fitted"``.
+        data: where the photos come from (:class:`DataConfig`: ``data.kind``, ``data.train``).
+            With ``data.kind="imagefolder"`` the photos and identity labels are those of the folder
+            ``data.train`` (resized to ``photo_size``; aligned by their ``landmarks.json``) and the
+            targets must be ``"fitted"``, by ``facelab fit <data.train>`` with the model
+            ``morphable`` (a folder holds no true shapes).
+        morphable: a morphable-model file (any :func:`facelab.io.load_morphable` reads: ``.npz``,
+            BFM, SFM, FLAME, 3DDFA's ``BFM.mat``) whose bases start the decoders; None: SynthFaces at
+            ``resolution``. The checkpoints record its path and content hash
+            (:func:`facelab.models.liu2018.morphable_record`); :func:`facelab.models.load_model`
+            re-reads it and refuses a changed file. With ``data.kind="synth"`` it must be the
+            suite's own SynthFaces model (e.g. saved with ``MorphableModel.save``).
         phase1_metric: ``"basis"`` (Euclidean in the unstandardised coefficients, mm^2) or
             ``"code"`` (Euclidean in the standardised codes).
         stages: the stages to train, in order (see :data:`STAGES`).
@@ -188,6 +244,8 @@ class Liu2018TrainConfig:
     n_res: int = 0
     targets: str = "truth"
     targets_path: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    morphable: str | None = None
     phase1_metric: str = "basis"
     stages: tuple[str, ...] = DEFAULT_STAGES
     loss: str = "asoftmax"
@@ -211,6 +269,14 @@ class Liu2018TrainConfig:
         check_choice(self.targets, "targets", TARGET_SOURCES)
         check_choice(self.loss, "loss", ("asoftmax", "softmax"))
         check_choice(self.phase1_metric, "phase1_metric", PHASE1_METRICS)
+        if isinstance(self.data, dict):  # e.g. rebuilt from JSON
+            self.data = DataConfig(**self.data)
+        if not isinstance(self.data, DataConfig):
+            raise TypeError(f"data: expected a DataConfig, got {type(self.data).__name__}")
+        if self.data.kind == "imagefolder" and self.targets != "fitted":
+            raise ValueError(f"targets: data.kind='imagefolder' needs targets='fitted' and targets_path (a folder of "
+                             f"photos holds no true shapes; `facelab fit {self.data.train} --out FIT` writes "
+                             f"FIT/targets.npz), got targets={self.targets!r}")
         self.stages = tuple(self.stages)
         for stage in self.stages:
             check_choice(stage, "stages", list(STAGES))
@@ -395,14 +461,65 @@ def _fitted(pool: dict, cfg: Liu2018TrainConfig, collection) -> dict:
 pool_batches = pools.pool_batches
 
 
+class FolderTargets:
+    """Photos of an identity folder with their fitted targets: a collection of ``len`` and ``batch(index)``.
+
+    ``batch(index (B,))`` gives ``image (B, 3, H, W)`` float [0, 1] (five-point aligned crops of
+    ``align_to`` ``(H, W)`` px when given, else the photos), ``label (B,)`` long and the
+    :data:`TARGET_KEYS` rows of ``targets`` (``alpha_id (B, K_id)``, ``alpha_exp (B, K_exp)``,
+    ``shape``, ``shape_identity (B, V, 3)`` mm), i.e. the fields of :data:`POOL_KEYS`.
+
+    Args:
+        folder: an :class:`~facelab.data.ImageFolderIdentities` (with landmarks when aligning).
+        targets: :func:`facelab.fitting.targets.load_fitted_targets` of that folder (``N`` rows).
+        align_to: ``(H, W)`` of the aligned crops, or None.
+    """
+
+    def __init__(self, folder, targets: dict[str, torch.Tensor], align_to: tuple[int, int] | None = None) -> None:
+        self.folder, self.align_to = folder, align_to
+        self.targets = {k: targets[k].detach().cpu().float() for k in TARGET_KEYS}
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def batch(self, index) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+        photos = self.folder.batch(index)
+        if self.align_to:
+            photos = pools.align_batch(photos, self.align_to)
+        return {"image": photos["image"], "label": photos["label"], **{k: v[index] for k, v in self.targets.items()}}
+
+
+def folder_pool(data: FolderTargets, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Every image of ``data`` in memory, as :func:`render_pool` keeps a suite's: ``image (N, 3, H, W)``
+    uint8 and the other :data:`POOL_KEYS` as :meth:`FolderTargets.batch` gives them.
+
+    Not cached on disk: reading the folder again is what a cache would save, and its files may change.
+    """
+    chunks = torch.arange(len(data)).split(pools.POOL_RENDER_BATCH)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc="read photos", unit="batch")
+    parts = {k: [] for k in POOL_KEYS}
+    for index in chunks:
+        batch = data.batch(index)
+        for k in POOL_KEYS:
+            v = batch[k]
+            parts[k].append((v.clamp(0, 1) * 255).round().to(torch.uint8) if k == "image" else v)
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
 # ------------------------------------------------------------------ model
 def model_config(cfg: Liu2018TrainConfig, morphable, n_classes: int, loss: str | None = None,
-                 disentangled: bool = True) -> dict:
+                 disentangled: bool = True, morphable_record: dict | None = None) -> dict:
     """The checkpoint's model config: ``{"resolution", "model": Liu2018Config as a dict, "input": {...}}``.
 
     ``input`` says how photos become encoder inputs (``align``, ``render_size``) and whether
     the codes are ``disentangled`` (False for the ``phase2_joint`` ablation); ``loss``
-    overrides ``cfg.loss``.
+    overrides ``cfg.loss``. ``morphable_record`` (:func:`facelab.models.liu2018.morphable_record`
+    of ``cfg.morphable``) is stored as ``"morphable"``; without it the model is SynthFaces at
+    ``resolution``.
     """
     from facelab.models.liu2018 import Liu2018Config
     from facelab.models.sphereface import SphereConfig
@@ -410,8 +527,11 @@ def model_config(cfg: Liu2018TrainConfig, morphable, n_classes: int, loss: str |
     encoder = SphereConfig(cfg.depth, embedding_dim=cfg.embedding_dim, input_size=tuple(cfg.image_size))
     model_cfg = Liu2018Config(encoder=encoder, n_id=cfg.n_id or morphable.n_shape, n_res=cfg.n_res or morphable.n_exp,
                               loss=loss or cfg.loss, n_classes=n_classes, margin_m=cfg.margin_m)
-    return {"resolution": cfg.resolution, "model": dataclasses.asdict(model_cfg),
-            "input": {"align": cfg.align, "render_size": list(cfg.photo_size), "disentangled": disentangled}}
+    out = {"resolution": cfg.resolution, "model": dataclasses.asdict(model_cfg),
+           "input": {"align": cfg.align, "render_size": list(cfg.photo_size), "disentangled": disentangled}}
+    if morphable_record is not None:
+        out["morphable"] = dict(morphable_record)
+    return out
 
 
 # ------------------------------------------------------------------ recipe
@@ -478,10 +598,76 @@ def recipe_stages(cfg: Liu2018TrainConfig) -> list[Stage]:
     return [Stage(name, parent=STAGES[name][1]) for name in cfg.stages]
 
 
-def _prepare(cfg: Liu2018TrainConfig) -> dict:
+def _describe_model(morphable, sha256: str, source: str) -> str:
+    return f"{source} ({morphable.name!r}, {morphable.n_verts} vertices, sha256 {sha256[:12]})"
+
+
+def _morphable(cfg: Liu2018TrainConfig):
+    """``(model, record)``: ``cfg.morphable`` read with its :func:`~facelab.models.liu2018.morphable_record`,
+    or SynthFaces at ``cfg.resolution`` and None."""
+    from facelab.io.models import load_morphable
+    from facelab.models.liu2018 import morphable_record
+    from facelab.morphable import SynthFacesConfig, build_synthfaces
+
+    if not cfg.morphable:
+        return build_synthfaces(SynthFacesConfig(resolution=cfg.resolution)), None
+    morphable = load_morphable(cfg.morphable)
+    return morphable, morphable_record(morphable, cfg.morphable)
+
+
+def _require_same_model(cfg: Liu2018TrainConfig, morphable, record: dict | None, other, other_source: str,
+                        use: str) -> None:
+    """Raise a ``ValueError`` naming both models unless ``other`` has the content of ``morphable``."""
+    have = record["sha256"] if record else morphable.content_sha256()
+    want = other.content_sha256()
+    if have != want:
+        mine = _describe_model(morphable, have, f"morphable={cfg.morphable!r}" if record
+                               else f"SynthFaces at resolution={cfg.resolution!r}")
+        raise ValueError(f"morphable: {mine} is not {_describe_model(other, want, other_source)}; {use}")
+
+
+def _prepare_synth(cfg: Liu2018TrainConfig) -> dict:
     collection = training_suite(cfg)
-    return {"morphable": collection.model, "n_classes": collection.config.n_identities,
+    morphable, record = collection.model, None
+    if cfg.morphable:  # the suite's photos and true shapes are SynthFaces': the network must share its model
+        morphable, record = _morphable(cfg)
+        _require_same_model(cfg, morphable, record, collection.model,
+                            f"the model of the synthetic suite (SynthFaces at resolution={cfg.resolution!r})",
+                            "data.kind='synth' trains on SynthFaces shapes; give another model with "
+                            "data.kind='imagefolder' and targets fitted with it")
+    return {"morphable": morphable, "morphable_record": record, "n_classes": collection.config.n_identities,
             "batches": _batches(cfg, collection)}
+
+
+def _prepare_folder(cfg: Liu2018TrainConfig) -> dict:
+    """Photos and labels of the identity folder ``cfg.data.train``, targets from ``cfg.targets_path``."""
+    from facelab.data import ImageFolderIdentities
+    from facelab.fitting.targets import fitted_model, load_fitted_targets
+
+    folder = ImageFolderIdentities(cfg.data.train, image_size=cfg.photo_size, progress=cfg.train.progress)
+    if cfg.align:
+        folder.require_landmarks("training on five-point aligned crops (align=True)")
+    morphable, record = _morphable(cfg)
+    # the coefficients of targets.npz are in the model `facelab fit` fitted, which the file records
+    fitted = fitted_model(cfg.targets_path, folder)
+    _require_same_model(cfg, morphable, record, fitted, f"the model {cfg.targets_path} was fitted with",
+                        "fit and train with the same model (`facelab fit --set resolution=R` and "
+                        "--set resolution=R here, or morphable= a file of that model)")
+    targets = load_fitted_targets(cfg.targets_path, folder, model=morphable)
+    data = FolderTargets(folder, targets, align_to=tuple(cfg.image_size) if cfg.align else None)
+    if cfg.pool:
+        batches = pool_batches(folder_pool(data, progress=cfg.train.progress), cfg.train.batch_size, cfg.train.seed)
+    else:
+        batches = StepLoader(data, cfg.train.batch_size, sum(cfg.phase_steps), seed=cfg.train.seed,
+                             num_workers=cfg.num_workers)
+    return {"morphable": morphable, "morphable_record": record, "n_classes": folder.n_identities,
+            "batches": batches}
+
+
+def _prepare(cfg: Liu2018TrainConfig) -> dict:
+    if cfg.data.kind == "imagefolder":
+        return _prepare_folder(cfg)
+    return _prepare_synth(cfg)
 
 
 def _build_stage(cfg: Liu2018TrainConfig, stage: Stage, data: dict, parent: Path | None) -> Trainer:
@@ -490,9 +676,9 @@ def _build_stage(cfg: Liu2018TrainConfig, stage: Stage, data: dict, parent: Path
 
     phase, _, loss_override, _ = STAGES[stage.name]
     mcfg = model_config(cfg, data["morphable"], data["n_classes"], loss=loss_override,
-                        disentangled=stage.name != "phase2_joint")
+                        disentangled=stage.name != "phase2_joint", morphable_record=data.get("morphable_record"))
     seed_everything(cfg.train.seed)  # the initial weights depend on the seed only
-    model = build_liu2018_model(mcfg)
+    model = build_liu2018_model(mcfg, morphable=data["morphable"])
     if parent is not None:
         ckpt = load_checkpoint(parent, expect_model=MODEL_NAME)
         state = ckpt["state_dict"]
