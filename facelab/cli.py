@@ -4,6 +4,7 @@
     facelab synth lfw --format lfw --out ROOT [...]   (the real LFW layout: NAME/NAME_0001.png, pairs.txt, landmarks.json)
     facelab synth lp --format lp300w --out ROOT [...]   (the 300W-LP layout: NAME.png + NAME.mat, model.npz)
     facelab synth webface --format imagefolder --out ROOT [...]   (CASIA-WebFace layout: NAME/NAME_0001.png, landmarks.json)
+    facelab synth micc --format micc --out ROOT [...]   (MICC layout: subject_01/scan.obj, subject_01/indoor/frame_0001.png)
     facelab render [--out face.png] [--identity N] [--yaw DEG] [--size PX]
     facelab render --gallery [--out gallery.png]
     facelab bench render [--json]
@@ -35,6 +36,8 @@ def _cmd_synth(args) -> int:
 
     if args.format == "lfw" and args.suite != "lfw":
         raise ValueError(f"--format lfw: only the lfw suite has verification pairs, got {args.suite!r}")
+    if args.format == "micc" and args.suite != "micc":
+        raise ValueError(f"--format micc: only the micc suite has videos and scans, got {args.suite!r}")
     cfg = apply_overrides(SuiteConfig(suite=args.suite, profile=args.profile), args.set)
     collection = PhotoCollection(cfg)
     if args.format == "lfw":
@@ -46,6 +49,12 @@ def _cmd_synth(args) -> int:
 
         info = export_lp300w(collection, args.out, batch_size=args.batch_size, progress=not args.quiet)
         print(json.dumps({"suite": cfg.suite, "format": "lp300w", **info, "resolution": cfg.resolution, "seed": cfg.seed}))
+        return 0
+    if args.format == "micc":
+        from facelab.data import export_micc
+
+        info = export_micc(collection, args.out, batch_size=args.batch_size, progress=not args.quiet)
+        print(json.dumps({"suite": cfg.suite, "format": "micc", **info, "resolution": cfg.resolution, "seed": cfg.seed}))
         return 0
     if args.format == "imagefolder":
         info = export_image_folder(collection, args.out, batch_size=args.batch_size, progress=not args.quiet)
@@ -318,14 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--profile", default="quick", choices=["quick", "standard", "full"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a SuiteConfig field (repeatable)")
-    p.add_argument("--format", default="facelab", choices=["facelab", "lfw", "imagefolder", "lp300w"],
+    p.add_argument("--format", default="facelab", choices=["facelab", "lfw", "imagefolder", "lp300w", "micc"],
                    help="facelab: manifest + shards (facelab.data.SavedCollection); lfw (lfw suite only): the real "
                         "LFW layout, ROOT/NAME/NAME_0001.png, ROOT/pairs.txt and ROOT/landmarks.json "
                         "(facelab.data.lfw_folder), scored by `facelab eval model CKPT --lfw ROOT`; imagefolder: "
                         "one folder per identity as CASIA-WebFace, ROOT/NAME/NAME_0001.png and ROOT/landmarks.json "
                         "(facelab.data.ImageFolderIdentities), fitted by `facelab fit ROOT`"
                         "; lp300w: the 300W-LP layout, ROOT/NAME.png + ROOT/NAME.mat (Pose_Para, Shape_Para, Exp_Para, "
-                        "pt2d, pt3d_68) and ROOT/model.npz (facelab.data.lp300w), read by facelab.data.LP300W")
+                        "pt2d, pt3d_68) and ROOT/model.npz (facelab.data.lp300w), read by facelab.data.LP300W"
+                        "; micc (micc suite only): ROOT/subject_01/scan.obj + landmarks.txt, ROOT/subject_01/"
+                        "{cooperative,indoor,outdoor}/frame_0001.png, ROOT/landmarks.json and ROOT/yaw.json "
+                        "(facelab.data.micc_folder), scored by `facelab eval model CKPT --micc ROOT`")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_synth)

@@ -6,6 +6,7 @@
     facelab eval baselines [--profile quick|full] [--set key=value ...] [--json] [--out F.json]
     facelab eval model CKPT --suite micc|bu3dfe|lfw [--profile P] [--set key=value ...] [--json] [--out DIR]
     facelab eval model CKPT --lfw ROOT [--pairs ROOT/pairs.txt] [--landmarks ROOT/landmarks.json] [--json] [--out DIR]
+    facelab eval model CKPT --micc ROOT [--landmarks F] [--yaw F] [--on-bad-image skip] [--json] [--out DIR]
 
 ``verify``: ``F.npz`` holds ``emb1 (N, D)``, ``emb2 (N, D)`` and ``issame (N,)`` in pair
 order (the pairs of fold k contiguous, as in LFW's ``pairs.txt``); prints
@@ -28,7 +29,9 @@ All print ``mean``, ``median`` and ``std`` (mm).
 
 ``model``: a trained checkpoint on a SynthFaces suite (:func:`facelab.metrics.model_eval.evaluate_model`)
 or, with ``--lfw``, on an LFW-layout folder on disk and a pairs file over it
-(:func:`facelab.metrics.lfw_folder.evaluate_lfw_folder`; ``facelab synth lfw --format lfw`` writes one).
+(:func:`facelab.metrics.lfw_folder.evaluate_lfw_folder`; ``facelab synth lfw --format lfw`` writes one),
+or, with ``--micc``, on a MICC-layout folder of videos and scans
+(:func:`facelab.metrics.micc_folder.evaluate_micc_folder`; ``facelab synth micc --format micc`` writes one).
 """
 
 from __future__ import annotations
@@ -297,16 +300,22 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--out", help="also write the JSON to this file")
     b.set_defaults(func=_cmd_baselines)
 
-    m = sub.add_parser("model", help="evaluate a trained facelab checkpoint on a SynthFaces suite or an LFW folder "
-                                     "(JSON + Markdown report)")
+    m = sub.add_parser("model", help="evaluate a trained facelab checkpoint on a SynthFaces suite, an LFW folder "
+                                     "or a MICC folder (JSON + Markdown report)")
     m.add_argument("checkpoint", help="a checkpoint written by facelab's trainer (e.g. runs/regressor-quick/last.pt)")
     where = m.add_mutually_exclusive_group(required=True)
     where.add_argument("--suite", choices=EVAL_SUITES, help="render this SynthFaces suite and score it")
     where.add_argument("--lfw", metavar="ROOT", help="an LFW-layout folder (ROOT/NAME/NAME_0001.jpg or .png): the "
                                                      "LFW protocol on the pairs of --pairs")
+    where.add_argument("--micc", metavar="ROOT", help="a MICC-layout folder (ROOT/SUBJECT/scan.obj, "
+                                                      "ROOT/SUBJECT/CONDITION/frame_0001.png): the MICC protocol")
     m.add_argument("--pairs", help="--lfw: the pairs file (LFW's pairs.txt format; default ROOT/pairs.txt)")
-    m.add_argument("--landmarks", help="--lfw: the 68-landmark sidecar (default ROOT/landmarks.json; format in "
-                                       "facelab.io.lfw)")
+    m.add_argument("--landmarks", help="--lfw, --micc: the 68-landmark sidecar (default ROOT/landmarks.json; "
+                                       "format in facelab.io.lfw)")
+    m.add_argument("--yaw", help="--micc: the frames' yaw sidecar (default ROOT/yaw.json; format in "
+                                 "facelab.data.micc_folder); without one, no three-view row")
+    m.add_argument("--on-bad-image", choices=["raise", "skip"], help="--micc: an unreadable frame stops the run "
+                                                                     "(default) or is left out")
     m.add_argument("--profile", choices=["quick", "standard", "full"], help="--suite: the suite's size (default quick)")
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a ModelEvalConfig field (repeatable)")
     m.add_argument("--out", help="folder for report.json and report.md")
@@ -316,6 +325,21 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _cmd_model(args) -> int:
+    if args.micc is None:
+        for flag, value in (("--yaw", args.yaw), ("--on-bad-image", args.on_bad_image)):
+            if value is not None:
+                raise ValueError(f"{flag}: belongs to --micc ROOT (a folder on disk)")
+    if args.micc is not None:
+        if args.pairs is not None:
+            raise ValueError("--pairs: belongs to --lfw ROOT; a MICC folder is scored per video")
+        if args.profile is not None:
+            raise ValueError("--profile: sizes a SynthFaces suite; --micc scores the folder's own videos "
+                             "(ICP limits: --set icp_iters=N --set icp_tol=MM)")
+        from facelab.metrics.micc_folder import evaluate_micc_folder_cli
+
+        return evaluate_micc_folder_cli(args.checkpoint, args.micc, args.landmarks, args.yaw,
+                                        args.on_bad_image or "raise", as_json=args.json, out=args.out,
+                                        overrides=args.set)
     if args.lfw is None:
         for flag, value in (("--pairs", args.pairs), ("--landmarks", args.landmarks)):
             if value is not None:

@@ -9,6 +9,7 @@ from facelab.data.cache import SavedCollection, save_collection
 from facelab.data.image_folder import ImageFolderIdentities, export_image_folder
 from facelab.data.lfw_folder import LFWFolder, StoredSuite, export_lfw
 from facelab.data.lp300w import LP300W, export_lp300w
+from facelab.data.micc_folder import MICCVideos, export_micc
 from facelab.data.suites import (
     BU3DFE_EXPRESSIONS, BU3DFE_YAWS_DEG, MICC_CONDITIONS, SUITES, Conditions, ImageTable, SuiteConfig, build_table,
 )
@@ -19,4 +20,5 @@ __all__ = [
     "build_table", "PhotoCollection", "BatchStream", "make_suite", "save_collection", "SavedCollection",
     "LP300W", "export_lp300w",
     "export_lfw", "LFWFolder", "StoredSuite", "ImageFolderIdentities", "export_image_folder",
+    "MICCVideos", "export_micc",
 ]

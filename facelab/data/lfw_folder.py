@@ -163,7 +163,7 @@ class StoredSuite:
 
 
 def write_photos(collection, out_dir, layout: list[tuple[str, int]], batch_size: int = 128,
-                 progress: bool = False) -> tuple[int, list[int] | None]:
+                 progress: bool = False, key=image_key) -> tuple[int, list[int] | None]:
     """Render a collection's photos as 8-bit PNGs at ``out_dir/NAME/NAME_0001.png`` (:func:`image_key`)
     and their landmarks as ``out_dir/landmarks.json`` (:func:`facelab.io.write_landmarks`).
 
@@ -173,6 +173,8 @@ def write_photos(collection, out_dir, layout: list[tuple[str, int]], batch_size:
         out_dir: the folder (created; files already there are overwritten, others kept).
         layout: per image, its ``(name, number)`` (:func:`lfw_layout`).
         batch_size: images per render call. progress: a progress bar.
+        key: ``(name, number) -> relative path`` of each file and its ``landmarks.json`` key
+            (default :func:`image_key`; sub-folders are created).
 
     Returns:
         ``(images written, [H, W] px of the last one)``.
@@ -197,10 +199,10 @@ def write_photos(collection, out_dir, layout: list[tuple[str, int]], batch_size:
             if n >= len(layout):
                 raise ValueError(f"collection: its batches gave more images than the {len(layout)} its table lists")
             name, number = layout[n]
-            key = image_key(name, number)
-            (out / name).mkdir(exist_ok=True)
-            Image.fromarray(img).save(out / key)
-            landmarks[key] = lm
+            rel = key(name, number)
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(out / rel)
+            landmarks[rel] = lm
             size = list(img.shape[:2])
             n += 1
     if n != len(layout):

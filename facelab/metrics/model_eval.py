@@ -176,7 +176,8 @@ def predict_suite(model, suite, batch_size: int = 64) -> dict[str, torch.Tensor]
 
     Returns CPU tensors: the model's ``shape, identity_shape (N, V, 3)`` mm, ``embedding (N, D)``,
     ``landmarks2d`` (if the model gives them) and the truth ``gt_shape, gt_identity (N, V, 3)``,
-    ``gt_landmarks2d (N, 68, 2)``, ``label, condition, yaw_deg (N,)``.
+    ``gt_landmarks2d (N, 68, 2)``, ``label, condition, yaw_deg (N,)``, each where the suite's
+    batches carry it (a folder on disk, :class:`facelab.data.MICCVideos`, holds no true shapes).
     """
     morphable = suite.model
     keep_pred = ("shape", "identity_shape", "embedding", "landmarks2d")
@@ -190,7 +191,8 @@ def predict_suite(model, suite, batch_size: int = 64) -> dict[str, torch.Tensor]
             if k in out:
                 parts.setdefault(k, []).append(out[k].detach().cpu())
         for k, name in keep_gt.items():
-            parts.setdefault(name, []).append(batch[k].detach().cpu())
+            if k in batch:
+                parts.setdefault(name, []).append(batch[k].detach().cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
@@ -210,22 +212,31 @@ def score_micc(model, profile: str, cfg: ModelEvalConfig, suite=None, pred: dict
 
     With ``return_units`` also ``{row: (n_subjects,) float array}``: each subject's error (mm)
     averaged over its videos, in label order, the units a paired bootstrap resamples.
+
+    ``suite`` needs ``model`` (the morphable model handed to ``model``), ``n_identities``,
+    ``condition_names``, ``scan(label) (V, 3)`` mm, and ``batches`` with ``image``, ``label``,
+    ``condition`` (and what the model's ``prepare_images`` reads). A suite with
+    ``scan_landmarks(label) (L, 3)`` and ``nose_tip(label) (3,)`` mm (a folder of real scans,
+    :class:`facelab.data.MICCVideos`) is cropped around that nose tip and aligned from the
+    landmarks when there are 68 (L = 1: the nose tip alone); else
+    the scan shares the morphable model's vertices (SynthFaces). Without ``yaw_deg`` in the
+    batches the ``three_view`` row is left out (it picks frames by yaw).
     """
     suite = suite if suite is not None else micc_suite(model, profile, cfg)
     morphable = suite.model
     pred = pred if pred is not None else predict_suite(model, suite, cfg.batch_size)
     faces = morphable.faces.numpy()
     lm = morphable.landmarks.numpy()
-    scans = {lab: _np(suite.scan(lab)) for lab in range(suite.n_identities)}
+    truth = {lab: _scan_truth(suite, lab, morphable) for lab in torch.unique(pred["label"]).tolist()}
 
     def score(mesh: torch.Tensor, label: int) -> float:
-        scan, p = scans[label], _np(mesh)
-        out = micc_error(p, faces, scan, nose_tip_gt=scan[morphable.nose_tip], pred_landmarks=p[lm],
-                         gt_landmarks=scan[lm], max_iter=cfg.icp_iters, tol=cfg.icp_tol)
+        (scan, nose, scan_lm), p = truth[label], _np(mesh)
+        out = micc_error(p, faces, scan, nose_tip_gt=nose, pred_landmarks=None if scan_lm is None else p[lm],
+                         gt_landmarks=scan_lm, max_iter=cfg.icp_iters, tol=cfg.icp_tol)
         return out["mean"]
 
     key = pred["label"] * 100 + pred["condition"]
-    errors = {row: [] for row in MICC_ROWS}
+    errors = {row: [] for row in MICC_ROWS if row != "three_view" or "yaw_deg" in pred}
     conditions, labels = [], []
     for v in torch.unique(key).tolist():
         frames = torch.nonzero(key == v).flatten()
@@ -235,9 +246,10 @@ def score_micc(model, profile: str, cfg: ModelEvalConfig, suite=None, pred: dict
         with torch.no_grad():
             avg = model.decode_identity(pred["embedding"][frames].mean(0, keepdim=True).to(cfg.device), morphable)[0]
         errors["average_over_identity"].append(score(avg, label))
-        yaw = pred["yaw_deg"][frames]
-        three = frames[torch.stack([yaw.argmin(), yaw.abs().argmin(), yaw.argmax()])]
-        errors["three_view"].append(score(pred["identity_shape"][three].mean(0), label))
+        if "three_view" in errors:
+            yaw = pred["yaw_deg"][frames]
+            three = frames[torch.stack([yaw.argmin(), yaw.abs().argmin(), yaw.argmax()])]
+            errors["three_view"].append(score(pred["identity_shape"][three].mean(0), label))
         errors["single_frame"].append(score(pred["identity_shape"][frames[frames.numel() // 2]], label))
     rows = micc_rows(errors, conditions)
     if not return_units:
@@ -246,6 +258,17 @@ def score_micc(model, profile: str, cfg: ModelEvalConfig, suite=None, pred: dict
     subjects = np.unique(labels)
     units = {row: np.array([np.mean(np.asarray(errs)[labels == k]) for k in subjects]) for row, errs in errors.items()}
     return rows, units
+
+
+def _scan_truth(suite, label: int, morphable) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Scan ``(V, 3)``, nose tip ``(3,)`` and landmarks ``(68, 3)`` or None (mm) of subject ``label``."""
+    scan = _np(suite.scan(label))
+    own = getattr(suite, "scan_landmarks", None)
+    if own is None:  # a SynthFaces scan: the morphable model's vertices
+        return scan, scan[morphable.nose_tip], scan[morphable.landmarks.cpu().numpy()]
+    points = _np(own(label))
+    # the nose tip alone: crop there, align from the centroids
+    return scan, _np(suite.nose_tip(label)), points if points.shape[0] > 1 else None
 
 
 # -------------------------------------------------------------------- BU3DFE
