@@ -81,7 +81,7 @@ def _resolve_key(cls, key: str, label: str = "") -> str:
     if key in keys:
         return key
     short = [k for k in keys if "." not in key and k.count(".") == 1 and k.endswith("." + key)]
-    if len(short) == 1:
+    if len(short) == 1 and key not in _nested(cls):  # a group's name (``train``) is never short for a field
         return short[0]
     raise ValueError(f"{label}{key}: unknown config key; known keys: {', '.join(keys)}")
 

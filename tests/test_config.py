@@ -69,6 +69,11 @@ def test_short_key_is_the_nested_field():
     shadowed = apply_overrides(Shadowing(), ["lr=0.5"])
     assert (shadowed.lr, shadowed.train.lr) == (0.5, 0.1)
     assert apply_overrides(Shadowing(), ["train.lr=0.5"]).train.lr == 0.5
+    # a group's own name is not short for another group's field (Liu's ``data.train``)
+    assert apply_overrides(Liu2018TrainConfig(), ["data.train=/photos", "data.kind=imagefolder", "targets=fitted",
+                                                  "targets_path=t.npz"]).data.train == "/photos"
+    with pytest.raises(ValueError, match=r"--set train: unknown config key"):
+        apply_overrides(Liu2018TrainConfig(), ["train=/photos"])
 
 
 def test_unknown_keys_raise_listing_the_nested_ones():
