@@ -32,6 +32,8 @@ from torch import nn
 
 from facelab.checks import check_choice, check_positive, check_tensor
 from facelab.losses.angular import A_SOFTMAX_DEFAULT_M, build_classifier_loss
+# morphable_record is re-exported: the Liu et al. recipe documents it here
+from facelab.models.morphable_record import morphable_record, recorded_morphable as _recorded_morphable  # noqa: F401
 from facelab.models.registry import register_model
 from facelab.models.sphereface import SphereConfig, SphereNet
 from facelab.morphable.model import MorphableModel
@@ -251,49 +253,6 @@ class Liu2018Model(nn.Module):
         if self.classifier is None:
             raise ValueError("config.n_classes: this model has no classification head (n_classes=0)")
         return self.classifier(c_id, labels)
-
-
-def morphable_record(morphable: MorphableModel, path) -> dict:
-    """What a checkpoint's config records of a morphable model read from ``path``.
-
-    ``{"path": absolute path, "sha256": MorphableModel.content_sha256(), "name", "n_verts", "n_shape", "n_exp"}``:
-    :func:`build_liu2018_model` re-reads ``path`` and refuses a file whose content changed.
-
-    >>> import tempfile
-    >>> from facelab.morphable import SynthFacesConfig, build_synthfaces
-    >>> mm = build_synthfaces(SynthFacesConfig(resolution="quick"))
-    >>> rec = morphable_record(mm, mm.save(tempfile.mkdtemp() + "/m.npz"))
-    >>> rec["sha256"] == mm.content_sha256(), rec["n_verts"], rec["n_shape"], rec["n_exp"]
-    (True, 1353, 80, 30)
-    """
-    from pathlib import Path
-
-    if not isinstance(morphable, MorphableModel):
-        raise TypeError(f"morphable: expected a MorphableModel, got {type(morphable).__name__}")
-    return {"path": str(Path(path).resolve()), "sha256": morphable.content_sha256(), "name": morphable.name,
-            "n_verts": morphable.n_verts, "n_shape": morphable.n_shape, "n_exp": morphable.n_exp}
-
-
-def _recorded_morphable(record: dict, morphable: MorphableModel | None) -> MorphableModel:
-    """The model a config's ``morphable`` record names: ``morphable`` if given, else re-read from the
-    recorded path; either must have the recorded content hash."""
-    from facelab.io.models import load_morphable
-
-    if not isinstance(record, dict) or not {"path", "sha256"} <= set(record):
-        raise ValueError(f"config['morphable']: expected a dict with 'path' and 'sha256', got {record!r}")
-    if morphable is None:
-        try:
-            morphable = load_morphable(record["path"])
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{record['path']}: the morphable model this network was trained with "
-                                    f"(sha256 {record['sha256']}) is no longer there; put the file back to "
-                                    "rebuild the network") from None
-    have = morphable.content_sha256()
-    if have != record["sha256"]:
-        raise ValueError(f"{record['path']}: the morphable model now has sha256 {have}, but the network was "
-                         f"trained with sha256 {record['sha256']} (the file changed since training); "
-                         "restore the model it was trained with")
-    return morphable
 
 
 def build_liu2018_model(config: dict, morphable: MorphableModel | None = None) -> Liu2018Model:
