@@ -32,3 +32,28 @@ def test_make_gpu_check_dry_run_passes(tmp_path):
 def test_without_a_gpu_it_says_how_to_dry_run(tmp_path):
     with pytest.raises(RuntimeError, match="DRY_RUN=1"):
         gpu_check(tmp_path / "x.json")
+
+
+def test_training_hours_from_a_report():
+    """Hours = the profile's steps of one run / the measured steps/s; a report without rates is refused."""
+    from facelab.bench.gpu_check import recipe_steps, training_hours
+    from facelab.train.gao2020 import Gao2020TrainConfig
+    from facelab.train.sir import SIRTrainConfig
+
+    gao, sir = Gao2020TrainConfig(profile="full"), SIRTrainConfig(profile="full")
+    assert recipe_steps("liu2018") == 20000 + 5000 + 20000  # the full profile's three phases
+    assert recipe_steps("gao2020") == gao.warmup_steps + gao.steps[0] + gao.steps[1]
+    assert recipe_steps("sir") == sir.base_steps + sir.steps
+    assert recipe_steps("liu2018", "quick") < recipe_steps("liu2018")
+    report = {"recipes": {"ok": True, "seconds": 30.0, "liu2018": {"steps_per_s": 5.0, "images_per_s": 320.0},
+                          "gao2020": {"steps_per_s": 2.0, "images_per_s": 64.0}}}
+    hours = training_hours(report)
+    assert set(hours) == {"liu2018", "gao2020"}
+    assert hours["liu2018"]["hours"] == pytest.approx(45000 / 5.0 / 3600)
+    assert hours["gao2020"]["hours"] == pytest.approx(recipe_steps("gao2020") / 2.0 / 3600)
+    with pytest.raises(ValueError, match="report: its 'recipes' check did not pass"):
+        training_hours({"recipes": {"ok": False, "error": "boom"}})
+    with pytest.raises(ValueError, match=r"recipes\.liu2018\.steps_per_s must be > 0"):
+        training_hours({"recipes": {"ok": True, "liu2018": {"steps_per_s": 0.0}}})
+    with pytest.raises(ValueError, match="recipe: expected one of"):
+        recipe_steps("nope")

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["gpu_check", "STEPS", "DRY_RUN_STEPS"]
+__all__ = ["gpu_check", "STEPS", "DRY_RUN_STEPS", "recipe_steps", "training_hours"]
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 200  # per recipe on the GPU: enough to pass kernel selection and time a steady state
@@ -62,6 +62,63 @@ TORCHRUN_WORKER = textwrap.dedent("""
     trainer.fit()
     torch.save({k: v.cpu() for k, v in net.state_dict().items()}, os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.pt"))
 """)
+
+
+def recipe_steps(recipe: str, profile: str = "full") -> int:
+    """Optimiser steps of one training run of ``recipe`` at ``profile``: every stage of one model.
+
+    Liu et al.: the three phases; Gao et al.: the geometric warm-up and both steps of one variant
+    (an ablation trains each variant again); SIR: the shared base stage and one row's stage.
+
+    >>> recipe_steps("liu2018", "full")
+    45000
+    """
+    from facelab.train.gao2020 import Gao2020TrainConfig
+    from facelab.train.liu2018 import Liu2018TrainConfig
+    from facelab.train.sir import SIRTrainConfig
+
+    if recipe == "liu2018":
+        return int(sum(Liu2018TrainConfig(profile=profile).phase_steps))
+    if recipe == "gao2020":
+        cfg = Gao2020TrainConfig(profile=profile)
+        return int(cfg.warmup_steps + sum(cfg.steps))
+    if recipe == "sir":
+        cfg = SIRTrainConfig(profile=profile)
+        return int(cfg.base_steps + cfg.steps)
+    raise ValueError(f"recipe: expected one of liu2018, gao2020, sir, got {recipe!r}")
+
+
+def training_hours(report: dict, profile: str = "full") -> dict[str, dict]:
+    """Estimated hours of one ``profile`` training run per recipe, from a ``gpu-check.json`` report.
+
+    An estimate, not a measurement: the check times :data:`STEPS` steps of each recipe's *main*
+    stage, and every stage is assumed to run at that rate (Gao et al.'s geometric warm-up, which
+    rasterises nothing, is faster; evaluation and data preparation are not counted).
+
+    Args:
+        report: the dict :func:`gpu_check` writes (its ``"recipes"`` entry: ``{recipe:
+            {"steps_per_s", ...}}``).
+        profile: the profile whose step counts are used (:func:`recipe_steps`).
+
+    Returns:
+        ``{recipe: {"steps": int, "steps_per_s": float, "hours": float}}`` for the recipes the
+        report timed.
+
+    >>> training_hours({"recipes": {"ok": True, "seconds": 9.0, "liu2018": {"steps_per_s": 12.5}}})
+    {'liu2018': {'steps': 45000, 'steps_per_s': 12.5, 'hours': 1.0}}
+    """
+    recipes = report.get("recipes")
+    if not isinstance(recipes, dict) or not recipes.get("ok"):
+        raise ValueError("report: its 'recipes' check did not pass, so it has no steps/s to estimate from")
+    out = {}
+    for recipe, row in recipes.items():
+        if isinstance(row, dict) and "steps_per_s" in row:
+            rate = float(row["steps_per_s"])
+            if not rate > 0:
+                raise ValueError(f"report: recipes.{recipe}.steps_per_s must be > 0, got {rate}")
+            steps = recipe_steps(recipe, profile)
+            out[recipe] = {"steps": steps, "steps_per_s": rate, "hours": steps / rate / 3600.0}
+    return out
 
 
 def _timed(fn) -> dict:
