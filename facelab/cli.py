@@ -18,6 +18,7 @@
     facelab reproduce gao2020 --out DIR [--profile quick|standard|full] [--seeds 0,1,2] [--liu PHASE3] [--json] [--set ...]
     facelab reproduce sir --out DIR [--profile quick|full] [--json] [--liu PHASE3] [--set train.k=v|eval.k=v|sir.k=v ...]
     facelab photo IMAGE --out DIR [--json] [--largest] [--detector hog|cnn] [--model PATH] [--liu PHASE3 | --no-liu]
+    facelab landmarks ROOT [--out FILE] [--detector hog|cnn] [--on-no-face skip|raise] [--quiet]   (writes ROOT/landmarks.json)
     facelab book student --out DIR [NOTEBOOKS...]     (teacher mode, see facelab.teach)
     facelab book check ANSWER.ipynb [--against CHAPTER.ipynb] [--timeout S]
 """
@@ -300,6 +301,27 @@ def _cmd_photo(args) -> int:
     return 0
 
 
+def _cmd_landmarks(args) -> int:
+    from facelab.apps.landmarks import MAX_NAMED, landmark_folder
+    from facelab.apps.photo import MissingPhotoExtra
+
+    try:
+        report = landmark_folder(args.root, out=args.out, detector=args.detector, on_no_face=args.on_no_face,
+                                 on_bad_image=args.on_bad_image, progress=not args.quiet, min_score=args.min_score)
+    except MissingPhotoExtra as err:  # an ImportError: main() would print a traceback
+        print(f"facelab landmarks: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{report['landmarks']}: landmarks of {report['n_landmarked']} of {report['n_images']} photos "
+          f"(report: {report['report']})")
+    for what, keys in (("no face", report["no_face"]), ("unreadable", list(report["unreadable"])),
+                       ("several faces, the largest kept", list(report["several_faces"]))):
+        if keys:
+            more = f", ... ({len(keys) - MAX_NAMED} more)" if len(keys) > MAX_NAMED else ""
+            print(f"{len(keys)} {what}: {', '.join(keys[:MAX_NAMED])}{more}")
+    print(f"note: {report['licence']}")
+    return 0
+
+
 def _cmd_book(args) -> int:
     from facelab import teach
 
@@ -435,6 +457,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-liu", action="store_true", help="skip Liu et al.'s network")
     p.add_argument("--min-score", type=float, help="drop detections scoring below this (default: hog 0.5, cnn 0)")
     p.set_defaults(func=_cmd_photo)
+
+    p = sub.add_parser("landmarks", help="dlib's 68 landmarks of every photo in a folder -> its landmarks.json "
+                                         "(needs facelab[photo]; the 68-point model is non-commercial, iBUG 300-W)",
+                       description="Walk ROOT (identity, LFW or MICC folders; hidden folders left out), detect the "
+                                   "faces of every .jpg/.jpeg/.png/.bmp with dlib, keep the largest and write its 68 "
+                                   "iBUG landmarks to the sidecar that ImageFolderIdentities, LFWFolder and MICCVideos "
+                                   "read, plus landmarks_report.json beside it (photos without a face, unreadable, "
+                                   "with several faces). Licence: dlib's 68-point landmark model is trained on the "
+                                   "iBUG 300-W data set, whose licence excludes commercial use. Exit code 2 when no "
+                                   "photo or no face is found, or the photo extra is missing.")
+    p.add_argument("root", metavar="ROOT", help="the photo folder (e.g. CASIA-WebFace: ROOT/<identity>/<image>.jpg)")
+    p.add_argument("--out", metavar="FILE", help="the sidecar to write (default ROOT/landmarks.json; keys relative to ROOT)")
+    p.add_argument("--detector", default="hog", choices=["hog", "cnn"], help="dlib's HOG detector (fast) or its CNN detector")
+    p.add_argument("--on-no-face", default="skip", choices=["skip", "raise"],
+                   help="a photo without a face is left out and listed, or stops the run")
+    p.add_argument("--on-bad-image", default="skip", choices=["skip", "raise"],
+                   help="an unreadable file is left out and listed, or stops the run")
+    p.add_argument("--min-score", type=float, help="drop detections scoring below this (default: hog 0.5, cnn 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_landmarks)
 
     p = sub.add_parser("book", help="teacher mode: student versions of the chapters, auto-checked exercises")
     book = p.add_subparsers(dest="action", required=True)
