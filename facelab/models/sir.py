@@ -19,6 +19,8 @@ from facelab.models.registry import register_model
 MODEL_NAME = "sir"  # the registry name
 RECOG_LOSSES = ("cosface", "arcface")
 SHAPE_MODELS = ("pca", "sfm")
+#: the checkpoint config key of the morphable-model record of a run with ``morphable=PATH``
+MORPHABLE_KEY = "morphable"
 
 
 @dataclass
@@ -31,7 +33,7 @@ class SIRNetConfig:
             the SFM dimension for ``shape_model="sfm"``).
         n_classes: identities of the recognition head.
         recog_loss, recog_s, recog_m: the head (:func:`facelab.losses.angular.build_classifier_loss`).
-        shape_model: ``"pca"`` (the SynthFaces linear model) or ``"sfm"`` (a trainable
+        shape_model: ``"pca"`` (the morphable model's linear identity basis) or ``"sfm"`` (a trainable
             :class:`~facelab.morphable.sphere.SphereFaceModel` basis).
     """
 
@@ -64,10 +66,12 @@ class SIRNet(nn.Module):
 
     Args:
         config: a :class:`SIRNetConfig`.
-        morphable: the SynthFaces :class:`~facelab.morphable.model.MorphableModel` of
-            ``config.resolution`` (mean shape, expression basis, landmarks; and the identity
-            basis for ``shape_model="pca"``). Not stored in checkpoints (rebuilt from the
-            resolution), except the SFM, which is trained.
+        morphable: the :class:`~facelab.morphable.model.MorphableModel` (mean shape,
+            expression basis, 68 landmark vertices; and the identity basis for
+            ``shape_model="pca"``): SynthFaces of ``config.resolution``, or a file's model
+            (``morphable=PATH`` of the recipe). Not stored in checkpoints (rebuilt from the
+            resolution, or re-read from the file the checkpoint records), except the SFM,
+            which is trained.
         sfm: for ``shape_model="sfm"``, the :class:`~facelab.morphable.sphere.SphereFaceModel`
             whose basis decodes the identity (a trainable sub-module); None builds an
             untrained one of the right size, to be filled by a state dict.
@@ -177,16 +181,34 @@ class SIRNet(nn.Module):
                 "landmarks2d": self.landmarks2d(out), "pose": out["pose"]}
 
 
-def build_sir_model(config: dict) -> SIRNet:
+def build_sir_model(config: dict, morphable=None) -> SIRNet:
     """An untrained :class:`SIRNet` from its config dict (the ``"sir"`` checkpoint builder).
+
+    The config is a :class:`SIRNetConfig` as a dict; its morphable model is SynthFaces at
+    ``resolution``, or, when the dict has a ``"morphable"`` record
+    (:func:`facelab.models.morphable_record.morphable_record`, written by a run with
+    ``morphable=PATH``), the file it names, re-read and checked against the recorded content
+    hash. ``morphable``: the recorded model already in memory, used instead of re-reading the
+    file (and checked the same way); ignored without a record.
+
+    Raises:
+        FileNotFoundError: the recorded morphable-model file is gone.
+        ValueError: a malformed config, or a morphable model whose content hash differs from the record.
 
     >>> build_sir_model({"n_shape": 8, "n_exp": 4, "image_size": [32, 32], "n_classes": 5}).head.n_classes
     5
     """
     from facelab.config import from_dict
+    from facelab.models.morphable_record import recorded_morphable
     from facelab.morphable import SynthFacesConfig, build_synthfaces
 
+    record = None
+    if isinstance(config, dict):
+        config = dict(config)
+        record = config.pop(MORPHABLE_KEY, None)
     cfg = from_dict(SIRNetConfig, config) if isinstance(config, dict) else config
+    if record is not None:
+        return SIRNet(cfg, recorded_morphable(record, morphable))
     return SIRNet(cfg, build_synthfaces(SynthFacesConfig(resolution=cfg.resolution)))
 
 

@@ -58,6 +58,21 @@ final checkpoint is copied to ``out_dir/<stage>.pt``; finished stages are skippe
 The variants start from ``base.pt`` with the same seed, steps and batches: the only
 difference between ``params_recog`` and ``params_recog_sir`` is the SIR term.
 
+Real images: ``data.kind="real"`` reads the two kinds of rows from folders instead of the
+suites, ``data.labelled`` (the 300W-LP layout, :class:`~facelab.data.LP300W`: the rows of the
+landmark and prior terms) and ``data.identities`` (one folder per person, CASIA-WebFace /
+VGGFace2 layout, :class:`~facelab.data.ImageFolderIdentities`: the rows of the recognition and
+SIR terms), each image resized whole to ``image_size`` (no alignment: the folders hold face
+crops, as 300W-LP and CASIA-WebFace do). The labelled rows use only the files' 68 landmarks, as
+with the suites: their 3DMM coefficients are never read, so the folder's model need not be the
+network's. ``morphable`` picks the 3DMM file the network decodes with (SynthFaces by
+default)::
+
+    facelab synth lp --format lp300w --out LP
+    facelab synth webface --format imagefolder --out IDS
+    facelab train sir --set data.kind=real --set data.labelled=LP --set data.identities=IDS \\
+        --set morphable=LP/model.npz --out RUN
+
 ``quick`` trains a ``resnet_tiny`` on 64x64 images of the 1353-vertex mesh from in-memory
 pools (200 ``webface`` identities x 16, 100 ``lp`` identities x 16; cached on disk), 900 base
 steps and 300 per variant: about 6 minutes on a 2-core CPU. ``full`` trains a ResNet-50 at
@@ -66,6 +81,7 @@ steps and 300 per variant: about 6 minutes on a 2-core CPU. ``full`` trains a Re
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +91,7 @@ import torch
 from facelab.checks import check_choice, check_image_size, check_positive
 from facelab.config import replace_fields, resolve_profile, torch_threads
 from facelab.losses.mixed_label import MixedLabelLoss
-from facelab.models.sir import MODEL_NAME, RECOG_LOSSES, SIRNet, SIRNetConfig
+from facelab.models.sir import MODEL_NAME, MORPHABLE_KEY, RECOG_LOSSES, SIRNet, SIRNetConfig
 from facelab.train import pools
 from facelab.train.stages import Stage, run_stages
 from facelab.train.trainer import LOOP_DEFAULTS, LoopConfig, TrainConfig, Trainer, cosine_lr_factor
@@ -88,6 +104,10 @@ LP_POOL_KEYS = ("image", "landmarks2d")
 ID_POOL_KEYS = ("image", "label")
 FINAL_LR_FRACTION = 0.05  # cosine schedule ends at this fraction of lr
 SFM_TEST_ID_START = 5_400_000  # world ids of held-out 3D identities (beyond the PCA population, in no suite)
+#: where the training images come from: generated ``lp`` / ``webface`` suites, or two folders on disk
+DATA_KINDS = ("synth", "real")
+#: the landmark term compares the 68 iBUG points: the labelled rows and the morphable model need all of them
+N_LANDMARKS = 68
 
 PROFILE_DEFAULTS = {
     "quick": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", base_steps=900, steps=300,
@@ -104,6 +124,50 @@ UNUSED_LOOP_OPTIONS = {"batch_size": "batch_lp + batch_id images per step"}
 
 
 @dataclass
+class SIRDataConfig:
+    """Where :func:`train_sir` reads its rows: the ``data`` group (``--set data.kind=real``).
+
+    Attributes:
+        kind: ``"synth"`` (generated ``lp`` and ``webface`` suites of the recipe's
+            ``lp_identities`` x ``lp_images_per_identity`` and ``n_identities`` x
+            ``images_per_identity``) or ``"real"`` (the two folders below; those sizes are not used).
+        labelled: ``kind="real"``: the landmark-labelled folder in the 300W-LP layout
+            (``NAME.jpg`` or ``.png`` next to ``NAME.mat`` with ``pt3d_68`` or a 68-point ``pt2d``,
+            in any sub-folders; :class:`~facelab.data.LP300W`). Every image needs all 68
+            landmarks; its ``Shape_Para`` / ``Exp_Para`` are not read.
+        identities: ``kind="real"``: the folder of identity folders (``ROOT/<identity>/<image>.jpg``,
+            :class:`~facelab.data.ImageFolderIdentities`; two images per identity at least).
+            Labels are the sorted folder names' ranks; a ``landmarks.json`` there is not needed.
+
+    >>> SIRDataConfig().kind
+    'synth'
+    >>> SIRDataConfig(kind="real", labelled="LP")
+    Traceback (most recent call last):
+    ...
+    ValueError: data.identities: data.kind='real' needs the folder of identity folders (ROOT/<identity>/<image>.jpg)
+    """
+
+    kind: str = "synth"
+    labelled: str = ""
+    identities: str = ""
+
+    def __post_init__(self) -> None:
+        check_choice(self.kind, "data.kind", DATA_KINDS)
+        if self.kind == "real":
+            if not self.labelled:
+                raise ValueError("data.labelled: data.kind='real' needs the landmark-labelled folder "
+                                 "(300W-LP layout: NAME.jpg next to NAME.mat)")
+            if not self.identities:
+                raise ValueError("data.identities: data.kind='real' needs the folder of identity folders "
+                                 "(ROOT/<identity>/<image>.jpg)")
+        else:
+            for name in ("labelled", "identities"):
+                if getattr(self, name):
+                    raise ValueError(f"data.{name}: {getattr(self, name)!r} is read with data.kind='real' only "
+                                     "(data.kind='synth' generates its images)")
+
+
+@dataclass
 class SIRTrainConfig:
     """Options of :func:`train_sir`. None takes the profile's value (:data:`PROFILE_DEFAULTS`).
 
@@ -117,8 +181,20 @@ class SIRTrainConfig:
         batch_lp, batch_id: landmark-only / identity-only images per step.
         ids_per_batch: identities among the ``batch_id`` images (each gets
             ``batch_id // ids_per_batch`` images).
-        n_identities, images_per_identity: ``webface`` training suite size.
-        lp_identities, lp_images_per_identity: ``lp`` training suite size.
+        n_identities, images_per_identity: ``webface`` training suite size (``data.kind="synth"``).
+        lp_identities, lp_images_per_identity: ``lp`` training suite size (``data.kind="synth"``).
+        data: where the rows come from (:class:`SIRDataConfig`: ``data.kind``, ``data.labelled``,
+            ``data.identities``). With ``data.kind="real"`` the recognition head has one class per
+            identity folder.
+        morphable: a morphable-model file (any :func:`facelab.io.load_morphable` reads: ``.npz``,
+            BFM, SFM, FLAME, 3DDFA's ``BFM.mat``) with 68 landmark vertices, whose mean, bases and
+            landmarks the network decodes with; None: SynthFaces at ``resolution``. The
+            checkpoints record its path and content hash
+            (:func:`facelab.models.morphable_record.morphable_record`);
+            :func:`facelab.models.load_model` re-reads it and refuses a changed file. Any data
+            kind works with any such model (only 2D landmarks and labels are used); the
+            ``sfm_sir`` variant needs the SynthFaces model of ``resolution`` (its stage 1 learns
+            from SynthFaces' 3D population).
         train: the training-loop options of every stage (:class:`~facelab.train.trainer.LoopConfig`;
             ``--set train.lr=5e-4``); ``seed`` also seeds the suites and the SFM's 3D data.
             ``diagnose_every``: steps between measurements of each weighted term's (landmarks, prior,
@@ -155,6 +231,8 @@ class SIRTrainConfig:
     images_per_identity: int | None = None
     lp_identities: int | None = None
     lp_images_per_identity: int | None = None
+    data: SIRDataConfig = field(default_factory=SIRDataConfig)
+    morphable: str | None = None
     train: LoopConfig = field(default_factory=LoopConfig)
     recog_loss: str = "cosface"
     recog_s: float = 30.0
@@ -189,7 +267,11 @@ class SIRTrainConfig:
             check_positive(getattr(self, key), key, integer=True)
         if self.batch_id % self.ids_per_batch:
             raise ValueError(f"batch_id: must be a multiple of ids_per_batch ({self.ids_per_batch}), got {self.batch_id}")
-        if self.ids_per_batch > self.n_identities:
+        if isinstance(self.data, dict):  # e.g. rebuilt from JSON
+            self.data = SIRDataConfig(**self.data)
+        if not isinstance(self.data, SIRDataConfig):
+            raise TypeError(f"data: expected a SIRDataConfig, got {type(self.data).__name__}")
+        if self.data.kind == "synth" and self.ids_per_batch > self.n_identities:
             raise ValueError(f"ids_per_batch: {self.ids_per_batch} exceeds the {self.n_identities} training identities")
         for name in ("w_landmark", "w_prior", "w_recog", "w_sir", "sir_margin_mm", "sfm_margin", "sfm_basis_lr_scale"):
             value = getattr(self, name)
@@ -229,6 +311,89 @@ def render_pools(cfg: SIRTrainConfig) -> dict[str, dict[str, torch.Tensor]]:
                                     progress=cfg.train.progress),
             "webface": pools.render_pool(_suite(cfg, "webface"), ID_POOL_KEYS, "sir", cache=cfg.cache_pool,
                                          progress=cfg.train.progress)}
+
+
+def _uint8(image: torch.Tensor) -> torch.Tensor:
+    """``[0, 1]`` float images as the pools keep them (uint8, as :func:`facelab.train.pools.render_pool`)."""
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def labelled_pool(root, image_size, progress: bool = False) -> dict[str, torch.Tensor]:
+    """``{image (N, 3, H, W) uint8, landmarks2d (N, 68, 2) px}``: the landmark-labelled rows of a
+    300W-LP-layout folder (:class:`~facelab.data.LP300W`), resized to ``image_size`` ``(H, W)`` px.
+
+    Only the 68 landmarks are read (``pt3d_68``'s x, y, else a 68-point ``pt2d``; facelab's pixel
+    convention, scaled with the resize), none of the 3DMM coefficients.
+
+    Raises:
+        FileNotFoundError: no such folder, or no image with a ``.mat`` in it.
+        ValueError: an image whose annotation lacks some of the 68 landmarks (the file is named).
+
+    >>> import tempfile
+    >>> from facelab.data import export_lp300w, make_suite
+    >>> s = make_suite("lp", n_identities=1, images_per_identity=2, image_size=16, resolution="quick")
+    >>> pool = labelled_pool(export_lp300w(s, tempfile.mkdtemp())["out"], (16, 16))
+    >>> pool["image"].shape, pool["image"].dtype, pool["landmarks2d"].shape
+    (torch.Size([2, 3, 16, 16]), torch.uint8, torch.Size([2, 68, 2]))
+    """
+    from facelab.data import LP300W
+
+    data = LP300W(root, image_size=image_size)
+    rows = range(len(data))
+    if progress:
+        from tqdm.auto import tqdm
+
+        rows = tqdm(rows, desc=f"read {data.root.name}", unit="image")
+    images, marks = [], []
+    for i in rows:
+        sample = data[i]
+        lm = sample.get("landmarks2d")
+        if lm is None or lm.shape != (N_LANDMARKS, 2) or not bool(torch.isfinite(lm).all()):
+            found = 0 if lm is None else int(torch.isfinite(lm).all(dim=-1).sum())
+            raise ValueError(f"{data.pairs[i][1]}: {found} of the {N_LANDMARKS} landmarks of {sample['path']} "
+                             "are there (pt3d_68, or a 68-point pt2d without -1 markers); the landmark term needs "
+                             "all of them: remove the image or complete its annotation")
+        images.append(_uint8(sample["image"]))
+        marks.append(lm.float())
+    return {"image": torch.stack(images), "landmarks2d": torch.stack(marks)}
+
+
+def identity_pool(root, image_size, progress: bool = False) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``({image (N, 3, H, W) uint8, label (N,) long}, identity names)``: the identity-labelled rows
+    of a folder of identity folders (:class:`~facelab.data.ImageFolderIdentities`), each photo
+    resized to ``image_size`` ``(H, W)`` px; label ``k`` is ``names[k]``.
+
+    >>> import tempfile
+    >>> from facelab.data import export_image_folder, make_suite
+    >>> s = make_suite("webface", n_identities=2, images_per_identity=2, image_size=16, resolution="quick")
+    >>> pool, names = identity_pool(export_image_folder(s, tempfile.mkdtemp())["out"], (16, 16))
+    >>> pool["image"].shape, pool["label"].tolist(), names
+    (torch.Size([4, 3, 16, 16]), [0, 0, 1, 1], ['Synth_Person_0000', 'Synth_Person_0001'])
+    """
+    from facelab.data import ImageFolderIdentities
+
+    data = ImageFolderIdentities(root, image_size=image_size, progress=progress)
+    images, labels = [], []
+    for index in torch.arange(len(data)).split(pools.POOL_RENDER_BATCH):
+        batch = data.batch(index)
+        images.append(_uint8(batch["image"]))
+        labels.append(batch["label"].long())
+    return {"image": torch.cat(images), "label": torch.cat(labels)}, list(data.identities)
+
+
+def folder_pools(cfg: SIRTrainConfig) -> dict:
+    """``{"lp": {image, landmarks2d}, "webface": {image, label}, "identities": names}`` read from
+    ``cfg.data.labelled`` and ``cfg.data.identities`` (:func:`labelled_pool`, :func:`identity_pool`)
+    at ``cfg.image_size``; the counterpart of :func:`render_pools` for ``data.kind="real"``.
+
+    Not cached on disk: reading the folders again is what a cache would save, and their files may change.
+    """
+    lp = labelled_pool(cfg.data.labelled, cfg.image_size, progress=cfg.train.progress)
+    ids, names = identity_pool(cfg.data.identities, cfg.image_size, progress=cfg.train.progress)
+    if cfg.ids_per_batch > len(names):
+        raise ValueError(f"ids_per_batch: {cfg.ids_per_batch} exceeds the {len(names)} identity folders of "
+                         f"data.identities={cfg.data.identities!r}")
+    return {"lp": lp, "webface": ids, "identities": names}
 
 
 def identity_indices(labels: torch.Tensor, ids_per_batch: int, per_id: int, step: int, seed: int = 0) -> torch.Tensor:
@@ -306,13 +471,15 @@ def mixed_batches(lp_pool: dict, id_pool: dict | None, batch_lp: int, batch_id: 
 
 
 # ------------------------------------------------------------------ recipe
-def model_config(cfg: SIRTrainConfig, morphable, shape_model: str = "pca") -> SIRNetConfig:
-    """The :class:`SIRNetConfig` of a stage of ``cfg`` (``shape_model`` ``"pca"`` or ``"sfm"``)."""
+def model_config(cfg: SIRTrainConfig, morphable, shape_model: str = "pca", n_classes: int | None = None) -> SIRNetConfig:
+    """The :class:`SIRNetConfig` of a stage of ``cfg`` (``shape_model`` ``"pca"`` or ``"sfm"``);
+    ``n_classes``: identities of the recognition head (default ``cfg.n_identities``, the suite's)."""
     n_shape = cfg.n_shape or morphable.n_shape
     if shape_model == "sfm":
         n_shape = cfg.sfm_k or n_shape
     return SIRNetConfig(backbone=cfg.backbone, n_shape=n_shape, n_exp=cfg.n_exp if cfg.n_exp else morphable.n_exp,
-                        image_size=tuple(cfg.image_size), resolution=cfg.resolution, n_classes=cfg.n_identities,
+                        image_size=tuple(cfg.image_size), resolution=cfg.resolution,
+                        n_classes=cfg.n_identities if n_classes is None else n_classes,
                         recog_loss=cfg.recog_loss, recog_s=cfg.recog_s, recog_m=cfg.recog_m, shape_model=shape_model)
 
 
@@ -360,22 +527,22 @@ def recipe_stages(cfg: SIRTrainConfig) -> list[Stage]:
 
 
 def _build_stage_model(stage: str, cfg: SIRTrainConfig, morphable, root: Path,
-                       parent: Path | None) -> tuple[SIRNet, SIRNetConfig]:
+                       parent: Path | None, n_classes: int | None = None) -> tuple[SIRNet, SIRNetConfig]:
     from facelab.io.checkpoint import load_checkpoint
     from facelab.train.trainer import seed_everything
 
     seed_everything(cfg.train.seed)  # the initial weights depend on the seed only
     if stage != "sfm_sir":
-        mcfg = model_config(cfg, morphable, "pca")
+        mcfg = model_config(cfg, morphable, "pca", n_classes)
         model = SIRNet(mcfg, morphable)
     else:
-        mcfg = model_config(cfg, morphable, "sfm")
+        mcfg = model_config(cfg, morphable, "sfm", n_classes)
         model = SIRNet(mcfg, morphable, sfm=sfm_stage1(cfg, root, morphable))
     if parent is None:
         return model, mcfg
     state = load_checkpoint(parent, expect_model=MODEL_NAME)["state_dict"]
     if stage == "sfm_sir":
-        pca = SIRNet(model_config(cfg, morphable, "pca"), morphable)
+        pca = SIRNet(model_config(cfg, morphable, "pca", n_classes), morphable)
         pca.load_state_dict(state)
         reparametrise_head(pca, model)
     else:
@@ -383,18 +550,58 @@ def _build_stage_model(stage: str, cfg: SIRTrainConfig, morphable, root: Path,
     return model, mcfg
 
 
-def _prepare(cfg: SIRTrainConfig) -> dict:
+def recipe_morphable(cfg: SIRTrainConfig):
+    """``(model, record)``: ``cfg.morphable`` read with its
+    :func:`~facelab.models.morphable_record.morphable_record`, or SynthFaces at ``cfg.resolution`` and None.
+
+    Raises:
+        ValueError: the model lacks the 68 landmark vertices, or ``cfg.variants`` holds ``sfm_sir``
+            and the model is not SynthFaces at ``cfg.resolution`` (SFM stage 1 learns from
+            SynthFaces' 3D population, in that model's mesh).
+
+    >>> recipe_morphable(SIRTrainConfig())[0].n_verts, recipe_morphable(SIRTrainConfig())[1]
+    (1353, None)
+    """
+    from facelab.io.models import load_morphable
+    from facelab.models.morphable_record import morphable_record
     from facelab.morphable import SynthFacesConfig, build_synthfaces
 
-    return {"morphable": build_synthfaces(SynthFacesConfig(resolution=cfg.resolution)), "pools": render_pools(cfg)}
+    synthfaces = build_synthfaces(SynthFacesConfig(resolution=cfg.resolution))
+    if not cfg.morphable:
+        return synthfaces, None
+    morphable = load_morphable(cfg.morphable)
+    record = morphable_record(morphable, cfg.morphable)
+    n_marks = int(morphable.landmarks.numel())
+    if n_marks != N_LANDMARKS:
+        raise ValueError(f"morphable: {cfg.morphable} has {n_marks} landmark vertices; the landmark term "
+                         f"projects the {N_LANDMARKS} iBUG points, so the model needs all {N_LANDMARKS}")
+    if "sfm_sir" in cfg.variants and record["sha256"] != synthfaces.content_sha256():
+        kept = ",".join(v for v in cfg.variants if v != "sfm_sir") or "params_recog"
+        raise ValueError(f"variants: 'sfm_sir' learns its Sphere Face Model from SynthFaces' 3D population "
+                         f"(resolution={cfg.resolution!r}), and morphable={cfg.morphable!r} ({morphable.name!r}, "
+                         f"{morphable.n_verts} vertices, sha256 {record['sha256'][:12]}) is another model; "
+                         f"leave the variant out (--set variants={kept}) or use that SynthFaces model")
+    return morphable, record
+
+
+def _prepare(cfg: SIRTrainConfig) -> dict:
+    """The recipe's data: ``morphable``, its ``morphable_record`` (None: SynthFaces), the ``pools``
+    (``lp``, ``webface``) and ``n_classes`` (identities of the recognition head)."""
+    morphable, record = recipe_morphable(cfg)
+    if cfg.data.kind == "real":
+        found = folder_pools(cfg)
+        n_classes = len(found.pop("identities"))
+    else:
+        found, n_classes = render_pools(cfg), cfg.n_identities
+    return {"morphable": morphable, "morphable_record": record, "pools": found, "n_classes": n_classes}
 
 
 def _build_stage(cfg: SIRTrainConfig, stage: Stage, data: dict, parent: Path | None) -> Trainer:
     """The :class:`Trainer` of ``stage`` on mixed batches of the rendered pools."""
     from facelab.train.trainer import CHECKPOINT_NAME
 
-    root, pools_ = Path(cfg.out_dir), data["pools"]
-    model, mcfg = _build_stage_model(stage.name, cfg, data["morphable"], root, parent)
+    root, pools_, n_classes = Path(cfg.out_dir), data["pools"], data["n_classes"]
+    model, mcfg = _build_stage_model(stage.name, cfg, data["morphable"], root, parent, n_classes)
     if stage.name == "sfm_sir" and not (root / stage.name / CHECKPOINT_NAME).exists():
         init_class_weights(model, pools_["webface"])  # a fresh start; a resumed run has its own
     batches = mixed_batches(pools_["lp"], pools_["webface"], cfg.batch_lp, cfg.batch_id, cfg.ids_per_batch,
@@ -405,9 +612,12 @@ def _build_stage(cfg: SIRTrainConfig, stage: Stage, data: dict, parent: Path | N
     watch = {"regressor": model.regressor}
     if model.sfm is not None and any(p.requires_grad for p in model.sfm.parameters()):
         watch["sfm"] = model.sfm
+    stored = mcfg  # SynthFaces: the config alone rebuilds the network; a file: its record too
+    if data.get("morphable_record") is not None:
+        stored = {**dataclasses.asdict(mcfg), MORPHABLE_KEY: dict(data["morphable_record"])}
     return Trainer(model, optimizer, batches, stage_loss(stage.name, cfg), tcfg, scheduler=scheduler,
-                   model_name=MODEL_NAME, model_config=mcfg, extra_config=cfg, diagnostic_modules=watch,
-                   chance=1.0 / cfg.n_identities)
+                   model_name=MODEL_NAME, model_config=stored, extra_config=cfg, diagnostic_modules=watch,
+                   chance=1.0 / n_classes)
 
 
 def _train(cfg: SIRTrainConfig) -> None:
