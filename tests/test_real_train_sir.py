@@ -215,3 +215,18 @@ def test_default_config_unchanged():
     cfg = SIRTrainConfig()
     assert cfg.data == SIRDataConfig() and cfg.data.kind == "synth" and cfg.morphable is None
     assert apply_overrides(SIRTrainConfig(), ["identities=IDS", "labelled=LP", "kind=real"]).data.identities == "IDS"
+
+
+def test_reproduction_needs_the_suite_mesh(tmp_path):
+    """`facelab reproduce sir` scores on SynthFaces suites: a model in another mesh is refused before training."""
+    import dataclasses
+
+    from facelab.reproduce.sir import require_suite_mesh, reproduce_sir
+
+    mm = build_synthfaces(SynthFacesConfig(resolution="quick"))
+    same_mesh = mm.truncate(n_shape=40).save(tmp_path / "same_mesh.npz")
+    require_suite_mesh(SIRTrainConfig(morphable=str(same_mesh), variants=("params_recog",)))
+    other_mesh = dataclasses.replace(mm, faces=mm.faces.flip(1)).save(tmp_path / "other_mesh.npz")
+    with pytest.raises(ValueError, match=r"train.morphable: .*other_mesh\.npz .* not in the mesh of the SynthFaces"):
+        reproduce_sir("quick", tmp_path / "run", overrides=[f"train.morphable={other_mesh}", "train.variants=params_recog"])
+    assert not (tmp_path / "run").exists()

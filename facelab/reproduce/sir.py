@@ -325,9 +325,33 @@ def sfm_vs_pca_table(train_cfg, sir_cfg: SIREvalConfig, ks=None) -> list[dict]:
 
 
 def _model_n_shape(train_cfg) -> int:
-    from facelab.morphable import SynthFacesConfig, build_synthfaces
+    """Identity components of the recipe's morphable model (its ``morphable`` file, else SynthFaces)."""
+    from facelab.train.sir import recipe_morphable
 
-    return build_synthfaces(SynthFacesConfig(resolution=train_cfg.resolution)).n_shape
+    return recipe_morphable(train_cfg)[0].n_shape
+
+
+def require_suite_mesh(train_cfg) -> None:
+    """Raise a ``ValueError`` unless the recipe's morphable model has the mesh of the scoring suites.
+
+    Every column compares reconstructions vertex for vertex with SynthFaces shapes at
+    ``train_cfg.resolution`` (true shapes, face mask, scan correspondences); a ``morphable`` file
+    in another mesh trains (``facelab train sir``) but cannot be scored here.
+
+    >>> from facelab.train.sir import SIRTrainConfig
+    >>> require_suite_mesh(SIRTrainConfig())  # SynthFaces: nothing to say
+    """
+    if not train_cfg.morphable:
+        return
+    from facelab.morphable import SynthFacesConfig, build_synthfaces
+    from facelab.train.sir import recipe_morphable
+
+    mine = recipe_morphable(train_cfg)[0]
+    suite = build_synthfaces(SynthFacesConfig(resolution=train_cfg.resolution))
+    if mine.n_verts != suite.n_verts or not torch.equal(mine.faces.cpu(), suite.faces.cpu()):
+        raise ValueError(f"train.morphable: {train_cfg.morphable} ({mine.n_verts} vertices) is not in the mesh of "
+                         f"the SynthFaces suites this comparison scores on ({suite.n_verts} vertices at "
+                         f"resolution={train_cfg.resolution!r}); train it with `facelab train sir` instead")
 
 
 def results_markdown(result: dict) -> str:
@@ -378,6 +402,9 @@ def reproduce_sir(profile: str = "quick", out_dir="runs/reproduce-sir", override
         overrides: ``["train.KEY=VALUE", "eval.KEY=VALUE", "sir.KEY=VALUE"]`` (or a dict with
             such keys) for :class:`~facelab.train.sir.SIRTrainConfig`,
             :class:`~facelab.metrics.model_eval.ModelEvalConfig` and :class:`SIREvalConfig`.
+            ``train.data.kind=real`` (with ``train.data.labelled``, ``train.data.identities``)
+            trains on folders; the scores stay on SynthFaces suites, so ``train.morphable`` must
+            be in SynthFaces' mesh (:func:`require_suite_mesh`).
         liu: the Liu et al. row: a ``phase3.pt`` or a ``facelab reproduce liu2018`` folder; None:
             the committed Liu et al. run (:func:`~facelab.reproduce.liu2018.liu_reference`); False: none.
             Without a checkpoint the row is listed with empty cells.
@@ -407,6 +434,7 @@ def reproduce_sir(profile: str = "quick", out_dir="runs/reproduce-sir", override
         train_cfg.variants = tuple(variants)
     eval_cfg = apply_overrides(ModelEvalConfig(), groups["eval"])
     sir_cfg = apply_overrides(SIREvalConfig(), groups["sir"]).resolved(profile)
+    require_suite_mesh(train_cfg)  # before any training: the scores need SynthFaces' mesh
     train_sir(train_cfg)  # trains only the stages whose checkpoint is missing
     t_train = time.perf_counter() - start
 
