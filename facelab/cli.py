@@ -384,7 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a field of the recipe's config; its loop options as train.KEY (train.lr=5e-4, "
                         "or lr=5e-4 for short) (repeatable). liu2018 on photos in identity folders: "
                         "data.kind=imagefolder data.train=ROOT targets=fitted targets_path=FIT/targets.npz "
-                        "(`facelab fit ROOT --out FIT`); morphable=PATH: the 3DMM file of the decoders")
+                        "(`facelab fit ROOT --out FIT`); morphable=PATH: the 3DMM file of the decoders. "
+                        "sir on folders: data.kind=real data.labelled=LP (300W-LP layout, its 68 landmarks) "
+                        "data.identities=IDS (identity folders), morphable=PATH as for liu2018")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("fit", help="multi-image 3DMM fitting of a suite or saved folder: training targets + fitted-vs-true report")
