@@ -1,4 +1,4 @@
-"""Mixed-label training of an identity-aware shape regressor (the SIR recipe), on SynthFaces.
+"""Mixed-label training of an identity-aware shape regressor (the SIR recipe), on SynthFaces or on folders of images.
 
 Book chapter: ``book/10_sir.ipynb``. The SIR and Sphere Face Model papers are available to
 facelab only as abstracts (their public code is incomplete), so everything below except
