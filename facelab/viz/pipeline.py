@@ -18,7 +18,7 @@ import torch
 #: diagram boxes: key -> (label, (x, y) centre in axes units, width, height)
 STAGES = {
     "photo": ("photo", (0.06, 0.62), 0.10, 0.30),
-    "landmark_fit": ("landmark fit\n(classical, ch. 4)", (0.24, 0.16), 0.15, 0.14),
+    "landmark_fit": ("landmark fit\n(classical, ch. 4)", (0.24, 0.20), 0.15, 0.13),
     "encoder": ("encoder E\nSphereFace CNN\n(ch. 5)", (0.22, 0.62), 0.13, 0.22),
     "c_id": ("identity code\n$c_{id}$", (0.39, 0.80), 0.11, 0.12),
     "c_res": ("residual code $c_{res}$,\npose, light, albedo", (0.39, 0.50), 0.13, 0.15),
@@ -26,10 +26,10 @@ STAGES = {
     "shape": ("3D shape\n$\\bar{s} + \\Delta s_{id} + \\Delta s_{res}$\n(ch. 2)", (0.71, 0.62), 0.12, 0.30),
     "renderer": ("differentiable\nrenderer (ch. 3)", (0.86, 0.62), 0.11, 0.16),
     "losses": ("losses (ch. 6): recognition, 3D shape, photometric,\nlandmark, adversarial, smoothness, SIR",
-               (0.60, 0.16), 0.36, 0.14),
+               (0.60, 0.21), 0.36, 0.12),
     "recognition": ("verification\n(LFW, ch. 7)", (0.555, 0.90), 0.12, 0.11),
     "evaluation": ("reconstruction error\n(MICC, BU-3DFE, ch. 7)", (0.86, 0.90), 0.15, 0.11),
-    "training": ("training: Liu et al. (ch. 8), Gao et al. (ch. 9), SIR (ch. 10)", (0.60, 0.035), 0.50, 0.06),
+    "training": ("training: Liu et al. (ch. 8), Gao et al. (ch. 9), SIR (ch. 10)", (0.60, 0.05), 0.50, 0.06),
 }
 #: arrows between boxes (from, to)
 ARROWS = (("photo", "encoder"), ("encoder", "c_id"), ("encoder", "c_res"), ("c_id", "decoders"), ("c_res", "decoders"),
@@ -94,7 +94,7 @@ def pipeline_figure(highlight: str | tuple[str, ...] | None = None, thumbnails=N
     fig = plt.figure(figsize=(11, 4.6))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(-0.01, 1)  # room for the bottom box's border
     ax.axis("off")
     for key, (label, (x, y), w, h) in STAGES.items():
         if key in ("photo", "shape"):  # picture boxes: the label goes under the image
