@@ -386,7 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "data.kind=imagefolder data.train=ROOT targets=fitted targets_path=FIT/targets.npz "
                         "(`facelab fit ROOT --out FIT`); morphable=PATH: the 3DMM file of the decoders. "
                         "sir on folders: data.kind=real data.labelled=LP (300W-LP layout, its 68 landmarks) "
-                        "data.identities=IDS (identity folders), morphable=PATH as for liu2018")
+                        "data.identities=IDS (identity folders), morphable=PATH as for liu2018. gao2020 on folders: "
+                        "data.kind=real data.labelled=LP (300W-LP layout with coefficients) data.collections=COL "
+                        "(identity folders with landmarks.json), morphable=PATH: the model of LP's coefficients "
+                        "(default LP/model.npz; another mesh is resampled onto the grid)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("fit", help="multi-image 3DMM fitting of a suite or saved folder: training targets + fitted-vs-true report")

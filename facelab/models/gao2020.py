@@ -50,7 +50,8 @@ from facelab.morphable.model import MorphableModel
 
 __all__ = [
     "GAO2020_PROFILES", "Gao2020Config", "Gao2020Model", "ShapeDiscriminator", "CNNAlbedoDecoder",
-    "gao2020_model_config", "build_gao2020_model", "Gao2020Evaluable", "MODEL_NAME",
+    "gao2020_model_config", "build_gao2020_model", "Gao2020Evaluable", "MODEL_NAME", "grid_morphable",
+    "gao2020_morphable_record",
 ]
 
 MODEL_NAME = "gao2020"  # the registry name of the trained model
@@ -507,11 +508,60 @@ def gao2020_model_config(config: Gao2020Config, synthfaces=None) -> dict:
     return {"model": config.to_dict(), "synthfaces": dataclasses.asdict(synthfaces)}
 
 
-def build_gao2020_model(model_config: dict) -> Gao2020Model:
+def grid_morphable(source: MorphableModel, resolution: str) -> MorphableModel:
+    """The morphable model the graph decoders use for ``source``: ``source`` itself when it has the
+    SynthFaces grid mesh of ``resolution``, else ``source`` resampled onto that grid
+    (:func:`facelab.morphable.resample.resample_model`: same coefficients, the grid's topology).
+
+    >>> from facelab.morphable import SynthFacesConfig, build_synthfaces
+    >>> fine = build_synthfaces(SynthFacesConfig(resolution="default"))
+    >>> grid_morphable(fine, "quick").grid_shape, grid_morphable(fine, "default") is fine
+    ((33, 41), True)
+    """
+    from facelab.morphable import SynthFacesConfig, build_synthfaces
+    from facelab.morphable.resample import resample_model, same_topology
+
+    if not isinstance(source, MorphableModel):
+        raise TypeError(f"source: expected a MorphableModel, got {type(source).__name__}")
+    grid = build_synthfaces(SynthFacesConfig(resolution=resolution))
+    return source if same_topology(source, grid) else resample_model(source, grid)
+
+
+def gao2020_morphable_record(source: MorphableModel, path, network: MorphableModel) -> dict:
+    """What a checkpoint records of a morphable-model file (``model_config["morphable"]``).
+
+    :func:`facelab.models.liu2018.morphable_record` of ``source`` read from ``path`` (absolute
+    path, content sha256, sizes) plus ``resampled`` (whether ``network``, the decoders' model
+    of :func:`grid_morphable`, is a resampling of it) and ``network_sha256``.
+    :func:`build_gao2020_model` re-reads ``path`` and refuses a file whose content changed.
+
+    >>> import tempfile
+    >>> from facelab.morphable import SynthFacesConfig, build_synthfaces
+    >>> mm = build_synthfaces(SynthFacesConfig(resolution="quick"))
+    >>> rec = gao2020_morphable_record(mm, mm.save(tempfile.mkdtemp() + "/m.npz"), mm)
+    >>> rec["resampled"], rec["sha256"] == rec["network_sha256"], rec["n_verts"]
+    (False, True, 1353)
+    """
+    from facelab.models.liu2018 import morphable_record
+
+    return {**morphable_record(source, path), "resampled": network is not source,
+            "network_sha256": network.content_sha256()}
+
+
+def build_gao2020_model(model_config: dict, morphable: MorphableModel | None = None) -> Gao2020Model:
     """An untrained :class:`Gao2020Model` from a :func:`gao2020_model_config` dict.
 
     This is the ``"gao2020"`` builder of :func:`facelab.models.build_model`.
     ``model_config["synthfaces"]`` may be left out (then the config's resolution, seed 0).
+    With a ``"morphable"`` record (:func:`gao2020_morphable_record`) the decoders start from that
+    file's model instead, re-read and checked against the recorded content hash, and resampled
+    onto the grid as in training (:func:`grid_morphable`). ``morphable``: the decoders' model
+    already in memory (the training recipe's), used instead of re-reading the file and checked
+    against the record's ``network_sha256``; ignored without a record.
+
+    Raises:
+        FileNotFoundError: the recorded morphable-model file is gone.
+        ValueError: a malformed config, or a model whose content hash differs from the record.
 
     >>> build_gao2020_model(gao2020_model_config(Gao2020Config())).config.id_dim
     128
@@ -521,8 +571,17 @@ def build_gao2020_model(model_config: dict) -> Gao2020Model:
     if not isinstance(model_config, dict) or "model" not in model_config:
         raise ValueError(f"model_config: expected a dict with a 'model' key (see gao2020_model_config), got {model_config!r}")
     config = Gao2020Config.from_dict(model_config["model"])
-    sf = dict(model_config.get("synthfaces") or {"resolution": config.resolution})
-    morphable = build_synthfaces(SynthFacesConfig(**sf))
+    record = model_config.get("morphable")
+    if record is None:
+        sf = dict(model_config.get("synthfaces") or {"resolution": config.resolution})
+        return Gao2020Model(config, build_synthfaces(SynthFacesConfig(**sf)))
+    if morphable is None:
+        from facelab.models.liu2018 import _recorded_morphable
+
+        morphable = grid_morphable(_recorded_morphable(record, None), config.resolution)
+    elif morphable.content_sha256() != record.get("network_sha256"):
+        raise ValueError(f"morphable: the model given is not the one recorded for {record.get('path')} "
+                         f"(network sha256 {record.get('network_sha256')})")
     return Gao2020Model(config, morphable)
 
 

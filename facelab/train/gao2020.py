@@ -65,6 +65,27 @@ network longer, with every variant's ablated terms on from its first step (an un
 geometric warm-up: ``share_warmup=False``) and weights at which those terms pull; ``full``
 streams the full-size suites into a ResNet-50 on the GPU.
 
+**Real images** (``data.kind="real"``): the two kinds of rows come from folders instead of the
+suites: ``data.labelled``, a folder in the 300W-LP layout (:class:`~facelab.data.LP300W`: image,
+68 landmarks and the 3DMM coefficients ``Shape_Para`` / ``Exp_Para`` of the ``shape`` and
+``pair`` terms), and ``data.collections``, one folder per person (CASIA-WebFace layout,
+:class:`~facelab.data.ImageFolderIdentities`: image and identity label for ``recog``, and its
+``landmarks.json`` for the landmark terms, which apply to every image). Images are resized whole
+to ``image_size``. The coefficients refer to a morphable model: ``morphable=PATH`` (any
+:func:`facelab.io.load_morphable` file; 3DDFA's ``BFM.mat`` for 300W-LP), by default
+``data.labelled/model.npz`` (what ``facelab synth lp --format lp300w`` writes); when both exist they
+must hold the same model. A model whose mesh is not the SynthFaces grid of ``resolution`` is
+resampled onto it (:func:`facelab.models.gao2020.grid_morphable`), which keeps its coefficients'
+meaning. The checkpoints record the file's path and content hash, and loading refuses a changed
+file. Folders hold no segmentation masks: the photometric terms on their images look wherever
+the face is rendered (a photo mask of ones), and the ``lp`` rows carry no identity label
+(:data:`NO_LABEL`; the recognition term reads the collection rows only)::
+
+    facelab synth lp --format lp300w --out LP
+    facelab synth collections --format imagefolder --out COL
+    facelab train gao2020 --set data.kind=real --set data.labelled=LP --set data.collections=COL \\
+        --set morphable=LP/model.npz --out RUN
+
 Book chapter: ``book/09_gao2020.ipynb``.
 """
 
@@ -109,6 +130,14 @@ COL_SEED_OFFSET = 1
 WARMUP_FINAL_LR_FRACTION = 0.05
 MASK_LEVELS = 255  # the pools keep the photo masks as uint8
 WARMUP_TERMS = ("shape", "pair", "lmk")
+#: where the images come from: generated ``lp`` / ``collections`` suites, or two folders on disk
+DATA_KINDS = ("synth", "real")
+#: the identity label of a labelled-folder row (300W-LP has none; only collection rows are recognised)
+NO_LABEL = -1
+#: the landmark terms compare all 68 iBUG points
+N_LANDMARKS = 68
+#: the morphable model an exported 300W-LP-layout folder holds (facelab.data.lp300w)
+LP_MODEL_FILE = "model.npz"
 WEIGHTS = ("w_photo", "w_gdl", "w_lmk", "w_lmk_gdl", "w_shape", "w_pair", "w_smooth", "w_symm", "w_recog", "w_adv")
 
 PROFILE_DEFAULTS = {
@@ -147,6 +176,49 @@ UNUSED_LOOP_OPTIONS = {"batch_size": "batch_lp + batch_col images per step, batc
 
 
 @dataclass
+class Gao2020DataConfig:
+    """Where :func:`train_gao2020` reads its images: the ``data`` group (``--set data.kind=real``).
+
+    Attributes:
+        kind: ``"synth"`` (the generated ``lp`` and ``collections`` suites of the recipe's
+            ``lp_*`` / ``col_*`` sizes) or ``"real"`` (the two folders below; those sizes are not used).
+        labelled: ``kind="real"``: the labelled folder in the 300W-LP layout (``NAME.jpg`` or
+            ``.png`` next to ``NAME.mat`` with ``Shape_Para``, ``Exp_Para`` and ``pt3d_68`` or a
+            68-point ``pt2d``, any sub-folders; :class:`~facelab.data.LP300W`). Every image needs
+            all 68 landmarks.
+        collections: ``kind="real"``: the folder of identity folders (``ROOT/<identity>/<image>.jpg``,
+            :class:`~facelab.data.ImageFolderIdentities`) with its ``landmarks.json``; labels are
+            the sorted folder names' ranks.
+
+    >>> Gao2020DataConfig().kind
+    'synth'
+    >>> Gao2020DataConfig(kind="real", labelled="LP")
+    Traceback (most recent call last):
+    ...
+    ValueError: data.collections: data.kind='real' needs the folder of identity folders (ROOT/<identity>/<image>.jpg, with landmarks.json)
+    """
+
+    kind: str = "synth"
+    labelled: str = ""
+    collections: str = ""
+
+    def __post_init__(self) -> None:
+        check_choice(self.kind, "data.kind", DATA_KINDS)
+        if self.kind == "real":
+            if not self.labelled:
+                raise ValueError("data.labelled: data.kind='real' needs the labelled folder "
+                                 "(300W-LP layout: NAME.jpg next to NAME.mat)")
+            if not self.collections:
+                raise ValueError("data.collections: data.kind='real' needs the folder of identity folders "
+                                 "(ROOT/<identity>/<image>.jpg, with landmarks.json)")
+        else:
+            for name in ("labelled", "collections"):
+                if getattr(self, name):
+                    raise ValueError(f"data.{name}: {getattr(self, name)!r} is read with data.kind='real' only "
+                                     "(data.kind='synth' generates its images)")
+
+
+@dataclass
 class Gao2020TrainConfig:
     """Options of :func:`train_gao2020`. None takes the profile's value (:data:`PROFILE_DEFAULTS`).
 
@@ -170,6 +242,16 @@ class Gao2020TrainConfig:
         cheb_k: Chebyshev order of the graph convolutions (0: the model's default, the paper's 6).
             The graph coders dominate a CPU step and cost about linearly in it.
         gcn_channels: graph-decoder widths, coarsest first (empty: the model's default).
+        data: where the images come from (:class:`Gao2020DataConfig`: ``data.kind``,
+            ``data.labelled``, ``data.collections``; module docstring). With ``data.kind="real"``
+            the recognition loss has one class per identity folder.
+        morphable: a morphable-model file (any :func:`facelab.io.load_morphable` reads: ``.npz``,
+            BFM, SFM, FLAME, 3DDFA's ``BFM.mat``) with 68 landmark vertices: the model of the
+            labelled coefficients, the decoders' template and the critic's real shapes, resampled
+            onto the grid of ``resolution`` when its mesh differs. None: SynthFaces at
+            ``resolution`` (``data.kind="synth"``; a file must then hold that very model) or, with
+            ``data.kind="real"``, ``data.labelled/model.npz``. Checkpoints record its path and
+            content hash (:func:`facelab.models.gao2020.gao2020_morphable_record`).
         lp_identities, lp_images_per_identity: size of the labelled ``lp`` suite (0: the
             suite's default).
         col_identities, col_images_per_identity: size of the unlabelled ``collections`` suite
@@ -238,6 +320,8 @@ class Gao2020TrainConfig:
     lp_images_per_identity: int | None = None
     col_identities: int | None = None
     col_images_per_identity: int | None = None
+    data: Gao2020DataConfig = field(default_factory=Gao2020DataConfig)
+    morphable: str | None = None
     batch_lp: int = 16
     batch_col: int = 16
     steps: tuple[int, ...] | None = None
@@ -277,6 +361,10 @@ class Gao2020TrainConfig:
         resolve_profile(self, PROFILE_DEFAULTS[self.profile])
         self.train.check(unused=UNUSED_LOOP_OPTIONS)
         self.image_size = check_image_size(self.image_size)
+        if isinstance(self.data, dict):  # e.g. rebuilt from a checkpoint's JSON
+            self.data = Gao2020DataConfig(**self.data)
+        if not isinstance(self.data, Gao2020DataConfig):
+            raise TypeError(f"data: expected a Gao2020DataConfig, got {type(self.data).__name__}")
         self.steps = tuple(self.steps)
         if len(self.steps) != len(STEPS):
             raise ValueError(f"steps: expected one value per training step ({len(STEPS)}: {', '.join(STEPS)}), got {self.steps}")
@@ -319,8 +407,11 @@ class Gao2020TrainConfig:
 
 
 # ------------------------------------------------------------------ model
-def model_config(cfg: Gao2020TrainConfig, albedo: str = "gcn") -> dict:
+def model_config(cfg: Gao2020TrainConfig, albedo: str = "gcn", morphable_record: dict | None = None) -> dict:
     """The ``"gao2020"`` checkpoint's model config (:func:`facelab.models.gao2020.gao2020_model_config`).
+
+    ``morphable_record`` (:func:`facelab.models.gao2020.gao2020_morphable_record` of ``cfg.morphable``)
+    is stored as ``"morphable"``; without it the model is SynthFaces at ``resolution``.
 
     >>> model_config(Gao2020TrainConfig(), "cnn")["model"]["albedo"]
     'cnn'
@@ -334,7 +425,10 @@ def model_config(cfg: Gao2020TrainConfig, albedo: str = "gcn") -> dict:
     model_cfg = Gao2020Config.for_profile(cfg.profile, backbone=cfg.backbone, image_size=tuple(cfg.image_size),
                                           resolution=cfg.resolution, albedo=albedo, **sizes)
     # the suites' world (facelab.data.synth.PhotoCollection) is SynthFacesConfig(resolution=...)
-    return gao2020_model_config(model_cfg, SynthFacesConfig(resolution=cfg.resolution))
+    out = gao2020_model_config(model_cfg, SynthFacesConfig(resolution=cfg.resolution))
+    if morphable_record is not None:
+        out["morphable"] = dict(morphable_record)
+    return out
 
 
 class Gao2020Trainee(nn.Module):
@@ -567,6 +661,78 @@ def render_pools(cfg: Gao2020TrainConfig, lp_suite, col_suite) -> tuple[dict, di
     return out[0], out[1]
 
 
+class FolderRows:
+    """A folder's images as rows of the hybrid batches: a collection of ``len`` and ``batch(index)``.
+
+    ``batch(index (B,))`` gives ``image (B, 3, H, W)`` float [0, 1], ``label (B,)`` long (the
+    dataset's, else :data:`NO_LABEL`), ``landmarks2d (B, 68, 2)`` px, ``photo_mask (B, 1, H, W)``
+    (ones: a folder has no segmentation) and, for a labelled folder, ``alpha_id (B, K_id)`` and
+    ``alpha_exp (B, K_exp)`` mm (:data:`LP_KEYS` / :data:`COL_KEYS` with the mask combined).
+
+    Args:
+        dataset: an :class:`~facelab.data.LP300W` with its model (``labelled=True``) or an
+            :class:`~facelab.data.ImageFolderIdentities` with landmarks.
+        labelled: whether the rows need the 3DMM coefficients (``lp`` rows).
+
+    Raises (from :meth:`batch`): ``ValueError`` naming an image without all 68 landmarks or,
+    labelled, without coefficients.
+    """
+
+    def __init__(self, dataset, labelled: bool) -> None:
+        self.dataset, self.labelled = dataset, labelled
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _name(self, i: int) -> str:
+        paths = getattr(self.dataset, "paths", None)
+        return str(paths[i]) if paths is not None else str(self.dataset.pairs[i][0])
+
+    def batch(self, index) -> dict[str, torch.Tensor]:
+        index = [int(i) for i in torch.as_tensor(index).reshape(-1)]
+        items = [self.dataset[i] for i in index]
+        for i, item in zip(index, items):
+            lm = item.get("landmarks2d")
+            if lm is None or lm.shape[0] != N_LANDMARKS or not torch.isfinite(lm).all():
+                raise ValueError(f"{self._name(i)}: Gao et al.'s landmark terms need all {N_LANDMARKS} landmarks of "
+                                 "every image; this one has them missing or incomplete")
+            if self.labelled and "alpha_id" not in item:
+                raise ValueError(f"{self._name(i)}: the labelled shape terms need its 3DMM coefficients "
+                                 "(Shape_Para, Exp_Para and the model they refer to)")
+        image = torch.stack([item["image"] for item in items])
+        n, _, h, w = image.shape
+        out = {"image": image,
+               "label": torch.stack([item["label"] for item in items]) if "label" in items[0]
+               else torch.full((n,), NO_LABEL, dtype=torch.long),
+               "landmarks2d": torch.stack([item["landmarks2d"] for item in items]).float(),
+               "photo_mask": image.new_ones(n, 1, h, w)}
+        if self.labelled:
+            out.update(alpha_id=torch.stack([item["alpha_id"] for item in items]).float(),
+                       alpha_exp=torch.stack([item["alpha_exp"] for item in items]).float())
+        return out
+
+
+def folder_rows_pool(rows: FolderRows, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Every row of ``rows`` in memory, as :func:`render_pools` keeps a suite's (image and photo mask as uint8).
+
+    Not cached on disk: reading the folder again is what a cache would save, and its files may change.
+    """
+    chunks = torch.arange(len(rows)).split(pools.POOL_RENDER_BATCH)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc="read images", unit="batch")
+    parts: dict[str, list] = {}
+    for index in chunks:
+        for k, v in rows.batch(index).items():
+            if k == "image":
+                v = (v.clamp(0, 1) * 255).round().to(torch.uint8)
+            elif k == "photo_mask":
+                v = (v.clamp(0, 1) * MASK_LEVELS).round().to(torch.uint8)
+            parts.setdefault(k, []).append(v)
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
 def _as_training(part: dict, source: int, morphable) -> dict:
     """A suite batch in the hybrid layout (floats, ``source``, zero coefficients for collections)."""
     n = part["image"].shape[0]
@@ -665,16 +831,20 @@ def train_gao2020(config: Gao2020TrainConfig | None = None, **overrides) -> Path
     return Path(cfg.out_dir)
 
 
-def build_trainee(cfg: Gao2020TrainConfig, stage: str, morphable, n_classes: int):
-    """``(trainee, critic or None)`` of a training step, initialised from ``cfg.train.seed`` alone."""
+def build_trainee(cfg: Gao2020TrainConfig, stage: str, morphable, n_classes: int, morphable_record: dict | None = None):
+    """``(trainee, critic or None)`` of a training step, initialised from ``cfg.train.seed`` alone.
+
+    ``morphable_record``: the record of a morphable-model file (``morphable`` is then its grid
+    model, :func:`facelab.models.gao2020.grid_morphable`); None: SynthFaces at ``cfg.resolution``.
+    """
     from facelab.losses.recognition import RecognitionLoss
     from facelab.models.gao2020 import Gao2020Config, ShapeDiscriminator, build_gao2020_model
     from facelab.train.trainer import seed_everything
 
     check_choice(stage, "stage", STEPS)
-    mcfg = model_config(cfg, STEP_ALBEDO[stage])
+    mcfg = model_config(cfg, STEP_ALBEDO[stage], morphable_record)
     seed_everything(cfg.train.seed)  # the initial weights depend on the seed only
-    model = build_gao2020_model(mcfg)
+    model = build_gao2020_model(mcfg, morphable.to("cpu") if morphable_record is not None else None)
     recognition = RecognitionLoss(model.config.id_dim, n_classes, lambda_center=cfg.w_center) if cfg.use_recog else None
     critic = None
     if cfg.use_adv:
@@ -732,15 +902,88 @@ def recipe_stages(cfg: Gao2020TrainConfig, root: Path | None = None) -> list[Sta
     return first + [Stage(later, parent=earlier) for earlier, later in zip(STEPS, STEPS[1:])]
 
 
-def _prepare(cfg: Gao2020TrainConfig) -> dict:
-    lp_suite, col_suite = _suites(cfg)
+def morphable_source(cfg: Gao2020TrainConfig):
+    """``(source, record, network)`` of the morphable-model file the run uses, or None (SynthFaces).
+
+    ``source``: ``cfg.morphable`` (``data.kind="real"``: by default ``data.labelled/model.npz``)
+    as read; ``network``: its grid model (:func:`facelab.models.gao2020.grid_morphable`);
+    ``record``: what the checkpoints store (:func:`facelab.models.gao2020.gao2020_morphable_record`).
+
+    Raises:
+        FileNotFoundError: a missing folder of ``data``, or no model file (naming ``morphable``).
+        ValueError: a model that is not the one the data's coefficients refer to.
+    """
+    from facelab.io.models import load_morphable
+    from facelab.models.gao2020 import gao2020_morphable_record, grid_morphable
+
+    path = Path(cfg.morphable) if cfg.morphable else None
+    folder_model = None
+    if cfg.data.kind == "real":
+        for name in ("labelled", "collections"):
+            if not Path(getattr(cfg.data, name)).is_dir():
+                raise FileNotFoundError(f"data.{name}: {getattr(cfg.data, name)} is not a folder")
+        folder_model = Path(cfg.data.labelled) / LP_MODEL_FILE
+        if path is None:
+            if not folder_model.is_file():
+                raise FileNotFoundError(f"morphable: data.kind='real' needs the morphable model the coefficients of "
+                                        f"data.labelled refer to, and {folder_model} does not exist; give its file "
+                                        "with --set morphable=PATH (3DDFA's BFM.mat for 300W-LP)")
+            path = folder_model
+    if path is None:
+        return None
+    source = load_morphable(path)
+    have = source.content_sha256()
+    if folder_model is not None and folder_model.is_file() and folder_model.resolve() != path.resolve():
+        want = load_morphable(folder_model).content_sha256()
+        if want != have:
+            raise ValueError(f"morphable: {path} (sha256 {have}) is not {folder_model} (sha256 {want}), the model "
+                             "the coefficients of data.labelled refer to; give that model (or leave morphable unset)")
+    if cfg.data.kind == "synth":
+        from facelab.morphable import SynthFacesConfig, build_synthfaces
+
+        want = build_synthfaces(SynthFacesConfig(resolution=cfg.resolution)).content_sha256()
+        if want != have:
+            raise ValueError(f"morphable: {path} (sha256 {have}) is not the model of the synthetic suites "
+                             f"(SynthFaces at resolution={cfg.resolution!r}, sha256 {want}); data.kind='synth' "
+                             "trains on SynthFaces coefficients: give another model with data.kind='real'")
+    network = grid_morphable(source, cfg.resolution)
+    return source, gao2020_morphable_record(source, path, network), network
+
+
+def _real_sources(cfg: Gao2020TrainConfig, source) -> tuple[FolderRows, FolderRows, int]:
+    """The ``lp`` and collection rows of the two folders, and the number of identities."""
+    from facelab.data import LP300W, ImageFolderIdentities
+
+    lp = LP300W(cfg.data.labelled, model=source, image_size=tuple(cfg.image_size))
+    col = ImageFolderIdentities(cfg.data.collections, image_size=tuple(cfg.image_size), progress=cfg.train.progress)
+    col.require_landmarks("Gao et al.'s landmark terms (on every image)")
+    return FolderRows(lp, labelled=True), FolderRows(col, labelled=False), col.n_identities
+
+
+def _prepare(cfg: Gao2020TrainConfig, source=None) -> dict:
+    """The data of a run: the morphable model on the device, the batches (and the rows they come from).
+
+    ``source``: :func:`morphable_source`'s triple, or None (SynthFaces, ``data.kind="synth"``).
+    """
     device = D.rank_device(cfg.train.device)
-    morphable = lp_suite.model.to(device)
-    if cfg.pool:
-        lp_source, col_source = render_pools(cfg, lp_suite, col_suite)
+    if cfg.data.kind == "real":
+        lp_rows, col_rows, n_classes = _real_sources(cfg, source[0])
+        morphable = source[2].to(device)
+        if cfg.pool:
+            lp_source = folder_rows_pool(lp_rows, cfg.train.progress)
+            col_source = folder_rows_pool(col_rows, cfg.train.progress)
+        else:
+            lp_source, col_source = lp_rows, col_rows
     else:
-        lp_source, col_source = lp_suite, col_suite
-    data = {"morphable": morphable, "n_classes": col_suite.config.n_identities, "lp_source": lp_source,
+        lp_suite, col_suite = _suites(cfg)
+        morphable = (source[2] if source is not None else lp_suite.model).to(device)
+        n_classes = col_suite.config.n_identities
+        if cfg.pool:
+            lp_source, col_source = render_pools(cfg, lp_suite, col_suite)
+        else:
+            lp_source, col_source = lp_suite, col_suite
+    data = {"morphable": morphable, "n_classes": n_classes, "lp_source": lp_source,
+            "morphable_record": source[1] if source is not None else None,
             "batches": hybrid_batches(lp_source, col_source, cfg, morphable)}
     if not cfg.share_warmup and cfg.warmup_steps:  # the geometric warm-up: batch_warmup lp images per hybrid batch
         data["warmup_batches"] = hybrid_batches(lp_source, col_source, dataclasses.replace(cfg, batch_lp=cfg.batch_warmup),
@@ -750,10 +993,11 @@ def _prepare(cfg: Gao2020TrainConfig) -> dict:
 
 def _build_stage(cfg: Gao2020TrainConfig, stage: Stage, data: dict, parent: Path | None) -> Trainer:
     """The :class:`Trainer` of the warm-up or of a training step, started from ``parent``."""
-    morphable = data["morphable"]
-    mcfg = model_config(cfg, STEP_ALBEDO[stage.name])
+    morphable, record = data["morphable"], data.get("morphable_record")
+    mcfg = model_config(cfg, STEP_ALBEDO[stage.name], record)
     if stage.name == WARMUP and cfg.share_warmup:  # shared by the ablations: no identity head, no discriminator
-        trainee, _ = build_trainee(dataclasses.replace(cfg, use_recog=False, use_adv=False), STEPS[0], morphable, 0)
+        trainee, _ = build_trainee(dataclasses.replace(cfg, use_recog=False, use_adv=False), STEPS[0], morphable, 0,
+                                   record)
         speed_up_encoder(trainee.model.encoder, cfg.channels_last, cfg.encoder_precision)
         tcfg = cfg.train_config(WARMUP)
         optimizer = torch.optim.Adam(trainee.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
@@ -763,7 +1007,7 @@ def _build_stage(cfg: Gao2020TrainConfig, stage: Stage, data: dict, parent: Path
                        model_config={"gao2020": mcfg, "n_classes": 0}, extra_config=cfg)
     n_classes = data["n_classes"]
     geometric = stage.name == WARMUP  # an unshared warm-up: every term but the rendered ones
-    trainee, critic = build_trainee(cfg, STEPS[0] if geometric else stage.name, morphable, n_classes)
+    trainee, critic = build_trainee(cfg, STEPS[0] if geometric else stage.name, morphable, n_classes, record)
     if parent is not None:
         _load_parent(trainee, critic, parent, model_only=stage.parent == WARMUP and cfg.share_warmup)
     train_mcfg = {"gao2020": mcfg, "n_classes": n_classes if cfg.use_recog else 0}
@@ -784,7 +1028,7 @@ def _build_stage(cfg: Gao2020TrainConfig, stage: Stage, data: dict, parent: Path
                    chance=1.0 / n_classes if cfg.use_recog and n_classes else None)
 
 
-def _copy_warmup(cfg: Gao2020TrainConfig, root: Path) -> None:
+def _copy_warmup(cfg: Gao2020TrainConfig, root: Path, record: dict | None = None) -> None:
     """Copy ``cfg.warmup_from`` to ``root/warmup.pt`` after checking it holds this run's model config."""
     final = Stage(WARMUP).checkpoint(root)
     source = Path(cfg.warmup_from)
@@ -793,7 +1037,7 @@ def _copy_warmup(cfg: Gao2020TrainConfig, root: Path) -> None:
     if not source.is_file():
         raise FileNotFoundError(f"warmup_from: {source} does not exist")
     ckpt = load_checkpoint(source, expect_model=MODEL_NAME)
-    if ckpt["model_config"] != model_config(cfg, STEP_ALBEDO[WARMUP]):
+    if ckpt["model_config"] != model_config(cfg, STEP_ALBEDO[WARMUP], record):
         raise ValueError(f"warmup_from: {source} holds another model config than this run's")
     if D.is_main_process():
         root.mkdir(parents=True, exist_ok=True)
@@ -804,8 +1048,13 @@ def _copy_warmup(cfg: Gao2020TrainConfig, root: Path) -> None:
 def _train(cfg: Gao2020TrainConfig) -> None:
     root = Path(cfg.out_dir)
     stages = recipe_stages(cfg, root)
+    if all(stage.checkpoint(root).exists() for stage in stages):
+        return  # finished earlier: nothing to read, not even the model file
+    # a model file is read, checked and resampled once; the default (SynthFaces) reads nothing
+    source = morphable_source(cfg) if cfg.morphable or cfg.data.kind == "real" else None
+    record = source[1] if source is not None else None
     if cfg.warmup_from and stages[0].name == WARMUP:
-        _copy_warmup(cfg, root)
-    publish = lambda stage, src, dst: export_checkpoint(src, dst, model_config(cfg, STEP_ALBEDO[stage.name]))  # noqa: E731
+        _copy_warmup(cfg, root, record)
+    publish = lambda stage, src, dst: export_checkpoint(src, dst, model_config(cfg, STEP_ALBEDO[stage.name], record))  # noqa: E731
     run_stages(root, stages, build=lambda stage, data, parent: _build_stage(cfg, stage, data, parent),
-               prepare=lambda: _prepare(cfg), publish=publish)
+               prepare=lambda: _prepare(cfg, source), publish=publish)
