@@ -530,7 +530,7 @@ def grid_morphable(source: MorphableModel, resolution: str) -> MorphableModel:
 def gao2020_morphable_record(source: MorphableModel, path, network: MorphableModel) -> dict:
     """What a checkpoint records of a morphable-model file (``model_config["morphable"]``).
 
-    :func:`facelab.models.liu2018.morphable_record` of ``source`` read from ``path`` (absolute
+    :func:`facelab.models.morphable_record.morphable_record` of ``source`` read from ``path`` (absolute
     path, content sha256, sizes) plus ``resampled`` (whether ``network``, the decoders' model
     of :func:`grid_morphable`, is a resampling of it) and ``network_sha256``.
     :func:`build_gao2020_model` re-reads ``path`` and refuses a file whose content changed.
@@ -542,7 +542,7 @@ def gao2020_morphable_record(source: MorphableModel, path, network: MorphableMod
     >>> rec["resampled"], rec["sha256"] == rec["network_sha256"], rec["n_verts"]
     (False, True, 1353)
     """
-    from facelab.models.liu2018 import morphable_record
+    from facelab.models.morphable_record import morphable_record
 
     return {**morphable_record(source, path), "resampled": network is not source,
             "network_sha256": network.content_sha256()}
@@ -576,9 +576,9 @@ def build_gao2020_model(model_config: dict, morphable: MorphableModel | None = N
         sf = dict(model_config.get("synthfaces") or {"resolution": config.resolution})
         return Gao2020Model(config, build_synthfaces(SynthFacesConfig(**sf)))
     if morphable is None:
-        from facelab.models.liu2018 import _recorded_morphable
+        from facelab.models.morphable_record import recorded_morphable
 
-        morphable = grid_morphable(_recorded_morphable(record, None), config.resolution)
+        morphable = grid_morphable(recorded_morphable(record), config.resolution)
     elif morphable.content_sha256() != record.get("network_sha256"):
         raise ValueError(f"morphable: the model given is not the one recorded for {record.get('path')} "
                          f"(network sha256 {record.get('network_sha256')})")

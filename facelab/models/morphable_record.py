@@ -4,7 +4,8 @@ A recipe trained with ``morphable=PATH`` (any file :func:`facelab.io.load_morpha
 stores :func:`morphable_record` in its checkpoints' model config under ``"morphable"``; the
 model builder re-reads the file with :func:`recorded_morphable`, which refuses a file whose
 content changed since (:meth:`~facelab.morphable.model.MorphableModel.content_sha256`) or that
-is gone. Used by the ``"liu2018"`` and ``"sir"`` builders.
+is gone. Used by the ``"liu2018"``, ``"sir"`` and ``"gao2020"`` builders (Gao et al.'s adds the
+hash of the model resampled onto its grid, :func:`facelab.models.gao2020.gao2020_morphable_record`).
 """
 
 from __future__ import annotations
