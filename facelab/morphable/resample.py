@@ -47,6 +47,8 @@ __all__ = ["Transfer", "barycentric_transfer", "apply_transfer", "similarity_to"
 
 N_LANDMARKS = 68  # iBUG points: the correspondence the alignment uses
 SEED_TRIANGLES = 8  # nearest-centroid triangles that give each point's first distance bound
+POINT_BLOCK = 256  # points searched at once: a far point's candidates can be most triangles, so memory is bounded per block
+PAIR_CHUNK = 200_000  # (point, triangle) pairs evaluated at once
 RADIUS_SLACK = 1e-9  # relative + absolute slack on the candidate radius (round-off)
 DEGENERATE_REL = 1e-12  # |ab x ac|^2 below this fraction of |ab|^2 |ac|^2: a sliver triangle
 FACE_MASK_THRESHOLD = 0.5  # an interpolated face-mask value at or above this is inside the face
@@ -190,23 +192,30 @@ def _transfer(src_verts, src_faces, dst_verts) -> tuple[torch.Tensor, torch.Tens
     n_pts, n_faces = points.shape[0], faces.shape[0]
 
     def exact(pidx: np.ndarray, fidx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        t = tri[fidx]
-        w = _closest_barycentric(points[pidx], t[:, 0], t[:, 1], t[:, 2])
-        return w, np.linalg.norm(np.einsum("mk,mkd->md", w, t) - points[pidx], axis=1)
+        weights, dist = np.empty((pidx.size, 3)), np.empty(pidx.size)
+        for lo in range(0, pidx.size, PAIR_CHUNK):
+            sl = slice(lo, lo + PAIR_CHUNK)
+            t = tri[fidx[sl]]
+            weights[sl] = _closest_barycentric(points[pidx[sl]], t[:, 0], t[:, 1], t[:, 2])
+            dist[sl] = np.linalg.norm(np.einsum("mk,mkd->md", weights[sl], t) - points[pidx[sl]], axis=1)
+        return weights, dist
 
     k = min(SEED_TRIANGLES, n_faces)
-    _, seed = tree.query(points, k=k)
-    seed = seed.reshape(n_pts, k)
-    _, seed_dist = exact(np.repeat(np.arange(n_pts), k), seed.reshape(-1))
-    bound = seed_dist.reshape(n_pts, k).min(axis=1)
-    reach = (bound + radius) * (1 + RADIUS_SLACK) + RADIUS_SLACK
-    lists = tree.query_ball_point(points, reach)
-    pidx = np.repeat(np.arange(n_pts), [len(c) for c in lists])
-    fidx = np.concatenate([np.asarray(c, dtype=np.int64) for c in lists])
-    weights, dist = exact(pidx, fidx)
-    order = np.lexsort((fidx, dist, pidx))  # per point: nearest first, then lowest triangle index
-    first = order[np.r_[0, np.flatnonzero(np.diff(pidx[order])) + 1]]
-    return (torch.from_numpy(fidx[first]), torch.from_numpy(weights[first]), torch.from_numpy(dist[first]))
+    face_index, weights, distance = np.empty(n_pts, np.int64), np.empty((n_pts, 3)), np.empty(n_pts)
+    for lo in range(0, n_pts, POINT_BLOCK):
+        block = np.arange(lo, min(lo + POINT_BLOCK, n_pts))
+        _, seed = tree.query(points[block], k=k)
+        _, seed_dist = exact(np.repeat(block, k), seed.reshape(-1))
+        bound = seed_dist.reshape(block.size, k).min(axis=1)
+        reach = (bound + radius) * (1 + RADIUS_SLACK) + RADIUS_SLACK
+        lists = tree.query_ball_point(points[block], reach)
+        pidx = np.repeat(block, [len(c) for c in lists])
+        fidx = np.concatenate([np.asarray(c, dtype=np.int64) for c in lists])
+        w, dist = exact(pidx, fidx)
+        order = np.lexsort((fidx, dist, pidx))  # per point: nearest first, then lowest triangle index
+        first = order[np.r_[0, np.flatnonzero(np.diff(pidx[order])) + 1]]
+        face_index[pidx[first]], weights[pidx[first]], distance[pidx[first]] = fidx[first], w[first], dist[first]
+    return torch.from_numpy(face_index), torch.from_numpy(weights), torch.from_numpy(distance)
 
 
 def apply_transfer(values: torch.Tensor, faces: torch.Tensor, face_index: torch.Tensor,
