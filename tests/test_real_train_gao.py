@@ -199,6 +199,10 @@ def test_errors_name_the_missing_key_or_file(folders, tmp_path):
     with pytest.raises(ValueError, match=r"morphable: .*LPD/model.npz .* is not .*LP/model.npz .* the model the "
                                          r"coefficients of data.labelled refer to"):
         train_gao2020(cfg(f"morphable={folders / 'LPD' / 'model.npz'}"))
+    # data.kind=synth takes a file of the suites' own model (LP's model.npz is SynthFaces at the quick grid)
+    same = morphable_source(apply_overrides(Gao2020TrainConfig(), [f"morphable={folders / 'LP' / 'model.npz'}"]))
+    assert same[1]["resampled"] is False
+    assert same[1]["network_sha256"] == build_synthfaces(SynthFacesConfig(resolution="quick")).content_sha256()
     with pytest.raises(ValueError, match=r"morphable: .*LPD/model.npz .* is not the model of the synthetic suites"):
         morphable_source(apply_overrides(Gao2020TrainConfig(), [f"morphable={folders / 'LPD' / 'model.npz'}"]))
     # no model: no coefficients to read
