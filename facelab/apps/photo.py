@@ -210,6 +210,7 @@ def _morphable(model) -> MorphableModel:
     if model.landmarks.numel() != 68:
         raise ValueError(f"model: {model.name!r} has no iBUG-68 landmark annotation ({model.landmarks.numel()} "
                          "landmarks); load it with landmarks=(68 vertex indices) and save it as .npz (MorphableModel.save)")
+    model.require_landmarks("model (the photo report draws and lists all 68 fitted landmarks)")
     return model
 
 

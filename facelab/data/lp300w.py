@@ -213,7 +213,7 @@ class LP300W(Dataset):
             expression = model.expression_offset(alpha_exp[None])[0]
         out = {"alpha_id": alpha_id, "alpha_exp": alpha_exp, "shape": identity + expression,
                "shape_identity": identity, "shape_expression": expression}
-        if model.landmarks.numel():
+        if model.landmarks.numel() and bool(model.landmark_mask.all()):  # a partial annotation has no 68 points
             out["landmarks3d"] = out["shape"][model.landmarks]
         return out
 

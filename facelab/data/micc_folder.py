@@ -397,6 +397,7 @@ def export_micc(collection, out_dir, batch_size: int = 128, progress: bool = Fal
         scan = collection.scan(k).detach().cpu()
         write_mesh(out / names[k] / SCAN_FILE, scan, faces)
         # the truth's landmark vertices; %.9g gives the float32 values back exactly
-        np.savetxt(out / names[k] / SCAN_LANDMARKS_FILE, scan[morphable.landmarks.cpu()].numpy(), fmt=FLOAT_FORMAT)
+        lm = morphable.require_landmarks("the scans' landmark files").cpu()
+        np.savetxt(out / names[k] / SCAN_LANDMARKS_FILE, scan[lm].numpy(), fmt=FLOAT_FORMAT)
     return {"out": str(out), "subjects": n, "videos": len({v for v, _ in layout}), "frames": count,
             "image_size": size}

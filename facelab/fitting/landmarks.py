@@ -44,6 +44,8 @@ __all__ = ["estimate_pose", "fit_landmarks", "LandmarkFit", "LandmarkFitConfig",
 
 #: number of iBUG landmarks the fitter expects
 N_LANDMARKS = 68
+#: fewest mapped landmarks an affine camera (8 unknowns, 2 equations a point) can be fitted to
+MIN_MAPPED_LANDMARKS = 4
 #: model standard deviations are clamped to at least this (mm) so priors stay finite
 MIN_STD_MM = 1e-6
 #: Marquardt damping of the pose step in the joint refinement (relative to the diagonal)
@@ -340,8 +342,13 @@ def fit_landmarks(
     Liu et al. 2018); each image has its own expression and pose. See the module
     docstring and ``book/04_fitting.ipynb``.
 
+    A model that maps only some iBUG points (``-1`` in ``model.landmarks``, e.g. eos's SFM
+    mapping without the jaw contour) is fitted to its mapped points alone: the result is the
+    fit of that subset, and ``landmarks2d`` at the unmapped points is never read.
+
     Args:
-        model: a :class:`MorphableModel` with 68 landmark vertices.
+        model: a :class:`MorphableModel` with an iBUG-68 annotation (at least
+            :data:`MIN_MAPPED_LANDMARKS` points mapped; :attr:`~MorphableModel.landmark_mask`).
         landmarks2d: ``(B, 68, 2)`` float, px (x right, y down).
         groups: ``(B,)`` integer identity labels, or None (every image its own identity).
         weights: ``(B, 68)`` float >= 0 or None, per-landmark weights (0 = missing).
@@ -351,7 +358,8 @@ def fit_landmarks(
     Returns:
         :class:`LandmarkFit` with ``alpha_id (G, K_id)``, ``alpha_exp (B, K_exp)``,
         ``pose (B, 6)``, ``shapes (B, V, 3)`` mm, ``identity_shapes (G, V, 3)`` mm and
-        ``residual_px (B,)``; G = number of distinct labels (B if ``groups`` is None).
+        ``residual_px (B,)`` (over the mapped points); G = number of distinct labels (B if
+        ``groups`` is None).
 
     >>> g = torch.Generator().manual_seed(0)
     >>> V, K = 100, 4
@@ -369,7 +377,7 @@ def fit_landmarks(
         raise TypeError(f"model: expected a MorphableModel, got {type(model).__name__}")
     if model.landmarks.numel() != N_LANDMARKS:
         raise ValueError(f"model: has no {N_LANDMARKS}-landmark annotation (landmarks has {model.landmarks.numel()} entries)")
-    check_tensor(landmarks2d, "landmarks2d", ("B", N_LANDMARKS, 2))
+    check_tensor(landmarks2d, "landmarks2d", ("B", N_LANDMARKS, 2), finite=False)  # finite where mapped: below
     cfg = _resolve_config(config, options)
     B, dev, dt = landmarks2d.shape[0], landmarks2d.device, landmarks2d.dtype
     if weights is None:
@@ -383,10 +391,19 @@ def fit_landmarks(
     k_exp = leading_components(cfg.n_exp, model.n_exp, "n_exp")
 
     lm = model.landmarks.to(dev)
+    mapped = model.landmark_mask.to(dev)
+    if int(mapped.sum()) < MIN_MAPPED_LANDMARKS:
+        raise ValueError(f"model: maps {int(mapped.sum())} of the {N_LANDMARKS} iBUG points to vertices; "
+                         f"a landmark fit needs at least {MIN_MAPPED_LANDMARKS}")
+    if not bool(mapped.all()):  # fit the mapped subset: a -1 index would silently pick the last vertex
+        keep = mapped.nonzero()[:, 0]
+        lm, landmarks2d, weights = lm[keep], landmarks2d[:, keep], weights[:, keep]
+    check_tensor(landmarks2d, "landmarks2d", None)  # finite at the points that are fitted
+    N = lm.shape[0]
     rows = (3 * lm[:, None] + torch.arange(3, device=dev)).reshape(-1)  # interleaved basis rows
     mean_lm = model.mean_shape.to(dev, dt)[lm]  # (N, 3)
     basis_lm = torch.cat([model.shape_basis[:, :k_id], model.exp_basis[:, :k_exp]], dim=1).to(dev, dt)
-    basis_lm = basis_lm[rows].reshape(N_LANDMARKS, 3, k_id + k_exp)  # (N, 3, K + E)
+    basis_lm = basis_lm[rows].reshape(N, 3, k_id + k_exp)  # (N, 3, K + E)
     # prior precisions per coefficient, in units of the (px-noise-whitened) data term
     var_px = cfg.landmark_std_px ** 2
     prec_id = cfg.shape_prior * var_px / model.shape_std.to(dev, dt)[:k_id].clamp_min(MIN_STD_MM) ** 2

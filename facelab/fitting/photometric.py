@@ -224,7 +224,8 @@ def fit_photometric(
     ``book/04_fitting.ipynb``).
 
     Args:
-        model: a :class:`MorphableModel` with 68 landmarks and an albedo basis.
+        model: a :class:`MorphableModel` with an iBUG-68 annotation and an albedo basis; with a
+            partial one (``-1`` = unmapped) the landmark term uses the mapped points only.
         images: ``(B, 3, H, W)`` float RGB in [0, 1].
         landmarks2d: ``(B, 68, 2)`` float, px (x right, y down).
         groups: ``(B,)`` integer identity labels (images with equal labels share
@@ -272,7 +273,9 @@ def fit_photometric(
     log_scale = init.pose[:, 5:6].to(dev, dt).log().clone().requires_grad_(True)
 
     settings = RenderSettings(image_size=(H, W), backend=cfg.backend)
-    faces, lm_idx = m.faces.to(dev), m.landmarks.to(dev)
+    # a partial annotation (-1 = unmapped) contributes its mapped points only, as in fit_landmarks
+    mapped = m.landmark_mask.to(dev)
+    faces, lm_idx, lm_target = m.faces.to(dev), m.landmarks.to(dev)[mapped], landmarks2d[:, mapped]
     visible = torch.ones_like(images[:, :1]) if masks is None else (1 - masks.to(dt)).clamp(0, 1)
     shape_basis, exp_basis, alb_basis = m.shape_basis[:, :k_id], m.exp_basis[:, :k_exp], m.albedo_basis[:, :k_alb]
 
@@ -309,7 +312,7 @@ def fit_photometric(
         weight = _face_region(out.fragments, m.face_mask, faces) * visible
         sq = ((out.image - images) ** 2).sum(1, keepdim=True) * weight
         photo = sq.flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1.0)  # (B,)
-        lm_sq = ((out.landmarks2d - landmarks2d) ** 2).sum((1, 2))  # (B,)
+        lm_sq = ((out.landmarks2d - lm_target) ** 2).sum((1, 2))  # (B,)
         prior = (cfg.shape_prior * (a_id ** 2).sum() + cfg.albedo_prior * (b_alb ** 2).sum()
                  + cfg.exp_prior * (a_exp ** 2).sum())
         parts = (cfg.photo_weight * photo.sum(), lm_sq.sum() / cfg.landmark_std_px ** 2, prior)
@@ -337,7 +340,7 @@ def fit_photometric(
     return PhotometricFit(
         alpha_id=full_id, beta=full_alb, alpha_exp=full_exp, pose=pose.detach(), sh=sh.detach(),
         identity_shapes=identity.detach(), shapes=verts.detach(), photo_rmse=(photo / 3).sqrt(),
-        residual_px=(lm_sq / N_LANDMARKS).sqrt(), group_index=group_index, group_labels=labels,
+        residual_px=(lm_sq / lm_idx.shape[0]).sqrt(), group_index=group_index, group_labels=labels,
         losses=losses, init=init,
     )
 

@@ -8,7 +8,8 @@ x = subject's left, y up, z toward the camera, orthonormal bases with std).
 * meshes: :func:`read_mesh`, :func:`write_mesh` (``.obj``, ``.ply``)
 * models: :func:`load_bfm2009`, :func:`load_bfm2017`, :func:`load_bfm_3ddfa` (3DDFA's ``BFM.mat``),
   :func:`load_flame`, :func:`load_sfm`, and :func:`load_morphable`, which picks one of them (or a
-  facelab ``.npz``) by the file's suffix
+  facelab ``.npz``) by the file's suffix; :func:`read_landmark_mapping` reads which vertex each
+  iBUG point is (eos's ``ibug_to_sfm.txt``, or a JSON sidecar), ``-1`` where a model maps none
 * checkpoints: :func:`save_checkpoint`, :func:`load_checkpoint` (:mod:`facelab.io.checkpoint`;
   rebuilding the model is :func:`facelab.models.load_model`)
 * annotations and datasets: :func:`load_300wlp` (with 300W-LP's projection: :func:`pose_to_facelab`,
@@ -29,6 +30,7 @@ from facelab.io.lfw import (
     LFWPairs, Pair, find_lfw_image, format_pair, lfw_image_path, read_landmarks, read_pairs, read_pairs_with_lines,
     write_landmarks, write_pairs,
 )
+from facelab.io.landmark_mapping import read_landmark_mapping
 from facelab.io.lp300w import (
     landmark_visibility, load_300wlp, pixels_from_file, pixels_to_file, pose_from_facelab, pose_to_facelab,
     project_300wlp,
@@ -41,6 +43,7 @@ from facelab.io.sfm import load_sfm, read_sfm, save_sfm
 __all__ = [
     "save_checkpoint", "load_checkpoint",
     "Mesh", "read_mesh", "write_mesh", "read_image",
+    "read_landmark_mapping",
     "load_bfm2009", "load_bfm2017", "load_flame", "read_flame_pickle", "load_sfm", "read_sfm", "save_sfm",
     "load_bfm_3ddfa", "is_bfm_3ddfa", "lp300w_coefficients", "lp300w_vertices",
     "load_300wlp", "pose_to_facelab", "pose_from_facelab", "project_300wlp", "pixels_from_file", "pixels_to_file",

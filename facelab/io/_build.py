@@ -29,6 +29,8 @@ import numpy as np
 import torch
 
 from facelab.io._util import check_finite, to_numpy
+from facelab.io.landmark_mapping import landmark_indices
+from facelab.morphable.landmarks import UNMAPPED, ibug_point_list
 from facelab.morphable.model import MorphableModel
 
 ORTHONORMAL_TOL = 1e-3  # max |B^T B - I| entry accepted as "already orthonormal" (float32 data)
@@ -130,13 +132,17 @@ def find_nose_tip(verts: np.ndarray) -> int:
 
 
 def _landmark_tensor(landmarks, n_verts: int) -> torch.Tensor:
+    """``(68,)`` int64 from indices (``-1`` = unmapped) or a mapping file's path; ``(0,)`` for None."""
     if landmarks is None:
         return torch.zeros(0, dtype=torch.int64)
-    lm = to_numpy(landmarks, "landmarks")
+    source = f"landmarks ({landmarks})" if isinstance(landmarks, (str, Path)) else "landmarks"
+    lm = to_numpy(landmark_indices(landmarks), "landmarks")
     if lm.shape != (N_LANDMARKS,) or lm.dtype.kind not in "iu":
         raise ValueError(f"landmarks: expected ({N_LANDMARKS},) integer vertex indices, got shape {lm.shape} dtype {lm.dtype}")
-    if lm.min() < 0 or lm.max() >= n_verts:
-        raise ValueError(f"landmarks: vertex indices must lie in [0, {n_verts}), got [{lm.min()}, {lm.max()}]")
+    bad = np.flatnonzero((lm < UNMAPPED) | (lm >= n_verts))
+    if bad.size:
+        raise ValueError(f"{source}: iBUG points {ibug_point_list(bad)} (1-based) map to vertices "
+                         f"{lm[bad].tolist()}; vertex indices must lie in [0, {n_verts}) ({UNMAPPED} = unmapped)")
     return torch.from_numpy(lm.astype(np.int64))
 
 
@@ -187,6 +193,9 @@ def assemble_model(
         "basis_transform": {"shape": shape[2], "expression": exp[2], "albedo": albedo[2]},
     }
     info.update(meta or {})
+    lm = _landmark_tensor(landmarks, V)  # outside the try: its errors name the mapping file, not the model's
+    if isinstance(landmarks, (str, Path)):
+        info["landmark_mapping"] = str(landmarks)
     try:
         return MorphableModel(
             mean_shape=_f32(mean_shape),
@@ -195,7 +204,7 @@ def assemble_model(
             mean_albedo=_f32(mean_albedo),
             albedo_basis=_f32(albedo[0]), albedo_std=_f32(albedo[1]),
             faces=torch.from_numpy(np.ascontiguousarray(faces, dtype=np.int64)),
-            landmarks=_landmark_tensor(landmarks, V),
+            landmarks=lm,
             symmetry=torch.from_numpy(mirror_symmetry(mean_shape)),
             face_mask=_mask_tensor(face_mask, V),
             nose_tip=find_nose_tip(mean_shape),

@@ -15,6 +15,7 @@ Book chapter: ``book/12_real_data.ipynb``.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 
@@ -22,6 +23,7 @@ from facelab.io._util import existing_file
 from facelab.io.bfm import load_bfm2009, load_bfm2017
 from facelab.io.bfm3ddfa import is_bfm_3ddfa, load_bfm_3ddfa
 from facelab.io.flame import load_flame
+from facelab.io.landmark_mapping import landmark_indices
 from facelab.io.sfm import load_sfm
 from facelab.morphable.model import MorphableModel, load_npz
 
@@ -41,8 +43,11 @@ def load_morphable(path, landmarks=None, face_mask=None) -> MorphableModel:
 
     Args:
         path: a ``.npz``, ``.mat``, ``.h5``, ``.bin`` or ``.pkl`` file (:data:`MORPHABLE_SUFFIXES`).
-        landmarks: optional ``(68,)`` int vertex indices in iBUG order; a ``.npz`` keeps its own
-            (passing them for a ``.npz`` replaces them).
+        landmarks: optional ``(68,)`` int vertex indices in iBUG order, ``-1`` where the model
+            maps no vertex, or the path of a mapping file (eos's TOML ``ibug_to_sfm.txt`` or a
+            JSON sidecar: :func:`facelab.io.read_landmark_mapping`); a ``.npz`` keeps its own
+            (passing them for a ``.npz`` replaces them). A partial set shows in
+            ``model.landmark_mask``; landmark fits and losses then use the mapped points only.
         face_mask: optional ``(V,)`` bool face region (same rule).
 
     Returns:
@@ -62,6 +67,10 @@ def load_morphable(path, landmarks=None, face_mask=None) -> MorphableModel:
     Traceback (most recent call last):
     ...
     ValueError: ...m.txt: unknown morphable-model suffix '.txt'; expected one of .npz (facelab morphable model ...
+    >>> q = p.with_name("map.json"); _ = q.write_text('{"31": 10, "37": 20, "46": 30}')
+    >>> m = load_morphable(p, landmarks=q)
+    >>> int(m.landmark_mask.sum()), m.landmarks[30].item(), m.landmarks[0].item()
+    (3, 10, -1)
     """
     path = existing_file(path, "morphable-model file")
     suffix = path.suffix.lower()
@@ -73,9 +82,14 @@ def load_morphable(path, landmarks=None, face_mask=None) -> MorphableModel:
     if suffix != ".npz":
         return _LOADERS[suffix](path, landmarks=landmarks, face_mask=face_mask)
     model = load_npz(path)
-    changes = {}
+    changes, source = {}, landmarks if isinstance(landmarks, (str, Path)) else None
     if landmarks is not None:
-        changes["landmarks"] = torch.as_tensor(landmarks, dtype=torch.long).reshape(-1)
+        changes["landmarks"] = torch.as_tensor(landmark_indices(landmarks), dtype=torch.long).reshape(-1)
     if face_mask is not None:
         changes["face_mask"] = torch.as_tensor(face_mask, dtype=torch.bool).reshape(-1)
-    return dataclasses.replace(model, **changes) if changes else model  # replace() validates the new fields
+    try:
+        return dataclasses.replace(model, **changes) if changes else model  # replace() validates the new fields
+    except ValueError as err:
+        if source is not None and str(err).startswith("landmarks"):  # name the mapping file
+            raise ValueError(f"{source}: does not fit {path} ({err})") from None
+        raise

@@ -377,12 +377,13 @@ def micc_baselines(cfg: BaselineConfig | None = None, details: bool = False) -> 
     per_subject = {"mean_face": model.mean_shape[None].expand(suite.n_identities, -1, -1)}
     for k in _ks(cfg, model):
         per_subject[f"oracle_k{k}"] = oracle_projection(model, scans, k)
+    lm = _np(model.require_landmarks("MICC scoring (landmark-initialised ICP)"))
 
     def score(pred: torch.Tensor, label: int) -> dict:
         scan = _np(scans[label])
         p = _np(pred)
         return micc_error(p, faces, scan, nose_tip_gt=scan[model.nose_tip],
-                          pred_landmarks=p[_np(model.landmarks)], gt_landmarks=scan[_np(model.landmarks)],
+                          pred_landmarks=p[lm], gt_landmarks=scan[lm],
                           max_iter=cfg.icp_iters, tol=cfg.icp_tol)
 
     errors: dict[str, list[float]] = {}
@@ -489,7 +490,7 @@ def bu3dfe_baselines(cfg: BaselineConfig | None = None, details: bool = False) -
 
     from facelab.fitting import project_landmarks
 
-    reproj = project_landmarks(fit.shapes[:, model.landmarks], fit.pose)
+    reproj = project_landmarks(fit.shapes[:, model.require_landmarks("landmark reprojection NME")], fit.pose)
     out["landmark_nme"] = {
         "detector": nme_by_yaw(landmark_nme(observed, gt["landmarks2d"]), yaw),
         "landmark_fit": nme_by_yaw(landmark_nme(reproj, gt["landmarks2d"]), yaw),

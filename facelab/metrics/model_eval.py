@@ -226,7 +226,7 @@ def score_micc(model, profile: str, cfg: ModelEvalConfig, suite=None, pred: dict
     morphable = suite.model
     pred = pred if pred is not None else predict_suite(model, suite, cfg.batch_size)
     faces = morphable.faces.numpy()
-    lm = morphable.landmarks.numpy()
+    lm = morphable.require_landmarks("MICC scoring (landmark-initialised ICP)").numpy()
     truth = {lab: _scan_truth(suite, lab, morphable) for lab in torch.unique(pred["label"]).tolist()}
 
     def score(mesh: torch.Tensor, label: int) -> float:
@@ -265,7 +265,7 @@ def _scan_truth(suite, label: int, morphable) -> tuple[np.ndarray, np.ndarray, n
     scan = _np(suite.scan(label))
     own = getattr(suite, "scan_landmarks", None)
     if own is None:  # a SynthFaces scan: the morphable model's vertices
-        return scan, scan[morphable.nose_tip], scan[morphable.landmarks.cpu().numpy()]
+        return scan, scan[morphable.nose_tip], scan[morphable.require_landmarks("MICC scan landmarks").cpu().numpy()]
     points = _np(own(label))
     # the nose tip alone: crop there, align from the centroids
     return scan, _np(suite.nose_tip(label)), points if points.shape[0] > 1 else None

@@ -311,6 +311,7 @@ class Gao2020Model(nn.Module):
                              f"{grid_shape(config.resolution)} of config.resolution")
         if morphable.landmarks.numel() != 68:
             raise ValueError(f"morphable: needs the 68 iBUG landmarks, has {morphable.landmarks.numel()}")
+        morphable.require_landmarks("morphable (its landmark losses and renders use every iBUG point)")
         self.config = config
         hierarchy = mesh_hierarchy(morphable, config.n_levels)
         self.hierarchy = hierarchy

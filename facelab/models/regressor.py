@@ -212,7 +212,7 @@ class CoefficientRegressor(nn.Module):
             mm (neutral), ``embedding (B, n_shape)`` (standardised ``alpha_id``: the identity
             feature), ``alpha_id``, ``alpha_exp``, ``pose (B, 6)``, ``sh (B, 27)`` and
             ``landmarks2d (B, 68, 2)`` px (the model's landmarks projected with the pose;
-            absent if the model has no landmarks).
+            absent if the model has no landmarks, NaN at points a partial annotation leaves unmapped).
         """
         from facelab.camera import WeakPerspectiveCamera
 
@@ -220,8 +220,8 @@ class CoefficientRegressor(nn.Module):
         shapes = self.decode(out, morphable)
         result = {**shapes, "embedding": out["a_id"], "alpha_id": out["alpha_id"], "alpha_exp": out["alpha_exp"],
                   "pose": out["pose"], "sh": out["sh"]}
-        if morphable.landmarks.numel():
-            lm3d = shapes["shape"][:, morphable.landmarks]
+        if morphable.landmarks.numel():  # NaN at the points a partial annotation does not map
+            lm3d = morphable.landmark_points(shapes["shape"])
             result["landmarks2d"] = WeakPerspectiveCamera.from_pose(out["pose"]).project(lm3d)[..., :2]
         return result
 

@@ -109,6 +109,8 @@ class SIRNet(nn.Module):
         self.head = build_classifier_loss(config.recog_loss, config.n_shape, config.n_classes,
                                           s=config.recog_s, m=config.recog_m)
         self.n_verts = morphable.n_verts
+        if morphable.landmarks.numel():  # indexing a partial annotation's -1 would pick the last vertex
+            morphable.require_landmarks("morphable (SIR's landmark term projects every iBUG point)")
         self.register_buffer("landmarks", morphable.landmarks.clone(), persistent=False)
         self.register_buffer("exp_basis", morphable.exp_basis[:, : config.n_exp].clone(), persistent=False)
         if config.shape_model == "pca":

@@ -54,6 +54,26 @@ SEVEN_LANDMARKS: tuple[int, ...] = (36, 39, 42, 45, 30, 48, 54)
 MIDLINE_LANDMARKS: tuple[int, ...] = tuple(k for k in range(N_LANDMARKS) if IBUG_MIRROR[k] == k)
 
 
+#: the vertex index that marks an iBUG point a model does not map (e.g. eos's jaw contour)
+UNMAPPED = -1
+
+
+def ibug_point_list(indices) -> str:
+    """The 1-based iBUG numbers of 0-based landmark ``indices``, runs collapsed, for messages.
+
+    >>> ibug_point_list([0, 1, 2, 16, 60, 64])
+    '1-3, 17, 61, 65'
+    """
+    nums = sorted({int(i) + 1 for i in indices})
+    runs: list[list[int]] = []
+    for n in nums:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def right_side_landmarks() -> tuple[int, ...]:
     """Landmarks that are placed directly: the subject's right side and the mid-line.
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from facelab.checks import check_tensor
+from facelab.morphable.landmarks import N_LANDMARKS, UNMAPPED, ibug_point_list
 from facelab.numerics import rowwise_matmul
 
 NPZ_FORMAT = "facelab-morphable"
@@ -52,7 +53,10 @@ class MorphableModel:
         albedo_basis: ``(3V, K_alb)`` float, orthonormal columns.
         albedo_std: ``(K_alb,)`` float, sorted descending.
         faces: ``(F, 3)`` long, counter-clockwise from the front.
-        landmarks: ``(68,)`` long, iBUG-68 vertex indices (``(0,)`` when unknown).
+        landmarks: ``(68,)`` long, iBUG-68 vertex indices (``(0,)`` when unknown). A model that
+            maps only some iBUG points (eos's ``ibug_to_sfm.txt`` leaves out the jaw contour) holds
+            ``-1`` at the others: :attr:`landmark_mask` says which are mapped, and
+            :meth:`require_landmarks` is how a consumer that needs particular points gets them.
         symmetry: ``(V,)`` long, the mirror partner of each vertex (x -> -x).
         face_mask: ``(V,)`` bool, the face region used by metrics and losses.
         nose_tip: vertex index of the nose tip.
@@ -127,10 +131,15 @@ class MorphableModel:
         check_tensor(self.mean_albedo, "mean_albedo", (V, 3))
         check_tensor(self.faces, "faces", (None, 3), dtype_kind="int")
         if self.landmarks.numel():  # an empty tensor means "no landmark annotation" (e.g. a loaded FLAME)
-            check_tensor(self.landmarks, "landmarks", (68,), dtype_kind="int")
+            check_tensor(self.landmarks, "landmarks", (N_LANDMARKS,), dtype_kind="int")
+            bad = ((self.landmarks < UNMAPPED) | (self.landmarks >= V)).nonzero()[:, 0].tolist()
+            if bad:
+                raise ValueError(f"landmarks: iBUG points {ibug_point_list(bad)} (1-based) hold "
+                                 f"{[int(self.landmarks[i]) for i in bad]}; expected vertex indices in "
+                                 f"[0, {V}) or {UNMAPPED} for an unmapped point")
         check_tensor(self.symmetry, "symmetry", (V,), dtype_kind="int")
         check_tensor(self.face_mask, "face_mask", (V,), dtype_kind=None)
-        for name in ("faces", "landmarks", "symmetry"):
+        for name in ("faces", "symmetry"):
             t = getattr(self, name)
             if t.numel() and (t.min() < 0 or t.max() >= V):
                 raise ValueError(f"{name}: vertex indices must lie in [0, {V}), got [{int(t.min())}, {int(t.max())}]")
@@ -138,6 +147,71 @@ class MorphableModel:
             raise ValueError(f"nose_tip: vertex index {self.nose_tip} outside [0, {V})")
         if self.grid_shape is not None and int(np.prod(self.grid_shape)) != V:
             raise ValueError(f"grid_shape: {tuple(self.grid_shape)} does not have {V} vertices")
+
+    # ------------------------------------------------------------- landmarks
+    @property
+    def landmark_mask(self) -> torch.Tensor:
+        """``(68,)`` bool: which iBUG points the model maps to a vertex (all False without landmarks).
+
+        >>> from facelab.morphable import SynthFacesConfig, build_synthfaces
+        >>> m = build_synthfaces(SynthFacesConfig(resolution="quick"))
+        >>> int(m.landmark_mask.sum())
+        68
+        >>> lm = m.landmarks.clone(); lm[:17] = -1  # no jaw contour, as eos's SFM mapping
+        >>> int(dataclasses.replace(m, landmarks=lm).landmark_mask.sum())
+        51
+        """
+        if not self.landmarks.numel():
+            return torch.zeros(N_LANDMARKS, dtype=torch.bool, device=self.landmarks.device)
+        return self.landmarks != UNMAPPED
+
+    def require_landmarks(self, what: str, points=None) -> torch.Tensor:
+        """The ``(68,)`` long landmark vertices, or ``ValueError`` if any of ``points`` is unmapped.
+
+        For consumers that index particular iBUG points (indexing with ``-1`` would silently pick
+        the last vertex). ``points``: 0-based iBUG indices that must be mapped (None: all 68).
+        The message names ``what`` and the missing points (1-based, as mapping files number them).
+
+        >>> from facelab.morphable import SynthFacesConfig, build_synthfaces
+        >>> m = build_synthfaces(SynthFacesConfig(resolution="quick"))
+        >>> lm = m.landmarks.clone(); lm[[0, 1, 2, 60]] = -1
+        >>> partial = dataclasses.replace(m, landmarks=lm)
+        >>> partial.require_landmarks("alignment", points=[36, 45]).shape
+        torch.Size([68])
+        >>> partial.require_landmarks("alignment")
+        Traceback (most recent call last):
+        ...
+        ValueError: alignment: model 'synthfaces-quick' maps no vertex to iBUG points 1-3, 61 (1-based); it needs all 68 ...
+        """
+        needed = torch.arange(N_LANDMARKS) if points is None else torch.as_tensor(points, dtype=torch.long).reshape(-1)
+        if not self.landmarks.numel():
+            raise ValueError(f"{what}: model {self.name!r} has no iBUG-68 landmark annotation; load it with "
+                             "landmarks=(68 vertex indices or a mapping file, facelab.io.read_landmark_mapping)")
+        missing = needed[~self.landmark_mask.cpu()[needed]].tolist()
+        if missing:
+            need = "all 68" if points is None else f"iBUG points {ibug_point_list(needed.tolist())}"
+            raise ValueError(f"{what}: model {self.name!r} maps no vertex to iBUG points {ibug_point_list(missing)} "
+                             f"(1-based); it needs {need} (landmarks=68 vertex indices)")
+        return self.landmarks
+
+    def landmark_points(self, points: torch.Tensor, fill: float = float("nan")) -> torch.Tensor:
+        """``(B, 68, C)``: the landmark vertices' rows of ``points (B, V, C)``, ``fill`` where unmapped.
+
+        Safe with a partial annotation, where ``points[:, model.landmarks]`` would silently
+        return the last vertex for each ``-1``. NaN marks an unmapped point by default.
+
+        >>> from facelab.morphable import SynthFacesConfig, build_synthfaces
+        >>> m = build_synthfaces(SynthFacesConfig(resolution="quick"))
+        >>> lm = m.landmarks.clone(); lm[:17] = -1
+        >>> out = dataclasses.replace(m, landmarks=lm).landmark_points(m.mean_shape[None])
+        >>> out.shape, bool(out[0, :17].isnan().all()), bool(out[0, 17:].isfinite().all())
+        (torch.Size([1, 68, 3]), True, True)
+        """
+        if not self.landmarks.numel():
+            raise ValueError(f"model: {self.name!r} has no iBUG-68 landmark annotation")
+        mapped = self.landmark_mask.to(points.device)
+        out = points[:, self.landmarks.to(points.device).clamp_min(0)]
+        return torch.where(mapped[None, :, None], out, out.new_tensor(fill))
 
     # -------------------------------------------------------------- geometry
     @staticmethod

@@ -249,6 +249,7 @@ def _landmarks_of(model: MorphableModel, name: str) -> np.ndarray:
         raise ValueError(f"{name}: needs its {N_LANDMARKS} iBUG landmark vertices to be aligned with the other mesh "
                          f"(it has {model.landmarks.numel()}); load it with "
                          "facelab.io.load_morphable(path, landmarks=...)")
+    model.require_landmarks(f"{name} (aligned with the other mesh by its landmarks)")
     return model.mean_shape.detach().cpu().double().numpy()[model.landmarks.cpu().numpy()]
 
 
@@ -355,7 +356,10 @@ def resample_model(model: MorphableModel, grid_mesh: MorphableModel) -> Morphabl
     mean = to_grid(model.mean_shape.detach().cpu().double())
     tree = cKDTree(mean.numpy())
     mean_np = model.mean_shape.detach().cpu().double().numpy()
-    _, landmarks = tree.query(mean_np[model.landmarks.cpu().numpy()])
+    lm = model.landmarks.cpu().numpy()
+    landmarks = lm.copy()  # -1 (unmapped) stays -1: only mapped points move to the grid
+    if lm.size:
+        _, landmarks[lm >= 0] = tree.query(mean_np[lm[lm >= 0]])
     _, nose = tree.query(mean_np[int(model.nose_tip)])
     mask = to_grid(model.face_mask.detach().cpu().double()[:, None])[:, 0] >= FACE_MASK_THRESHOLD
     meta = {**model.meta, RESAMPLED_META_KEY: {

@@ -186,6 +186,7 @@ def render(
     landmarks2d = None
     if landmarks_idx is not None:
         check_tensor(landmarks_idx, "landmarks_idx", (None,), dtype_kind="int")
+        _check_landmark_vertices(landmarks_idx)
         landmarks2d = verts_screen[:, landmarks_idx.long(), :2]
     return RenderOutput(
         image=rgb.permute(0, 3, 1, 2),
@@ -196,6 +197,13 @@ def render(
         verts_screen=verts_screen,
         fragments=frags,
     )
+
+
+def _check_landmark_vertices(idx: torch.Tensor) -> None:
+    """Refuse negative indices: an unmapped landmark's -1 would silently render the last vertex."""
+    if idx.numel() and int(idx.min()) < 0:
+        raise ValueError(f"landmarks_idx: holds {int(idx.min())}; a partial landmark annotation's unmapped "
+                         "points (-1) must be left out (model.landmarks[model.landmark_mask])")
 
 
 class Renderer(nn.Module):
@@ -217,6 +225,7 @@ class Renderer(nn.Module):
         self.register_buffer("faces", faces.long().clone(), persistent=False)
         if landmarks_idx is not None:
             check_tensor(landmarks_idx, "landmarks_idx", (None,), dtype_kind="int")
+            _check_landmark_vertices(landmarks_idx)
             self.register_buffer("landmarks_idx", landmarks_idx.long().clone(), persistent=False)
         else:
             self.landmarks_idx = None

@@ -201,7 +201,8 @@ def frame_units(pred: dict, morphable, identity_errors: np.ndarray | None = None
     shape_err = np.asarray(rmse(pred["shape"].double().numpy(), gt_shape, mask=mask, align="rigid"))
 
     edges = edges_from_faces(morphable.faces, morphable.n_verts)
-    seeds = morphable.landmarks[[i for ids in LOCAL_DETAIL_LANDMARKS.values() for i in ids]].numpy()
+    points = [i for ids in LOCAL_DETAIL_LANDMARKS.values() for i in ids]
+    seeds = morphable.require_landmarks("local detail regions", points)[points].numpy()
     curvature = local_curvature_error(ident, gt_ident, edges, ring_vertices(seeds, edges), align_mask=mask)
     # the identity shapes are in the model's frame already; aligning them to the mean would turn them off the span
     span = linear_span_distance(ident, morphable.mean_shape, morphable.shape_basis, mask=mask, align="none")

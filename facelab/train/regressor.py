@@ -138,7 +138,10 @@ class RegressorLoss(nn.Module):
         check_choice(id_weighting, "id_weighting", ID_WEIGHTINGS)
         if not morphable.landmarks.numel():
             raise ValueError("morphable: has no landmark annotation; the landmark loss needs the 68 iBUG landmarks")
-        lm = morphable.landmarks
+        # a partial annotation (-1 = unmapped, e.g. eos's mapping) is trained on its mapped points only
+        keep = morphable.landmark_mask.nonzero()[:, 0]
+        self.register_buffer("landmark_keep", keep.clone(), persistent=False)
+        lm = morphable.landmarks[keep]
         rows = (3 * lm[:, None] + torch.arange(3)).reshape(-1)  # interleaved basis rows of the landmarks
         self.register_buffer("mean_lm", morphable.mean_shape[lm].float())
         self.register_buffer("basis_id_lm", morphable.shape_basis[rows, :n_shape].float())
@@ -150,7 +153,10 @@ class RegressorLoss(nn.Module):
         self.w_coeff, self.w_sh, self.w_landmark = w_coeff, w_sh, w_landmark
 
     def landmarks3d(self, alpha_id: torch.Tensor, alpha_exp: torch.Tensor) -> torch.Tensor:
-        """``(B, 68, 3)`` mm landmarks of the decoded shapes (only the 68 rows are decoded)."""
+        """``(B, N, 3)`` mm landmarks of the decoded shapes (only these rows are decoded).
+
+        N = 68, or the number of mapped iBUG points (``landmark_keep``) of a partial annotation.
+        """
         offset = alpha_id @ self.basis_id_lm.T + alpha_exp @ self.basis_exp_lm.T
         return self.mean_lm + offset.reshape(alpha_id.shape[0], -1, 3)
 
@@ -167,7 +173,7 @@ class RegressorLoss(nn.Module):
         terms["sh"] = ((out["sh_std"] - target["sh_std"]) ** 2).mean() if "sh_std" in target else out["sh_std"].new_zeros(())
         lm3d = self.landmarks3d(out["alpha_id"], out["alpha_exp"])
         lm2d = WeakPerspectiveCamera.from_pose(out["pose"]).project(lm3d)[..., :2]
-        px = (lm2d - batch["landmarks2d"]).norm(dim=-1).mean()
+        px = (lm2d - batch["landmarks2d"][:, self.landmark_keep]).norm(dim=-1).mean()
         terms["lmk"] = px / self.norm_px
         loss = self.w_coeff * (terms["id"] + terms["exp"] + terms["pose"]) + self.w_sh * terms["sh"] + self.w_landmark * terms["lmk"]
         metrics = {k: v.detach() for k, v in terms.items()}

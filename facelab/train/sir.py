@@ -575,6 +575,7 @@ def recipe_morphable(cfg: SIRTrainConfig):
     if n_marks != N_LANDMARKS:
         raise ValueError(f"morphable: {cfg.morphable} has {n_marks} landmark vertices; the landmark term "
                          f"projects the {N_LANDMARKS} iBUG points, so the model needs all {N_LANDMARKS}")
+    morphable.require_landmarks(f"morphable: {cfg.morphable} (the landmark term projects every iBUG point)")
     if "sfm_sir" in cfg.variants and record["sha256"] != synthfaces.content_sha256():
         kept = ",".join(v for v in cfg.variants if v != "sfm_sir") or "params_recog"
         raise ValueError(f"variants: 'sfm_sir' learns its Sphere Face Model from SynthFaces' 3D population "
