@@ -5,7 +5,7 @@
                        [--pred-landmarks L.txt] [--gt-landmarks L.npy] [--align rigid] [--json]
     facelab eval baselines [--profile quick|full] [--set key=value ...] [--json] [--out F.json]
     facelab eval model CKPT --suite micc|bu3dfe|lfw [--profile P] [--set key=value ...] [--json] [--out DIR]
-    facelab eval model CKPT --lfw ROOT [--pairs ROOT/pairs.txt] [--landmarks ROOT/landmarks.json] [--json] [--out DIR]
+    facelab eval model CKPT --lfw ROOT [--pairs ROOT/pairs.txt] [--landmarks F|auto|centre] [--json] [--out DIR]
     facelab eval model CKPT --micc ROOT [--landmarks F] [--yaw F] [--on-bad-image skip] [--json] [--out DIR]
 
 ``verify``: ``F.npz`` holds ``emb1 (N, D)``, ``emb2 (N, D)`` and ``issame (N,)`` in pair
@@ -29,7 +29,12 @@ All print ``mean``, ``median`` and ``std`` (mm).
 
 ``model``: a trained checkpoint on a SynthFaces suite (:func:`facelab.metrics.model_eval.evaluate_model`)
 or, with ``--lfw``, on an LFW-layout folder on disk and a pairs file over it
-(:func:`facelab.metrics.lfw_folder.evaluate_lfw_folder`; ``facelab synth lfw --format lfw`` writes one),
+(:func:`facelab.metrics.lfw_folder.evaluate_lfw_folder`; ``facelab synth lfw --format lfw`` writes one;
+``--landmarks`` picks where the faces' landmarks come from: a sidecar file, by default
+``ROOT/landmarks.json`` when present; ``auto``: that sidecar when present, else dlib's detections,
+written first to ``DIR/landmarks.json`` with ``--out DIR`` or to ``ROOT/landmarks.json``, with the
+centre template for photos without a face; ``centre``: the fixed centre crop of
+:func:`facelab.data.lfw_folder.centre_landmarks` for every image),
 or, with ``--micc``, on a MICC-layout folder of videos and scans
 (:func:`facelab.metrics.micc_folder.evaluate_micc_folder`; ``facelab synth micc --format micc`` writes one).
 """
@@ -47,6 +52,8 @@ PROTOCOLS = ("rmse", "micc", "now")
 EMBEDDING_KEYS = ("emb1", "emb2", "issame")
 LANDMARK_SUFFIXES = (".txt", ".npy")
 IBUG68_NOSE_TIP = 30
+#: --lfw --landmarks keywords (anything else is a sidecar path): detect with dlib, or the fixed centre crop
+LFW_LANDMARKS_AUTO, LFW_LANDMARKS_CENTRE = "auto", "centre"
 NOW7_NOSE = 4  # NoW's 7 points: 4 eye corners, the nose, 2 mouth corners
 Z_AXIS = 2  # facelab's frame: z points toward the camera, so the nose tip is the largest z
 
@@ -311,7 +318,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                                                       "ROOT/SUBJECT/CONDITION/frame_0001.png): the MICC protocol")
     m.add_argument("--pairs", help="--lfw: the pairs file (LFW's pairs.txt format; default ROOT/pairs.txt)")
     m.add_argument("--landmarks", help="--lfw, --micc: the 68-landmark sidecar (default ROOT/landmarks.json; "
-                                       "format in facelab.io.lfw)")
+                                       "format in facelab.io.lfw); --lfw also: 'auto' (the sidecar if present, "
+                                       "else detect with dlib, the facelab[photo] extra, and write it) or 'centre' "
+                                       "(a fixed centre crop, no detection)")
     m.add_argument("--yaw", help="--micc: the frames' yaw sidecar (default ROOT/yaw.json; format in "
                                  "facelab.data.micc_folder); without one, no three-view row")
     m.add_argument("--on-bad-image", choices=["raise", "skip"], help="--micc: an unreadable frame stops the run "
@@ -330,6 +339,8 @@ def _cmd_model(args) -> int:
             if value is not None:
                 raise ValueError(f"{flag}: belongs to --micc ROOT (a folder on disk)")
     if args.micc is not None:
+        if args.landmarks in (LFW_LANDMARKS_AUTO, LFW_LANDMARKS_CENTRE):
+            raise ValueError(f"--landmarks {args.landmarks}: belongs to --lfw ROOT; a MICC folder takes a sidecar file")
         if args.pairs is not None:
             raise ValueError("--pairs: belongs to --lfw ROOT; a MICC folder is scored per video")
         if args.profile is not None:
@@ -352,8 +363,39 @@ def _cmd_model(args) -> int:
         raise ValueError("--profile: sizes a SynthFaces suite; --lfw scores the folder's own pairs")
     from facelab.metrics.lfw_folder import evaluate_lfw_folder_cli
 
-    return evaluate_lfw_folder_cli(args.checkpoint, args.lfw, args.pairs, args.landmarks, as_json=args.json,
-                                   out=args.out, overrides=args.set)
+    landmarks, missing, source = args.landmarks, "raise", None
+    if landmarks == LFW_LANDMARKS_AUTO:
+        landmarks, missing, source = _detected_lfw_landmarks(args.lfw, args.out), "centre", LFW_LANDMARKS_AUTO
+    return evaluate_lfw_folder_cli(args.checkpoint, args.lfw, args.pairs, landmarks, as_json=args.json,
+                                   out=args.out, overrides=args.set, missing_landmarks=missing,
+                                   landmark_source=source)
+
+
+def _detected_lfw_landmarks(root, out) -> Path:
+    """``--lfw ROOT --landmarks auto``: the sidecar to score with, written by dlib's detector if needed.
+
+    ``ROOT/landmarks.json`` when it exists; else :func:`facelab.apps.landmark_folder` writes one
+    (``OUT/landmarks.json`` with ``--out``, else ``ROOT/landmarks.json``, which the next run reuses),
+    and one line on stderr says how many photos had a face. Detection runs here, in the command line,
+    because the metrics layer does not import the apps.
+    """
+    from facelab.io.lfw import LFW_LANDMARKS_FILE
+
+    existing = Path(root) / LFW_LANDMARKS_FILE
+    if existing.is_file():
+        return existing
+    sidecar = Path(out) / LFW_LANDMARKS_FILE if out is not None else existing
+    sidecar.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        from facelab.apps.landmarks import landmark_folder
+
+        report = landmark_folder(root, out=sidecar)
+    except ImportError as err:  # MissingPhotoExtra is one; main() would print a traceback
+        raise ValueError(f"--landmarks auto: needs dlib ({err}); or score with --landmarks centre "
+                         "(a fixed centre crop)") from None
+    print(f"--landmarks auto: {report['n_landmarked']} of {report['n_images']} photos have a face -> {sidecar}; "
+          "the others get the centre template", file=sys.stderr)
+    return sidecar
 
 
 def build_parser() -> argparse.ArgumentParser:

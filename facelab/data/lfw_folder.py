@@ -52,6 +52,39 @@ MIN_NAME_DIGITS = 4  # as LFW's image numbers; more digits only when the suite n
 EXPORT_SUFFIX = ".png"  # lossless: see the module docstring
 PAIRS_FILE = "pairs.txt"
 PIXEL_LEVELS = 255  # 8-bit images: values k / 255
+#: ``LFWFolder(landmarks_path=CENTRE)``: no sidecar, the fixed centre template for every image
+CENTRE = "centre"
+#: what an image missing from the sidecar gets: an error, or the centre template (after detection)
+MISSING_LANDMARKS = ("raise", CENTRE)
+#: The 68 iBUG landmarks of the fixed centre crop, ``(x, y)`` relative to the image centre in units
+#: of the shorter image side (y down). Why these: real LFW comes without landmarks, and its
+#: deep-funnelled 250x250 images hold one roughly centred, upright face, so a common pipeline crops
+#: a fixed central box instead of detecting. A model that cuts its input from landmarks (Liu et al.'s
+#: five-point alignment) then needs landmarks that place that box; these are the mean SynthFaces
+#: face's landmarks (``build_synthfaces(SynthFacesConfig())``) projected frontally, framed as the
+#: SynthFaces suites frame a face (:data:`facelab.data.synth.FACE_FILL`: brow-to-chin height 0.52 of
+#: the shorter side, centred as ``PhotoCollection`` centres it), so the crop is the one a frontal,
+#: centred suite photo gets (tests/test_lfw_landmarks.py re-derives them). On real LFW the face is
+#: framed somewhat differently and turned faces are not followed: a fixed crop, not a detection.
+CENTRE_TEMPLATE = (
+    (-0.2962, -0.0970), (-0.2962, -0.0295), (-0.2963, 0.0353), (-0.2940, 0.1037), (-0.2494, 0.2331),
+    (-0.2427, 0.2611), (-0.1998, 0.2908), (-0.1137, 0.3224), (0.0000, 0.3224), (0.1137, 0.3224),
+    (0.1998, 0.2908), (0.2427, 0.2611), (0.2494, 0.2331), (0.2940, 0.1037), (0.2963, 0.0353),
+    (0.2962, -0.0295), (0.2962, -0.0970),                                                      # jaw 0-16
+    (-0.1968, -0.1733), (-0.1788, -0.1853), (-0.1466, -0.1976), (-0.1016, -0.1976), (-0.0680, -0.1853),
+    (0.0680, -0.1853), (0.1016, -0.1976), (0.1466, -0.1976), (0.1788, -0.1853), (0.1968, -0.1733),  # brows
+    (0.0000, -0.1283), (0.0000, -0.0772), (0.0000, -0.0300), (0.0000, 0.0161),                 # nose bridge
+    (-0.0488, 0.0536), (-0.0234, 0.0632), (0.0000, 0.0632), (0.0234, 0.0632), (0.0488, 0.0536),  # nostrils
+    (-0.1746, -0.1072), (-0.1435, -0.1283), (-0.1098, -0.1283), (-0.0749, -0.1072), (-0.1114, -0.0970),
+    (-0.1465, -0.0970),                                                                          # right eye
+    (0.0749, -0.1072), (0.1098, -0.1283), (0.1435, -0.1283), (0.1746, -0.1072), (0.1465, -0.0970),
+    (0.1114, -0.0970),                                                                           # left eye
+    (-0.1017, 0.1462), (-0.0714, 0.1241), (-0.0235, 0.1134), (0.0000, 0.1240), (0.0235, 0.1134),
+    (0.0714, 0.1241), (0.1017, 0.1462), (0.0811, 0.1693), (0.0461, 0.1813), (0.0000, 0.1813),
+    (-0.0461, 0.1813), (-0.0811, 0.1693),                                                      # outer lips
+    (-0.0903, 0.1462), (-0.0338, 0.1461), (0.0000, 0.1460), (0.0338, 0.1461), (0.0903, 0.1462),
+    (0.0344, 0.1575), (0.0000, 0.1575), (-0.0344, 0.1575),                                     # inner lips
+)
 
 
 def person_name(label: int, n_identities: int) -> str:
@@ -238,6 +271,23 @@ def resize_photo(image: torch.Tensor, landmarks: torch.Tensor | None,
     return image.clamp(0, 1), landmarks
 
 
+def centre_landmarks(height: int, width: int) -> torch.Tensor:
+    """The fixed centre-crop landmarks (:data:`CENTRE_TEMPLATE`) of an ``height x width`` px image.
+
+    Returns:
+        ``(68, 2)`` float32 px, facelab's convention (pixel ``(i, j)``'s centre at ``(j + 0.5, i + 0.5)``):
+        ``(W / 2, H / 2) + min(H, W) * CENTRE_TEMPLATE``.
+
+    >>> lm = centre_landmarks(250, 250)
+    >>> lm.shape, [round(v, 1) for v in lm[30].tolist()], round(float(lm[45, 0] - lm[36, 0]), 1)
+    (torch.Size([68, 2]), [125.0, 129.0], 87.3)
+    """
+    if not (isinstance(height, int) and isinstance(width, int)) or height < 1 or width < 1:
+        raise ValueError(f"height, width: expected positive ints, got {height!r}, {width!r}")
+    rel = torch.tensor(CENTRE_TEMPLATE, dtype=torch.float64)
+    return (torch.tensor([width / 2, height / 2], dtype=torch.float64) + min(height, width) * rel).float()
+
+
 def export_lfw(collection, out_dir, batch_size: int = 128, progress: bool = False) -> dict:
     """Render every image of an LFW-style suite into ``out_dir`` in the LFW layout (module docstring).
 
@@ -279,7 +329,12 @@ class LFWFolder:
         pairs_path: an LFW ``pairs.txt`` over it (default ``root/pairs.txt``); any subset
             or hand-written file in the format works.
         landmarks_path: a ``landmarks.json`` sidecar (default ``root/landmarks.json`` when it
-            exists; ``False``: none). When given, every listed image needs an entry.
+            exists; ``False``: none; :data:`CENTRE` (``"centre"``): no sidecar, every image gets
+            the fixed centre template, :func:`centre_landmarks`). When given, every listed image
+            needs an entry, unless ``missing_landmarks="centre"``.
+        missing_landmarks: ``"raise"`` (default), or ``"centre"``: an image absent from the
+            sidecar (a photo where detection found no face) gets the centre template; such
+            images are listed in :attr:`centre_filled`.
 
     Attributes:
         pairs: the :class:`~facelab.io.Pair` rows; ``lines``: their line numbers in the file.
@@ -287,6 +342,8 @@ class LFWFolder:
         index1, index2: ``(P,)`` long, the pairs' images as indices into ``paths``.
         issame: ``(P,)`` bool. n_folds: the pairs file's number of folds.
         landmarks: ``{key: (68, 2) float32 px}`` or None.
+        landmark_source: ``"sidecar"``, ``"centre"`` or None (no landmarks).
+        centre_filled: keys of the images that get the centre template instead of sidecar points.
 
     Raises:
         FileNotFoundError: no folder or pairs file, or a listed image is missing (named with
@@ -302,7 +359,9 @@ class LFWFolder:
     (8, [1, 3, 5, 7], torch.Size([3, 16, 16]), torch.Size([68, 2]))
     """
 
-    def __init__(self, root, pairs_path=None, landmarks_path=None) -> None:
+    def __init__(self, root, pairs_path=None, landmarks_path=None, missing_landmarks: str = "raise") -> None:
+        if missing_landmarks not in MISSING_LANDMARKS:
+            raise ValueError(f"missing_landmarks: expected one of {MISSING_LANDMARKS}, got {missing_landmarks!r}")
         self.root = existing_dir(root, "LFW image folder")
         self.pairs_path = Path(pairs_path) if pairs_path is not None else self.root / PAIRS_FILE
         numbered = read_pairs_with_lines(self.pairs_path)
@@ -327,13 +386,20 @@ class LFWFolder:
         pairs_idx = torch.tensor(both, dtype=torch.long)
         self.index1, self.index2 = pairs_idx[:, 0], pairs_idx[:, 1]
         self.issame = torch.tensor([p.issame for p in self.pairs], dtype=torch.bool)
-        self.landmarks_path = self._landmarks_path(landmarks_path)
+        centre = isinstance(landmarks_path, str) and landmarks_path == CENTRE
+        self.landmarks_path = None if centre else self._landmarks_path(landmarks_path)
         self.landmarks = None
+        self.centre_filled: list[str] = [self.key(i) for i in range(len(self.paths))] if centre else []
         if self.landmarks_path is not None:
             self.landmarks = read_landmarks(self.landmarks_path)
             for i, path in enumerate(self.paths):
-                if self.key(i) not in self.landmarks:
+                if self.key(i) in self.landmarks:
+                    continue
+                if missing_landmarks == CENTRE:
+                    self.centre_filled.append(self.key(i))
+                else:
                     raise ValueError(f"{self.landmarks_path}: no landmarks for {path} (key {self.key(i)!r})")
+        self.landmark_source = "sidecar" if self.landmarks is not None else (CENTRE if centre else None)
 
     def _landmarks_path(self, landmarks_path):
         if landmarks_path is False:
@@ -361,7 +427,15 @@ class LFWFolder:
 
         Returns:
             ``image (3, H, W)`` float in [0, 1] and ``landmarks (68, 2)`` float px (None
-            without a sidecar). An unreadable file raises ``ValueError`` naming it.
+            without landmarks; the centre template with ``"centre"``). An unreadable file raises
+            ``ValueError`` naming it.
         """
-        lm = self.landmarks[self.key(i)].clone() if self.landmarks is not None else None
-        return resize_photo(read_image(self.paths[i]), lm, image_size)
+        image = read_image(self.paths[i])
+        key = self.key(i)
+        if self.landmarks is not None and key in self.landmarks:
+            lm = self.landmarks[key].clone()
+        elif self.landmark_source is not None:  # the centre template, at this file's size
+            lm = centre_landmarks(int(image.shape[1]), int(image.shape[2]))
+        else:
+            lm = None
+        return resize_photo(image, lm, image_size)
