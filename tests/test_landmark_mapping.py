@@ -353,9 +353,24 @@ def test_consumers_that_need_all_points_say_which_are_missing(synth):
     with pytest.raises(ValueError, match=r"landmarks_idx: holds -1"):
         render(synth.mean_shape[None], synth.faces, synth.mean_albedo[None], torch.zeros(1, 27),
                torch.tensor([[0.0, 0, 0, 32, 32, 0.5]]), landmarks_idx=partial.landmarks)
-    try:
-        from facelab.apps.photo import _morphable
-    except ImportError:
-        pytest.skip("the photo extra is not installed")
-    with pytest.raises(ValueError, match=r"maps no vertex to iBUG points 1-17, 61, 65"):
-        _morphable(partial)
+
+
+def test_photo_app_fits_the_mapped_points(synth, tmp_path):
+    """facelab photo with an eos-style partial model: fitted landmarks NaN/null where unmapped."""
+    pytest.importorskip("dlib")
+    skimage_data = pytest.importorskip("skimage.data")
+    from facelab.apps import photo as P
+
+    partial = _partial(synth, UNMAPPED)
+    (face,) = P.reconstruct_photo(skimage_data.astronaut(), model=partial, run_liu=False)
+    fitted, detected = face["landmarks_fitted"], face["landmarks_detected"]
+    keep = [k for k in range(68) if k not in UNMAPPED]
+    assert fitted[UNMAPPED].isnan().all() and fitted[keep].isfinite().all()
+    error = (fitted[keep] - detected[keep]).norm(dim=-1).mean()  # recomputed over the mapped points
+    assert face["landmark_error_px"] == pytest.approx(float(error), rel=1e-5) and error < 5.0
+    summary = P.photo_summary([face])
+    json.dumps(summary)  # JSON-ready: null, not NaN
+    points = summary["faces"][0]["landmarks_fitted"]
+    assert [k for k, p in enumerate(points) if p is None] == UNMAPPED
+    files = P.write_photo([face], skimage_data.astronaut(), tmp_path)
+    assert files[0]["overlay"].is_file()

@@ -210,7 +210,6 @@ def _morphable(model) -> MorphableModel:
     if model.landmarks.numel() != 68:
         raise ValueError(f"model: {model.name!r} has no iBUG-68 landmark annotation ({model.landmarks.numel()} "
                          "landmarks); load it with landmarks=(68 vertex indices) and save it as .npz (MorphableModel.save)")
-    model.require_landmarks("model (the photo report draws and lists all 68 fitted landmarks)")
     return model
 
 
@@ -273,7 +272,8 @@ def fit_photo_landmarks(model: MorphableModel, landmarks2d: torch.Tensor, passes
     needs the face's yaw: the first pass assumes a frontal face, each later one the fitted yaw.
 
     Args:
-        model: a :class:`MorphableModel` with 68 landmarks.
+        model: a :class:`MorphableModel` with an iBUG-68 annotation (a partial one is fitted on
+            its mapped points, :func:`~facelab.fitting.fit_landmarks`).
         landmarks2d: ``(B, 68, 2)`` float, px.
         passes: fits, at least 1.
 
@@ -423,8 +423,9 @@ def reconstruct_photo(image, model=None, detector: str = "hog", largest: bool = 
 
     Returns:
         One dict per face, highest detection score first: ``box``, ``score``,
-        ``landmarks_detected`` and ``landmarks_fitted`` ``(68, 2)`` px,
-        ``landmark_error_px`` (their mean distance), ``pose (6,)`` (pitch, yaw, roll rad; tx,
+        ``landmarks_detected`` and ``landmarks_fitted`` ``(68, 2)`` px (NaN where a model with a
+        partial annotation maps no vertex; the fit uses the mapped points only),
+        ``landmark_error_px`` (their mean distance over the mapped points), ``pose (6,)`` (pitch, yaw, roll rad; tx,
         ty px; scale px/mm), ``shape`` and ``identity_shape`` ``(V, 3)`` mm (model frame),
         ``identity_rms_from_mean_mm``, ``colors (V, 3)`` in [0, 1], ``visible (V,)`` bool,
         ``faces (F, 3)``, ``render (3, H, W)`` (the fitted mesh over the photo) and ``liu``
@@ -457,7 +458,9 @@ def reconstruct_photo(image, model=None, detector: str = "hog", largest: bool = 
         found = [max(found, key=lambda f: (f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]))]
     detected = torch.stack([f["landmarks"] for f in found]).double()
     fit = fit_photo_landmarks(model, detected)
-    fitted = project_landmarks(fit.shapes[:, model.landmarks.long()], fit.pose)
+    mapped = model.landmark_mask
+    fitted = project_landmarks(model.landmark_points(fit.shapes, fill=0.0), fit.pose)
+    fitted[:, ~mapped] = float("nan")  # a point the model does not map has no fitted position
     mean = model.mean_shape.double()
     results = []
     for k, face in enumerate(found):
@@ -470,7 +473,7 @@ def reconstruct_photo(image, model=None, detector: str = "hog", largest: bool = 
         results.append({
             "box": face["box"], "score": face["score"],
             "landmarks_detected": face["landmarks"].float(), "landmarks_fitted": fitted[k].float(),
-            "landmark_error_px": float((fitted[k] - detected[k]).norm(dim=-1).mean()),
+            "landmark_error_px": float((fitted[k] - detected[k])[mapped].norm(dim=-1).mean()),
             "pose": fit.pose[k].float(), "shape": shape, "identity_shape": fit.identity_shapes[k].float(),
             "identity_rms_from_mean_mm": float((fit.identity_shapes[k] - mean).pow(2).sum(-1).mean().sqrt()),
             "colors": _vertex_colours(photo, screen, visible, model.symmetry), "visible": visible,
@@ -494,10 +497,10 @@ def _overlay(photo: torch.Tensor, result: dict):
     draw.rectangle([x0, y0, x1, y1], outline=BOX_RGB, width=width)
     fitted = result["landmarks_fitted"].tolist()
     for start, stop, closed in LANDMARK_GROUPS:  # the fitted model's outline, as a line drawing
-        points = [tuple(p) for p in fitted[start:stop]]
+        points = [tuple(p) for p in fitted[start:stop] if np.isfinite(p).all()]  # unmapped points are NaN
         draw.line(points + points[:1] if closed else points, fill=FITTED_RGB, width=width)
     for (x, y), colour in [(p, DETECTED_RGB) for p in result["landmarks_detected"].tolist()] + \
-                          [(p, FITTED_RGB) for p in fitted]:
+                          [(p, FITTED_RGB) for p in fitted if np.isfinite(p).all()]:
         draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
     return canvas
 
@@ -541,13 +544,14 @@ def photo_summary(results: list[dict], image=None, files: list[dict] | None = No
     """One JSON-ready dict of :func:`reconstruct_photo`'s results (``facelab photo --json``).
 
     Per face: ``box``, ``score``, ``landmarks_detected`` and ``landmarks_fitted`` (68 ``[x, y]``
-    px, x right, y down, pixel centres at half-integers), ``landmark_error_px`` (their mean
+    px, x right, y down, pixel centres at half-integers; ``null`` where the model maps no vertex),
+    ``landmark_error_px`` (their mean
     distance), ``pose`` (degrees, px, px/mm), ``fit_identity_rms_from_mean_mm``,
     ``liu_identity_rms_from_mean_mm`` and ``typical_identity_rms_mm`` (None without the
     network) and, given ``files``, the paths written. ``meta`` is copied to the top level.
     """
-    def points(t: torch.Tensor) -> list:
-        return [[round(float(x), 3), round(float(y), 3)] for x, y in t.tolist()]
+    def points(t: torch.Tensor) -> list:  # null for a point the model does not map (NaN)
+        return [[round(float(x), 3), round(float(y), 3)] if np.isfinite([x, y]).all() else None for x, y in t.tolist()]
 
     faces = []
     for k, r in enumerate(results):
