@@ -353,6 +353,20 @@ def test_consumers_that_need_all_points_say_which_are_missing(synth):
     with pytest.raises(ValueError, match=r"landmarks_idx: holds -1"):
         render(synth.mean_shape[None], synth.faces, synth.mean_albedo[None], torch.zeros(1, 27),
                torch.tensor([[0.0, 0, 0, 32, 32, 0.5]]), landmarks_idx=partial.landmarks)
+    from facelab.morphable.resample import resample_model
+
+    # resampling onto another mesh aligns on the common mapped points and keeps the unmapped ones
+    # unmapped (not moved to the last vertex)
+    moved = resample_model(partial, synth)
+    assert moved.landmark_mask.tolist() == partial.landmark_mask.tolist()
+    assert torch.equal(moved.landmarks[partial.landmark_mask], synth.landmarks[partial.landmark_mask])
+    assert torch.allclose(moved.mean_shape, synth.mean_shape, atol=1e-3)  # the same mesh: an identity transfer
+    with pytest.raises(ValueError, match="map only 3 iBUG points in common"):
+        resample_model(_partial(synth, list(range(65))), synth)
+    from facelab.models.gao2020 import Gao2020Config, Gao2020Model
+
+    with pytest.raises(ValueError, match=r"maps no vertex to iBUG points 1-17, 61, 65"):
+        Gao2020Model(Gao2020Config(resolution="quick"), partial)
 
 
 def test_photo_app_fits_the_mapped_points(synth, tmp_path):

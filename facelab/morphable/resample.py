@@ -46,6 +46,7 @@ __all__ = ["Transfer", "barycentric_transfer", "apply_transfer", "similarity_to"
            "resample_model", "same_topology", "RESAMPLED_META_KEY"]
 
 N_LANDMARKS = 68  # iBUG points: the correspondence the alignment uses
+MIN_ALIGN_LANDMARKS = 4  # common landmarks a similarity (7 dof) is fitted to; 3 fix it, a fourth checks it
 SEED_TRIANGLES = 8  # nearest-centroid triangles that give each point's first distance bound
 POINT_BLOCK = 256  # points searched at once: a far point's candidates can be most triangles, so memory is bounded per block
 PAIR_CHUNK = 200_000  # (point, triangle) pairs evaluated at once
@@ -245,12 +246,22 @@ def apply_transfer(values: torch.Tensor, faces: torch.Tensor, face_index: torch.
 
 
 def _landmarks_of(model: MorphableModel, name: str) -> np.ndarray:
+    """``(68, 3)`` mm mean-shape landmarks, NaN at the points a partial annotation leaves unmapped."""
     if model.landmarks.numel() != N_LANDMARKS:
         raise ValueError(f"{name}: needs its {N_LANDMARKS} iBUG landmark vertices to be aligned with the other mesh "
                          f"(it has {model.landmarks.numel()}); load it with "
                          "facelab.io.load_morphable(path, landmarks=...)")
-    model.require_landmarks(f"{name} (aligned with the other mesh by its landmarks)")
-    return model.mean_shape.detach().cpu().double().numpy()[model.landmarks.cpu().numpy()]
+    return model.landmark_points(model.mean_shape.detach().cpu().double()[None])[0].numpy()
+
+
+def _common_landmarks(grid_mesh: MorphableModel, model: MorphableModel) -> tuple[np.ndarray, np.ndarray]:
+    """The landmarks both meshes map, ``(N, 3)`` each: the alignment needs no more (eos maps no jaw)."""
+    a, b = _landmarks_of(grid_mesh, "grid_mesh"), _landmarks_of(model, "model")
+    both = np.isfinite(a).all(1) & np.isfinite(b).all(1)
+    if both.sum() < MIN_ALIGN_LANDMARKS:
+        raise ValueError(f"model, grid_mesh: map only {int(both.sum())} iBUG points in common; aligning the meshes "
+                         f"needs at least {MIN_ALIGN_LANDMARKS}")
+    return a[both], b[both]
 
 
 def similarity_to(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -292,7 +303,7 @@ def mesh_transfers(model: MorphableModel, grid_mesh: MorphableModel) -> tuple[Tr
     for name, m in (("model", model), ("grid_mesh", grid_mesh)):
         if not isinstance(m, MorphableModel):
             raise TypeError(f"{name}: expected a MorphableModel, got {type(m).__name__}")
-    s, R, t = similarity_to(_landmarks_of(grid_mesh, "grid_mesh"), _landmarks_of(model, "model"))
+    s, R, t = similarity_to(*_common_landmarks(grid_mesh, model))
     aligned = s * grid_mesh.mean_shape.detach().cpu().double().numpy() @ R.T + t
     src_faces = model.faces.detach().cpu().long()
     idx, w, dist = _transfer(model.mean_shape.detach().cpu().double(), src_faces, aligned)
