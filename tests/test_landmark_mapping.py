@@ -149,6 +149,19 @@ def test_foreign_loader_reads_mapping_path(tmp_path):
         load_morphable(p, landmarks=bad)
 
 
+def test_sfm_landmark_definitions_may_be_partial(tmp_path):
+    from facelab.io import load_sfm, save_sfm
+
+    mean = torch.randn(80, 3, generator=torch.Generator().manual_seed(0)) * 40
+    q = torch.linalg.qr(torch.randn(240, 3, generator=torch.Generator().manual_seed(1)))[0]
+    defs = {"9": 4, "31": 5, "37": 6, "46": 7, "right.eye": 8}  # not every iBUG number; other names ignored
+    p = save_sfm(tmp_path / "m.bin", mean, q, torch.tensor([3.0, 2.0, 1.0]), torch.tensor([[0, 1, 2]]), landmarks=defs)
+    m = load_sfm(p)
+    want = [-1] * 68
+    want[8], want[30], want[36], want[45] = 4, 5, 6, 7
+    assert m.landmarks.tolist() == want
+
+
 def test_model_validates_partial_landmarks(synth):
     lm = synth.landmarks.clone()
     lm[[3, 40]] = torch.tensor([-2, synth.n_verts])

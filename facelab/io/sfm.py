@@ -28,8 +28,8 @@ pre-2017 OpenCV-matrix format) is not supported. SFM is in mm with facelab's axe
 (vector of offsets ``D (3V, K)``) is turned into a PCA block by the SVD
 ``D = U S W^T``: ``exp_basis = U``, ``exp_std = S`` (i.e. blendshape weights are
 given a standard-normal prior). A PCA expression model's own mean is added
-to the shape mean. If ``landmark_definitions`` hold the names
-``"1"`` .. ``"68"`` (iBUG numbering) they become ``model.landmarks``.
+to the shape mean. ``landmark_definitions`` named ``"1"`` .. ``"68"`` (iBUG numbering) become
+``model.landmarks``, with -1 for the numbers absent (a partial annotation, ``model.landmark_mask``).
 
 Book chapter: ``book/12_real_data.ipynb``.
 """
@@ -45,6 +45,7 @@ from facelab.io._build import (
     N_LANDMARKS, assemble_model, check_faces, mean_vertices, orthonormal_pca, std_from_variance,
 )
 from facelab.io._util import existing_file, to_numpy
+from facelab.morphable.landmarks import UNMAPPED
 from facelab.morphable.model import MorphableModel
 
 SFM_VERSIONS = (1, 2, 3, 4)
@@ -225,10 +226,11 @@ def _pca_block(pca: dict, V: int, path: Path, what: str):
 
 
 def _ibug_landmarks(definitions: dict) -> np.ndarray | None:
+    """``(68,)`` vertices of the definitions named ``"1"`` .. ``"68"``, -1 for the absent ones (None if none)."""
     names = [str(i) for i in range(1, N_LANDMARKS + 1)]
-    if all(n in definitions for n in names):
-        return np.array([definitions[n] for n in names], dtype=np.int64)
-    return None
+    if not any(n in definitions for n in names):
+        return None
+    return np.array([definitions.get(n, UNMAPPED) for n in names], dtype=np.int64)
 
 
 # ------------------------------------------------------------------- writing
