@@ -209,6 +209,15 @@ def _cmd_fit(args) -> int:
     if any(item.split("=", 1)[0].strip() == "suite" for item in args.set):
         raise ValueError("--set suite: give the suite as SUITE_OR_DIR")
     saved = _fit_source(args.source, args.set)
+    keys = {item.split("=", 1)[0].strip() for item in args.set}
+    if "morphable" in keys and not isinstance(saved, Path):
+        what = "a saved folder" if saved is not None else f"the generated suite {args.source!r}"
+        raise ValueError(f"--set morphable: {what} is fitted with its own SynthFaces model (its true shapes are "
+                         "SynthFaces'); --set morphable=PATH applies to photos in identity folders (write them with "
+                         "`facelab synth SUITE --format imagefolder --out ROOT` and fit ROOT)")
+    if {"morphable", "resolution"} <= keys:
+        raise ValueError("--set resolution: picks the SynthFaces model to fit, but --set morphable=PATH fits that "
+                         "file instead; give one of them")
     if not isinstance(saved, Path) and (args.on_bad_image, args.small_identities) != ("raise", "raise"):
         raise ValueError("--on-bad-image, --small-identities: apply to photos in identity folders only")
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
@@ -397,7 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="webface, collections or lp (generated; adds the single- vs multi-image study), "
                         "a folder written by `facelab synth`, or photos in identity folders ROOT/<identity>/<image>.jpg "
                         "with ROOT/landmarks.json (CASIA-WebFace layout; --set image_size=N resizes to N x N, "
-                        "--set resolution= picks the model) (an existing folder wins over a suite name)")
+                        "--set resolution= picks the SynthFaces model, --set morphable=PATH fits any model file "
+                        "facelab.io.load_morphable reads instead and records its path and content hash, as "
+                        "`facelab train liu2018 --set morphable=PATH` expects) (an existing folder wins over a suite name)")
     p.add_argument("--out", required=True, help="output folder (targets.npz, report.json)")
     p.add_argument("--profile", default="quick", choices=["quick", "standard", "full"], help="suite size (generated suites only)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a CollectionFitConfig field (repeatable)")

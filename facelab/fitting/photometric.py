@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -367,13 +368,23 @@ class CollectionFitConfig:
             uses the first 1, 2, 4, 8 of them that exist).
         image_size: px.
         resolution: morphable-model resolution (``quick``, ``default``, ``large``).
+        morphable: photos in identity folders only: a morphable-model file (any
+            :func:`facelab.io.load_morphable` reads: ``.npz``, BFM, SFM, FLAME, ...; it needs an albedo
+            basis) fitted instead of SynthFaces at ``resolution``; the targets record its path and
+            content hash (:func:`facelab.fitting.save_fitted_targets`). A model with a partial iBUG-68
+            annotation (``-1`` entries) is fitted on its mapped points. None: SynthFaces. Generated
+            and saved suites refuse it (their true shapes are SynthFaces').
         seed: suite seed.
         n_steps: Adam steps of :func:`fit_photometric`.
         n_shape, n_albedo: leading components fitted.
         batch_identities: subjects fitted together in one batch.
 
     :func:`fit_collection` fits a given collection and uses only ``n_steps``, ``n_shape``,
-    ``n_albedo`` and ``batch_identities`` (the others, :data:`SUITE_FIELDS`, describe a suite to generate).
+    ``n_albedo``, ``batch_identities`` and for a folder of photos ``resolution`` or ``morphable``
+    (the others, :data:`SUITE_FIELDS`, describe a suite to generate).
+
+    >>> CollectionFitConfig().morphable is None
+    True
     """
 
     profile: str = "quick"
@@ -382,6 +393,7 @@ class CollectionFitConfig:
     images_per_identity: int = 0
     image_size: int = 64
     resolution: str = "quick"
+    morphable: str | None = None
     seed: int = 0
     n_steps: int = 60
     n_shape: int = 40
@@ -404,6 +416,10 @@ class CollectionFitConfig:
         check_positive(self.images_per_identity, "images_per_identity", integer=True)
         check_positive(self.batch_identities, "batch_identities", integer=True)
         check_nonnegative_int(self.n_steps, "n_steps")
+        if self.morphable is not None:
+            if not isinstance(self.morphable, (str, os.PathLike)) or not str(self.morphable):
+                raise ValueError(f"morphable: expected the path of a morphable-model file or None, got {self.morphable!r}")
+            self.morphable = str(self.morphable)
 
 
 #: suite sizes of ``facelab fit SUITE`` per profile (full, empty: the suite's own, :data:`facelab.data.suites.PROFILE_SIZES`)
@@ -463,6 +479,19 @@ def _fit_all_images(view, subjects: list[torch.Tensor], n: int | None, cfg: Coll
     return {k: torch.cat([v.detach().cpu() for v in vs]) for k, vs in parts.items()}
 
 
+def _folder_model(cfg: CollectionFitConfig) -> tuple[MorphableModel | None, dict | None]:
+    """``(model, record)`` of ``cfg.morphable`` (:func:`facelab.io.load_morphable`), or ``(None, None)``."""
+    if cfg.morphable is None:
+        return None, None
+    from facelab.io.models import load_morphable
+    from facelab.models.morphable_record import morphable_record
+
+    model = load_morphable(cfg.morphable)
+    if model.n_albedo == 0:
+        raise ValueError(f"morphable: {cfg.morphable} has no albedo basis; the photometric fit of `facelab fit` needs one")
+    return model, morphable_record(model, cfg.morphable)
+
+
 def _targets(view, merged: dict) -> dict:
     """The ``targets`` dict of :func:`facelab.fitting.save_fitted_targets`: per-image rows in collection order."""
     n = len(view)
@@ -492,21 +521,25 @@ def fit_collection(collection, cfg: CollectionFitConfig | None = None, progress=
         collection: a :class:`~facelab.data.PhotoCollection`, :class:`~facelab.data.SavedCollection`
             or :class:`~facelab.data.ImageFolderIdentities`.
         cfg: uses ``n_steps``, ``n_shape``, ``n_albedo``, ``batch_identities``, and for an image
-            folder ``resolution`` (the SynthFaces model fitted) (default :class:`CollectionFitConfig`).
+            folder ``morphable`` (a model file) or else ``resolution`` (the SynthFaces model fitted)
+            (default :class:`CollectionFitConfig`).
         progress: None or a callable taking a progress message (str).
 
     Returns:
         ``(targets, report)``: ``targets`` for :func:`facelab.fitting.save_fitted_targets`
         (``alpha_id (G, K_id)``, ``beta (G, K_alb)``, ``identity_labels (G,)``; per image in
         collection order ``alpha_exp (N, K_exp)``, ``pose (N, 6)``, ``sh (N, 27)``, ``photo_rmse (N,)``,
-        ``residual_px (N,)`` px, ``labels (N,)``, ``identity (N,)``; ``suite_config`` JSON str);
+        ``residual_px (N,)`` px, ``labels (N,)``, ``identity (N,)``; ``suite_config`` JSON str; with
+        ``cfg.morphable`` also ``morphable``, the model file's record: path and content sha256);
         ``report`` a JSON-ready dict with ``identity_rmse_mm`` (mean face-region RMSE of the
         fitted vs the true neutral shape, mm; None for a folder of photos), counts, fit
         settings and timings.
 
     Raises:
-        ValueError: every identity has a single image (nothing to fit jointly), or an image
-            folder has no landmarks.
+        ValueError: every identity has a single image (nothing to fit jointly), an image
+            folder has no landmarks, or ``cfg.morphable`` is given for a suite (their truth is SynthFaces)
+            or names a model without an albedo basis.
+        FileNotFoundError: ``cfg.morphable`` names no file.
 
     >>> from facelab.data import make_suite
     >>> suite = make_suite("webface", n_identities=2, images_per_identity=2, image_size=32, resolution="quick")
@@ -519,7 +552,14 @@ def fit_collection(collection, cfg: CollectionFitConfig | None = None, progress=
     cfg = cfg if cfg is not None else CollectionFitConfig()
     if not isinstance(cfg, CollectionFitConfig):
         raise TypeError(f"cfg: expected a CollectionFitConfig or None, got {type(cfg).__name__}")
-    view = CollectionView(collection, resolution=cfg.resolution)
+    from facelab.data import ImageFolderIdentities
+
+    if cfg.morphable is not None and not isinstance(collection, ImageFolderIdentities):
+        raise ValueError(f"morphable: {getattr(collection, 'root', None) or 'a generated suite'} is fitted with its "
+                         "own SynthFaces model (its true shapes are SynthFaces'); another morphable model applies "
+                         "to photos in identity folders only")
+    model, record = _folder_model(cfg)
+    view = CollectionView(collection, resolution=cfg.resolution, model=model)
     view.require_landmarks("multi-image fitting")
     subjects = _subject_images(view.labels)
     counts = torch.tensor([s.shape[0] for s in subjects])
@@ -538,7 +578,10 @@ def fit_collection(collection, cfg: CollectionFitConfig | None = None, progress=
         "landmark_rmse_px": float(merged["residual_px"].mean()), "photo_rmse": float(merged["photo_rmse"].mean()),
         "timings_s": {"fit_s": time.perf_counter() - start},
     }
-    return _targets(view, merged), report
+    targets = _targets(view, merged)
+    if record is not None:
+        report["morphable"] = targets["morphable"] = record
+    return targets, report
 
 
 def fit_collection_study(cfg: CollectionFitConfig, progress=None) -> tuple[dict, dict]:
@@ -559,6 +602,10 @@ def fit_collection_study(cfg: CollectionFitConfig, progress=None) -> tuple[dict,
     from facelab.data import make_suite
     from facelab.fitting.targets import CollectionView
 
+    if cfg.morphable is not None:
+        raise ValueError(f"morphable: the generated suite {cfg.suite!r} is fitted with its own SynthFaces model (its "
+                         "true shapes are SynthFaces'); another morphable model applies to photos in identity folders "
+                         "only (`facelab synth SUITE --format imagefolder --out ROOT`, then `facelab fit ROOT`)")
     suite = make_suite(cfg.suite, n_identities=cfg.n_identities, images_per_identity=cfg.images_per_identity,
                        image_size=cfg.image_size, resolution=cfg.resolution, seed=cfg.seed)
     view = CollectionView(suite)

@@ -20,6 +20,14 @@ Layout of ``targets.npz`` (``N`` images, ``G`` identities, all arrays plain nump
     photo_rmse, residual_px  (N,): per-image fit quality (colour RMSE, landmark RMSE in px)
     alpha_id, beta         (G, K_id), (G, K_alb): one shape and albedo per identity
     identity_labels        (G,) int, the label of each row of alpha_id
+    morphable              version 2 only: the model file fitted (``facelab fit ROOT --set morphable=PATH``),
+                           JSON of :func:`facelab.models.morphable_record.morphable_record`
+                           (``path``, content ``sha256``, ``name``, ``n_verts``, ``n_shape``, ``n_exp``)
+
+A file without ``morphable`` (version 1) holds coefficients of SynthFaces at the ``resolution``
+of its ``suite_config``; a file with it (version 2, so that older readers refuse it rather than
+read its coefficients in SynthFaces) holds coefficients of that file's model, which
+:func:`fitted_model` and :func:`load_fitted_targets` re-read and check against the recorded hash.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ __all__ = ["CollectionView", "save_fitted_targets", "load_fitted_targets", "fitt
 
 TARGETS_FORMAT = "facelab-fitted-targets"
 TARGETS_VERSION = 1
+#: the version of a file that records the morphable-model file it was fitted with (``morphable``)
+TARGETS_VERSION_MORPHABLE = 2
 #: per-image arrays of ``targets.npz`` (collection order)
 PER_IMAGE_KEYS = ("labels", "identity", "alpha_exp", "pose", "sh", "photo_rmse", "residual_px")
 #: per-identity arrays of ``targets.npz``
@@ -58,12 +68,15 @@ class CollectionView:
             :class:`~facelab.data.ImageFolderIdentities` (photos in one folder per identity).
         resolution: image folders only: the SynthFaces model resolution to fit
             (``quick``, ``default``, ``large``); suites carry their own.
+        model: image folders only: a :class:`MorphableModel` to fit instead of SynthFaces (e.g. a
+            file read with :func:`facelab.io.load_morphable`; ``resolution`` is then unused).
+            A generated or saved suite refuses one: its true shapes are SynthFaces'.
 
     Attributes:
         name: how error messages call the collection.
-        model: the suite's :class:`MorphableModel` (an image folder: SynthFaces at ``resolution``).
+        model: the suite's :class:`MorphableModel` (an image folder: ``model``, else SynthFaces at ``resolution``).
         config: the suite config as a JSON-ready dict (an image folder:
-            :meth:`~facelab.data.ImageFolderIdentities.describe` and ``resolution``).
+            :meth:`~facelab.data.ImageFolderIdentities.describe`, and ``resolution`` when fitting SynthFaces).
         labels: ``(N,)`` long, identity label of each image.
         identity: ``(N,)`` long, world identity id of each image (an image folder: the label).
         has_truth: whether :meth:`truth` knows the true shapes (SynthFaces suites only).
@@ -74,9 +87,15 @@ class CollectionView:
     (6, [0, 0, 0, 1, 1, 1], 'webface')
     """
 
-    def __init__(self, collection, resolution: str | None = None):
+    def __init__(self, collection, resolution: str | None = None, model: MorphableModel | None = None):
         from facelab.data import ImageFolderIdentities, PhotoCollection, SavedCollection
 
+        if model is not None and not isinstance(model, MorphableModel):
+            raise TypeError(f"model: expected a MorphableModel or None, got {type(model).__name__}")
+        if model is not None and isinstance(collection, (PhotoCollection, SavedCollection)):
+            raise ValueError(f"morphable: {collection.root if isinstance(collection, SavedCollection) else 'a generated suite'} "
+                             f"is fitted with its own SynthFaces model (its true shapes are SynthFaces'); another "
+                             "morphable model applies to photos in identity folders only")
         self.has_truth = True
         self.require_landmarks = lambda what: None  # suites always carry their landmarks
         if isinstance(collection, PhotoCollection):
@@ -105,10 +124,14 @@ class CollectionView:
         elif isinstance(collection, ImageFolderIdentities):
             from facelab.morphable import SynthFacesConfig, build_synthfaces
 
-            resolution = FOLDER_RESOLUTION if resolution is None else resolution
             self.name = str(collection.root)
-            self.config = _json_ready({**collection.describe(), "resolution": resolution})
-            self.model = build_synthfaces(SynthFacesConfig(resolution=resolution))
+            if model is not None:  # the model is recorded beside the config (save_fitted_targets' morphable)
+                self.config = _json_ready(collection.describe())
+                self.model = model
+            else:
+                resolution = FOLDER_RESOLUTION if resolution is None else resolution
+                self.config = _json_ready({**collection.describe(), "resolution": resolution})
+                self.model = build_synthfaces(SynthFacesConfig(resolution=resolution))
             self.labels = collection.labels.clone()
             self.identity = collection.labels.clone()  # photos of real people: the label is all there is
             self._batch = collection.batch
@@ -158,7 +181,10 @@ def save_fitted_targets(path: str | Path, targets: dict) -> Path:
     Args:
         path: the ``.npz`` file to write (its folder is created).
         targets: the per-image (:data:`PER_IMAGE_KEYS`, ``N`` rows in collection order) and
-            per-identity (:data:`PER_IDENTITY_KEYS`) tensors, and ``suite_config`` (a JSON str).
+            per-identity (:data:`PER_IDENTITY_KEYS`) tensors, and ``suite_config`` (a JSON str);
+            optionally ``morphable``, the record of the model file fitted (a dict or its JSON str,
+            :func:`facelab.models.morphable_record.morphable_record`): the file is then written as
+            version :data:`TARGETS_VERSION_MORPHABLE` (without it, version :data:`TARGETS_VERSION`).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -167,7 +193,10 @@ def save_fitted_targets(path: str | Path, targets: dict) -> Path:
     >>> t = {k: torch.zeros(2) for k in PER_IMAGE_KEYS + PER_IDENTITY_KEYS}
     >>> t.update(alpha_id=torch.zeros(1, 3), alpha_exp=torch.zeros(2, 4), suite_config="{}")
     >>> p = save_fitted_targets(Path(tempfile.mkdtemp()) / "targets.npz", t)
-    >>> int(np.load(p)["n_images"])
+    >>> int(np.load(p)["n_images"]), int(np.load(p)["version"])
+    (2, 1)
+    >>> t["morphable"] = {"path": "/models/other.npz", "sha256": "0" * 64}
+    >>> int(np.load(save_fitted_targets(p.with_name("other.npz"), t))["version"])
     2
     """
     missing = [k for k in PER_IMAGE_KEYS + PER_IDENTITY_KEYS + ("suite_config",) if k not in targets]
@@ -178,12 +207,26 @@ def save_fitted_targets(path: str | Path, targets: dict) -> Path:
     if bad:
         raise ValueError(f"targets: {bad} do not have one row per image ({n} labels)")
     arrays = {k: targets[k].detach().cpu().numpy() for k in PER_IMAGE_KEYS + PER_IDENTITY_KEYS}
+    version = TARGETS_VERSION
+    if targets.get("morphable") is not None:
+        record = targets["morphable"]
+        record = json.loads(record) if isinstance(record, str) else dict(record)
+        _check_record(record, "targets['morphable']")
+        arrays["morphable"] = np.array(json.dumps(record))
+        version = TARGETS_VERSION_MORPHABLE
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
-        np.savez(fh, format=np.array(TARGETS_FORMAT), version=np.array(TARGETS_VERSION), n_images=np.array(n),
+        np.savez(fh, format=np.array(TARGETS_FORMAT), version=np.array(version), n_images=np.array(n),
                  suite_config=np.array(str(targets["suite_config"])), **arrays)
     return path
+
+
+def _check_record(record, where: str) -> None:
+    from facelab.models.morphable_record import RECORD_KEYS
+
+    if not isinstance(record, dict) or not set(RECORD_KEYS) <= set(record):
+        raise ValueError(f"{where}: expected a morphable-model record with {list(RECORD_KEYS)}, got {record!r}")
 
 
 # ------------------------------------------------------------------ reading
@@ -200,8 +243,12 @@ def _read(path: Path) -> dict[str, np.ndarray]:
     fmt = str(data.get("format", ""))
     if fmt != TARGETS_FORMAT:
         raise ValueError(f"{path}: format {fmt!r}, expected {TARGETS_FORMAT!r} (not written by `facelab fit`?)")
-    if int(data.get("version", -1)) != TARGETS_VERSION:
-        raise ValueError(f"{path}: version {int(data.get('version', -1))} not supported (reads {TARGETS_VERSION})")
+    version = int(data.get("version", -1))
+    if version not in (TARGETS_VERSION, TARGETS_VERSION_MORPHABLE):
+        raise ValueError(f"{path}: version {version} not supported (reads {TARGETS_VERSION} and {TARGETS_VERSION_MORPHABLE})")
+    if (version == TARGETS_VERSION_MORPHABLE) != ("morphable" in data):
+        raise ValueError(f"{path}: corrupt fitted-targets file, version {version} "
+                         f"{'without' if 'morphable' not in data else 'with'} a morphable-model record")
     missing = [k for k in PER_IMAGE_KEYS + PER_IDENTITY_KEYS + ("n_images", "suite_config") if k not in data]
     if missing:
         raise ValueError(f"{path}: corrupt fitted-targets file, missing arrays {missing}")
@@ -213,6 +260,46 @@ def _read(path: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"{path}: corrupt fitted-targets file, alpha_id {data['alpha_id'].shape}, "
                          f"alpha_exp {data['alpha_exp'].shape}, identity_labels {data['identity_labels'].shape}")
     return data
+
+
+def _fitted_record(path: Path, data: dict) -> dict | None:
+    """The morphable-model record of a version-2 targets file (None: SynthFaces at its resolution)."""
+    if "morphable" not in data:
+        return None
+    try:
+        record = json.loads(str(data["morphable"]))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: corrupt fitted-targets file, morphable is not JSON ({err})") from None
+    _check_record(record, f"{path}: corrupt fitted-targets file, morphable")
+    return record
+
+
+def _recorded_model(path: Path, record: dict, model: MorphableModel | None = None) -> MorphableModel:
+    """The model file ``record`` names (or ``model``, already in memory), checked against the recorded hash."""
+    from facelab.io.models import load_morphable
+
+    if model is None:
+        try:
+            model = load_morphable(record["path"])
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{record['path']}: the morphable model {path} was fitted with (sha256 "
+                                    f"{record['sha256']}) is no longer there; put the file back, or fit again "
+                                    "with `facelab fit ROOT --set morphable=PATH`") from None
+        have, what = model.content_sha256(), f"{record['path']}: the morphable model now has"
+    else:
+        have, what = model.content_sha256(), "model: the given morphable model has"
+    if have != record["sha256"]:
+        raise ValueError(f"{what} sha256 {have}, but {path} was fitted with {record['path']} of sha256 "
+                         f"{record['sha256']}; use the model it was fitted with, or fit again")
+    return model
+
+
+def _fitted_view(path: Path, data: dict, collection, model: MorphableModel | None = None) -> CollectionView:
+    """The :class:`CollectionView` of ``collection`` with the model ``data`` was fitted with."""
+    record = _fitted_record(path, data)
+    if record is None:
+        return CollectionView(collection, resolution=_fitted_resolution(data))
+    return CollectionView(collection, model=_recorded_model(path, record, model))
 
 
 def _fitted_resolution(data: dict) -> str | None:
@@ -256,9 +343,13 @@ def _pad(values: np.ndarray, k: int, what: str, path: Path) -> torch.Tensor:
 
 def fitted_model(path: str | Path, collection) -> MorphableModel:
     """The morphable model whose coefficients a ``targets.npz`` holds: the suite's own model, or for a
-    folder of photos SynthFaces at the resolution the file records (``facelab fit --set resolution=``).
+    folder of photos the model file the targets record (``facelab fit ROOT --set morphable=PATH``),
+    re-read and checked against its recorded content hash, else SynthFaces at the resolution the file
+    records (``facelab fit --set resolution=``).
 
-    Raises the errors of :func:`load_fitted_targets` for a missing or corrupt file.
+    Raises the errors of :func:`load_fitted_targets` for a missing or corrupt targets file, and
+    ``FileNotFoundError`` / ``ValueError`` naming the model file when it is gone or its content
+    changed since the fit (with both hashes).
 
     >>> import tempfile
     >>> from facelab.data import make_suite
@@ -269,7 +360,8 @@ def fitted_model(path: str | Path, collection) -> MorphableModel:
     >>> fitted_model(p, suite).n_verts == suite.model.n_verts
     True
     """
-    return CollectionView(collection, resolution=_fitted_resolution(_read(Path(path)))).model
+    path = Path(path)
+    return _fitted_view(path, _read(path), collection).model
 
 
 def load_fitted_targets(path: str | Path, collection, model: MorphableModel | None = None) -> dict[str, torch.Tensor]:
@@ -283,8 +375,10 @@ def load_fitted_targets(path: str | Path, collection, model: MorphableModel | No
     Args:
         path: a ``targets.npz`` written by :func:`save_fitted_targets` (``facelab fit``).
         collection: a :class:`~facelab.data.PhotoCollection`, :class:`~facelab.data.SavedCollection`
-            or :class:`~facelab.data.ImageFolderIdentities` (fitted with the model resolution the file records).
-        model: the morphable model the coefficients belong to (default: the collection's).
+            or :class:`~facelab.data.ImageFolderIdentities` (fitted with the model the file records:
+            :func:`fitted_model`).
+        model: the morphable model the coefficients belong to (default: :func:`fitted_model`'s). For
+            a file that records a model file (version 2) it must have that file's content hash.
 
     Returns:
         dict of tensors in the model's dtype, on its device:
@@ -295,9 +389,9 @@ def load_fitted_targets(path: str | Path, collection, model: MorphableModel | No
         Memory: ``2 N V 3`` floats (about 100 MB for 800 images of the default mesh).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        FileNotFoundError: ``path`` does not exist, or the model file it records is gone (named).
         ValueError: the file is corrupt, or was fitted to another collection or model
-            (the message names the file and the mismatch).
+            (the message names the file and the mismatch; for a recorded model file, both hashes).
 
     >>> import tempfile
     >>> from facelab.data import make_suite
@@ -310,12 +404,12 @@ def load_fitted_targets(path: str | Path, collection, model: MorphableModel | No
     (True, True)
     """
     path = Path(path)
+    if model is not None and not isinstance(model, MorphableModel):
+        raise TypeError(f"model: expected a MorphableModel or None, got {type(model).__name__}")
     data = _read(path)
-    view = CollectionView(collection, resolution=_fitted_resolution(data))
+    view = _fitted_view(path, data, collection, model)
     _check_belongs(path, data, view)
     m = model if model is not None else view.model
-    if not isinstance(m, MorphableModel):
-        raise TypeError(f"model: expected a MorphableModel or None, got {type(m).__name__}")
     alpha_id_g = _pad(data["alpha_id"], m.n_shape, "alpha_id", path)
     alpha_exp = _pad(data["alpha_exp"], m.n_exp, "alpha_exp", path)
     rows = {int(label): r for r, label in enumerate(data["identity_labels"])}

@@ -37,12 +37,13 @@ Real photos: ``data.kind="imagefolder"`` trains on a folder of identity folders
 (CASIA-WebFace / VGGFace2 layout, :class:`~facelab.data.ImageFolderIdentities`, ``data.train``)
 with its ``landmarks.json`` for the crops and ``targets="fitted"`` from ``facelab fit`` of that
 folder; ``morphable`` picks the 3DMM file the decoders start from (SynthFaces by default),
-which must be the model the targets were fitted with::
+which must be the model the targets were fitted with (``facelab fit DIR --set morphable=PATH``
+records the file and its content hash; the recipe checks it)::
 
     facelab synth webface --format imagefolder --out DIR
-    facelab fit DIR --out FIT
+    facelab fit DIR --out FIT [--set morphable=PATH]
     facelab train liu2018 --set data.kind=imagefolder --set data.train=DIR --set targets=fitted \\
-        --set targets_path=FIT/targets.npz --out RUN
+        --set targets_path=FIT/targets.npz [--set morphable=PATH] --out RUN
 
 The run folder holds one sub-folder per phase (``phase1/`` ... with the
 :class:`~facelab.train.trainer.Trainer`'s ``last.pt`` and logs) and, once a phase is done,
@@ -651,8 +652,8 @@ def _prepare_folder(cfg: Liu2018TrainConfig) -> dict:
     # the coefficients of targets.npz are in the model `facelab fit` fitted, which the file records
     fitted = fitted_model(cfg.targets_path, folder)
     _require_same_model(cfg, morphable, record, fitted, f"the model {cfg.targets_path} was fitted with",
-                        "fit and train with the same model (`facelab fit --set resolution=R` and "
-                        "--set resolution=R here, or morphable= a file of that model)")
+                        "fit and train with the same model (`facelab fit ROOT --set morphable=PATH` and "
+                        "--set morphable=PATH here, or `facelab fit ROOT --set resolution=R` and --set resolution=R)")
     targets = load_fitted_targets(cfg.targets_path, folder, model=morphable)
     data = FolderTargets(folder, targets, align_to=tuple(cfg.image_size) if cfg.align else None)
     if cfg.pool:
