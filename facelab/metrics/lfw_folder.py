@@ -36,7 +36,7 @@ import torch
 
 from facelab.config import torch_threads
 from facelab.data.lfw_folder import CENTRE, LFWFolder
-from facelab.metrics.model_eval import REPORT_JSON, REPORT_MD, ModelEvalConfig, _load, _model_setting
+from facelab.metrics.model_eval import ModelEvalConfig, _load, _model_setting, write_report
 from facelab.metrics.verification import VerificationResult, verify
 
 #: ModelEvalConfig fields that apply to a folder; the others size SynthFaces suites.
@@ -179,12 +179,7 @@ def evaluate_lfw_folder(checkpoint_or_model, root, pairs=None, landmarks=None, o
               "config": {k: getattr(cfg, k) for k in FOLDER_FIELDS},
               "lfw": {info["model_name"]: scored.to_dict()}, "time_s": round(time.perf_counter() - start, 2)}
     if out_dir is not None:
-        from facelab.metrics.report import write_json
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(result, out / REPORT_JSON)
-        (out / REPORT_MD).write_text(lfw_folder_markdown(result))
+        write_report(result, out_dir, lfw_folder_markdown(result))
     return result
 
 

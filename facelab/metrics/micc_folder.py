@@ -32,7 +32,7 @@ from facelab.config import torch_threads
 from facelab.data.micc_folder import MICCVideos
 from facelab.metrics.lfw_folder import _morphable
 from facelab.metrics.model_eval import (
-    REPORT_JSON, REPORT_MD, ModelEvalConfig, _load, _model_setting, predict_suite, score_micc,
+    ModelEvalConfig, _load, _model_setting, predict_suite, score_micc, write_report,
 )
 
 #: ModelEvalConfig fields that apply to a folder; the others size or seed SynthFaces suites.
@@ -153,12 +153,7 @@ def evaluate_micc_folder(checkpoint_or_model, root, landmarks=None, yaw=None, on
               "config": {k: getattr(cfg, k) for k in FOLDER_FIELDS}, "micc": rows,
               "time_s": round(time.perf_counter() - start, 2)}
     if out_dir is not None:
-        from facelab.metrics.report import write_json
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(result, out / REPORT_JSON)
-        (out / REPORT_MD).write_text(micc_folder_markdown(result))
+        write_report(result, out_dir, micc_folder_markdown(result))
     return result
 
 

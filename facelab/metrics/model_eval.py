@@ -384,14 +384,15 @@ def report_markdown(result: dict) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def write_report(result: dict, out_dir) -> Path:
-    """Write ``report.json`` and ``report.md`` into ``out_dir``; returns the folder."""
+def write_report(result: dict, out_dir, markdown: str | None = None) -> Path:
+    """Write ``report.json`` and ``report.md`` (``markdown``, else :func:`report_markdown` of ``result``)
+    into ``out_dir``; returns the folder."""
     from facelab.metrics.report import write_json
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(result, out / REPORT_JSON)
-    (out / REPORT_MD).write_text(report_markdown(result))
+    (out / REPORT_MD).write_text(report_markdown(result) if markdown is None else markdown)
     return out
 
 

@@ -203,19 +203,10 @@ class Gao2020DataConfig:
     collections: str = ""
 
     def __post_init__(self) -> None:
-        check_choice(self.kind, "data.kind", DATA_KINDS)
-        if self.kind == "real":
-            if not self.labelled:
-                raise ValueError("data.labelled: data.kind='real' needs the labelled folder "
-                                 "(300W-LP layout: NAME.jpg next to NAME.mat)")
-            if not self.collections:
-                raise ValueError("data.collections: data.kind='real' needs the folder of identity folders "
-                                 "(ROOT/<identity>/<image>.jpg, with landmarks.json)")
-        else:
-            for name in ("labelled", "collections"):
-                if getattr(self, name):
-                    raise ValueError(f"data.{name}: {getattr(self, name)!r} is read with data.kind='real' only "
-                                     "(data.kind='synth' generates its images)")
+        pools.check_data_folders(self.kind, DATA_KINDS, {
+            "labelled": (self.labelled, "the labelled folder (300W-LP layout: NAME.jpg next to NAME.mat)"),
+            "collections": (self.collections, "the folder of identity folders (ROOT/<identity>/<image>.jpg, with "
+                                              "landmarks.json)")})
 
 
 @dataclass

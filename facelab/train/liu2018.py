@@ -161,12 +161,9 @@ class DataConfig:
     train: str = ""
 
     def __post_init__(self) -> None:
-        check_choice(self.kind, "data.kind", DATA_KINDS)
-        if self.kind == "imagefolder" and not self.train:
-            raise ValueError("data.train: data.kind='imagefolder' needs the identity folder (ROOT/<identity>/<image>.jpg)")
-        if self.kind == "synth" and self.train:
-            raise ValueError(f"data.train: {self.train!r} is read with data.kind='imagefolder' only "
-                             "(data.kind='synth' generates its photos)")
+        pools.check_data_folders(self.kind, DATA_KINDS,
+                                 {"train": (self.train, "the identity folder (ROOT/<identity>/<image>.jpg)")},
+                                 generated="photos")
 
 
 @dataclass

@@ -21,6 +21,30 @@ from facelab.train.trainer import step_indices
 POOL_RENDER_BATCH = 64
 
 
+def check_data_folders(kind: str, kinds: tuple[str, ...], folders: dict[str, tuple[str, str]],
+                       generated: str = "images") -> None:
+    """Check a recipe's ``data`` group: ``kind`` is one of ``kinds`` (the first generates its data, the
+    second reads ``folders``); the folder kind needs every folder, the generating kind takes none.
+
+    ``folders``: ``{field: (its value, what the folder is)}``; ``generated``: what the generating kind makes.
+
+    >>> check_data_folders("real", ("synth", "real"), {"labelled": ("", "the labelled folder")})
+    Traceback (most recent call last):
+    ...
+    ValueError: data.labelled: data.kind='real' needs the labelled folder
+    """
+    from facelab.checks import check_choice
+
+    check_choice(kind, "data.kind", kinds)
+    synth, real = kinds
+    for name, (value, what) in folders.items():
+        if kind == real and not value:
+            raise ValueError(f"data.{name}: data.kind={real!r} needs {what}")
+        if kind == synth and value:
+            raise ValueError(f"data.{name}: {value!r} is read with data.kind={real!r} only "
+                             f"(data.kind={synth!r} generates its {generated})")
+
+
 def recipe_suite(suite: str, cfg, image_size: tuple[int, int] | None = None):
     """The training suite of a recipe config (``profile``, ``image_size``, ``resolution``,
     ``train.seed`` and optional ``n_identities`` / ``images_per_identity``; 0 = the suite's default).

@@ -152,19 +152,9 @@ class SIRDataConfig:
     identities: str = ""
 
     def __post_init__(self) -> None:
-        check_choice(self.kind, "data.kind", DATA_KINDS)
-        if self.kind == "real":
-            if not self.labelled:
-                raise ValueError("data.labelled: data.kind='real' needs the landmark-labelled folder "
-                                 "(300W-LP layout: NAME.jpg next to NAME.mat)")
-            if not self.identities:
-                raise ValueError("data.identities: data.kind='real' needs the folder of identity folders "
-                                 "(ROOT/<identity>/<image>.jpg)")
-        else:
-            for name in ("labelled", "identities"):
-                if getattr(self, name):
-                    raise ValueError(f"data.{name}: {getattr(self, name)!r} is read with data.kind='real' only "
-                                     "(data.kind='synth' generates its images)")
+        pools.check_data_folders(self.kind, DATA_KINDS, {
+            "labelled": (self.labelled, "the landmark-labelled folder (300W-LP layout: NAME.jpg next to NAME.mat)"),
+            "identities": (self.identities, "the folder of identity folders (ROOT/<identity>/<image>.jpg)")})
 
 
 @dataclass
