@@ -407,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "a folder written by `facelab synth`, or photos in identity folders ROOT/<identity>/<image>.jpg "
                         "with ROOT/landmarks.json (CASIA-WebFace layout; --set image_size=N resizes to N x N, "
                         "--set resolution= picks the SynthFaces model, --set morphable=PATH fits any model file "
-                        "facelab.io.load_morphable reads instead and records its path and content hash, as "
+                        "facelab.io.load_morphable reads instead and records its path (relative to --out when the model "
+                        "lies inside or beside it) and content hash, as "
                         "`facelab train liu2018 --set morphable=PATH` expects) (an existing folder wins over a suite name)")
     p.add_argument("--out", required=True, help="output folder (targets.npz, report.json)")
     p.add_argument("--profile", default="quick", choices=["quick", "standard", "full"], help="suite size (generated suites only)")

@@ -112,7 +112,9 @@ def test_fit_with_model_file_equals_direct_landmark_fit(photos, other, fit_other
         alpha_id, labels = torch.from_numpy(z["alpha_id"]), z["labels"]
         assert z["alpha_exp"].shape == (N_IDS * PER_ID, OTHER_COMPONENTS)
         assert "resolution" not in json.loads(str(z["suite_config"]))
-    assert record["path"] == str(other.resolve()) and record["sha256"] == model.content_sha256()
+    # the model lies beside the targets' folder: recorded relative to it, with the absolute path too
+    assert record["path"] == "../models/other.npz" and record["absolute_path"] == str(other.resolve())
+    assert record["sha256"] == model.content_sha256()
     assert (record["n_shape"], record["n_exp"], record["n_verts"]) == (OTHER_COMPONENTS, OTHER_COMPONENTS, quick.n_verts)
     assert alpha_id.shape == (N_IDS, OTHER_COMPONENTS)
     assert labels.tolist() == _landmarks_and_labels(photos)[1].tolist()
@@ -155,6 +157,53 @@ def test_model_file_changed_or_missing_is_named(photos, other, fit_other, tmp_pa
     moved.unlink()
     with pytest.raises(FileNotFoundError, match=rf"moved\.npz: the morphable model .*targets\.npz was fitted with"):
         fitted_model(targets, folder)
+
+
+def _fit(photos, model, out):
+    assert main(["fit", str(photos), "--out", str(out), "--quiet", "--set", f"morphable={model}", "--set", "n_steps=0"]) == 0
+    with np.load(out / "targets.npz") as z:
+        return json.loads(str(z["morphable"])), torch.from_numpy(z["alpha_id"])
+
+
+def test_folder_moved_with_its_model_still_reads(photos, other, tmp_path):
+    """A model inside or beside the targets' folder is found relative to the targets file after the
+    tree moves; one elsewhere keeps its absolute path; the content hash is checked either way."""
+    before = tmp_path / "before"
+    shutil.copytree(photos, before / "photos")
+    shutil.copy(other, before / "model.npz")
+    beside, alpha_id = _fit(before / "photos", before / "model.npz", before / "fit")
+    assert beside["path"] == "../model.npz"
+    shutil.copy(other, before / "fit" / "own.npz")
+    inside, _ = _fit(before / "photos", before / "fit" / "own.npz", before / "fit_inside")
+    assert inside["path"] == "../fit/own.npz"
+    elsewhere, _ = _fit(before / "photos", other, before / "fit_elsewhere")
+    assert elsewhere["path"] == str(other.resolve()) and "absolute_path" not in elsewhere
+
+    after = tmp_path / "after"
+    (before).rename(after)  # nothing is left at the recorded absolute paths
+    folder = ImageFolderIdentities(after / "photos")
+    for fit in ("fit", "fit_inside", "fit_elsewhere"):
+        assert fitted_model(after / fit / "targets.npz", folder).content_sha256() == beside["sha256"]
+    targets = load_fitted_targets(after / "fit" / "targets.npz", folder)
+    torch.testing.assert_close(targets["alpha_id"][0], alpha_id[0])
+
+    # the targets' folder moved alone: the model is found where it was at fit time
+    alone = tmp_path / "alone" / "fit"
+    shutil.copytree(after / "fit", alone)
+    record = dict(beside, absolute_path=str(after / "model.npz"))
+    with np.load(alone / "targets.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(alone / "targets.npz", **{**arrays, "morphable": np.array(json.dumps(record))})
+    assert fitted_model(alone / "targets.npz", folder).content_sha256() == beside["sha256"]
+
+    # the model beside it changed: refused, naming the file the relative path leads to
+    changed = _other_model(seed=1)
+    changed.save(after / "model.npz")
+    with pytest.raises(ValueError, match=rf"after/model\.npz: the morphable model now has sha256 {changed.content_sha256()}"):
+        load_fitted_targets(after / "fit" / "targets.npz", folder)
+    (after / "model.npz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"after/model\.npz: the morphable model .* \(recorded as \.\./model\.npz"):
+        fitted_model(after / "fit" / "targets.npz", folder)
 
 
 def test_record_and_version_must_agree(photos, fit_other, tmp_path):

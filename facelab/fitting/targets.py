@@ -22,18 +22,24 @@ Layout of ``targets.npz`` (``N`` images, ``G`` identities, all arrays plain nump
     identity_labels        (G,) int, the label of each row of alpha_id
     morphable              version 2 only: the model file fitted (``facelab fit ROOT --set morphable=PATH``),
                            JSON of :func:`facelab.models.morphable_record.morphable_record`
-                           (``path``, content ``sha256``, ``name``, ``n_verts``, ``n_shape``, ``n_exp``)
+                           (``path``, content ``sha256``, ``name``, ``n_verts``, ``n_shape``, ``n_exp``);
+                           ``path`` is relative to this file's folder when the model lies inside
+                           that folder or beside it (under its parent), with ``absolute_path``
+                           the path at fit time; else absolute
 
 A file without ``morphable`` (version 1) holds coefficients of SynthFaces at the ``resolution``
 of its ``suite_config``; a file with it (version 2, so that older readers refuse it rather than
 read its coefficients in SynthFaces) holds coefficients of that file's model, which
 :func:`fitted_model` and :func:`load_fitted_targets` re-read and check against the recorded hash.
+A relative ``path`` is resolved against the targets file's folder, so a folder moved together
+with its model still reads; when nothing is there, ``absolute_path`` is tried (the hash decides).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -42,7 +48,8 @@ import torch
 
 from facelab.morphable.model import MorphableModel
 
-__all__ = ["CollectionView", "save_fitted_targets", "load_fitted_targets", "fitted_model"]
+__all__ = ["CollectionView", "save_fitted_targets", "load_fitted_targets", "fitted_model", "portable_record",
+           "recorded_model_path"]
 
 TARGETS_FORMAT = "facelab-fitted-targets"
 TARGETS_VERSION = 1
@@ -184,7 +191,8 @@ def save_fitted_targets(path: str | Path, targets: dict) -> Path:
             per-identity (:data:`PER_IDENTITY_KEYS`) tensors, and ``suite_config`` (a JSON str);
             optionally ``morphable``, the record of the model file fitted (a dict or its JSON str,
             :func:`facelab.models.morphable_record.morphable_record`): the file is then written as
-            version :data:`TARGETS_VERSION_MORPHABLE` (without it, version :data:`TARGETS_VERSION`).
+            version :data:`TARGETS_VERSION_MORPHABLE` (without it, version :data:`TARGETS_VERSION`),
+            with the model's path made relative to ``path``'s folder where :func:`portable_record` says.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -212,7 +220,7 @@ def save_fitted_targets(path: str | Path, targets: dict) -> Path:
         record = targets["morphable"]
         record = json.loads(record) if isinstance(record, str) else dict(record)
         _check_record(record, "targets['morphable']")
-        arrays["morphable"] = np.array(json.dumps(record))
+        arrays["morphable"] = np.array(json.dumps(portable_record(record, path)))
         version = TARGETS_VERSION_MORPHABLE
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,6 +228,41 @@ def save_fitted_targets(path: str | Path, targets: dict) -> Path:
         np.savez(fh, format=np.array(TARGETS_FORMAT), version=np.array(version), n_images=np.array(n),
                  suite_config=np.array(str(targets["suite_config"])), **arrays)
     return path
+
+
+def portable_record(record: dict, targets_path) -> dict:
+    """``record`` as a targets file at ``targets_path`` stores it: a model file inside the targets'
+    folder or beside it (anywhere under the folder's parent) gets ``path`` relative to the targets'
+    folder and ``absolute_path`` its absolute path, so that the folder can move together with its
+    model; a model elsewhere keeps its absolute ``path``. A relative ``path`` is left as it is.
+
+    >>> portable_record({"path": "/data/model.npz", "sha256": "0"}, "/data/fit/targets.npz")["path"]
+    '../model.npz'
+    >>> portable_record({"path": "/models/bfm.npz", "sha256": "0"}, "/data/fit/targets.npz")["path"]
+    '/models/bfm.npz'
+    """
+    model = Path(record["path"])
+    if not model.is_absolute():
+        return dict(record)
+    folder = Path(targets_path).resolve().parent
+    model = model.resolve()
+    if not model.is_relative_to(folder.parent):
+        return dict(record)
+    return {**record, "path": os.path.relpath(model, folder), "absolute_path": str(model)}
+
+
+def recorded_model_path(targets_path, record: dict) -> Path:
+    """Where the model file of a targets file's ``record`` is: an absolute ``path`` as it is; a
+    relative one resolved against the targets file's folder, or, when no file is there, the
+    recorded ``absolute_path`` if a file is there (the content hash is checked by the caller)."""
+    model = Path(record["path"])
+    if model.is_absolute():
+        return model
+    model = Path(os.path.normpath(Path(targets_path).resolve().parent / model))
+    fallback = record.get("absolute_path")
+    if not model.is_file() and fallback and Path(fallback).is_file():
+        return Path(fallback)
+    return model
 
 
 def _check_record(record, where: str) -> None:
@@ -278,18 +321,20 @@ def _recorded_model(path: Path, record: dict, model: MorphableModel | None = Non
     """The model file ``record`` names (or ``model``, already in memory), checked against the recorded hash."""
     from facelab.io.models import load_morphable
 
+    where = recorded_model_path(path, record)
     if model is None:
         try:
-            model = load_morphable(record["path"])
+            model = load_morphable(where)
         except FileNotFoundError:
-            raise FileNotFoundError(f"{record['path']}: the morphable model {path} was fitted with (sha256 "
+            also = f" (recorded as {record['path']} beside it)" if str(where) != record["path"] else ""
+            raise FileNotFoundError(f"{where}: the morphable model {path} was fitted with{also} (sha256 "
                                     f"{record['sha256']}) is no longer there; put the file back, or fit again "
                                     "with `facelab fit ROOT --set morphable=PATH`") from None
-        have, what = model.content_sha256(), f"{record['path']}: the morphable model now has"
+        have, what = model.content_sha256(), f"{where}: the morphable model now has"
     else:
         have, what = model.content_sha256(), "model: the given morphable model has"
     if have != record["sha256"]:
-        raise ValueError(f"{what} sha256 {have}, but {path} was fitted with {record['path']} of sha256 "
+        raise ValueError(f"{what} sha256 {have}, but {path} was fitted with {where} of sha256 "
                          f"{record['sha256']}; use the model it was fitted with, or fit again")
     return model
 
