@@ -13,7 +13,10 @@
    "average over identity" (embeddings averaged over the video, decoded neutral),
    "three-view" (needs ``yaw.json``) and "single frame" (the middle frame), each the
    point-to-plane error (mm) of the scan cropped to 95 mm around its nose tip
-   (:func:`facelab.metrics.micc_error`), per condition and overall.
+   (:func:`facelab.metrics.micc_error`), per condition and overall. The predicted meshes are
+   read with the triangles and landmarks of the mesh the network outputs: SynthFaces', or the
+   model file a network trained with ``morphable=PATH`` records
+   (:func:`facelab.models.morphable_record.network_morphable`).
 
 The ICP limits are the quick profile's (those of ``--suite micc`` by default), or
 ``--set icp_iters=N --set icp_tol=MM``. On a folder written by ``facelab synth micc --format
@@ -31,6 +34,7 @@ from pathlib import Path
 from facelab.config import torch_threads
 from facelab.data.micc_folder import MICCVideos
 from facelab.metrics.lfw_folder import _morphable
+from facelab.models.morphable_record import network_morphable
 from facelab.metrics.model_eval import (
     ModelEvalConfig, _load, _model_setting, predict_suite, score_micc, write_report,
 )
@@ -58,18 +62,23 @@ class _OnDevice:
         return len(self.folder)
 
 
-def micc_videos_for(model, root, landmarks=None, yaw=None, on_bad_image: str = "raise", device="cpu") -> MICCVideos:
+def micc_videos_for(model, root, landmarks=None, yaw=None, on_bad_image: str = "raise", device="cpu",
+                    morphable=None) -> MICCVideos:
     """The :class:`~facelab.data.MICCVideos` of ``root`` as ``model`` sees photos: frames resized to
-    its ``config.image_size``, with the SynthFaces morphable model of its ``config.resolution``.
+    its ``config.image_size``, with the morphable model whose mesh it outputs (the scorer takes
+    that mesh's triangles and landmarks).
 
     Args:
         model: an :class:`~facelab.models.Evaluable`. root: the folder.
         landmarks, yaw: the sidecars (default ``root/landmarks.json``, ``root/yaw.json`` if present;
             ``False``: none). on_bad_image: ``"raise"`` or ``"skip"``. device: of the morphable model.
+        morphable: the model's own :class:`~facelab.morphable.MorphableModel` (a network trained with
+            ``morphable=PATH``: :func:`facelab.models.morphable_record.network_morphable`); None:
+            SynthFaces at its ``config.resolution``.
     """
+    morphable = _morphable(_model_setting(model, "resolution"), device) if morphable is None else morphable.to(device)
     return MICCVideos(root, image_size=tuple(_model_setting(model, "image_size")), landmarks_path=landmarks,
-                      yaw_path=yaw, on_bad_image=on_bad_image,
-                      morphable=_morphable(_model_setting(model, "resolution"), device))
+                      yaw_path=yaw, on_bad_image=on_bad_image, morphable=morphable)
 
 
 def score_micc_folder(model, folder: MICCVideos, cfg: ModelEvalConfig, return_units: bool = False):
@@ -140,8 +149,10 @@ def evaluate_micc_folder(checkpoint_or_model, root, landmarks=None, yaw=None, on
     cfg = cfg.resolved(FOLDER_PROFILE)
     start = time.perf_counter()
     with torch_threads(cfg.num_threads):
-        model, _, info = _load(checkpoint_or_model, cfg.device)
-        folder = micc_videos_for(model, root, landmarks, yaw, on_bad_image, cfg.device)
+        model, ckpt, info = _load(checkpoint_or_model, cfg.device)
+        # a network trained with morphable=PATH outputs that file's mesh, not SynthFaces'
+        own = None if ckpt is None else network_morphable(ckpt["model_config"], _model_setting(model, "resolution"))
+        folder = micc_videos_for(model, root, landmarks, yaw, on_bad_image, cfg.device, morphable=own)
         rows = score_micc_folder(model, folder, cfg)
     videos = {(int(k), int(c)) for k, c in zip(folder.labels, folder.conditions)}
     result = {"micc_folder": str(folder.root),

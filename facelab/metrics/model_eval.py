@@ -37,6 +37,7 @@ from facelab.metrics.baselines import by_abs_yaw, micc_rows
 from facelab.metrics.protocols import PROTOCOL_ICP_ITERS, PROTOCOL_ICP_TOL, micc_error
 from facelab.metrics.reconstruction import rmse
 from facelab.metrics.verification import verify
+from facelab.models.morphable_record import require_synthfaces_mesh
 from facelab.models.registry import evaluable_model, load_model
 
 EVAL_SUITES = ("micc", "bu3dfe", "lfw")
@@ -332,6 +333,10 @@ def evaluate_model(checkpoint_or_model, suite: str, profile: str = "quick", out_
         out_dir: if given, write ``report.json`` and ``report.md`` there.
         config: a :class:`ModelEvalConfig`; ``overrides`` replace its fields.
 
+    Raises:
+        ValueError: for ``micc`` and ``bu3dfe``, a checkpoint trained with a morphable-model file whose
+            mesh is not SynthFaces' (:func:`facelab.models.morphable_record.require_synthfaces_mesh`).
+
     Returns:
         ``{"suite", "profile", "model_name", "checkpoint", "step", "image_size", "resolution",
         "config", <suite>: results, "time_s"}`` where the results are, for ``micc``,
@@ -346,7 +351,10 @@ def evaluate_model(checkpoint_or_model, suite: str, profile: str = "quick", out_
     cfg = dataclasses.replace(config or ModelEvalConfig(), **overrides).resolved(profile)
     start = time.perf_counter()
     with torch_threads(cfg.num_threads):
-        model, _, info = _load(checkpoint_or_model, cfg.device)
+        model, ckpt, info = _load(checkpoint_or_model, cfg.device)
+        if ckpt is not None and suite != "lfw":  # LFW scores identity embeddings only, whatever the mesh
+            require_synthfaces_mesh(ckpt["model_config"], _model_setting(model, "resolution"), checkpoint_or_model,
+                                    f"--suite {suite}")
         result = {"suite": suite, "profile": profile, **info,
                   "image_size": list(_model_setting(model, "image_size")), "resolution": _model_setting(model, "resolution"),
                   "config": dataclasses.asdict(cfg)}
