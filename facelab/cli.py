@@ -16,7 +16,7 @@
     facelab eval verify|recon|baselines ...   (see facelab.eval_cli)
     facelab reproduce liu2018 --out DIR [--profile quick|standard|full] [--seeds 0,1,2] [--json] [--set train.k=v|eval.k=v|baselines.k=v ...]
     facelab reproduce gao2020 --out DIR [--profile quick|standard|full] [--seeds 0,1,2] [--liu PHASE3] [--json] [--set ...]
-    facelab reproduce sir --out DIR [--profile quick|full] [--json] [--liu PHASE3] [--set train.k=v|eval.k=v|sir.k=v ...]
+    facelab reproduce sir --out DIR [--profile quick|standard|full] [--seeds 0,1,2] [--json] [--liu PHASE3] [--set train.k=v|eval.k=v|sir.k=v ...]
     facelab photo IMAGE --out DIR [--json] [--largest] [--detector hog|cnn] [--model PATH] [--liu PHASE3 | --no-liu]
     facelab landmarks ROOT [--out FILE] [--detector hog|cnn] [--on-no-face skip|raise] [--quiet]   (writes ROOT/landmarks.json)
     facelab book student --out DIR [NOTEBOOKS...]     (teacher mode, see facelab.teach)
@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="GROUP.KEY=VALUE",
                    help="override a train./eval./baselines. config field (repeatable)")
     p.add_argument("--no-baselines", action="store_true", help="skip the mean-face / oracle / landmark-fit rows")
-    p.add_argument("--seeds", type=_int_list, help="liu2018, gao2020: comma-separated training seeds "
+    p.add_argument("--seeds", type=_int_list, help="comma-separated training seeds "
                                                    "(default: the profile's; standard trains 0,1,2)")
     p.add_argument("--liu", help="gao2020, sir: the Liu et al. row's phase3.pt or reproduce-liu2018 folder "
                                  "(default: the committed book/artifacts/liu2018-quick, else -standard)")

@@ -13,7 +13,7 @@ from facelab.metrics.model_eval import RenderedSuite
 from facelab.metrics.sir import sir_ratio
 from facelab.reproduce.liu2018 import liu_reference
 from facelab.reproduce.sir import (
-    COLUMNS, LIU_ROW, OVERRIDE_GROUPS, ROW_NAMES, SIREvalConfig, _cosine_rank1,
+    COLUMNS, LIU_ROW, MEAN_FACE_ROW, OVERRIDE_GROUPS, ROW_NAMES, SIREvalConfig, _cosine_rank1,
     gallery_split, reproduce_sir, results_markdown, score_sir,
 )
 
@@ -126,9 +126,13 @@ def test_overrides_and_config_errors():
 def test_reproduce_sir_rows_and_files(tiny_result):
     out, result = tiny_result
     names = [r["name"] for r in result["rows"]]
-    assert names == [LIU_ROW, *ROW_NAMES.values()]
-    assert all(result["rows"][0][c] is None for c in COLUMNS)  # no Liu checkpoint: empty row
-    for row in result["rows"][1:]:
+    assert names == [MEAN_FACE_ROW, LIU_ROW, *ROW_NAMES.values()]
+    assert all(result["rows"][1][c] is None for c in COLUMNS)  # no Liu checkpoint: empty row
+    mean_face = result["rows"][0]
+    assert mean_face["rmse_micc"] > 0 and all(mean_face[c] is None for c in COLUMNS if c != "rmse_micc")
+    assert result["precondition"]["micc_over_mean_face"] == pytest.approx(
+        result["rows"][2]["rmse_micc"] / mean_face["rmse_micc"])
+    for row in result["rows"][2:]:
         assert 0.0 <= row["lfw_accuracy"] <= 1.0 and 0.0 <= row["geo_rank1"] <= 1.0
         assert row["sir_ratio"] > 0 and row["rmse_micc"] > 0
     svp = result["sfm_vs_pca"]
@@ -144,7 +148,8 @@ def test_reproduce_sir_reuses_checkpoints(tiny_result):
     result = reproduce_sir("quick", out, overrides={**TRAIN, **EVAL}, liu=False, variants=("params_recog",),
                            with_sfm_vs_pca=False)
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.pt")} == stamps
-    assert [r["stage"] for r in result["rows"]] == ["liu2018_phase3", "params_recog"] and result["sfm_vs_pca"] is None
+    assert [r["stage"] for r in result["rows"]] == ["mean_face", "liu2018_phase3", "params_recog"]
+    assert result["sfm_vs_pca"] is None
     assert "| shape params + recognition (no SIR) |" in results_markdown(result)
 
 
@@ -163,7 +168,7 @@ def test_cli_reproduce_sir_json(tiny_result, capsys):
     argv = ["reproduce", "sir", "--out", str(out), "--json"] + [x for s in sets for x in ("--set", s)]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert [r["name"] for r in printed["rows"]][1] == ROW_NAMES["params_recog"] and "sfm_vs_pca" in printed
+    assert [r["name"] for r in printed["rows"]][2] == ROW_NAMES["params_recog"] and "sfm_vs_pca" in printed
 
 
 def test_sir_claims_activity_and_precondition():
@@ -181,3 +186,33 @@ def test_sir_claims_activity_and_precondition():
     assert lazy["S1"] == "inactive"
     assert base_precondition([{"stage": "params_recog", "geo_rank1_truth": 0.3}], 40)["met"]
     assert base_precondition([], 40) == {}
+    # identifies the true shapes, but reconstructs no better than the mean face: not met
+    worse = base_precondition([{"stage": "params_recog", "geo_rank1_truth": 0.3, "rmse_micc": 1.1}], 40, 1.2)
+    assert not worse["met"] and worse["micc_over_mean_face"] == pytest.approx(1.1 / 1.2)
+
+
+def test_reproduce_sir_two_seeds(tmp_path):
+    """Seed 1 trains in seed1/; rows are means over seeds and the claims' units have one row per seed."""
+    out = tmp_path / "run"
+    result = reproduce_sir("quick", out, overrides={**TRAIN, **EVAL}, liu=False, variants=("params_recog", "params_recog_sir"),
+                           with_sfm_vs_pca=False, seeds=(0, 1))
+    assert (out / "params_recog.pt").exists() and (out / "seed1" / "params_recog_sir.pt").exists()
+    assert result["seeds"] == [0, 1] and set(result["rows_by_seed"]) == {"0", "1"}
+    by_seed = [result["rows_by_seed"][k][0]["sir_ratio"] for k in ("0", "1")]
+    assert result["rows"][2]["sir_ratio"] == pytest.approx(np.mean(by_seed))
+    assert by_seed[0] != by_seed[1]  # the seeds train different networks
+    assert {c["n_seeds"] for c in result["claims"]} == {2}
+
+
+def test_mean_face_micc_matches_the_baseline_row():
+    """score_mean_face_micc against facelab.metrics.baselines' mean_face row on the same suite."""
+    from facelab.data import make_suite
+    from facelab.metrics.baselines import BaselineConfig, micc_baselines
+    from facelab.metrics.model_eval import ModelEvalConfig, score_mean_face_micc
+
+    cfg = BaselineConfig(profile="quick", micc_identities=3, icp_iters=5)
+    table = micc_baselines(cfg)
+    suite = make_suite("micc", profile="quick", n_identities=3, seed=cfg.seed, image_size=cfg.image_size,
+                       resolution=cfg.resolution)
+    mine = score_mean_face_micc(suite, ModelEvalConfig(icp_iters=5, icp_tol=cfg.icp_tol).resolved("quick"))
+    assert float(np.mean(mine)) == pytest.approx(table["mean_face"]["all"]["mean"], rel=1e-6)

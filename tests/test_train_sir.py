@@ -220,6 +220,48 @@ def test_mixed_loss_value_against_hand_computation(morphable):
     torch.testing.assert_close(loss.detach(), expected, atol=1e-4, rtol=1e-4)
 
 
+def test_mixed_loss_shape_term_is_mean_vertex_distance(morphable):
+    """The 3D term against a hand computation, only on ``has_shape`` rows, and absent when off."""
+    net = _net(morphable).eval()
+    batch = _batch()
+    gen = torch.Generator().manual_seed(3)
+    truth = morphable.mean_shape[None].repeat(6, 1, 1) + torch.randn(6, morphable.n_verts, 3, generator=gen)
+    batch.update(shape_identity=truth, has_shape=batch["has_landmarks"].clone())  # 2 labelled rows, 4 identity rows
+    base_loss, base_m = MixedLabelLoss((32, 32))(net, batch)
+    assert "shape" not in base_m  # w_shape = 0: no zero column
+    loss, m = MixedLabelLoss((32, 32), w_shape=2.5)(net, batch)
+    with torch.no_grad():
+        decoded = net.reconstruct(batch["image"][:2])["identity_shape"]
+        expected = torch.sqrt(((decoded - truth[:2]) ** 2).sum(-1)).mean()
+    torch.testing.assert_close(m["shape"], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss.detach(), base_loss.detach() + 2.5 * expected, atol=1e-4, rtol=1e-5)
+    moved = dict(batch, shape_identity=truth.clone())
+    moved["shape_identity"][2:] += 50.0  # rows without a 3D label: ignored
+    torch.testing.assert_close(MixedLabelLoss((32, 32), w_shape=2.5)(net, moved)[0], loss)
+    with pytest.raises(KeyError, match="shape_identity"):
+        MixedLabelLoss((32, 32), w_shape=1.0)(net, _batch())
+    with pytest.raises(ValueError, match="w_shape"):
+        MixedLabelLoss((32, 32), w_shape=-1.0)
+
+
+def test_mixed_batches_carry_the_labelled_shapes():
+    lp = {"image": torch.zeros(6, 3, 4, 4, dtype=torch.uint8), "landmarks2d": torch.ones(6, 68, 2),
+          "shape_identity": torch.arange(6.0)[:, None, None].expand(6, 5, 3).clone()}
+    wf = {"image": torch.zeros(12, 3, 4, 4, dtype=torch.uint8), "label": torch.arange(6).repeat_interleave(2)}
+    b = mixed_batches(lp, wf, 3, 4, ids_per_batch=2, seed=0)(1)
+    assert b["shape_identity"].shape == (7, 5, 3) and b["has_shape"].tolist() == [True] * 3 + [False] * 4
+    assert set(b["shape_identity"][:3, 0, 0].tolist()) <= set(range(6)) and (b["shape_identity"][3:] == 0).all()
+    assert "has_shape" not in mixed_batches({k: lp[k] for k in ("image", "landmarks2d")}, wf, 3, 4, 2)(1)
+
+
+def test_standard_profile_turns_the_shape_term_on():
+    quick, standard = SIRTrainConfig(), SIRTrainConfig(profile="standard")
+    assert quick.w_shape == 0.0 and standard.w_shape > 0 and stage_loss(BASE, standard).w_shape == standard.w_shape
+    assert standard.base_steps > quick.base_steps and standard.n_identities > quick.n_identities
+    with pytest.raises(ValueError, match="w_shape"):
+        SIRTrainConfig(w_shape=-0.5)
+
+
 def test_mixed_loss_uses_each_label_only_where_it_exists(morphable):
     net = _net(morphable).eval()
     batch = _batch()

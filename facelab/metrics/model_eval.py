@@ -226,16 +226,7 @@ def score_micc(model, profile: str, cfg: ModelEvalConfig, suite=None, pred: dict
     suite = suite if suite is not None else micc_suite(model, profile, cfg)
     morphable = suite.model
     pred = pred if pred is not None else predict_suite(model, suite, cfg.batch_size)
-    faces = morphable.faces.numpy()
-    lm = morphable.require_landmarks("MICC scoring (landmark-initialised ICP)").numpy()
-    truth = {lab: _scan_truth(suite, lab, morphable) for lab in torch.unique(pred["label"]).tolist()}
-
-    def score(mesh: torch.Tensor, label: int) -> float:
-        (scan, nose, scan_lm), p = truth[label], _np(mesh)
-        out = micc_error(p, faces, scan, nose_tip_gt=nose, pred_landmarks=None if scan_lm is None else p[lm],
-                         gt_landmarks=scan_lm, max_iter=cfg.icp_iters, tol=cfg.icp_tol)
-        return out["mean"]
-
+    score = _micc_scorer(suite, cfg, torch.unique(pred["label"]).tolist())
     key = pred["label"] * 100 + pred["condition"]
     errors = {row: [] for row in MICC_ROWS if row != "three_view" or "yaw_deg" in pred}
     conditions, labels = [], []
@@ -259,6 +250,43 @@ def score_micc(model, profile: str, cfg: ModelEvalConfig, suite=None, pred: dict
     subjects = np.unique(labels)
     units = {row: np.array([np.mean(np.asarray(errs)[labels == k]) for k in subjects]) for row, errs in errors.items()}
     return rows, units
+
+
+def _micc_scorer(suite, cfg: ModelEvalConfig, labels):
+    """``score(mesh (V, 3) mm, label) -> mm``: the MICC point-to-plane error of one predicted mesh
+    against subject ``label``'s scan (landmark-initialised ICP with ``cfg``'s iterations)."""
+    morphable = suite.model
+    faces = morphable.faces.numpy()
+    lm = morphable.require_landmarks("MICC scoring (landmark-initialised ICP)").numpy()
+    truth = {lab: _scan_truth(suite, lab, morphable) for lab in labels}
+
+    def score(mesh: torch.Tensor, label: int) -> float:
+        (scan, nose, scan_lm), p = truth[label], _np(mesh)
+        out = micc_error(p, faces, scan, nose_tip_gt=nose, pred_landmarks=None if scan_lm is None else p[lm],
+                         gt_landmarks=scan_lm, max_iter=cfg.icp_iters, tol=cfg.icp_tol)
+        return out["mean"]
+
+    return score
+
+
+def score_mean_face_micc(suite, cfg: ModelEvalConfig) -> np.ndarray:
+    """``(n_subjects,)`` mm: each subject's MICC error when every video is answered with the suite
+    model's mean face, in label order (the floor a reconstruction must beat; as
+    :func:`facelab.metrics.baselines.micc_baselines`' ``mean_face`` row, per subject).
+
+    A constant prediction scores the same for every video of a subject, so each subject is
+    scored once. ``suite`` as for :func:`score_micc` (its ``n_identities`` and ``scan``).
+
+    >>> from facelab.data import make_suite
+    >>> suite = make_suite("micc", n_identities=2, frames_per_video=1, image_size=16, resolution="quick")
+    >>> errors = score_mean_face_micc(suite, ModelEvalConfig(icp_iters=2).resolved("quick"))
+    >>> errors.shape, bool((errors > 0).all())
+    ((2,), True)
+    """
+    labels = list(range(suite.n_identities))
+    score = _micc_scorer(suite, cfg, labels)
+    mean = suite.model.mean_shape
+    return np.array([score(mean, lab) for lab in labels])
 
 
 def _scan_truth(suite, label: int, morphable) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

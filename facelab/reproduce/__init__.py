@@ -37,8 +37,8 @@ class Reproduction:
         return self.run(profile, out_dir, overrides, with_baselines=with_baselines, **options)
 
 
-def _sir(profile, out_dir, overrides=None, liu=None, with_baselines: bool = True):
-    return sir.reproduce_sir(profile, out_dir, overrides, liu=liu)  # its baselines are rows of its own table
+def _sir(profile, out_dir, overrides=None, liu=None, with_baselines: bool = True, seeds=None):
+    return sir.reproduce_sir(profile, out_dir, overrides, liu=liu, seeds=seeds)  # its baselines are rows of its own table
 
 
 def _gao(profile, out_dir, overrides=None, liu=None, with_baselines: bool = True, seeds=None):
@@ -50,7 +50,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
                             takes_seeds=True),
     "gao2020": Reproduction("gao2020", _gao, gao2020.results_markdown, uses_liu=True, terminal_drop=("heat_maps",),
                             takes_seeds=True),
-    "sir": Reproduction("sir", _sir, sir.results_markdown, uses_liu=True),
+    "sir": Reproduction("sir", _sir, sir.results_markdown, uses_liu=True, takes_seeds=True),
 }
 
 __all__ = ["REPRODUCTIONS", "Reproduction", "liu_reference", "reproduce_liu2018", "results_markdown"]

@@ -57,7 +57,10 @@ from facelab.metrics.model_eval import RenderedSuite
 from facelab.models.registry import load_evaluable
 from facelab.reproduce.liu2018 import liu_reference
 
-PROFILES = ("quick", "full")
+PROFILES = ("quick", "standard", "full")
+#: training seeds per profile; seed 0 trains in the run folder, seed k in ``seed<k>/``
+PROFILE_SEEDS = {"quick": (0,), "standard": (0, 1, 2), "full": (0,)}
+MEAN_FACE_ROW = "mean face"
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 LIU_ROW = "Liu et al. c_Id"
@@ -67,7 +70,8 @@ COLUMNS = ("rmse_micc", "lfw_accuracy", "sir_ratio", "geo_rank1", "geo_rank1_tru
            "intra_mm", "inter_mm")
 SIR_MAX_PAIRS = 5_000  # intra / inter pairs of the ratio, each (sampled with the seed beyond this)
 OVERRIDE_GROUPS = ("train", "eval", "sir")
-#: SIR-metric suite sizes (micc-style subjects; frames per video come from the suite profile)
+#: SIR-metric suite sizes (micc-style subjects; frames per video come from the suite profile;
+#: ``standard`` uses the quick sizes, its power comes from three seeds and the 30-subject MICC suite)
 QUICK_SIR_IDENTITIES = 40
 FULL_SIR_IDENTITIES = 200
 QUICK_SIR_FRAMES = 4  # per video (3 videos per subject)
@@ -83,11 +87,11 @@ class SIREvalConfig:
     """Options of the SIR-metric columns. Zero means the profile's default.
 
     Attributes:
-        identities: subjects of the ``micc``-style SIR suite (quick 40, full 200).
-        frames_per_video: frames per video (0: quick 4, full the suite profile's).
+        identities: subjects of the ``micc``-style SIR suite (quick and standard 40, full 200).
+        frames_per_video: frames per video (0: quick and standard 4, full the suite profile's).
         seed: seed of the suite. batch_size: images per forward pass.
         align: alignment of :func:`~facelab.metrics.sir.sir_ratio` (``"rigid"``).
-        sfm_test_identities: held-out identities of ``sfm_vs_pca`` (quick 60, full 300).
+        sfm_test_identities: held-out identities of ``sfm_vs_pca`` (quick and standard 60, full 300).
         sfm_k: the dimensions of the SFM-vs-PCA table, besides the recipe's SFM dimension.
         num_threads: torch CPU threads while scoring (-1: leave; 0: quick 1).
     """
@@ -104,13 +108,13 @@ class SIREvalConfig:
     def resolved(self, profile: str) -> "SIREvalConfig":
         """A copy with the profile's defaults filled in."""
         check_choice(profile, "profile", PROFILES)
-        quick = profile == "quick"
+        quick = profile != "full"  # standard scores on the quick SIR suite sizes
         check_positive(self.batch_size, "batch_size", integer=True)
         return dataclasses.replace(
             self, identities=self.identities or (QUICK_SIR_IDENTITIES if quick else FULL_SIR_IDENTITIES),
             frames_per_video=self.frames_per_video or (QUICK_SIR_FRAMES if quick else 0),
             sfm_test_identities=self.sfm_test_identities or (QUICK_SFM_TEST_IDENTITIES if quick else FULL_SFM_TEST_IDENTITIES),
-            num_threads=self.num_threads or (1 if quick else -1))
+            num_threads=self.num_threads or (1 if profile == "quick" else -1))
 
 
 
@@ -261,8 +265,10 @@ CLAIMS = (
      "sir"),
 )
 #: what a base model must reach before any SIR row is read: geometric rank-1 against the true
-#: shapes at this multiple of chance (it identifies, not just separates)
+#: shapes at this multiple of chance (it identifies, not just separates), and a MICC error at most
+#: this fraction of the mean face's on the same suite (it reconstructs, not just separates)
 PRECONDITION_RANK1_OVER_CHANCE = 5.0
+PRECONDITION_MICC_OVER_MEAN_FACE = 0.8
 
 
 def sir_activity(diagnostics: dict) -> dict[str, bool]:
@@ -280,28 +286,38 @@ def sir_activity(diagnostics: dict) -> dict[str, bool]:
 def sir_claims(units: dict, activity: dict, n_boot: int | None = None) -> list[dict]:
     """The :data:`CLAIMS` entries with 95 % intervals (:func:`facelab.metrics.stats.claims_table`).
 
-    ``units``: ``{stage: {metric: (n_units,)}}`` from :func:`score_model` (one training seed).
+    ``units``: ``{stage: {metric: (n_seeds, n_units)}}`` from :func:`score_model`, one row per
+    training seed (a ``(n_units,)`` array is one seed).
     """
     from facelab.metrics.stats import N_BOOTSTRAP, claims_table
 
     return claims_table(CLAIMS, units, {}, activity, n_boot=n_boot or N_BOOTSTRAP)
 
 
-def base_precondition(rows: list[dict], n_subjects: int) -> dict:
-    """Does the model without SIR identify true shapes (``geo_rank1_truth`` >= 5x chance)?
+def base_precondition(rows: list[dict], n_subjects: int, mean_face_micc: float | None = None) -> dict:
+    """Is the model without SIR a reconstruction at all, before any SIR row is read?
 
-    The SIR rows compare reconstructions; if the base model's shapes carry no identity,
-    pushing them apart measures nothing. ``n_subjects``: the SIR suite's (chance = 1 / it).
+    Two tests: its ``geo_rank1_truth`` is at least 5x chance (``n_subjects``: the SIR suite's,
+    chance = 1 / it), and, when ``mean_face_micc`` (mm, the mean face's MICC error on the same
+    suite) is given, its ``rmse_micc`` is at most 0.8 of it. If the base model's shapes carry no
+    identity, pushing them apart measures nothing.
 
     >>> base_precondition([{"stage": "params_recog", "geo_rank1_truth": 0.025}], 40)
     {'geo_rank1_truth': 0.025, 'chance': 0.025, 'met': False}
+    >>> base_precondition([{"stage": "params_recog", "geo_rank1_truth": 0.3, "rmse_micc": 0.9}], 40, 1.2)["met"]
+    True
     """
     base = next((r for r in rows if r.get("stage") == "params_recog"), None)
     if base is None or base.get("geo_rank1_truth") is None:
         return {}
     chance = 1.0 / n_subjects
-    return {"geo_rank1_truth": base["geo_rank1_truth"], "chance": chance,
-            "met": bool(base["geo_rank1_truth"] >= PRECONDITION_RANK1_OVER_CHANCE * chance)}
+    out = {"geo_rank1_truth": base["geo_rank1_truth"], "chance": chance}
+    met = base["geo_rank1_truth"] >= PRECONDITION_RANK1_OVER_CHANCE * chance
+    if mean_face_micc is not None and base.get("rmse_micc") is not None:
+        out["micc_over_mean_face"] = base["rmse_micc"] / mean_face_micc
+        met = met and out["micc_over_mean_face"] <= PRECONDITION_MICC_OVER_MEAN_FACE
+    out["met"] = bool(met)
+    return out
 
 
 # ------------------------------------------------------------------ rows
@@ -392,13 +408,14 @@ def results_markdown(result: dict) -> str:
 
 # ------------------------------------------------------------------ API
 def reproduce_sir(profile: str = "quick", out_dir="runs/reproduce-sir", overrides=None, liu=None,
-                  variants=tuple(ROW_NAMES), with_sfm_vs_pca: bool = True) -> dict:
+                  variants=tuple(ROW_NAMES), with_sfm_vs_pca: bool = True, seeds: tuple[int, ...] | None = None) -> dict:
     """Train (or reuse) the SIR recipe's stages and score the comparison table (module docstring).
 
     Args:
-        profile: ``"quick"`` (CPU) or ``"full"``.
+        profile: ``"quick"`` (CPU, one seed), ``"standard"`` (CPU, the 3D term, three seeds) or ``"full"``.
         out_dir: run folder: the stage checkpoints of :func:`facelab.train.sir.train_sir` (a stage
-            whose ``<stage>.pt`` exists is not retrained), ``results.json`` and ``results.md``.
+            whose ``<stage>.pt`` exists is not retrained), ``results.json`` and ``results.md``;
+            seeds after the first train in ``seed<k>/``.
         overrides: ``["train.KEY=VALUE", "eval.KEY=VALUE", "sir.KEY=VALUE"]`` (or a dict with
             such keys) for :class:`~facelab.train.sir.SIRTrainConfig`,
             :class:`~facelab.metrics.model_eval.ModelEvalConfig` and :class:`SIREvalConfig`.
@@ -409,57 +426,104 @@ def reproduce_sir(profile: str = "quick", out_dir="runs/reproduce-sir", override
             the committed Liu et al. run (:func:`~facelab.reproduce.liu2018.liu_reference`); False: none.
             Without a checkpoint the row is listed with empty cells.
         variants: the rows of :data:`ROW_NAMES` to train and score.
-        with_sfm_vs_pca: also run :func:`sfm_vs_pca_table`.
+        with_sfm_vs_pca: also run :func:`sfm_vs_pca_table` (first seed).
+        seeds: training seeds (None: :data:`PROFILE_SEEDS`).
 
     Returns:
-        ``{"profile", "out_dir", "rows": [{"name", "stage", "rmse_micc", "lfw_accuracy", "sir_ratio",
-        "geo_rank1", "geo_rank1_truth", "param_rank1", "intra_mm", "inter_mm"}], "sfm_vs_pca": [one
-        sfm_vs_pca dict per K],
+        ``{"profile", "out_dir", "seeds", "rows": [{"name", "stage", "rmse_micc", "lfw_accuracy", "sir_ratio",
+        "geo_rank1", "geo_rank1_truth", "param_rank1", "intra_mm", "inter_mm"}] (trained rows: means
+        over seeds; the mean face has ``rmse_micc`` only), "rows_by_seed", "sfm_vs_pca": [one
+        sfm_vs_pca dict per K], "diagnostics", "claims", "precondition",
         "liu_checkpoint", "train_config", "sir_config", "train_seconds", "seconds"}``.
     """
     from facelab.config import apply_overrides, split_overrides
     from facelab.metrics.model_eval import ModelEvalConfig
     from facelab.metrics.report import write_json
+    from facelab.reproduce.liu2018 import seed_dir
     from facelab.train.sir import SIRTrainConfig, train_sir
+    from facelab.train.stages import read_summary
 
     check_choice(profile, "profile", PROFILES)
     for v in variants:
         check_choice(v, "variants", list(ROW_NAMES))
+    seeds = tuple(seeds) if seeds is not None else PROFILE_SEEDS[profile]
+    if not seeds:
+        raise ValueError("seeds: give at least one training seed")
     groups = split_overrides(overrides, OVERRIDE_GROUPS)
     start = time.perf_counter()
     out = Path(out_dir)
     train_cfg = apply_overrides(SIRTrainConfig(profile=profile, out_dir=str(out)), groups["train"])
-    train_cfg.out_dir = str(out)
     if "variants" not in {o.split("=", 1)[0] for o in groups["train"]}:
         train_cfg.variants = tuple(variants)
     eval_cfg = apply_overrides(ModelEvalConfig(), groups["eval"])
     sir_cfg = apply_overrides(SIREvalConfig(), groups["sir"]).resolved(profile)
     require_suite_mesh(train_cfg)  # before any training: the scores need SynthFaces' mesh
-    train_sir(train_cfg)  # trains only the stages whose checkpoint is missing
+    seed_cfgs = {}
+    for seed in seeds:  # trains only the stages whose checkpoint is missing
+        cfg = dataclasses.replace(train_cfg, out_dir=str(seed_dir(out, seed, seeds)),
+                                  train=dataclasses.replace(train_cfg.train, seed=seed))
+        seed_cfgs[seed] = cfg
+        train_sir(cfg)
     t_train = time.perf_counter() - start
 
     suites = _Suites(profile, eval_cfg, sir_cfg)
-    rows = []
     liu_model, liu_path = liu_reference(liu, profile)
-    empty = {c: None for c in COLUMNS}
-    rows.append({"name": LIU_ROW, "stage": "liu2018_phase3",
-                 **(score_model(liu_model, suites) if liu_model is not None else empty)})
-    units: dict = {}
-    for v in train_cfg.variants:  # the function's variants, or a train.variants override
-        model = load_evaluable(out / f"{v}.pt", expect_model="sir")
-        rows.append({"name": ROW_NAMES[v], "stage": v, **score_model(model, suites, into=units.setdefault(v, {}))})
-    svp = sfm_vs_pca_table(train_cfg, sir_cfg) if with_sfm_vs_pca else None
-    from facelab.train.stages import read_summary
-
+    liu_row = {"name": LIU_ROW, "stage": "liu2018_phase3",
+               **(score_model(liu_model, suites) if liu_model is not None else {c: None for c in COLUMNS})}
+    rows_by_seed, units = {}, {}
+    for seed in seeds:
+        rows_by_seed[seed] = []
+        for v in train_cfg.variants:  # the function's variants, or a train.variants override
+            model = load_evaluable(seed_dir(out, seed, seeds) / f"{v}.pt", expect_model="sir")
+            into: dict = {}
+            rows_by_seed[seed].append({"name": ROW_NAMES[v], "stage": v, **score_model(model, suites, into=into)})
+            for metric, values in into.items():
+                units.setdefault(v, {}).setdefault(metric, []).append(values)
+    units = {v: {m: np.stack(vals) for m, vals in ms.items()} for v, ms in units.items()}
+    mean_face = _mean_face_row(model, suites)
+    rows = [mean_face, liu_row] + _mean_rows(rows_by_seed)
+    svp = sfm_vs_pca_table(seed_cfgs[seeds[0]], sir_cfg) if with_sfm_vs_pca else None
     # per stage: each weighted term's gradient share on the regressor (and the SFM basis), and
-    # the identity head's accuracy against chance (facelab.train.diagnostics)
-    diagnostics = {stage: row["diagnostics"] for stage, row in read_summary(out).items() if "diagnostics" in row}
-    claims = sir_claims(units, sir_activity(diagnostics))
-    result = {"profile": profile, "out_dir": str(out), "rows": rows, "sfm_vs_pca": svp, "liu_checkpoint": liu_path,
-              "diagnostics": diagnostics, "claims": claims, "precondition": base_precondition(rows, sir_cfg.identities),
+    # the identity head's accuracy against chance (facelab.train.diagnostics); the first seed's
+    # figures are reported, a term counts as active only if it pulled in every seed
+    summaries = [read_summary(seed_dir(out, seed, seeds)) for seed in seeds]
+    diags = [{stage: row["diagnostics"] for stage, row in summary.items() if "diagnostics" in row}
+             for summary in summaries]
+    activity = {term: all(sir_activity(d)[term] for d in diags) for term in sir_activity(diags[0])}
+    claims = sir_claims(units, activity)
+    result = {"profile": profile, "out_dir": str(out), "seeds": list(seeds), "rows": rows,
+              "rows_by_seed": {str(k): v for k, v in rows_by_seed.items()}, "sfm_vs_pca": svp,
+              "liu_checkpoint": liu_path, "diagnostics": diags[0], "claims": claims,
+              "precondition": base_precondition(rows, sir_cfg.identities, mean_face["rmse_micc"]),
               "train_config": dataclasses.asdict(train_cfg), "sir_config": dataclasses.asdict(sir_cfg),
               "train_seconds": round(t_train, 2), "seconds": round(time.perf_counter() - start, 2)}
     out.mkdir(parents=True, exist_ok=True)
     write_json(result, out / RESULTS_JSON)
     (out / RESULTS_MD).write_text(results_markdown(result))
     return result
+
+
+def _mean_face_row(model, suites: _Suites) -> dict:
+    """The mean face's MICC error on the MICC suite of ``model``'s image size and mesh (other columns empty)."""
+    from facelab.metrics.model_eval import score_mean_face_micc
+
+    with torch_threads(suites.eval_cfg.num_threads):
+        errors = score_mean_face_micc(suites.get(model, "micc").suite, suites.eval_cfg)
+    return {"name": MEAN_FACE_ROW, "stage": "mean_face", **{c: None for c in COLUMNS}, "rmse_micc": float(np.mean(errors))}
+
+
+def _mean_rows(rows_by_seed: dict) -> list[dict]:
+    """Each stage's row with its columns averaged over the seeds (one seed: the row itself).
+
+    >>> _mean_rows({0: [{"name": "a", "sir_ratio": 1.0}], 1: [{"name": "a", "sir_ratio": 3.0}]})[0]["sir_ratio"]
+    2.0
+    """
+    runs = list(rows_by_seed.values())
+    rows = []
+    for i, row in enumerate(runs[0]):
+        mean = dict(row)
+        for col in COLUMNS:
+            values = [run[i][col] for run in runs if run[i].get(col) is not None]
+            mean[col] = float(np.mean(values)) if values else None
+        rows.append(mean)
+    return rows

@@ -32,9 +32,19 @@ term (metric)     rows      definition
                             form in the geometry-weighted space ``sigma * a / sqrt(V)``,
                             i.e. per-vertex RMS mm); for the SFM the same loss on the
                             decoded identity offsets
+``shape``         lp        ``standard`` and ``full`` only: mean per-vertex distance (mm)
+                            between the decoded identity shape and the row's labelled one
+                            (``lp``'s fitted 3DMM shape, as 300W-LP's ``Shape_Para`` give it)
 ================  ========  ==============================================================
 
-``L = w_landmark lmk + w_prior prior + w_recog recog + w_sir sir``. The lighting output
+``L = w_landmark lmk + w_prior prior + w_recog recog + w_sir sir + w_shape shape``.
+
+Why the 3D term: with 2D landmarks alone the regressor learns pose and a face outline, not a
+shape. At the ``quick`` settings its MICC error (1.24 mm) is worse than the mean face's (1.20)
+and its reconstructions identify the true shapes at chance, so any SIR row compares shapes that
+carry no identity. 300W-LP, the SIR paper's landmark data, ships fitted 3DMM shapes with every
+image, so the labelled rows can supervise the shape too; ``quick`` keeps it off (``w_shape=0``)
+to stay the paper's 2D-only recipe. The lighting output
 gets no supervision here (a photometric term would need an albedo model and a renderer in
 the loop, too slow for the CPU budget); it stays at the mean light.
 
@@ -75,8 +85,10 @@ default)::
 
 ``quick`` trains a ``resnet_tiny`` on 64x64 images of the 1353-vertex mesh from in-memory
 pools (200 ``webface`` identities x 16, 100 ``lp`` identities x 16; cached on disk), 900 base
-steps and 300 per variant: about 6 minutes on a 2-core CPU. ``full`` trains a ResNet-50 at
-112x96 on larger pools (GPU).
+steps and 300 per variant: about 6 minutes on a 2-core CPU. ``standard`` trains the same
+network with the 3D term on 300 ``webface`` identities x 16 and 300 ``lp`` identities x 8,
+:data:`STANDARD_BASE_STEPS` base steps and :data:`STANDARD_VARIANT_STEPS` per variant (about 20
+minutes a seed on 2 cores). ``full`` trains a ResNet-50 at 112x96 on larger pools (GPU).
 """
 
 from __future__ import annotations
@@ -101,6 +113,7 @@ BASE = "base"
 STAGES = (BASE,) + VARIANTS
 SFM_STAGE1 = "sfm_stage1.npz"
 LP_POOL_KEYS = ("image", "landmarks2d")
+LP_SHAPE_KEY = "shape_identity"  # the labelled rows' 3D identity shape, kept only when w_shape > 0
 ID_POOL_KEYS = ("image", "label")
 FINAL_LR_FRACTION = 0.05  # cosine schedule ends at this fraction of lr
 SFM_TEST_ID_START = 5_400_000  # world ids of held-out 3D identities (beyond the PCA population, in no suite)
@@ -109,15 +122,26 @@ DATA_KINDS = ("synth", "real")
 #: the landmark term compares the 68 iBUG points: the labelled rows and the morphable model need all of them
 N_LANDMARKS = 68
 
+#: the ``standard`` schedule and 3D weight (chosen from measured curves, see the SIR chapter)
+STANDARD_BASE_STEPS = 2400
+STANDARD_VARIANT_STEPS = 800
+STANDARD_W_SHAPE = 1.0
+
 PROFILE_DEFAULTS = {
     "quick": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", base_steps=900, steps=300,
                   batch_lp=32, batch_id=32, ids_per_batch=8, n_identities=200, images_per_identity=16,
                   lp_identities=100, lp_images_per_identity=16, sfm_identities=200, sfm_samples=5, pool=True,
-                  num_threads=1, train=dict(LOOP_DEFAULTS, lr=1e-3, diagnose_every=25)),
+                  num_threads=1, w_shape=0.0, train=dict(LOOP_DEFAULTS, lr=1e-3, diagnose_every=25)),
+    # CPU, about an hour for three seeds: the quick network on more identities, longer, with the 3D term
+    "standard": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", base_steps=STANDARD_BASE_STEPS,
+                     steps=STANDARD_VARIANT_STEPS, batch_lp=32, batch_id=32, ids_per_batch=8, n_identities=300,
+                     images_per_identity=16, lp_identities=300, lp_images_per_identity=8, sfm_identities=200,
+                     sfm_samples=5, pool=True, num_threads=2, w_shape=STANDARD_W_SHAPE,
+                     train=dict(LOOP_DEFAULTS, lr=1e-3, diagnose_every=100)),
     "full": dict(backbone="resnet50", image_size=(112, 96), resolution="default", base_steps=20_000, steps=5_000,
                  batch_lp=32, batch_id=64, ids_per_batch=16, n_identities=2000, images_per_identity=20,
                  lp_identities=1000, lp_images_per_identity=20, sfm_identities=2000, sfm_samples=10, pool=True,
-                 num_threads=-1, train=dict(LOOP_DEFAULTS, lr=1e-3, diagnose_every=500)),
+                 num_threads=-1, w_shape=STANDARD_W_SHAPE, train=dict(LOOP_DEFAULTS, lr=1e-3, diagnose_every=500)),
 }
 #: the loop options the SIR recipe takes from elsewhere: {field: what it uses instead}
 UNUSED_LOOP_OPTIONS = {"batch_size": "batch_lp + batch_id images per step"}
@@ -162,7 +186,7 @@ class SIRTrainConfig:
     """Options of :func:`train_sir`. None takes the profile's value (:data:`PROFILE_DEFAULTS`).
 
     Attributes:
-        profile: ``"quick"`` (CPU, minutes) or ``"full"`` (GPU).
+        profile: ``"quick"`` (CPU, minutes), ``"standard"`` (CPU, about 20 minutes a seed) or ``"full"`` (GPU).
         out_dir: the run folder ("" = ``runs/sir-<profile>``).
         variants: the variant stages to train after ``base`` (see :data:`VARIANTS`).
         backbone, image_size, resolution: the regressor and the mesh (as the regressor recipe).
@@ -194,6 +218,10 @@ class SIRTrainConfig:
             (CosFace: cosine margin; ArcFace: radians).
         w_landmark, w_prior, w_recog, w_sir: loss weights (``w_sir`` applies to the
             ``*_sir`` variants only). sir_margin_mm: the SIR push margin (per-vertex RMS, mm).
+        w_shape: weight of the 3D term on the labelled rows (quick 0, standard and full
+            :data:`STANDARD_W_SHAPE`). With ``data.kind="real"`` the shapes come from the
+            labelled folder's ``Shape_Para`` through ``morphable`` (which must be the model the
+            ``.mat`` files refer to, e.g. 3DDFA's ``BFM.mat`` for 300W-LP).
         sfm_k: SFM dimension (0: ``n_shape``). sfm_identities, sfm_samples: the 3D training
             data of SFM stage 1 (identities x shapes each, identity + random expression).
         sfm_steps, sfm_margin: stage-1 optimisation steps and angular margin (0: the
@@ -232,6 +260,7 @@ class SIRTrainConfig:
     w_recog: float = 1.0
     w_sir: float = 1.0
     sir_margin_mm: float = 3.0
+    w_shape: float | None = None
     sfm_k: int = 0
     sfm_identities: int | None = None
     sfm_samples: int | None = None
@@ -263,7 +292,8 @@ class SIRTrainConfig:
             raise TypeError(f"data: expected a SIRDataConfig, got {type(self.data).__name__}")
         if self.data.kind == "synth" and self.ids_per_batch > self.n_identities:
             raise ValueError(f"ids_per_batch: {self.ids_per_batch} exceeds the {self.n_identities} training identities")
-        for name in ("w_landmark", "w_prior", "w_recog", "w_sir", "sir_margin_mm", "sfm_margin", "sfm_basis_lr_scale"):
+        for name in ("w_landmark", "w_prior", "w_recog", "w_sir", "sir_margin_mm", "sfm_margin", "sfm_basis_lr_scale",
+                     "w_shape"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{name}: must be finite and >= 0, got {value}")
@@ -292,12 +322,13 @@ def _suite(cfg: SIRTrainConfig, name: str):
 
 
 def render_pools(cfg: SIRTrainConfig) -> dict[str, dict[str, torch.Tensor]]:
-    """``{"lp": {image, landmarks2d}, "webface": {image, label}}``: the rendered training suites.
+    """``{"lp": {image, landmarks2d[, shape_identity]}, "webface": {image, label}}``: the rendered training suites.
 
     Only these fields are kept, so no 3DMM parameter of ``lp`` and no shape of ``webface``
-    can reach the loss. Cached under ``cache_dir()/pools`` (:func:`facelab.train.pools.render_pool`).
+    can reach the loss (``lp``'s identity shape only with ``w_shape > 0``). Cached under ``cache_dir()/pools`` (:func:`facelab.train.pools.render_pool`).
     """
-    return {"lp": pools.render_pool(_suite(cfg, "lp"), LP_POOL_KEYS, "sir", cache=cfg.cache_pool,
+    lp_keys = LP_POOL_KEYS + ((LP_SHAPE_KEY,) if cfg.w_shape > 0 else ())
+    return {"lp": pools.render_pool(_suite(cfg, "lp"), lp_keys, "sir", cache=cfg.cache_pool,
                                     progress=cfg.train.progress),
             "webface": pools.render_pool(_suite(cfg, "webface"), ID_POOL_KEYS, "sir", cache=cfg.cache_pool,
                                          progress=cfg.train.progress)}
@@ -308,12 +339,14 @@ def _uint8(image: torch.Tensor) -> torch.Tensor:
     return (image.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def labelled_pool(root, image_size, progress: bool = False) -> dict[str, torch.Tensor]:
+def labelled_pool(root, image_size, progress: bool = False, model=None) -> dict[str, torch.Tensor]:
     """``{image (N, 3, H, W) uint8, landmarks2d (N, 68, 2) px}``: the landmark-labelled rows of a
     300W-LP-layout folder (:class:`~facelab.data.LP300W`), resized to ``image_size`` ``(H, W)`` px.
 
-    Only the 68 landmarks are read (``pt3d_68``'s x, y, else a 68-point ``pt2d``; facelab's pixel
-    convention, scaled with the resize), none of the 3DMM coefficients.
+    The 68 landmarks are read (``pt3d_68``'s x, y, else a 68-point ``pt2d``; facelab's pixel
+    convention, scaled with the resize); the 3DMM coefficients only with ``model`` (the
+    :class:`~facelab.morphable.MorphableModel` they refer to), which adds ``shape_identity
+    (N, V, 3)`` mm, the neutral shape of each file's ``Shape_Para``.
 
     Raises:
         FileNotFoundError: no such folder, or no image with a ``.mat`` in it.
@@ -328,15 +361,17 @@ def labelled_pool(root, image_size, progress: bool = False) -> dict[str, torch.T
     """
     from facelab.data import LP300W
 
-    data = LP300W(root, image_size=image_size)
+    data = LP300W(root, model=model, image_size=image_size)
     rows = range(len(data))
     if progress:
         from tqdm.auto import tqdm
 
         rows = tqdm(rows, desc=f"read {data.root.name}", unit="image")
-    images, marks = [], []
+    images, marks, shapes = [], [], []
     for i in rows:
         sample = data[i]
+        if model is not None:
+            shapes.append(sample["shape_identity"].float())
         lm = sample.get("landmarks2d")
         if lm is None or lm.shape != (N_LANDMARKS, 2) or not bool(torch.isfinite(lm).all()):
             found = 0 if lm is None else int(torch.isfinite(lm).all(dim=-1).sum())
@@ -345,7 +380,10 @@ def labelled_pool(root, image_size, progress: bool = False) -> dict[str, torch.T
                              "all of them: remove the image or complete its annotation")
         images.append(_uint8(sample["image"]))
         marks.append(lm.float())
-    return {"image": torch.stack(images), "landmarks2d": torch.stack(marks)}
+    pool = {"image": torch.stack(images), "landmarks2d": torch.stack(marks)}
+    if model is not None:
+        pool[LP_SHAPE_KEY] = torch.stack(shapes)
+    return pool
 
 
 def identity_pool(root, image_size, progress: bool = False) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -371,14 +409,16 @@ def identity_pool(root, image_size, progress: bool = False) -> tuple[dict[str, t
     return {"image": torch.cat(images), "label": torch.cat(labels)}, list(data.identities)
 
 
-def folder_pools(cfg: SIRTrainConfig) -> dict:
+def folder_pools(cfg: SIRTrainConfig, morphable=None) -> dict:
     """``{"lp": {image, landmarks2d}, "webface": {image, label}, "identities": names}`` read from
     ``cfg.data.labelled`` and ``cfg.data.identities`` (:func:`labelled_pool`, :func:`identity_pool`)
     at ``cfg.image_size``; the counterpart of :func:`render_pools` for ``data.kind="real"``.
+    With ``cfg.w_shape > 0`` the labelled rows' ``Shape_Para`` are read through ``morphable``.
 
     Not cached on disk: reading the folders again is what a cache would save, and their files may change.
     """
-    lp = labelled_pool(cfg.data.labelled, cfg.image_size, progress=cfg.train.progress)
+    lp = labelled_pool(cfg.data.labelled, cfg.image_size, progress=cfg.train.progress,
+                       model=morphable if cfg.w_shape > 0 else None)
     ids, names = identity_pool(cfg.data.identities, cfg.image_size, progress=cfg.train.progress)
     if cfg.ids_per_batch > len(names):
         raise ValueError(f"ids_per_batch: {cfg.ids_per_batch} exceeds the {len(names)} identity folders of "
@@ -429,7 +469,8 @@ def mixed_batches(lp_pool: dict, id_pool: dict | None, batch_lp: int, batch_id: 
 
     ``batch_lp`` landmark-only rows of ``lp_pool`` (``image`` uint8, ``landmarks2d``) followed by
     ``batch_id`` identity-only rows of ``id_pool`` (``image`` uint8, ``label``); ``id_pool=None``
-    gives landmark-only batches. Depends only on ``(seed, step)``.
+    gives landmark-only batches. A ``shape_identity`` in ``lp_pool`` travels with its rows
+    (``has_shape`` marks them). Depends only on ``(seed, step)``.
 
     >>> lp = {"image": torch.zeros(8, 3, 4, 4, dtype=torch.uint8), "landmarks2d": torch.ones(8, 68, 2)}
     >>> wf = {"image": torch.zeros(8, 3, 4, 4, dtype=torch.uint8), "label": torch.arange(4).repeat_interleave(2)}
@@ -448,14 +489,20 @@ def mixed_batches(lp_pool: dict, id_pool: dict | None, batch_lp: int, batch_id: 
         images = [lp_pool["image"][li]]
         lm = [lp_pool["landmarks2d"][li].float()]
         labels = [torch.full((batch_lp,), -1, dtype=torch.long)]
+        shapes = [lp_pool[LP_SHAPE_KEY][li].float()] if LP_SHAPE_KEY in lp_pool else None
         if id_pool is not None and batch_id:
             ii = identity_indices(id_pool["label"], ids_per_batch, batch_id // ids_per_batch, step, seed + 1)
             images.append(id_pool["image"][ii])
             lm.append(torch.zeros(ii.numel(), *lm[0].shape[1:]))
             labels.append(id_pool["label"][ii].long())
+            if shapes is not None:
+                shapes.append(torch.zeros(ii.numel(), *shapes[0].shape[1:]))
         label = torch.cat(labels)
-        return {"image": torch.cat(images).float() / 255, "landmarks2d": torch.cat(lm), "label": label,
-                "has_landmarks": label < 0}
+        batch = {"image": torch.cat(images).float() / 255, "landmarks2d": torch.cat(lm), "label": label,
+                 "has_landmarks": label < 0}
+        if shapes is not None:
+            batch[LP_SHAPE_KEY], batch["has_shape"] = torch.cat(shapes), label < 0
+        return batch
 
     return get
 
@@ -474,12 +521,12 @@ def model_config(cfg: SIRTrainConfig, morphable, shape_model: str = "pca", n_cla
 
 
 def stage_loss(stage: str, cfg: SIRTrainConfig) -> MixedLabelLoss:
-    """The :class:`~facelab.losses.mixed_label.MixedLabelLoss` of ``stage``: landmarks, prior and recognition; the ``*_sir``
-    variants add the SIR term."""
+    """The :class:`~facelab.losses.mixed_label.MixedLabelLoss` of ``stage``: landmarks, prior, recognition and
+    (``w_shape > 0``) the 3D term; the ``*_sir`` variants add the SIR term."""
     check_choice(stage, "stage", list(STAGES))
     w_sir = cfg.w_sir if stage.endswith("_sir") else 0.0
     return MixedLabelLoss(cfg.image_size, cfg.w_landmark, cfg.w_prior, cfg.w_recog, w_sir, cfg.sir_margin_mm,
-                          return_terms=cfg.train.diagnose_every > 0)
+                          return_terms=cfg.train.diagnose_every > 0, w_shape=cfg.w_shape)
 
 
 def train_sir(config: SIRTrainConfig | None = None, **overrides) -> Path:
@@ -580,7 +627,7 @@ def _prepare(cfg: SIRTrainConfig) -> dict:
     (``lp``, ``webface``) and ``n_classes`` (identities of the recognition head)."""
     morphable, record = recipe_morphable(cfg)
     if cfg.data.kind == "real":
-        found = folder_pools(cfg)
+        found = folder_pools(cfg, morphable)
         n_classes = len(found.pop("identities"))
     else:
         found, n_classes = render_pools(cfg), cfg.n_identities
