@@ -258,6 +258,19 @@ def test_liu_trains_with_the_fitted_model_file(photos, other, fit_other, root):
     assert out["c_id"].shape == (2, OTHER_COMPONENTS) and out["shape"].shape == (2, 1353, 3)
     assert torch.isfinite(out["shape"]).all()
 
+    # resumes: run again when finished, nothing is rewritten; without its last published checkpoint,
+    # the run finishes from phase3/last.pt with the same weights
+    phases = ("phase1.pt", "phase2.pt", "phase3.pt")
+    before = {name: (run / name).stat().st_mtime_ns for name in phases}
+    weights = torch.load(run / "phase3.pt", weights_only=True)["state_dict"]
+    assert main(argv) == 0
+    assert {name: (run / name).stat().st_mtime_ns for name in phases} == before
+    (run / "phase3.pt").unlink()
+    assert main(argv) == 0
+    again = torch.load(run / "phase3.pt", weights_only=True)["state_dict"]
+    assert weights.keys() == again.keys() and all(torch.equal(weights[k], again[k]) for k in weights)
+    assert load_model(run / "phase3.pt")[1]["model_config"]["morphable"] == record
+
 
 def test_liu_refuses_another_model_than_the_fit(photos, other, fit_other, root, capsys):
     quick = build_synthfaces(SynthFacesConfig(resolution="quick")).save(root / "models" / "quick.npz")
