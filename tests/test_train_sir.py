@@ -257,9 +257,43 @@ def test_mixed_batches_carry_the_labelled_shapes():
 def test_standard_profile_turns_the_shape_term_on():
     quick, standard = SIRTrainConfig(), SIRTrainConfig(profile="standard")
     assert quick.w_shape == 0.0 and standard.w_shape > 0 and stage_loss(BASE, standard).w_shape == standard.w_shape
+    assert not quick.align and standard.align and standard.render_size == (128, 128)
     assert standard.base_steps > quick.base_steps and standard.n_identities > quick.n_identities
     with pytest.raises(ValueError, match="w_shape"):
         SIRTrainConfig(w_shape=-0.5)
+
+
+def test_aligned_network_crops_like_the_library(morphable):
+    """prepare_images cuts the same crops as facelab.data.align.align_faces, and the regressor takes the crop size."""
+    from facelab.data.align import align_faces
+
+    net = SIRNet(SIRNetConfig(n_shape=8, n_exp=4, image_size=(48, 48), crop_size=(32, 32), n_classes=3), morphable)
+    assert net.config.input_size == (32, 32) and net.regressor.config.image_size == (32, 32)
+    batch = _batch()
+    photos = torch.nn.functional.interpolate(batch["image"], size=(48, 48))
+    crops = net.prepare_images({"image": photos, "landmarks2d": batch["landmarks2d"] * 1.5})
+    torch.testing.assert_close(crops, align_faces(photos, batch["landmarks2d"] * 1.5, (32, 32))[0])
+    assert net.reconstruct(crops)["identity_shape"].shape == (6, morphable.n_verts, 3)
+    with pytest.raises(KeyError, match="landmarks2d"):
+        net.prepare_images({"image": photos})
+    assert _net(morphable).prepare_images({"image": batch["image"]}) is batch["image"]  # whole photos
+
+
+def test_aligned_recipe_trains_on_crops_and_scores_photos(tmp_path):
+    from facelab.data import make_suite
+    from facelab.metrics.model_eval import predict_suite
+    from facelab.models.registry import load_evaluable
+
+    tiny = dict(TINY, base_steps=2, steps=1, variants=("params_recog",), align=True, render_size=(48, 48), w_shape=1.0)
+    run = train_sir(SIRTrainConfig(out_dir=str(tmp_path / "run"), **tiny))
+    net = load_evaluable(run / "params_recog.pt", expect_model="sir")
+    assert net.config.image_size == (48, 48) and net.config.crop_size == (32, 32)
+    suite = make_suite("micc", n_identities=2, frames_per_video=1, image_size=48, resolution="quick")
+    assert predict_suite(net, suite, 8)["identity_shape"].shape == (6, net.n_verts, 3)
+    with pytest.raises(ValueError, match="render_size"):
+        SIRTrainConfig(align=True)
+    with pytest.raises(ValueError, match="align"):
+        SIRTrainConfig(align=True, render_size=(48, 48), data={"kind": "real", "labelled": "LP", "identities": "IDS"})
 
 
 def test_mixed_loss_uses_each_label_only_where_it_exists(morphable):

@@ -35,6 +35,10 @@ class SIRNetConfig:
         recog_loss, recog_s, recog_m: the head (:func:`facelab.losses.angular.build_classifier_loss`).
         shape_model: ``"pca"`` (the morphable model's linear identity basis) or ``"sfm"`` (a trainable
             :class:`~facelab.morphable.sphere.SphereFaceModel` basis).
+        crop_size: ``(H, W)`` of five-point aligned crops the regressor sees, cut by
+            :meth:`SIRNet.prepare_images` from photos of ``image_size`` with their 68 landmarks
+            (:func:`facelab.data.align.align_faces`, as face-recognition pipelines feed their
+            networks); None: the regressor sees the photos whole, at ``image_size``.
     """
 
     backbone: str = "resnet_tiny"
@@ -47,18 +51,26 @@ class SIRNetConfig:
     recog_s: float = 30.0
     recog_m: float = 0.35
     shape_model: str = "pca"
+    crop_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         check_choice(self.recog_loss, "recog_loss", RECOG_LOSSES)
         check_choice(self.shape_model, "shape_model", SHAPE_MODELS)
         check_positive(self.n_classes, "n_classes", integer=True)
         self.image_size = check_image_size(self.image_size)
+        if self.crop_size is not None:
+            self.crop_size = check_image_size(self.crop_size)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the regressor's input: the crop when aligning, else the photo."""
+        return self.crop_size if self.crop_size is not None else self.image_size
 
     def regressor_config(self):
         from facelab.models.regressor import RegressorConfig
 
         return RegressorConfig(backbone=self.backbone, n_shape=self.n_shape, n_exp=self.n_exp,
-                               image_size=self.image_size, resolution=self.resolution)
+                               image_size=self.input_size, resolution=self.resolution)
 
 
 class SIRNet(nn.Module):
@@ -85,7 +97,8 @@ class SIRNet(nn.Module):
     ``reconstruct(images (B, 3, H, W) in [0, 1])`` gives the interface of
     :class:`~facelab.models.registry.Evaluable`: ``shape``, ``identity_shape (B, V, 3)`` mm,
     ``embedding = a_id (B, n_shape)`` (its cosine is the verification score) and
-    ``landmarks2d (B, 68, 2)`` px.
+    ``landmarks2d (B, 68, 2)`` px of the regressor's input. With ``config.crop_size`` the
+    images are aligned crops: :meth:`prepare_images` cuts them from a suite batch's photos.
 
     >>> from facelab.morphable import SynthFacesConfig, build_synthfaces
     >>> m = build_synthfaces(SynthFacesConfig(resolution="quick"))
@@ -122,6 +135,17 @@ class SIRNet(nn.Module):
             self.sfm = sfm if sfm is not None else _empty_sfm(morphable, config.n_shape)
             if self.sfm.n_shape != config.n_shape:
                 raise ValueError(f"sfm: has {self.sfm.n_shape} components, the config asks for {config.n_shape}")
+
+    def prepare_images(self, batch: dict) -> torch.Tensor:
+        """The regressor's inputs of a batch (``image (B, 3, H, W)``; ``landmarks2d (B, 68, 2)`` px
+        when aligning): five-point aligned crops of ``config.crop_size``, or the photos."""
+        if self.config.crop_size is None:
+            return batch["image"]
+        from facelab.data.align import align_faces
+
+        if batch.get("landmarks2d") is None:
+            raise KeyError("batch: this network sees aligned crops, which need the photos' 'landmarks2d'")
+        return align_faces(batch["image"], batch["landmarks2d"], self.config.crop_size)[0]
 
     # ------------------------------------------------------------- decoding
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -131,17 +131,19 @@ PROFILE_DEFAULTS = {
     "quick": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", base_steps=900, steps=300,
                   batch_lp=32, batch_id=32, ids_per_batch=8, n_identities=200, images_per_identity=16,
                   lp_identities=100, lp_images_per_identity=16, sfm_identities=200, sfm_samples=5, pool=True,
-                  num_threads=1, w_shape=0.0, train=dict(LOOP_DEFAULTS, lr=1e-3, diagnose_every=25)),
+                  num_threads=1, w_shape=0.0, align=False, render_size=None,
+                  train=dict(LOOP_DEFAULTS, lr=1e-3, diagnose_every=25)),
     # CPU, about an hour for three seeds: the quick network on more identities, longer, with the 3D term
     "standard": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", base_steps=STANDARD_BASE_STEPS,
                      steps=STANDARD_VARIANT_STEPS, batch_lp=32, batch_id=32, ids_per_batch=8, n_identities=300,
                      images_per_identity=16, lp_identities=300, lp_images_per_identity=8, sfm_identities=200,
-                     sfm_samples=5, pool=True, num_threads=2, w_shape=STANDARD_W_SHAPE,
-                     train=dict(LOOP_DEFAULTS, lr=1e-3, diagnose_every=100)),
+                     sfm_samples=5, pool=True, num_threads=2, w_shape=STANDARD_W_SHAPE, align=True,
+                     render_size=(128, 128), train=dict(LOOP_DEFAULTS, lr=1e-3, diagnose_every=100)),
     "full": dict(backbone="resnet50", image_size=(112, 96), resolution="default", base_steps=20_000, steps=5_000,
                  batch_lp=32, batch_id=64, ids_per_batch=16, n_identities=2000, images_per_identity=20,
                  lp_identities=1000, lp_images_per_identity=20, sfm_identities=2000, sfm_samples=10, pool=True,
-                 num_threads=-1, w_shape=STANDARD_W_SHAPE, train=dict(LOOP_DEFAULTS, lr=1e-3, diagnose_every=500)),
+                 num_threads=-1, w_shape=STANDARD_W_SHAPE, align=False, render_size=None,
+                 train=dict(LOOP_DEFAULTS, lr=1e-3, diagnose_every=500)),
 }
 #: the loop options the SIR recipe takes from elsewhere: {field: what it uses instead}
 UNUSED_LOOP_OPTIONS = {"batch_size": "batch_lp + batch_id images per step"}
@@ -189,7 +191,14 @@ class SIRTrainConfig:
         profile: ``"quick"`` (CPU, minutes), ``"standard"`` (CPU, about 20 minutes a seed) or ``"full"`` (GPU).
         out_dir: the run folder ("" = ``runs/sir-<profile>``).
         variants: the variant stages to train after ``base`` (see :data:`VARIANTS`).
-        backbone, image_size, resolution: the regressor and the mesh (as the regressor recipe).
+        backbone, image_size, resolution: the regressor and the mesh (as the regressor recipe);
+            ``image_size`` is the regressor's input (the crop when aligning).
+        align: feed the regressor five-point aligned crops of ``image_size`` cut from photos
+            rendered at ``render_size`` (:func:`facelab.data.align.align_faces`, as Liu et al.'s
+            recipe and face-recognition pipelines do; quick and full False, standard True; only
+            ``data.kind="synth"``, whose identity photos carry landmarks). The network aligns
+            evaluation photos itself (:meth:`facelab.models.sir.SIRNet.prepare_images`).
+        render_size: ``(H, W)`` px of the photos crops are cut from (``align`` only).
         n_shape, n_exp: coefficients regressed (0: all of the model's).
         base_steps: steps of the shared ``base`` stage; steps: steps of each variant after it.
         batch_lp, batch_id: landmark-only / identity-only images per step.
@@ -261,6 +270,8 @@ class SIRTrainConfig:
     w_sir: float = 1.0
     sir_margin_mm: float = 3.0
     w_shape: float | None = None
+    align: bool | None = None
+    render_size: tuple[int, ...] | None = None
     sfm_k: int = 0
     sfm_identities: int | None = None
     sfm_samples: int | None = None
@@ -280,6 +291,10 @@ class SIRTrainConfig:
         resolve_profile(self, PROFILE_DEFAULTS[self.profile])
         self.train.check(unused=UNUSED_LOOP_OPTIONS)
         self.image_size = check_image_size(self.image_size)
+        if self.align:
+            if self.render_size is None:
+                raise ValueError("render_size: align=True cuts crops from photos of render_size; give it (e.g. 128,128)")
+            self.render_size = check_image_size(self.render_size)
         for key in ("base_steps", "steps", "batch_lp", "batch_id", "ids_per_batch", "n_identities",
                     "images_per_identity", "lp_identities", "lp_images_per_identity", "sfm_identities",
                     "sfm_samples"):
@@ -290,6 +305,9 @@ class SIRTrainConfig:
             self.data = SIRDataConfig(**self.data)
         if not isinstance(self.data, SIRDataConfig):
             raise TypeError(f"data: expected a SIRDataConfig, got {type(self.data).__name__}")
+        if self.align and self.data.kind != "synth":
+            raise ValueError(f"align: aligned crops need every photo's landmarks, and data.kind={self.data.kind!r} "
+                             "reads the identity folder's photos whole (they are face crops already); set align=false")
         if self.data.kind == "synth" and self.ids_per_batch > self.n_identities:
             raise ValueError(f"ids_per_batch: {self.ids_per_batch} exceeds the {self.n_identities} training identities")
         for name in ("w_landmark", "w_prior", "w_recog", "w_sir", "sir_margin_mm", "sfm_margin", "sfm_basis_lr_scale",
@@ -317,21 +335,27 @@ def _suite(cfg: SIRTrainConfig, name: str):
         sizes = dict(n_identities=cfg.lp_identities, images_per_identity=cfg.lp_images_per_identity)
     else:
         sizes = dict(n_identities=cfg.n_identities, images_per_identity=cfg.images_per_identity)
-    return make_suite(name, profile=cfg.profile, image_size=cfg.image_size, resolution=cfg.resolution,
+    photo = cfg.render_size if cfg.align else cfg.image_size
+    return make_suite(name, profile=cfg.profile, image_size=photo, resolution=cfg.resolution,
                       seed=cfg.train.seed, **sizes)
 
 
 def render_pools(cfg: SIRTrainConfig) -> dict[str, dict[str, torch.Tensor]]:
     """``{"lp": {image, landmarks2d[, shape_identity]}, "webface": {image, label}}``: the rendered training suites.
 
+    With ``cfg.align`` the images are five-point aligned crops of ``image_size`` cut from photos of
+    ``render_size``, and the landmarks are in crop pixels.
+
     Only these fields are kept, so no 3DMM parameter of ``lp`` and no shape of ``webface``
     can reach the loss (``lp``'s identity shape only with ``w_shape > 0``). Cached under ``cache_dir()/pools`` (:func:`facelab.train.pools.render_pool`).
     """
     lp_keys = LP_POOL_KEYS + ((LP_SHAPE_KEY,) if cfg.w_shape > 0 else ())
+    id_keys = ID_POOL_KEYS + (("landmarks2d",) if cfg.align else ())  # the crops are cut by the landmarks
+    align_to = tuple(cfg.image_size) if cfg.align else None
     return {"lp": pools.render_pool(_suite(cfg, "lp"), lp_keys, "sir", cache=cfg.cache_pool,
-                                    progress=cfg.train.progress),
-            "webface": pools.render_pool(_suite(cfg, "webface"), ID_POOL_KEYS, "sir", cache=cfg.cache_pool,
-                                         progress=cfg.train.progress)}
+                                    progress=cfg.train.progress, align_to=align_to),
+            "webface": pools.render_pool(_suite(cfg, "webface"), id_keys, "sir", cache=cfg.cache_pool,
+                                         progress=cfg.train.progress, align_to=align_to)}
 
 
 def _uint8(image: torch.Tensor) -> torch.Tensor:
@@ -515,7 +539,8 @@ def model_config(cfg: SIRTrainConfig, morphable, shape_model: str = "pca", n_cla
     if shape_model == "sfm":
         n_shape = cfg.sfm_k or n_shape
     return SIRNetConfig(backbone=cfg.backbone, n_shape=n_shape, n_exp=cfg.n_exp if cfg.n_exp else morphable.n_exp,
-                        image_size=tuple(cfg.image_size), resolution=cfg.resolution,
+                        image_size=tuple(cfg.render_size if cfg.align else cfg.image_size), resolution=cfg.resolution,
+                        crop_size=tuple(cfg.image_size) if cfg.align else None,
                         n_classes=cfg.n_identities if n_classes is None else n_classes,
                         recog_loss=cfg.recog_loss, recog_s=cfg.recog_s, recog_m=cfg.recog_m, shape_model=shape_model)
 
