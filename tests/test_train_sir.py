@@ -19,6 +19,7 @@ from facelab.train.sir import (
     BASE, VARIANTS, SIRTrainConfig, identity_indices, init_class_weights, mixed_batches, reparametrise_head,
     stage_loss, train_sir,
 )
+from facelab.train import read_metrics
 from facelab.train.trainer import LoopConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -284,9 +285,13 @@ def test_aligned_recipe_trains_on_crops_and_scores_photos(tmp_path):
     from facelab.metrics.model_eval import predict_suite
     from facelab.models.registry import load_evaluable
 
-    tiny = dict(TINY, base_steps=2, steps=1, variants=("params_recog",), align=True, render_size=(48, 48), w_shape=1.0)
+    tiny = dict(TINY, base_steps=2, steps=1, variants=("params_recog",), align=True, render_size=(48, 48), w_shape=1.0,
+                train=LoopConfig(**LOOP, heldout_every=1))
     run = train_sir(SIRTrainConfig(out_dir=str(tmp_path / "run"), **tiny))
     net = load_evaluable(run / "params_recog.pt", expect_model="sir")
+    logged = read_metrics(run / "base")
+    assert {"heldout/shape_mm", "heldout/rmse_mm", "heldout/mean_face_rmse_mm"} <= set(logged)
+    assert (logged["heldout/mean_face_rmse_mm"] > 0).all()
     assert net.config.image_size == (48, 48) and net.config.crop_size == (32, 32)
     suite = make_suite("micc", n_identities=2, frames_per_video=1, image_size=48, resolution="quick")
     assert predict_suite(net, suite, 8)["identity_shape"].shape == (6, net.n_verts, 3)
@@ -294,6 +299,23 @@ def test_aligned_recipe_trains_on_crops_and_scores_photos(tmp_path):
         SIRTrainConfig(align=True)
     with pytest.raises(ValueError, match="align"):
         SIRTrainConfig(align=True, render_size=(48, 48), data={"kind": "real", "labelled": "LP", "identities": "IDS"})
+
+
+def test_heldout_curve_of_the_mean_face_is_its_floor(morphable):
+    """A network whose code is always zero decodes the mean face: its held-out error is the floor,
+    and the held-out photos are of identities past the training ones."""
+    from facelab.train.sir import HELDOUT_IDENTITIES, heldout_shape_error
+
+    cfg = SIRTrainConfig(**dict(TINY, n_shape=8))
+    measure = heldout_shape_error(cfg, morphable)
+    net = _net(morphable).eval()
+    with torch.no_grad():
+        net.regressor.head.weight.zero_()
+        net.regressor.head.bias.zero_()
+    out = measure(net)
+    assert out["rmse_mm"] == pytest.approx(out["mean_face_rmse_mm"], rel=1e-6) and out["shape_mm"] > 0
+    assert HELDOUT_IDENTITIES > 0 and heldout_shape_error(
+        SIRTrainConfig(**dict(TINY, data={"kind": "real", "labelled": "L", "identities": "I"})), morphable) is None
 
 
 def test_mixed_loss_uses_each_label_only_where_it_exists(morphable):

@@ -77,6 +77,33 @@ def test_resume_after_interruption_is_bitwise_identical(lp, tmp_path):
     assert make_run(lp, tmp_path / "resumed", steps=12).fit()["resumed_from"] == 12
 
 
+def test_heldout_curve_is_logged_and_changes_nothing(lp, tmp_path):
+    """heldout_every logs the callable's figures at its interval and the last step, in eval mode,
+    and the trained weights are bitwise those of a run without it."""
+    suite, pool = lp
+    held = pool["image"][:8].float() / 255
+    seen = []
+
+    def heldout(model):
+        seen.append(model.training)
+        return {"abs_mean": model(held)["alpha_id"].abs().mean()}
+
+    plain = make_run(lp, tmp_path / "plain", steps=10, log_every=2)
+    plain.fit()
+    watched = make_run(lp, tmp_path / "watched", steps=10, log_every=2)
+    watched.config.heldout_every, watched.heldout = 4, heldout
+    watched.fit()
+    rows = read_csv(tmp_path / "watched" / "metrics.csv")
+    logged = {int(r["step"]): float(r["heldout/abs_mean"]) for r in rows if r.get("heldout/abs_mean")}
+    assert sorted(logged) == [4, 8, 10] and seen == [False, False, False]
+    with torch.no_grad():
+        assert logged[10] == pytest.approx(float(watched.model.eval()(held)["alpha_id"].abs().mean()), rel=1e-5)
+    a, b = (load_checkpoint(tmp_path / name / "last.pt")["state_dict"] for name in ("plain", "watched"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="heldout_every"):
+        TrainConfig(heldout_every=-1)
+
+
 def test_nan_loss_stops_and_keeps_last_checkpoint(lp, tmp_path):
     trainer = make_run(lp, tmp_path, steps=10, ckpt_every=5)
     real_loss = trainer.loss_fn

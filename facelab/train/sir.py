@@ -126,6 +126,8 @@ N_LANDMARKS = 68
 STANDARD_BASE_STEPS = 2400
 STANDARD_VARIANT_STEPS = 800
 STANDARD_W_SHAPE = 1.0
+#: the held-out curve: ``lp`` identities past the training ones (one photo each), never trained on
+HELDOUT_IDENTITIES = 48
 
 PROFILE_DEFAULTS = {
     "quick": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", base_steps=900, steps=300,
@@ -138,7 +140,7 @@ PROFILE_DEFAULTS = {
                      steps=STANDARD_VARIANT_STEPS, batch_lp=32, batch_id=32, ids_per_batch=8, n_identities=300,
                      images_per_identity=16, lp_identities=300, lp_images_per_identity=8, sfm_identities=200,
                      sfm_samples=5, pool=True, num_threads=2, w_shape=STANDARD_W_SHAPE, align=True,
-                     render_size=(128, 128), train=dict(LOOP_DEFAULTS, lr=1e-3, diagnose_every=100)),
+                     render_size=(128, 128), train=dict(LOOP_DEFAULTS, lr=1e-3, diagnose_every=100, heldout_every=100)),
     "full": dict(backbone="resnet50", image_size=(112, 96), resolution="default", base_steps=20_000, steps=5_000,
                  batch_lp=32, batch_id=64, ids_per_batch=16, n_identities=2000, images_per_identity=20,
                  lp_identities=1000, lp_images_per_identity=20, sfm_identities=2000, sfm_samples=10, pool=True,
@@ -433,6 +435,49 @@ def identity_pool(root, image_size, progress: bool = False) -> tuple[dict[str, t
     return {"image": torch.cat(images), "label": torch.cat(labels)}, list(data.identities)
 
 
+def heldout_shape_error(cfg: SIRTrainConfig, morphable):
+    """``model -> {"shape_mm", "rmse_mm", "mean_face_rmse_mm"}`` on :data:`HELDOUT_IDENTITIES` ``lp``
+    photos of identities the run never sees (the ids right after its ``lp_identities``), for the
+    trainer's held-out curve (``train.heldout_every``); None with ``data.kind="real"``.
+
+    ``shape_mm``: mean per-vertex distance (mm) of the decoded identity shape from the true one, the
+    3D term's measure; ``rmse_mm``: per-vertex RMS (mm) over the face region after a rigid
+    alignment (:func:`facelab.metrics.alignment.procrustes_batched`), a reconstruction error that
+    pose and position cannot game; ``mean_face_rmse_mm``: the same for the mean face, the floor.
+    """
+    from facelab.data import make_suite
+    from facelab.metrics.alignment import procrustes_batched
+
+    if cfg.data.kind != "synth":
+        return None
+    photo = cfg.render_size if cfg.align else cfg.image_size
+    suite = make_suite("lp", profile=cfg.profile, image_size=photo, resolution=cfg.resolution, seed=cfg.train.seed,
+                       n_identities=cfg.lp_identities + HELDOUT_IDENTITIES, images_per_identity=1)
+    with torch.no_grad():
+        batch = suite.batch(torch.arange(cfg.lp_identities, cfg.lp_identities + HELDOUT_IDENTITIES))
+        if cfg.align:
+            batch = pools.align_batch(batch, tuple(cfg.image_size))
+    images = (batch["image"].clamp(0, 1) * 255).round() / 255  # as the uint8 pools give them
+    truth = batch["shape_identity"].float()
+    face = morphable.face_mask.bool()
+
+    def aligned_rmse(shapes: torch.Tensor) -> torch.Tensor:
+        src, dst = shapes[:, face].double(), truth[:, face].double()
+        R, t, _ = procrustes_batched(src, dst)
+        moved = src @ R.transpose(1, 2) + t[:, None]
+        return (moved - dst).pow(2).sum(-1).mean(-1).sqrt().mean()
+
+    floor = float(aligned_rmse(morphable.mean_shape[None].expand_as(truth)))
+
+    @torch.no_grad()
+    def measure(model) -> dict[str, float]:
+        decoded = model.decode_identity(model(images)["a_id"])
+        return {"shape_mm": float((decoded - truth).norm(dim=-1).mean()), "rmse_mm": float(aligned_rmse(decoded)),
+                "mean_face_rmse_mm": floor}
+
+    return measure
+
+
 def folder_pools(cfg: SIRTrainConfig, morphable=None) -> dict:
     """``{"lp": {image, landmarks2d}, "webface": {image, label}, "identities": names}`` read from
     ``cfg.data.labelled`` and ``cfg.data.identities`` (:func:`labelled_pool`, :func:`identity_pool`)
@@ -656,7 +701,9 @@ def _prepare(cfg: SIRTrainConfig) -> dict:
         n_classes = len(found.pop("identities"))
     else:
         found, n_classes = render_pools(cfg), cfg.n_identities
-    return {"morphable": morphable, "morphable_record": record, "pools": found, "n_classes": n_classes}
+    heldout = heldout_shape_error(cfg, morphable) if cfg.train.heldout_every else None
+    return {"morphable": morphable, "morphable_record": record, "pools": found, "n_classes": n_classes,
+            "heldout": heldout}
 
 
 def _build_stage(cfg: SIRTrainConfig, stage: Stage, data: dict, parent: Path | None) -> Trainer:
@@ -680,7 +727,7 @@ def _build_stage(cfg: SIRTrainConfig, stage: Stage, data: dict, parent: Path | N
         stored = {**dataclasses.asdict(mcfg), MORPHABLE_KEY: dict(data["morphable_record"])}
     return Trainer(model, optimizer, batches, stage_loss(stage.name, cfg), tcfg, scheduler=scheduler,
                    model_name=MODEL_NAME, model_config=stored, extra_config=cfg, diagnostic_modules=watch,
-                   chance=1.0 / n_classes)
+                   chance=1.0 / n_classes, heldout=data.get("heldout"))
 
 
 def _train(cfg: SIRTrainConfig) -> None:

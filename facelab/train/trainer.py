@@ -61,6 +61,7 @@ from facelab.io.checkpoint import TMP_SUFFIX, config_dict, get_rng_state, load_c
 
 PROFILES = ("quick", "standard", "full")
 CHECKPOINT_NAME = "last.pt"
+HELDOUT_PREFIX = "heldout/"  # metrics.csv columns of the held-out figures
 METRICS_CSV = "metrics.csv"
 METRICS_JSONL = "metrics.jsonl"
 CONFIG_JSON = "config.json"
@@ -89,6 +90,8 @@ class TrainConfig:
         diagnose_every: every this many steps, log each loss term's share of the gradient on
             each watched module (:mod:`facelab.train.diagnostics`; 0: never). Needs a loss
             that returns its terms and ``diagnostic_modules``; one process only.
+        heldout_every: every this many steps (and at the last), log the ``heldout`` callable's
+            figures on data the run never trains on, as ``heldout/<name>`` columns (0: never).
     """
 
     steps: int = 300
@@ -104,6 +107,7 @@ class TrainConfig:
     grad_clip: float = 0.0
     progress: bool = True
     diagnose_every: int = 0
+    heldout_every: int = 0
 
     def __post_init__(self) -> None:
         self.device = resolve_device(self.device)
@@ -114,8 +118,10 @@ class TrainConfig:
             raise ValueError(f"weight_decay: must be >= 0, got {self.weight_decay}")
         if not (self.grad_clip >= 0 and math.isfinite(self.grad_clip)):
             raise ValueError(f"grad_clip: must be finite and >= 0 (0 = off), got {self.grad_clip}")
-        if not (isinstance(self.diagnose_every, int) and self.diagnose_every >= 0):
-            raise ValueError(f"diagnose_every: must be an int >= 0 (0 = off), got {self.diagnose_every!r}")
+        for name in ("diagnose_every", "heldout_every"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 0):
+                raise ValueError(f"{name}: must be an int >= 0 (0 = off), got {value!r}")
         check_choice(self.profile, "profile", PROFILES)
 
 
@@ -155,6 +161,7 @@ class LoopConfig:
     grad_clip: float | None = None
     progress: bool | None = None
     diagnose_every: int | None = None
+    heldout_every: int | None = None
 
     def _given(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
@@ -410,6 +417,10 @@ class Trainer:
             share is measured on (see ``TrainConfig.diagnose_every``).
         chance: the chance level of the loss's ``acc`` metric (1 / classes), if it has one; the
             diagnostics summary compares the accuracy with it.
+        heldout: ``heldout(model) -> {name: float}``, figures on held-out data (lower or higher is
+            better, as the recipe says), run every ``config.heldout_every`` steps on the main
+            process with the model in eval mode and gradients off; logged as ``heldout/<name>``.
+            It must not draw random numbers (the run stays the same with or without it).
 
     >>> import tempfile
     >>> net = nn.Linear(1, 1)
@@ -438,6 +449,7 @@ class Trainer:
         critic=None,
         diagnostic_modules: dict | None = None,
         chance: float | None = None,
+        heldout: Callable[[nn.Module], dict] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -466,6 +478,7 @@ class Trainer:
         self.critic = critic
         self.diagnostic_modules = diagnostic_modules
         self.chance = chance
+        self.heldout = heldout
         if critic is not None and callable(getattr(critic, "to", None)):
             critic.to(self.device)
         self.out_dir = Path(config.out_dir)
@@ -658,6 +671,8 @@ class Trainer:
                         raise ValueError(f"critic: its metrics {clash} clash with the loss's; rename them")
                     values.update(D.all_reduce_mean(critic_values))
                 self.step += 1
+                if self._heldout_now():
+                    values.update(self._measure_heldout())
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v
                     counts[k] = counts.get(k, 0) + 1  # diagnostics are only there on some steps
@@ -683,6 +698,22 @@ class Trainer:
         if any(k.startswith(SHARE_PREFIX) for row in rows for k in row):
             result["diagnostics"] = summarize_shares(rows, chance=self.chance)
         return result
+
+    def _heldout_now(self) -> bool:
+        every = self.config.heldout_every
+        if not every or self.heldout is None or not self.dist.is_main:
+            return False
+        return self.step % every == 0 or self.step == self.config.steps
+
+    @torch.no_grad()
+    def _measure_heldout(self) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            found = self.heldout(self.model)
+        finally:
+            self.model.train(was_training)
+        return {f"{HELDOUT_PREFIX}{k}": float(v) for k, v in found.items()}
 
     def _diagnose_now(self, terms) -> bool:
         every = self.config.diagnose_every
