@@ -1,5 +1,5 @@
 """The Sphere Face Model (facelab.morphable.sphere): shapes, closed-form values, the
-MorphableModel export and save/load, stage-1 fitting, SFM vs PCA clustering, bad input."""
+MorphableModel export and save/load, stage-1 fitting, SFM vs PCA clustering and its paired intervals, bad input."""
 
 import numpy as np
 import pytest
@@ -11,6 +11,7 @@ from facelab.morphable import (
     MorphableModel, SFMConfig, SphereFaceModel, SynthFacesConfig, build_synthfaces, fit_pca, fit_sfm_stage1,
     load_world, noisy_identity_shapes, split_radius,
 )
+from facelab.metrics import shape_models
 from facelab.metrics.shape_models import sfm_vs_pca
 
 D64 = torch.float64
@@ -186,6 +187,97 @@ def test_sfm_clusters_synthfaces_identities_better_than_pca():
     assert out["sfm"]["verification_auc"] > out["pca"]["verification_auc"]
     # equal dimension: the SFM does not buy its clustering with a much worse representation
     assert out["sfm"]["rmse_mm"] < 1.2 * out["pca"]["rmse_mm"]
+
+
+# ------------------------------------------------------------------ SFM vs PCA: paired intervals
+def _fake_model(labels, pairs, rmse, clusters, correct) -> tuple[dict, dict]:
+    """The figures and per-sample details of a stand-in model, as sfm_vs_pca computes them."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    weighted = correct.astype(float) / correct.shape[0]  # one fold: weights 1 / P
+    scores = {"rmse_mm": float(rmse.mean()), "nmi": float(normalized_mutual_info_score(labels, clusters)),
+              "verification_accuracy": float(weighted.sum())}
+    return scores, {"rmse_per_shape": rmse, "clusters": clusters, "pair_correct": weighted}
+
+
+def _two_models(effect: bool, seed: int = 0):
+    """30 identities x 4 shapes; with ``effect`` model A has lower RMSE, truer clusters and more
+    correct pairs than B, without it both are draws of the same model."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(30), 4)
+    pairs = shape_models._verification_pairs(labels, np.random.default_rng(seed))
+
+    def draw(rmse_mm, wrong_cluster, pair_accuracy):
+        clusters = np.where(rng.random(labels.shape[0]) < wrong_cluster, rng.integers(0, 30, labels.shape[0]), labels)
+        return _fake_model(labels, pairs, rmse_mm + 0.2 * rng.standard_normal(labels.shape[0]), clusters,
+                           rng.random(pairs[0].shape[0]) < pair_accuracy)
+
+    a = draw(1.0, 0.05, 0.95) if effect else draw(1.0, 0.3, 0.8)
+    b = draw(1.5, 0.6, 0.6) if effect else draw(1.0, 0.3, 0.8)
+    return labels, pairs, a, b
+
+
+def _paired(a, b, labels, pairs, seed=0):
+    return shape_models._paired(a[0], b[0], {"sfm": a[1], "pca": b[1]}, labels, pairs, n_boot=2000, seed=seed)
+
+
+def test_paired_intervals_hold_for_a_clearly_better_model_and_reverse_when_swapped():
+    labels, pairs, a, b = _two_models(effect=True)
+    better = _paired(a, b, labels, pairs)
+    assert {k: v["verdict"] for k, v in better.items()} == {m: "holds" for m in shape_models.PAIRED_METRICS}
+    worse = _paired(b, a, labels, pairs)
+    assert {k: v["verdict"] for k, v in worse.items()} == {m: "reversed" for m in shape_models.PAIRED_METRICS}
+    for metric, entry in better.items():
+        assert entry["estimate"] == pytest.approx(a[0][metric] - b[0][metric], abs=1e-12)
+        assert entry["ci95"][0] < entry["estimate"] < entry["ci95"][1] and entry["n_identities"] == 30
+        assert worse[metric]["estimate"] == pytest.approx(-entry["estimate"], abs=1e-12)
+
+
+def test_paired_intervals_of_equivalent_models_are_within_noise():
+    for seed in range(3):
+        labels, pairs, a, b = _two_models(effect=False, seed=seed)
+        out = _paired(a, b, labels, pairs, seed=seed)
+        assert {k: v["verdict"] for k, v in out.items()} == {m: "within noise" for m in shape_models.PAIRED_METRICS}
+        # not a degenerate interval: the two draws differ, and the interval has to cover that
+        assert all(v["ci95"][1] - v["ci95"][0] > 0 for v in out.values())
+
+
+def test_nmi_from_counts_matches_sklearn():
+    from sklearn.metrics import normalized_mutual_info_score
+
+    rng = np.random.default_rng(4)
+    truth, found = rng.integers(0, 7, 60), rng.integers(0, 5, 60)
+    counts = np.zeros((7, 5))
+    np.add.at(counts, (truth, found), 1.0)
+    assert shape_models._nmi_from_counts(counts) == pytest.approx(normalized_mutual_info_score(truth, found), abs=1e-12)
+    assert shape_models._nmi_from_counts(np.diag([3.0, 2.0, 4.0])) == pytest.approx(1.0)
+
+
+def test_sfm_vs_pca_paired_estimates_are_the_differences_of_the_figures():
+    g = torch.Generator().manual_seed(1)
+    ids = 8.0 * torch.randn(14, 6, 3, generator=g, dtype=D64)
+    noisy = lambda idx: ids[idx] + 6.0 * torch.randn(len(idx), 6, 3, generator=g, dtype=D64)  # noqa: E731
+    tr = torch.arange(8).repeat(4)
+    # unequal identities, and 48 verification pairs in 10 folds of 4 or 5: the per-identity units
+    # must weight shapes and pairs to reproduce the figures
+    te = torch.repeat_interleave(torch.arange(8, 14), torch.tensor([2, 3, 5, 2, 4, 3]))
+    train, test = noisy(tr), noisy(te)
+    out = sfm_vs_pca(train, tr, test, te, K=4, config=SFMConfig(n_steps=20), n_boot=500)
+    assert all(out["sfm"][m] != out["pca"][m] for m in out["paired"])  # nothing trivially equal
+    assert set(out["paired"]) == {"rmse_mm", "nmi", "verification_accuracy"}
+    for metric, entry in out["paired"].items():
+        assert set(entry) == {"estimate", "ci95", "verdict", "n_identities"}
+        assert entry["estimate"] == pytest.approx(out["sfm"][metric] - out["pca"][metric], abs=1e-12)
+        assert entry["ci95"][0] <= entry["estimate"] <= entry["ci95"][1] and entry["n_identities"] == 6
+    again = sfm_vs_pca(train, tr, test, te, K=4, config=SFMConfig(n_steps=20), n_boot=500)
+    assert again["paired"] == out["paired"]  # deterministic given the seed
+
+
+def test_sfm_vs_pca_paired_bad_input_raises():
+    shapes, labels = torch.randn(6, 7, 3, dtype=D64), torch.tensor([0, 0, 1, 1, 2, 2])
+    for n_boot in (50, 1000.0, True):
+        with pytest.raises(ValueError, match="n_boot"):
+            sfm_vs_pca(shapes, labels, shapes, labels, K=2, config=SFMConfig(n_steps=2), n_boot=n_boot)
 
 
 # ------------------------------------------------------------------ bad input
