@@ -294,6 +294,39 @@ def sir_claims(units: dict, activity: dict, n_boot: int | None = None) -> list[d
     return claims_table(CLAIMS, units, {}, activity, n_boot=n_boot or N_BOOTSTRAP)
 
 
+#: the SFM-vs-PCA claims at each dimension K: (id prefix, metric of sfm_vs_pca's "paired", text)
+SFM_PCA_CLAIMS = (("S5a", "nmi", "SFM parameters cluster identities better than PCA's (NMI)"),
+                  ("S5b", "verification_accuracy", "SFM parameters verify better than PCA's"))
+
+
+def sfm_pca_claims(svp: list[dict] | None, n_seeds: int = 1) -> list[dict]:
+    """Claim entries for SFM against PCA at each dimension of ``svp`` (:func:`sfm_vs_pca_table`),
+    from :func:`facelab.metrics.shape_models.sfm_vs_pca`'s paired bootstrap over held-out identities.
+
+    Each entry has the fields of a :func:`facelab.metrics.stats.claim` entry; ``id`` is the prefix
+    and the dimension (``"S5a@K=10"``); ``active`` is True (a comparison of two shape models: no
+    training term to check); ``n_seeds``: the training seeds of the 3D data (one table).
+
+    >>> svp = [{"K": 10, "paired": {"nmi": {"estimate": 0.02, "ci95": [0.01, 0.03], "verdict": "holds",
+    ...         "n_identities": 60}, "verification_accuracy": {"estimate": 0.0, "ci95": [-0.01, 0.01],
+    ...         "verdict": "within noise", "n_identities": 60}}}]
+    >>> [(c["id"], c["verdict"]) for c in sfm_pca_claims(svp)]
+    [('S5a@K=10', 'holds'), ('S5b@K=10', 'within noise')]
+    """
+    out = []
+    for row in svp or []:
+        for prefix, metric, text in SFM_PCA_CLAIMS:
+            paired = row.get("paired", {}).get(metric)
+            if paired is None:
+                continue
+            out.append({"id": f"{prefix}@K={row['K']}", "text": f"{text}, K = {row['K']}",
+                        "rows": [f"SFM K={row['K']}", f"PCA K={row['K']}"], "metric": metric,
+                        "better": "higher", "estimate": paired["estimate"], "ci95": list(paired["ci95"]),
+                        "n_subjects": paired["n_identities"], "unit": "identity", "n_seeds": n_seeds,
+                        "active": True, "verdict": paired["verdict"]})
+    return out
+
+
 def base_precondition(rows: list[dict], n_subjects: int, mean_face_micc: float | None = None) -> dict:
     """Is the model without SIR a reconstruction at all, before any SIR row is read?
 
@@ -490,7 +523,7 @@ def reproduce_sir(profile: str = "quick", out_dir="runs/reproduce-sir", override
     diags = [{stage: row["diagnostics"] for stage, row in summary.items() if "diagnostics" in row}
              for summary in summaries]
     activity = {term: all(sir_activity(d)[term] for d in diags) for term in sir_activity(diags[0])}
-    claims = sir_claims(units, activity)
+    claims = sir_claims(units, activity) + sfm_pca_claims(svp)
     result = {"profile": profile, "out_dir": str(out), "seeds": list(seeds), "rows": rows,
               "rows_by_seed": {str(k): v for k, v in rows_by_seed.items()}, "sfm_vs_pca": svp,
               "liu_checkpoint": liu_path, "diagnostics": diags[0], "claims": claims,
