@@ -229,7 +229,9 @@ METRIC_FORMATS = {"micc_mm": ("{:+.3f}", " mm"), "lfw_accuracy": ("{:+.1%}", "")
                   "geo_rank1": ("{:+.1%}", ""), "frame_spread_ratio": ("{:+.3f}", ""),
                   # single-frame reconstruction scores (facelab.reproduce.gao2020.frame_units)
                   **{m: ("{:+.3f}", " mm") for m in ("frame_mm", "frame_spread_mm", "hard_frame_mm", "span_mm",
-                                                     "detail_curvature_mm", "transfer_mm")}}
+                                                     "detail_curvature_mm", "transfer_mm")},
+                  # shape-model comparisons on held-out 3D shapes (facelab.metrics.shape_models.sfm_vs_pca)
+                  "nmi": ("{:+.3f}", ""), "verification_accuracy": ("{:+.1%}", "")}
 VERDICT_MEANINGS = {
     "holds": "the interval excludes zero in the claimed direction",
     "within noise": "the interval includes zero: this many subjects and seeds cannot tell the rows apart",
