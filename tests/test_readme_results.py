@@ -57,6 +57,21 @@ def test_readme_sir_tables_are_the_quick_runs():
     assert tables in README.read_text(), "README: the SIR tables differ from book/artifacts/sir-quick/results.json"
 
 
+@pytest.mark.skipif(not has_artifact("sir-standard"), reason="no committed sir-standard run")
+def test_readme_sir_standard_tables_and_claims_are_the_committed_run():
+    from facelab.metrics.stats import describe_claim
+    from facelab.reproduce.sir import results_markdown
+
+    result, text = load_results("sir-standard"), README.read_text()
+    tables = results_markdown(result).split("\n", 1)[1].strip()  # without its title
+    assert tables in text, "README: the SIR standard tables differ from book/artifacts/sir-standard/results.json"
+    for c in result["claims"]:
+        if c["id"] in ("S1", "S2", "S3", "S3b", "S4"):  # the sentences quoted under the tables
+            assert describe_claim(c) in text, f"README: SIR claim {c['id']} differs from results.json"
+    pre = result["precondition"]
+    assert f"{pre['micc_over_mean_face']:.2f} x the mean face" in text, "README: the SIR precondition differs"
+
+
 def test_the_check_catches_an_edited_number():
     result = {"claims": [{"id": "L2", "text": "t", "rows": ["a", "b"], "metric": "micc_mm", "estimate": -0.1,
                           "ci95": [-0.2, 0.0], "n_subjects": 30, "n_seeds": 3, "verdict": "within noise"}]}

@@ -421,7 +421,9 @@ def results_markdown(result: dict) -> str:
              "parameters; sir_ratio: mean intra- over inter-identity distance of the reconstructed identity shapes, "
              "lower is better; geo_rank1: rank-1 of reconstructed shapes against a reconstructed gallery; "
              "geo_rank1_truth: against the true neutral shapes; param_rank1: rank-1 of the parameters, cosine; "
-             "intra_mm / inter_mm: aligned RMSE, mm)\n\n"
+             "intra_mm / inter_mm: aligned RMSE, mm"
+             + (f"; trained rows: means over seeds {', '.join(map(str, result['seeds']))}" if len(result.get("seeds", [0])) > 1
+                else "") + ")\n\n"
              + markdown_table(rows, columns=list(COLUMNS), row_header="model")]
     svp = result.get("sfm_vs_pca")
     if svp:
