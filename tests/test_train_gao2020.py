@@ -483,3 +483,66 @@ def test_term_diagnostics_cover_every_term_and_module(tmp_path):
     # the adversarial term reaches the shape decoder and never the albedo decoder
     assert "albedo_decoder" not in summary["step1"]["diagnostics"]["terms"]["adv"] or \
         summary["step1"]["diagnostics"]["terms"]["adv"]["albedo_decoder"]["mean_share"] == 0.0
+
+
+# ------------------------------------------------------------- held-out curve
+HELDOUT_COLUMNS = {"heldout/rmse_mm", "heldout/mean_face_rmse_mm", "heldout/shape"}
+
+
+def test_heldout_curve_is_on_in_the_standard_profile_only():
+    """quick keeps its timings and numbers (no held-out measurement); standard measures every 100 steps."""
+    quick, standard = Gao2020TrainConfig(), Gao2020TrainConfig(profile="standard")
+    assert [quick.train_config(s).heldout_every for s in ("warmup",) + G.STEPS] == [0, 0, 0]
+    assert [standard.train_config(s).heldout_every for s in ("warmup",) + G.STEPS] == [100, 100, 100]
+
+
+def test_heldout_curve_is_logged_in_every_stage_and_changes_nothing(tmp_path):
+    """heldout_every logs the held-out error in the warm-up and both steps and leaves the weights,
+    the identity head and the critic as a run without it trains them."""
+    from facelab.train import read_metrics
+
+    runs = {}
+    for every in (0, 1):
+        loop = dataclasses.replace(TINY["train"], heldout_every=every)
+        cfg = Gao2020TrainConfig(out_dir=str(tmp_path / f"every{every}"), **{**TINY, "warmup_steps": 2,
+                                                                             "steps": (2, 1), "train": loop})
+        runs[every] = train_gao2020(cfg)
+    for stage in ("warmup", "step1", "step2"):
+        logged = read_metrics(runs[1] / stage)
+        assert HELDOUT_COLUMNS <= set(logged), stage
+        assert (logged["heldout/rmse_mm"] > 0).all() and (logged["heldout/mean_face_rmse_mm"] > 0).all()
+        assert not HELDOUT_COLUMNS & set(read_metrics(runs[0] / stage))
+        with_hook, without = (load_checkpoint(runs[k] / f"{stage}.pt") for k in (1, 0))
+        _equal_states(with_hook["state_dict"], without["state_dict"])
+        if stage != "warmup":
+            _equal_states(with_hook["extra"]["recognition"], without["extra"]["recognition"])
+            _equal_states(with_hook["extra"][CRITIC_STATE_KEY], without["extra"][CRITIC_STATE_KEY])
+
+
+def test_heldout_error_of_the_mean_face_is_its_floor(tiny_data):
+    """A fresh model decodes the mean face for every photo: its held-out error is the floor; the
+    held-out photos are of lp identities the run never trains on."""
+    from facelab.data.suites import ID_RANGES, ID_RANGE_SIZE
+    from facelab.train.heldout import HELDOUT_IDENTITIES
+
+    cfg, morphable, (lp_pool, _) = tiny_data
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, heldout_every=10))
+    photos = G.heldout_set(cfg)
+    ids = photos["identity"]
+    assert ids.numel() == HELDOUT_IDENTITIES == ids.unique().numel()
+    assert not set(ids.tolist()) & set(G._suites(cfg)[0].table.identity.tolist())
+    assert ((ids >= ID_RANGES["lp"]) & (ids < ID_RANGES["lp"] + ID_RANGE_SIZE)).all()
+    assert photos["image"].shape[1:] == lp_pool["image"].shape[1:]
+    assert torch.equal(photos["image"] * 255, (photos["image"] * 255).round())  # 8-bit, as the pools store them
+
+    measure = G.heldout_shape_error(cfg, morphable, photos=photos)
+    trainee = build_trainee(cfg, "step1", morphable, cfg.col_identities)[0].eval()
+    out = measure(trainee)
+    assert out["rmse_mm"] == pytest.approx(out["mean_face_rmse_mm"], rel=1e-6) and out["shape"] > 0
+    assert measure(trainee.model) == out  # the bare model measures the same
+    with torch.no_grad():  # a non-rigid change of every decoded face: no longer the floor
+        trainee.model.template.mul_(1.05)
+    assert measure(trainee)["rmse_mm"] > out["mean_face_rmse_mm"] + 0.1
+    assert G.heldout_shape_error(dataclasses.replace(cfg, train=TINY["train"]), morphable) is None  # heldout_every 0
+    real = dataclasses.replace(cfg, data=G.Gao2020DataConfig(kind="real", labelled="LP", collections="COL"))
+    assert G.heldout_shape_error(real, morphable) is None

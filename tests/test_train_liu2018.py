@@ -252,3 +252,70 @@ def test_phase3_reports_how_much_each_term_pulls(tiny_run):
         total = diag["terms"]["L_R"][module]["mean_share"] + diag["terms"]["L_C"].get(module, {"mean_share": 0.0})["mean_share"]
         assert total == pytest.approx(1.0)
     assert diag["accuracy"]["chance"] == pytest.approx(1 / 16)
+
+
+# ------------------------------------------------------------- held-out curve
+HELDOUT_COLUMNS = {"heldout/rmse_mm", "heldout/mean_face_rmse_mm", "heldout/rmse_id_mm"}
+
+
+def test_heldout_curve_is_on_in_the_standard_profile_only():
+    """quick keeps its timings and numbers (no held-out measurement); standard measures every 100 steps."""
+    quick, standard = Liu2018TrainConfig(), Liu2018TrainConfig(profile="standard")
+    assert [quick.train_config(p).heldout_every for p in (1, 2, 3)] == [0, 0, 0]
+    assert [standard.train_config(p).heldout_every for p in (1, 2, 3)] == [100, 100, 100]
+
+
+def test_heldout_curve_is_logged_in_every_stage_and_changes_nothing(tmp_path):
+    """heldout_every logs the held-out error in each stage (the joint ablation too) and leaves
+    every stage's weights as a run without it trains them."""
+    from facelab.train import read_metrics
+
+    stages = ("phase1", "phase2", "phase3", "phase2_joint")
+    tiny = dict(TINY, n_identities=4, images_per_identity=2, phase_steps=(2, 1, 2), stages=stages)
+    runs = {}
+    for every in (0, 1):
+        loop = dataclasses.replace(TINY["train"], batch_size=4, log_every=1, heldout_every=every)
+        cfg = Liu2018TrainConfig(out_dir=str(tmp_path / f"every{every}"), **{**tiny, "train": loop})
+        runs[every] = train_liu2018(cfg)
+    for stage in stages:
+        logged = read_metrics(runs[1] / stage)
+        assert HELDOUT_COLUMNS <= set(logged), stage
+        assert (logged["heldout/rmse_mm"] > 0).all() and (logged["heldout/mean_face_rmse_mm"] > 0).all()
+        assert not HELDOUT_COLUMNS & set(read_metrics(runs[0] / stage))
+        with_hook, without = (load_model(runs[k] / f"{stage}.pt")[0].state_dict() for k in (1, 0))
+        assert all(torch.equal(with_hook[k], without[k]) for k in without), stage
+
+
+def test_heldout_error_of_the_mean_face_is_its_floor():
+    """A network whose identity code is always zero decodes the mean face: its held-out error is
+    the floor; the held-out photos are aligned crops of identities the run never trains on."""
+    from facelab.data.suites import ID_RANGES, ID_RANGE_SIZE
+    from facelab.morphable import SynthFacesConfig, build_synthfaces
+    from facelab.train.heldout import HELDOUT_IDENTITIES
+    from facelab.train.liu2018 import heldout_set, heldout_shape_error
+
+    cfg = Liu2018TrainConfig(**{**TINY, "train": dataclasses.replace(TINY["train"], heldout_every=10)})
+    photos = heldout_set(cfg)
+    ids = photos["identity"]
+    assert ids.numel() == HELDOUT_IDENTITIES == ids.unique().numel()
+    assert not set(ids.tolist()) & set(training_suite(cfg).table.identity.tolist())
+    assert ((ids >= ID_RANGES["webface"]) & (ids < ID_RANGES["webface"] + ID_RANGE_SIZE)).all()
+    assert photos["image"].shape == (HELDOUT_IDENTITIES, 3, *cfg.image_size)  # crops, not the 48 px photos
+    assert torch.equal(photos["image"] * 255, (photos["image"] * 255).round())  # 8-bit, as the pool stores them
+
+    morphable = build_synthfaces(SynthFacesConfig(resolution="quick"))
+    measure = heldout_shape_error(cfg, morphable, photos=photos)
+    net = build_liu2018_model({"resolution": "quick", "model": {
+        "encoder": {"depth": "sphere_tiny", "embedding_dim": 8, "input_size": list(cfg.image_size)}}}).eval()
+    with torch.no_grad():
+        net.id_head.weight.zero_()
+        net.id_head.bias.zero_()
+    out = measure(net)
+    assert out["rmse_mm"] == pytest.approx(out["mean_face_rmse_mm"], rel=1e-6) and out["rmse_id_mm"] > 0
+    with torch.no_grad():  # a non-rigid change of every decoded face: no longer the floor
+        net.id_decoder.linear.bias.copy_(morphable.mean_shape.reshape(-1) * 0.05)
+    assert measure(net)["rmse_mm"] > out["mean_face_rmse_mm"] + 0.1
+    assert heldout_shape_error(Liu2018TrainConfig(**TINY), morphable) is None  # heldout_every 0
+    folder = Liu2018TrainConfig(**{**TINY, "train": dataclasses.replace(TINY["train"], heldout_every=10)},
+                                data={"kind": "imagefolder", "train": "DIR"}, targets="fitted", targets_path="T")
+    assert heldout_shape_error(folder, morphable) is None

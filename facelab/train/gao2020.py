@@ -86,6 +86,11 @@ the face is rendered (a photo mask of ones), and the ``lp`` rows carry no identi
     facelab train gao2020 --set data.kind=real --set data.labelled=LP --set data.collections=COL \\
         --set morphable=LP/model.npz --out RUN
 
+Held-out curve: with ``train.heldout_every`` (the standard profile's 100 steps; quick's 0) every
+stage, warm-up included, logs as ``heldout/*`` columns of its ``metrics.csv`` the identity-shape
+error on 48 ``lp`` identities the run never trains on against the mean face's
+(:func:`heldout_shape_error`); ``data.kind="real"`` logs none.
+
 Book chapter: ``book/09_gao2020.ipynb``.
 """
 
@@ -163,7 +168,8 @@ PROFILE_DEFAULTS = {
                      lp_images_per_identity=8, col_identities=50, col_images_per_identity=64, steps=(800, 200),
                      pool=True, num_workers=0, num_threads=1, warmup_steps=1200, share_warmup=False,
                      n_critic=5, critic_p=2.0, w_recog=0.3, w_adv=0.003, w_smooth=2.0,
-                     train=dict(LOOP_DEFAULTS, lr=5e-4, weight_decay=0.0, ckpt_every=100, diagnose_every=50)),
+                     train=dict(LOOP_DEFAULTS, lr=5e-4, weight_decay=0.0, ckpt_every=100, diagnose_every=50,
+                                heldout_every=100)),
     # full: the paper's ResNet-50, suites at their full size, streamed
     "full": dict(backbone="resnet50", image_size=(128, 128), resolution="default", lp_identities=0,
                  lp_images_per_identity=0, col_identities=0, col_images_per_identity=0, steps=(40_000, 20_000),
@@ -226,7 +232,10 @@ class Gao2020TrainConfig:
             (0: off); ``weight_decay``: Adam's (0 in both profiles). ``diagnose_every``: training-step
             (not warm-up) steps between measurements of each weighted loss term's share of the
             gradient on the encoder and the two decoders (:mod:`facelab.train.diagnostics`; 0:
-            never). ``batch_size`` is not used (``batch_lp + batch_col``, ``batch_warmup``).
+            never). ``heldout_every``: steps between measurements of the identity-shape error on
+            ``lp`` identities the run never trains on, in every stage (:func:`heldout_shape_error`,
+            logged as ``heldout/*`` columns; 0: never; standard 100, quick 0). ``batch_size`` is
+            not used (``batch_lp + batch_col``, ``batch_warmup``).
         backbone: encoder trunk (``"resnet_tiny"``, ``"resnet18"``, ``"resnet50"``).
         image_size: ``(H, W)`` px of the photos and of the rendered reconstruction.
         resolution: SynthFaces mesh preset.
@@ -652,6 +661,65 @@ def render_pools(cfg: Gao2020TrainConfig, lp_suite, col_suite) -> tuple[dict, di
     return out[0], out[1]
 
 
+def heldout_set(cfg: Gao2020TrainConfig) -> dict[str, torch.Tensor]:
+    """The photos of the held-out curve: one ``lp`` photo of each of the
+    :data:`~facelab.train.heldout.HELDOUT_IDENTITIES` identities right after the run's
+    ``lp_identities`` (:func:`facelab.train.heldout.heldout_photos`), as the encoder sees the
+    labelled rows in training: whole photos of ``image_size``, rounded to 8 bits with ``pool``
+    (the pools store them so; streamed photos are not).
+
+    Returns ``image (48, 3, H, W)`` float [0, 1], ``shape_identity (48, V, 3)`` mm and ``identity (48,)``
+    world ids.
+    """
+    from facelab.data.suites import SuiteConfig
+    from facelab.train.heldout import heldout_photos
+
+    n_train = SuiteConfig(suite="lp", profile=cfg.profile, n_identities=cfg.lp_identities or 0).n_identities
+    return heldout_photos("lp", cfg, n_train, tuple(cfg.image_size), quantise=bool(cfg.pool))
+
+
+def heldout_shape_error(cfg: Gao2020TrainConfig, morphable, photos: dict | None = None):
+    """``model -> {"rmse_mm", "mean_face_rmse_mm", "shape"}`` (mm) on ``lp`` identities the run never
+    trains on (:func:`heldout_set`), the trainer's held-out curve (``train.heldout_every``); None with
+    ``data.kind="real"`` (the folders' identities and shapes are not a suite's) or ``heldout_every=0``.
+
+    The shape measured is the identity shape the scores take: the identity code through the
+    shape decoder at the neutral expression, ``neutral_shape(c_id) = decode_shape(c_id, 0)``.
+    Every stage has that decoder (the warm-up trains it first), so every stage logs the curve.
+    ``model`` is the trainer's :class:`Gao2020Trainee` or a bare :class:`~facelab.models.gao2020.Gao2020Model`.
+
+    * ``rmse_mm``: per-vertex RMS (mm) over ``morphable.face_mask`` after a rigid alignment
+      (:func:`facelab.train.heldout.aligned_rmse`), averaged over identities: a reconstruction
+      error that pose and position cannot game;
+    * ``mean_face_rmse_mm``: the same for the mean face, the floor a network without identity
+      sits at;
+    * ``shape``: the ``shape`` term's measure (eq. 7, mean absolute coordinate error over the
+      face region, unaligned) of the neutral shape against the true identity shape, so that
+      the training and held-out curves can be read side by side.
+
+    ``photos``: :func:`heldout_set`'s dict when already rendered (the stages share one).
+
+    >>> heldout_shape_error(Gao2020TrainConfig(), None) is None  # quick: heldout_every 0
+    True
+    """
+    from facelab.losses.shape import shape_l1
+    from facelab.train.heldout import shape_error
+
+    if cfg.data.kind != "synth" or not cfg.train.heldout_every:
+        return None
+    photos = photos if photos is not None else heldout_set(cfg)
+    face = morphable.face_mask.bool().cpu()
+
+    def identity_shape(model, images: torch.Tensor) -> torch.Tensor:
+        net = model.model if isinstance(model, Gao2020Trainee) else model
+        return net.neutral_shape(net.encode(images)["c_id"])
+
+    def shape_term(shapes: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+        return {"shape": float(shape_l1(shapes, truth, face))}
+
+    return shape_error(photos, morphable.mean_shape, face, identity_shape, extra=shape_term)
+
+
 class FolderRows:
     """A folder's images as rows of the hybrid batches: a collection of ``len`` and ``batch(index)``.
 
@@ -975,7 +1043,9 @@ def _prepare(cfg: Gao2020TrainConfig, source=None) -> dict:
             lp_source, col_source = lp_suite, col_suite
     data = {"morphable": morphable, "n_classes": n_classes, "lp_source": lp_source,
             "morphable_record": source[1] if source is not None else None,
-            "batches": hybrid_batches(lp_source, col_source, cfg, morphable)}
+            "batches": hybrid_batches(lp_source, col_source, cfg, morphable),
+            # only the main process measures (the trainer's hook runs there)
+            "heldout": heldout_shape_error(cfg, morphable) if D.is_main_process() else None}
     if not cfg.share_warmup and cfg.warmup_steps:  # the geometric warm-up: batch_warmup lp images per hybrid batch
         data["warmup_batches"] = hybrid_batches(lp_source, col_source, dataclasses.replace(cfg, batch_lp=cfg.batch_warmup),
                                                 morphable, total_steps=cfg.warmup_steps)
@@ -995,7 +1065,7 @@ def _build_stage(cfg: Gao2020TrainConfig, stage: Stage, data: dict, parent: Path
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, WARMUP_FINAL_LR_FRACTION))
         return Trainer(trainee, optimizer, warmup_batches(data["lp_source"], cfg, morphable), WarmupLoss(cfg, morphable),
                        tcfg, scheduler=scheduler, model_name=TRAIN_MODEL_NAME,
-                       model_config={"gao2020": mcfg, "n_classes": 0}, extra_config=cfg)
+                       model_config={"gao2020": mcfg, "n_classes": 0}, extra_config=cfg, heldout=data.get("heldout"))
     n_classes = data["n_classes"]
     geometric = stage.name == WARMUP  # an unshared warm-up: every term but the rendered ones
     trainee, critic = build_trainee(cfg, STEPS[0] if geometric else stage.name, morphable, n_classes, record)
@@ -1016,7 +1086,7 @@ def _build_stage(cfg: Gao2020TrainConfig, stage: Stage, data: dict, parent: Path
     return Trainer(trainee, optimizer, data["warmup_batches" if geometric else "batches"], loss, tcfg,
                    scheduler=scheduler, model_name=TRAIN_MODEL_NAME, model_config=train_mcfg, extra_config=cfg,
                    critic=critic, diagnostic_modules=watch,
-                   chance=1.0 / n_classes if cfg.use_recog and n_classes else None)
+                   chance=1.0 / n_classes if cfg.use_recog and n_classes else None, heldout=data.get("heldout"))
 
 
 def _copy_warmup(cfg: Gao2020TrainConfig, root: Path, record: dict | None = None) -> None:

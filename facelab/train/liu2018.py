@@ -45,6 +45,11 @@ records the file and its content hash; the recipe checks it)::
     facelab train liu2018 --set data.kind=imagefolder --set data.train=DIR --set targets=fitted \\
         --set targets_path=FIT/targets.npz [--set morphable=PATH] --out RUN
 
+Held-out curve: with ``train.heldout_every`` (the standard profile's 100 steps; quick's 0) every
+stage logs, as ``heldout/*`` columns of its ``metrics.csv``, the identity-shape error on 48
+``webface`` identities the run never trains on against the mean face's
+(:func:`heldout_shape_error`); ``data.kind="imagefolder"`` logs none (no true shapes).
+
 The run folder holds one sub-folder per phase (``phase1/`` ... with the
 :class:`~facelab.train.trainer.Trainer`'s ``last.pt`` and logs) and, once a phase is done,
 its checkpoint ``phase1.pt`` / ``phase2.pt`` / ``phase3.pt`` (load any with
@@ -129,7 +134,7 @@ PROFILE_DEFAULTS = {
     "standard": dict(depth="sphere_tiny", embedding_dim=128, image_size=(64, 64), render_size=(128, 128),
                      resolution="quick", phase_steps=(1500, 300, 3000), n_identities=2000, images_per_identity=8,
                      pool=True, num_workers=0, num_threads=2, lambda_r=STANDARD_LAMBDA_R,
-                     train=dict(LOOP_DEFAULTS, batch_size=64, diagnose_every=100)),
+                     train=dict(LOOP_DEFAULTS, batch_size=64, diagnose_every=100, heldout_every=100)),
     "full": dict(depth="sphere20", embedding_dim=512, image_size=(112, 96), render_size=(224, 192), resolution="default",
                  phase_steps=(20_000, 5_000, 20_000), n_identities=0, images_per_identity=0, pool=False,
                  num_workers=4, num_threads=-1, lambda_r=1.0,
@@ -208,10 +213,13 @@ class Liu2018TrainConfig:
         phase_lr: Adam learning rates of phases I, II, III.
         train: the training-loop options of every phase (:class:`~facelab.train.trainer.LoopConfig`:
             ``batch_size``, ``weight_decay``, ``grad_clip``, ``log_every``, ``ckpt_every``, ``seed``,
-            ``device``, ``progress``, ``diagnose_every``; ``--set train.batch_size=32``). Its
-            ``diagnose_every`` applies to Phase III: the steps between measurements of how much L_R
+            ``device``, ``progress``, ``diagnose_every``, ``heldout_every``; ``--set train.batch_size=32``).
+            Its ``diagnose_every`` applies to Phase III: the steps between measurements of how much L_R
             and L_C each pull on the encoder and the decoders (:mod:`facelab.train.diagnostics`; 0:
-            never). Its ``lr`` is not used (``phase_lr``).
+            never). Its ``heldout_every`` applies to every stage: the steps between measurements of
+            the identity-shape error on identities the run never trains on
+            (:func:`heldout_shape_error`, logged as ``heldout/*`` columns; 0: never; the standard
+            profile's 100, quick's 0). Its ``lr`` is not used (``phase_lr``).
         n_identities, images_per_identity: size of the ``webface`` suite (0: suite default).
         pool: pre-render the suite once and sample batches from memory, else stream.
         cache_pool: keep the rendered pool on disk under :func:`facelab.config.cache_dir`.
@@ -508,6 +516,65 @@ def folder_pool(data: FolderTargets, progress: bool = False) -> dict[str, torch.
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
+def heldout_set(cfg: Liu2018TrainConfig) -> dict[str, torch.Tensor]:
+    """The photos of the held-out curve: one ``webface`` photo of each of the
+    :data:`~facelab.train.heldout.HELDOUT_IDENTITIES` identities right after the run's
+    ``n_identities`` (:func:`facelab.train.heldout.heldout_photos`), as the encoder sees them in
+    training: rendered at ``photo_size``, five-point aligned crops of ``image_size`` with
+    ``align``, rounded to 8 bits with ``pool`` (the pool stores them so; streamed photos are not).
+
+    Returns ``image (48, 3, H, W)`` float [0, 1], ``shape_identity (48, V, 3)`` mm and ``identity (48,)``
+    world ids.
+    """
+    from facelab.data.suites import SuiteConfig
+    from facelab.train.heldout import heldout_photos
+
+    n_train = SuiteConfig(suite="webface", profile=cfg.profile, n_identities=cfg.n_identities or 0).n_identities
+    crops = tuple(cfg.image_size) if cfg.align else None
+    return heldout_photos("webface", cfg, n_train, cfg.photo_size, align_to=crops, quantise=bool(cfg.pool))
+
+
+def heldout_shape_error(cfg: Liu2018TrainConfig, morphable, disentangled: bool = True, photos: dict | None = None):
+    """``model -> {"rmse_mm", "mean_face_rmse_mm", "rmse_id_mm"}`` (mm) on identities the run never
+    trains on (:func:`heldout_set`), the trainer's held-out curve (``train.heldout_every``); None with
+    ``data.kind="imagefolder"`` (a folder of photos holds no true shapes) or ``heldout_every=0``.
+
+    The shape measured is the one the stage's scores take as the identity shape: the
+    disentangled identity decoder's ``s_mean + f_Id(c_Id)``, or, for a model trained without
+    disentangling (``disentangled=False``, the ``phase2_joint`` ablation), the full shape. Every
+    stage decodes one (Phase I through the basis-initialised decoders it leaves frozen), so
+    every stage logs the curve.
+
+    * ``rmse_mm``: per-vertex RMS (mm) over ``morphable.face_mask`` after a rigid alignment
+      (:func:`facelab.train.heldout.aligned_rmse`), averaged over identities: a reconstruction
+      error that pose and position cannot game;
+    * ``mean_face_rmse_mm``: the same for the mean face, the floor a network without identity
+      sits at;
+    * ``rmse_id_mm``: ``sqrt(mean_v |s_Id - s_Id*|^2)`` over every vertex, unaligned: Phase II's
+      training metric of the same name, so the two curves show the gap between training and
+      held-out identities.
+
+    ``photos``: :func:`heldout_set`'s dict when already rendered (the stages share one).
+
+    >>> heldout_shape_error(Liu2018TrainConfig(), None) is None  # quick: heldout_every 0
+    True
+    """
+    from facelab.train.heldout import shape_error
+
+    if cfg.data.kind != "synth" or not cfg.train.heldout_every:
+        return None
+    photos = photos if photos is not None else heldout_set(cfg)
+
+    def identity_shape(model, images: torch.Tensor) -> torch.Tensor:
+        out = model(images)
+        return out["shape_id"] if disentangled else out["shape"]
+
+    def rmse_id(shapes: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+        return {"rmse_id_mm": float(_vertex_mse(shapes, truth).sqrt())}
+
+    return shape_error(photos, morphable.mean_shape, morphable.face_mask, identity_shape, extra=rmse_id)
+
+
 # ------------------------------------------------------------------ model
 def model_config(cfg: Liu2018TrainConfig, morphable, n_classes: int, loss: str | None = None,
                  disentangled: bool = True, morphable_record: dict | None = None) -> dict:
@@ -634,7 +701,8 @@ def _prepare_synth(cfg: Liu2018TrainConfig) -> dict:
                             "data.kind='synth' trains on SynthFaces shapes; give another model with "
                             "data.kind='imagefolder' and targets fitted with it")
     return {"morphable": morphable, "morphable_record": record, "n_classes": collection.config.n_identities,
-            "batches": _batches(cfg, collection)}
+            "batches": _batches(cfg, collection),
+            "heldout_photos": heldout_set(cfg) if cfg.train.heldout_every else None}
 
 
 def _prepare_folder(cfg: Liu2018TrainConfig) -> dict:
@@ -689,9 +757,13 @@ def _build_stage(cfg: Liu2018TrainConfig, stage: Stage, data: dict, parent: Path
     optimizer = torch.optim.AdamW(phase_parameters(model, phase), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, FINAL_LR_FRACTION))
     watch = {"encoder": model.encoder, "decoders": [model.id_decoder, model.res_decoder]} if phase == 3 else None
+    heldout = None
+    if data.get("heldout_photos") is not None:
+        heldout = heldout_shape_error(cfg, data["morphable"], disentangled=mcfg["input"]["disentangled"],
+                                      photos=data["heldout_photos"])
     return Trainer(model, optimizer, data["batches"], stage_loss(stage.name, cfg), tcfg, scheduler=scheduler,
                    model_name=MODEL_NAME, model_config=mcfg, extra_config=cfg, diagnostic_modules=watch,
-                   chance=1.0 / data["n_classes"])
+                   chance=1.0 / data["n_classes"], heldout=heldout)
 
 
 def _train(cfg: Liu2018TrainConfig) -> None:
