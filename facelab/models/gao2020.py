@@ -45,6 +45,7 @@ from facelab.checks import check_choice, check_image_size, check_positive, check
 from facelab.models.gcn import GraphDecoder, GraphEncoder
 from facelab.models.resnet import BACKBONES, build_backbone
 from facelab.morphable.grid import GRID_PRESETS, grid_shape
+from facelab.morphable.resample import grid_morphable  # re-exported: the decoders' grid model
 from facelab.models.registry import register_model
 from facelab.morphable.model import MorphableModel
 
@@ -507,25 +508,6 @@ def gao2020_model_config(config: Gao2020Config, synthfaces=None) -> dict:
     if synthfaces.resolution != config.resolution:
         raise ValueError(f"synthfaces: resolution {synthfaces.resolution!r} differs from config.resolution {config.resolution!r}")
     return {"model": config.to_dict(), "synthfaces": dataclasses.asdict(synthfaces)}
-
-
-def grid_morphable(source: MorphableModel, resolution: str) -> MorphableModel:
-    """The morphable model the graph decoders use for ``source``: ``source`` itself when it has the
-    SynthFaces grid mesh of ``resolution``, else ``source`` resampled onto that grid
-    (:func:`facelab.morphable.resample.resample_model`: same coefficients, the grid's topology).
-
-    >>> from facelab.morphable import SynthFacesConfig, build_synthfaces
-    >>> fine = build_synthfaces(SynthFacesConfig(resolution="default"))
-    >>> grid_morphable(fine, "quick").grid_shape, grid_morphable(fine, "default") is fine
-    ((33, 41), True)
-    """
-    from facelab.morphable import SynthFacesConfig, build_synthfaces
-    from facelab.morphable.resample import resample_model, same_topology
-
-    if not isinstance(source, MorphableModel):
-        raise TypeError(f"source: expected a MorphableModel, got {type(source).__name__}")
-    grid = build_synthfaces(SynthFacesConfig(resolution=resolution))
-    return source if same_topology(source, grid) else resample_model(source, grid)
 
 
 def gao2020_morphable_record(source: MorphableModel, path, network: MorphableModel) -> dict:

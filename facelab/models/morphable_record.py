@@ -95,7 +95,7 @@ def network_morphable(model_config: dict, resolution: str) -> MorphableModel | N
     source = recorded_morphable(record)
     if "network_sha256" not in record:
         return source
-    from facelab.models.gao2020 import grid_morphable
+    from facelab.morphable.resample import grid_morphable
 
     network = grid_morphable(source, resolution)
     if network.content_sha256() != record["network_sha256"]:

@@ -388,3 +388,21 @@ def resample_model(model: MorphableModel, grid_mesh: MorphableModel) -> Morphabl
         grid_shape=tuple(grid_mesh.grid_shape) if grid_mesh.grid_shape is not None else None,
         name=f"{model.name}@{grid_mesh.name}", meta=meta)
     return out.to(dtype=torch.float32)
+
+
+def grid_morphable(source: MorphableModel, resolution: str) -> MorphableModel:
+    """The morphable model the graph decoders use for ``source``: ``source`` itself when it has the
+    SynthFaces grid mesh of ``resolution``, else ``source`` resampled onto that grid
+    (:func:`facelab.morphable.resample.resample_model`: same coefficients, the grid's topology).
+
+    >>> from facelab.morphable import SynthFacesConfig, build_synthfaces
+    >>> fine = build_synthfaces(SynthFacesConfig(resolution="default"))
+    >>> grid_morphable(fine, "quick").grid_shape, grid_morphable(fine, "default") is fine
+    ((33, 41), True)
+    """
+    from facelab.morphable.synthfaces import SynthFacesConfig, build_synthfaces
+
+    if not isinstance(source, MorphableModel):
+        raise TypeError(f"source: expected a MorphableModel, got {type(source).__name__}")
+    grid = build_synthfaces(SynthFacesConfig(resolution=resolution))
+    return source if same_topology(source, grid) else resample_model(source, grid)
