@@ -107,6 +107,7 @@ from facelab.losses.mixed_label import MixedLabelLoss
 from facelab.models.sir import MODEL_NAME, MORPHABLE_KEY, RECOG_LOSSES, SIRNet, SIRNetConfig
 from facelab.train import pools
 from facelab.train.stages import Stage, run_stages
+from facelab.train.heldout import HELDOUT_IDENTITIES
 from facelab.train.trainer import LOOP_DEFAULTS, LoopConfig, TrainConfig, Trainer, cosine_lr_factor
 
 VARIANTS = ("params_recog", "params_recog_sir", "sfm_sir")
@@ -132,8 +133,6 @@ N_LANDMARKS = 68
 STANDARD_BASE_STEPS = 3000
 STANDARD_VARIANT_STEPS = 1000
 STANDARD_W_SHAPE = 10.0
-#: the held-out curve: ``lp`` identities past the training ones (one photo each), never trained on
-HELDOUT_IDENTITIES = 48
 
 PROFILE_DEFAULTS = {
     "quick": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", base_steps=900, steps=300,
@@ -443,46 +442,29 @@ def identity_pool(root, image_size, progress: bool = False) -> tuple[dict[str, t
 
 
 def heldout_shape_error(cfg: SIRTrainConfig, morphable):
-    """``model -> {"shape_mm", "rmse_mm", "mean_face_rmse_mm"}`` on :data:`HELDOUT_IDENTITIES` ``lp``
+    """``model -> {"rmse_mm", "mean_face_rmse_mm", "shape_mm"}`` on :data:`HELDOUT_IDENTITIES` ``lp``
     photos of identities the run never sees (the ids right after its ``lp_identities``), for the
     trainer's held-out curve (``train.heldout_every``); None with ``data.kind="real"``.
 
-    ``shape_mm``: mean per-vertex distance (mm) of the decoded identity shape from the true one, the
-    3D term's measure; ``rmse_mm``: per-vertex RMS (mm) over the face region after a rigid
-    alignment (:func:`facelab.metrics.alignment.procrustes_batched`), a reconstruction error that
-    pose and position cannot game; ``mean_face_rmse_mm``: the same for the mean face, the floor.
+    ``rmse_mm``: per-vertex RMS (mm) over the face region after a rigid alignment
+    (:func:`facelab.train.heldout.aligned_rmse`), a reconstruction error that pose and position
+    cannot game; ``mean_face_rmse_mm``: the same for the mean face, the floor; ``shape_mm``: the
+    mean per-vertex distance of the decoded identity shape from the true one, the 3D term's measure.
     """
-    from facelab.data import make_suite
-    from facelab.metrics.alignment import procrustes_batched
+    from facelab.train.heldout import heldout_photos, shape_error
 
     if cfg.data.kind != "synth":
         return None
-    photo = cfg.render_size if cfg.align else cfg.image_size
-    suite = make_suite("lp", profile=cfg.profile, image_size=photo, resolution=cfg.resolution, seed=cfg.train.seed,
-                       n_identities=cfg.lp_identities + HELDOUT_IDENTITIES, images_per_identity=1)
-    with torch.no_grad():
-        batch = suite.batch(torch.arange(cfg.lp_identities, cfg.lp_identities + HELDOUT_IDENTITIES))
-        if cfg.align:
-            batch = pools.align_batch(batch, tuple(cfg.image_size))
-    images = (batch["image"].clamp(0, 1) * 255).round() / 255  # as the uint8 pools give them
-    truth = batch["shape_identity"].float()
-    face = morphable.face_mask.bool()
+    photos = heldout_photos("lp", cfg, cfg.lp_identities, cfg.render_size if cfg.align else cfg.image_size,
+                            align_to=tuple(cfg.image_size) if cfg.align else None)
 
-    def aligned_rmse(shapes: torch.Tensor) -> torch.Tensor:
-        src, dst = shapes[:, face].double(), truth[:, face].double()
-        R, t, _ = procrustes_batched(src, dst)
-        moved = src @ R.transpose(1, 2) + t[:, None]
-        return (moved - dst).pow(2).sum(-1).mean(-1).sqrt().mean()
+    def identity_shape(model, images: torch.Tensor) -> torch.Tensor:
+        return model.decode_identity(model(images)["a_id"])
 
-    floor = float(aligned_rmse(morphable.mean_shape[None].expand_as(truth)))
+    def mean_distance(shapes: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+        return {"shape_mm": float((shapes - truth).norm(dim=-1).mean())}
 
-    @torch.no_grad()
-    def measure(model) -> dict[str, float]:
-        decoded = model.decode_identity(model(images)["a_id"])
-        return {"shape_mm": float((decoded - truth).norm(dim=-1).mean()), "rmse_mm": float(aligned_rmse(decoded)),
-                "mean_face_rmse_mm": floor}
-
-    return measure
+    return shape_error(photos, morphable.mean_shape, morphable.face_mask, identity_shape, extra=mean_distance)
 
 
 def folder_pools(cfg: SIRTrainConfig, morphable=None) -> dict:
