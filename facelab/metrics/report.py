@@ -153,10 +153,12 @@ def claims_markdown(claims: list[dict]) -> str:
     >>> print(claims_markdown(c).splitlines()[-1])
     | L2 | t | a - b | micc_mm | -0.1000 | [-0.2000, 0.0000] | 30 subjects x 3 seeds | within noise |
     """
+    from facelab.metrics.stats import unit_plural
+
     if not claims:
         return "**Claims**: none (their rows were not run)"
     rows = {c["id"]: {"claim": c["text"], "rows": f"{c['rows'][0]} - {c['rows'][1]}", "metric": c["metric"],
                       "estimate": f"{c['estimate']:.4f}", "95 % CI": f"[{c['ci95'][0]:.4f}, {c['ci95'][1]:.4f}]",
-                      "n": f"{c['n_subjects']} {c.get('unit', 'subject')}s x {c['n_seeds']} seeds", "verdict": c["verdict"]}
+                      "n": f"{c['n_subjects']} {unit_plural(c.get('unit', 'subject'))} x {c['n_seeds']} seeds", "verdict": c["verdict"]}
             for c in claims}
     return "**Claims** (paired differences A - B, 95 % bootstrap intervals)\n\n" + markdown_table(rows, row_header="id")

@@ -250,6 +250,15 @@ def format_difference(value: float, metric: str) -> str:
     return fmt.format(value) + unit
 
 
+def unit_plural(unit: str) -> str:
+    """The plural of a claim's unit: ``"subjects"``, ``"pairs"``, ``"identities"``.
+
+    >>> unit_plural("subject"), unit_plural("identity")
+    ('subjects', 'identities')
+    """
+    return unit[:-1] + "ies" if unit.endswith("y") else unit + "s"
+
+
 def describe_claim(entry: dict) -> str:
     """One Markdown sentence for a claim entry (:func:`claim`): estimate, interval, sample sizes, verdict.
 
@@ -260,7 +269,7 @@ def describe_claim(entry: dict) -> str:
     """
     fmt, unit = METRIC_FORMATS.get(entry["metric"], ("{:+.4g}", ""))
     low, high = entry["ci95"]
-    units = f"{entry['n_subjects']} {entry.get('unit', 'subject')}s x {entry['n_seeds']} seed{'s' if entry['n_seeds'] > 1 else ''}"
+    units = f"{entry['n_subjects']} {unit_plural(entry.get('unit', 'subject'))} x {entry['n_seeds']} seed{'s' if entry['n_seeds'] > 1 else ''}"
     return (f"**{entry['id']}** ({entry['text']}): {format_difference(entry['estimate'], entry['metric'])}, 95 % CI "
             f"[{fmt.format(low)}, {fmt.format(high)}]{unit} over {units}: **{entry['verdict']}**.")
 
