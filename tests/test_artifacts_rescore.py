@@ -69,8 +69,10 @@ def test_committed_run_rescores_to_its_results(name, rescore, tmp_path, one_thre
     assert restore_run(name, tmp_path / name)
     got = rescore(tmp_path / name)
     assert got["train_seconds"] < 5, f"{name}: the restored run trained again"
-    by_id = lambda result: {**result, "claims": {c["id"]: c for c in result.get("claims", [])}}  # noqa: E731
-    # claims by id, not position: newer code may test more claims than the recorded run
+    by_id = lambda result: {**result, "claims": {c["id"]: c for c in result.get("claims", [])},  # noqa: E731
+                            "rows": {r.get("stage", i): r for i, r in enumerate(result.get("rows", []))}}
+    # claims by id and rows by stage, not position: newer code may test more claims, or score more
+    # rows (e.g. a mean-face row), than the recorded run
     want = {k: v for k, v in numbers(by_id(load_results(name))).items() if not k.startswith(tuple(UNSTABLE_KEYS))}
     got = numbers(by_id(got))
     assert set(want) <= set(got), f"{name}: numbers missing from the re-score: {sorted(set(want) - set(got))[:5]}"
