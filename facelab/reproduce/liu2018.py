@@ -413,7 +413,7 @@ def reproduce_liu2018(profile: str = "quick", out_dir="runs/reproduce-liu2018", 
             if stage == "phase3" and seed == seeds[0]:
                 yaw_rmse = per_yaw
     units = {stage: {m: np.stack(v) for m, v in metrics.items()} for stage, metrics in units.items()}
-    rows = _mean_rows(rows_by_seed)
+    rows = mean_rows(rows_by_seed)
     baselines, baseline_units = {}, {}
     if with_baselines:
         bcfg = apply_overrides(BaselineConfig(profile=profile), groups["baselines"])
@@ -441,16 +441,21 @@ def reproduce_liu2018(profile: str = "quick", out_dir="runs/reproduce-liu2018", 
     return result
 
 
-def _mean_rows(rows_by_seed: dict) -> list[dict]:
-    """Each stage's row with its columns averaged over the seeds (one seed: the row itself)."""
+def mean_rows(rows_by_seed: dict, columns=COLUMNS) -> list[dict]:
+    """Each stage's row with its ``columns`` averaged over the seeds (one seed: the row itself);
+    ``rows_by_seed``: ``{seed: [row, ...]}``, the same stages in the same order for every seed.
+
+    >>> mean_rows({0: [{"stage": "a", "x": 1.0}], 1: [{"stage": "a", "x": 3.0}]}, columns=("x",))[0]["x"]
+    2.0
+    """
     runs = list(rows_by_seed.values())
     if len(runs) == 1:
         return runs[0]
     rows = []
     for i, row in enumerate(runs[0]):
         mean = dict(row)
-        for col in COLUMNS:
-            values = [run[i][col] for run in runs if run[i][col] is not None]
+        for col in columns:
+            values = [run[i][col] for run in runs if run[i].get(col) is not None]
             mean[col] = float(np.mean(values)) if values else None
         rows.append(mean)
     return rows

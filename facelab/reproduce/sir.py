@@ -474,7 +474,7 @@ def reproduce_sir(profile: str = "quick", out_dir="runs/reproduce-sir", override
     from facelab.config import apply_overrides, split_overrides
     from facelab.metrics.model_eval import ModelEvalConfig
     from facelab.metrics.report import write_json
-    from facelab.reproduce.liu2018 import seed_dir
+    from facelab.reproduce.liu2018 import mean_rows, seed_dir
     from facelab.train.sir import SIRTrainConfig, train_sir
     from facelab.train.stages import read_summary
 
@@ -516,7 +516,7 @@ def reproduce_sir(profile: str = "quick", out_dir="runs/reproduce-sir", override
                 units.setdefault(v, {}).setdefault(metric, []).append(values)
     units = {v: {m: np.stack(vals) for m, vals in ms.items()} for v, ms in units.items()}
     mean_face = _mean_face_row(model, suites)
-    rows = [mean_face, liu_row] + _mean_rows(rows_by_seed)
+    rows = [mean_face, liu_row] + mean_rows(rows_by_seed, COLUMNS)
     svp = sfm_vs_pca_table(seed_cfgs[seeds[0]], sir_cfg) if with_sfm_vs_pca else None
     # per stage: each weighted term's gradient share on the regressor (and the SFM basis), and
     # the identity head's accuracy against chance (facelab.train.diagnostics); the first seed's
@@ -545,20 +545,3 @@ def _mean_face_row(model, suites: _Suites) -> dict:
     with torch_threads(suites.eval_cfg.num_threads):
         errors = score_mean_face_micc(suites.get(model, "micc").suite, suites.eval_cfg)
     return {"name": MEAN_FACE_ROW, "stage": "mean_face", **{c: None for c in COLUMNS}, "rmse_micc": float(np.mean(errors))}
-
-
-def _mean_rows(rows_by_seed: dict) -> list[dict]:
-    """Each stage's row with its columns averaged over the seeds (one seed: the row itself).
-
-    >>> _mean_rows({0: [{"name": "a", "sir_ratio": 1.0}], 1: [{"name": "a", "sir_ratio": 3.0}]})[0]["sir_ratio"]
-    2.0
-    """
-    runs = list(rows_by_seed.values())
-    rows = []
-    for i, row in enumerate(runs[0]):
-        mean = dict(row)
-        for col in COLUMNS:
-            values = [run[i][col] for run in runs if run[i].get(col) is not None]
-            mean[col] = float(np.mean(values)) if values else None
-        rows.append(mean)
-    return rows
