@@ -53,9 +53,9 @@ VARIANTS = {
     "laplacian": {"smoothness": "laplacian"},
 }
 #: other weights of the full model's terms (the standard profile's dose-response: with the ablation's
-#: weight 0 and the profile's own, three doses of the adversarial term; G1's recognition term is
-#: measured at the profile's weight only)
-DOSE_VARIANTS = {"adv_w0.001": {"w_adv": 0.001}}
+#: weight 0 and the profile's own, 0.3 and 0.003, four doses of the recognition term and three of
+#: the adversarial term)
+DOSE_VARIANTS = {"recog_w0.1": {"w_recog": 0.1}, "recog_w1.0": {"w_recog": 1.0}, "adv_w0.001": {"w_adv": 0.001}}
 #: how many of the training seeds (the first ones) the dose variants train on: a dose costs a full
 #: model's training, and on the 2-core CPU the standard profile's budget buys the ablation's three
 #: seeds plus one seed of each dose; a dose's claims pair it with the same seeds of its control
@@ -64,7 +64,8 @@ ALL_VARIANTS = {**VARIANTS, **DOSE_VARIANTS}
 #: the variants each profile trains and scores by default
 PROFILE_VARIANTS = {"quick": tuple(VARIANTS), "standard": tuple(ALL_VARIANTS), "full": tuple(VARIANTS)}
 VARIANT_LABELS = {"full": "Full model", "no_recog": "w/o L_recog", "no_adv": "w/o L_adv",
-                  "laplacian": "conventional Laplacian", "adv_w0.001": "w_adv = 0.001"}
+                  "laplacian": "conventional Laplacian", "recog_w0.1": "w_recog = 0.1",
+                  "recog_w1.0": "w_recog = 1", "adv_w0.001": "w_adv = 0.001"}
 #: the dose-response: (claim, term, its weight field, the variant without it, metric, better)
 DOSE_CLAIMS = (("G1", "recog", "w_recog", "no_recog", "micc_mm", "lower"),
                ("G1a", "recog", "w_recog", "no_recog", "frame_spread_ratio", "lower"),
