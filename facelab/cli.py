@@ -10,7 +10,7 @@
     facelab bench render [--json]
     facelab bench synth [--json]
     facelab bench infer [liu2018] [--json]
-    facelab bench train [liu2018|gao2020] [--steps N] [--threads 1,2] [--json]
+    facelab bench train [liu2018|gao2020|sir] [--steps N] [--threads 1,2] [--json]
     facelab train regressor|liu2018|gao2020|sir [--out DIR] [--profile quick|standard|full] [--set key=value|train.key=value ...]
     facelab fit SUITE_OR_DIR --out DIR [--profile quick|full] [--set key=value ...]   (DIR: facelab synth's, or ROOT/<identity>/<image>.jpg + landmarks.json)
     facelab eval verify|recon|baselines ...   (see facelab.eval_cli)
@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="print measured performance figures")
     p.add_argument("what", choices=["render", "synth", "infer", "train"])
-    p.add_argument("model", nargs="?", choices=["liu2018", "gao2020"],
+    p.add_argument("model", nargs="?", choices=["liu2018", "gao2020", "sir"],
                    help="network timed by 'bench infer' (liu2018) or recipe timed by 'bench train' (default liu2018)")
     p.add_argument("--steps", type=int, default=60, help="train: steps of the main stage per timing")
     p.add_argument("--threads", default="1,2", help="train: comma-separated thread counts")

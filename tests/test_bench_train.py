@@ -57,3 +57,37 @@ def test_cli_times_liu_phase3(capsys):
     assert all(r["steps_per_s"] > 0 and r["images_per_s"] == pytest.approx(64 * r["steps_per_s"], rel=0.01)
                for r in rows.values())
     assert rows[("quick", "float32")]["ratio"] == 1.0
+
+
+@pytest.mark.slow
+def test_cli_times_sir_base_stage(capsys):
+    """SIR's base stage on aligned crops (standard) and whole photos (quick), with the speed options."""
+    assert main(["bench", "train", "sir", "--steps", "30", "--threads", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = {(r["profile"], r["variant"]): r for r in out["rows"]}
+    assert {(p, v) for p in ("quick", "standard") for v in ("float32", "channels_last", "bfloat16")} == set(rows)
+    batch = {"quick": 64, "standard": 96}  # batch_lp + batch_id
+    assert all(r["steps_per_s"] > 0 and r["images_per_s"] == pytest.approx(batch[p] * r["steps_per_s"], rel=0.01)
+               for (p, _), r in rows.items())
+    assert rows[("standard", "float32")]["ratio"] == 1.0
+
+
+def test_sir_speed_options_reach_the_backbone(tmp_path):
+    """The options change the regressor's backbone only; a bad precision names the field."""
+    from facelab.io.checkpoint import load_checkpoint
+    from facelab.train import LoopConfig
+    from facelab.models.sir import SIRNet
+    from facelab.train.sir import SIRTrainConfig, model_config, recipe_morphable, train_sir
+
+    with pytest.raises(ValueError, match="encoder_precision"):
+        SIRTrainConfig(encoder_precision="half")
+    cfg = SIRTrainConfig(out_dir=str(tmp_path), variants=(), base_steps=2, lp_identities=8, lp_images_per_identity=2,
+                         n_identities=8, images_per_identity=4, batch_lp=8, batch_id=8, ids_per_batch=2,
+                         channels_last=True, cache_pool=False,
+                         train=LoopConfig(log_every=1, diagnose_every=0, progress=False))
+
+    train_sir(cfg)
+    recipe = json.loads((tmp_path / "base" / "config.json").read_text())["recipe"]
+    assert recipe["channels_last"] is True and recipe["encoder_precision"] == "float32"
+    weights = load_checkpoint(tmp_path / "base" / "last.pt")["state_dict"]
+    assert set(weights) == set(SIRNet(model_config(cfg, recipe_morphable(cfg)[0]), recipe_morphable(cfg)[0]).state_dict())

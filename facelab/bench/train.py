@@ -2,7 +2,7 @@
 
 Runs the recipe's own training loop (the :class:`~facelab.train.trainer.Trainer` with its
 loss, optimiser, scheduler and pre-rendered batches) for ``steps`` steps of its main stage
-(Liu et al.: Phase III; Gao et al.: ``step1``) on a small suite, and reads steps/s off the
+(Liu et al.: Phase III; Gao et al.: ``step1``; SIR: ``base``) on a small suite, and reads steps/s off the
 trainer's log, after the first :data:`WARMUP_STEPS` steps (allocator and oneDNN kernel
 selection). The per-step cost does not depend on the suite's size, since the batches come
 from a pool in memory; the term diagnostics are off (they cost one extra backward per term
@@ -24,7 +24,7 @@ from facelab.checks import check_choice, check_positive
 
 __all__ = ["bench_train", "BENCH_RECIPES", "VARIANTS"]
 
-BENCH_RECIPES = ("liu2018", "gao2020")
+BENCH_RECIPES = ("liu2018", "gao2020", "sir")
 #: speed options per variant (fields of the recipe config; see facelab.train.speed)
 VARIANTS = {
     "float32": {},
@@ -37,6 +37,7 @@ DEFAULT_THREADS = (1, 2)
 # a small training suite: enough images for distinct batches, cheap to render once (cached)
 LIU_SUITE = dict(n_identities=64, images_per_identity=8)
 GAO_SUITE = dict(lp_identities=32, lp_images_per_identity=4, col_identities=16, col_images_per_identity=4)
+SIR_SUITE = dict(lp_identities=64, lp_images_per_identity=2, n_identities=16, images_per_identity=8)
 
 
 def _loop(steps: int, device: str):
@@ -66,15 +67,26 @@ def _gao_run(profile: str, out: Path, steps: int, threads: int, options: dict, d
     return out / "step1", cfg.batch_lp + cfg.batch_col
 
 
-RUNNERS = {"liu2018": _liu_run, "gao2020": _gao_run}
+def _sir_run(profile: str, out: Path, steps: int, threads: int, options: dict, device: str) -> tuple[Path, int]:
+    from facelab.train.sir import SIRTrainConfig, train_sir
+
+    cfg = SIRTrainConfig(profile=profile, out_dir=str(out), variants=(), base_steps=steps, train=_loop(steps, device),
+                         num_threads=threads, pool=True, **SIR_SUITE, **options)
+    train_sir(cfg)
+    return out / "base", cfg.batch_lp + cfg.batch_id
+
+
+RUNNERS = {"liu2018": _liu_run, "gao2020": _gao_run, "sir": _sir_run}
 
 
 def _profiles(recipe: str) -> tuple[str, ...]:
     """The recipe's CPU profiles (those with a table of defaults)."""
     if recipe == "liu2018":
         from facelab.train.liu2018 import PROFILE_DEFAULTS
-    else:
+    elif recipe == "gao2020":
         from facelab.train.gao2020 import PROFILE_DEFAULTS
+    else:
+        from facelab.train.sir import PROFILE_DEFAULTS
     return tuple(p for p in ("quick", "standard") if p in PROFILE_DEFAULTS)
 
 
