@@ -52,3 +52,29 @@ def test_mesh3d_and_show_images():
     assert fig.data[0].type == "mesh3d" and len(fig.data[0].intensity) == verts.shape[0]
     f = show_images(torch.rand(3, 3, 8, 8), titles=["a", "b", "c"], ncols=2, landmarks=torch.rand(3, 68, 2) * 8)
     assert len(f.axes) == 4
+
+
+def test_scalar_colors_follow_the_colour_map_and_leave_the_rest_grey():
+    import matplotlib
+
+    from facelab.viz import scalar_colors
+
+    values = torch.tensor([[0.0, 1.0, 2.0, 5.0], [-1.0, 0.5, 2.0, 0.0]])
+    got = scalar_colors(values, vmax=2.0, cmap="magma", mask=torch.tensor([True, True, True, False]))
+    table = matplotlib.colormaps["magma"]
+    want = torch.tensor([table(0.0)[:3], table(0.5)[:3], table(1.0)[:3]], dtype=torch.float32)
+    torch.testing.assert_close(got[0, :3], want)
+    torch.testing.assert_close(got[1, 0], want[0])  # clipped below at 0
+    assert torch.all(got[:, 3] == 0.72)  # outside the mask
+    with pytest.raises(ValueError, match="vmax"):
+        scalar_colors(values, vmax=0.0)
+    with pytest.raises(ValueError, match="mask"):
+        scalar_colors(values, vmax=1.0, mask=torch.ones(3, dtype=torch.bool))
+
+
+def test_show_images_adds_a_labelled_colour_bar():
+    f = show_images(torch.rand(4, 3, 8, 8), ncols=2, colorbar=(3.0, "distance (mm)"))
+    bar = [ax for ax in f.axes if ax.get_ylabel() == "distance (mm)"]
+    assert len(f.axes) == 5 and len(bar) == 1 and bar[0].get_ylim() == (0.0, 3.0)
+    with pytest.raises(ValueError, match="colorbar"):
+        show_images(torch.rand(1, 3, 8, 8), colorbar=(0.0, "x"))

@@ -65,9 +65,14 @@ def save_image(image: torch.Tensor, path: str | Path) -> Path:
     return path
 
 
-def show_images(images: torch.Tensor, titles=None, ncols: int = 8, size: float = 1.6, landmarks: torch.Tensor | None = None):
+def show_images(images: torch.Tensor, titles=None, ncols: int = 8, size: float = 1.6, landmarks: torch.Tensor | None = None,
+                colorbar: tuple[float, str] | None = None, cmap: str = "viridis"):
     """A matplotlib figure of ``images (B, 3, H, W)``, optionally with titles and
-    ``landmarks (B, 68, 2)`` px overlaid. Returns the figure."""
+    ``landmarks (B, 68, 2)`` px overlaid. Returns the figure.
+
+    ``colorbar=(vmax, label)`` adds a colour bar of ``cmap`` from 0 to ``vmax``, for images
+    coloured with :func:`scalar_colors`.
+    """
     import matplotlib.pyplot as plt
 
     check_tensor(images, "images", ("B", 3, "H", "W"))
@@ -85,7 +90,45 @@ def show_images(images: torch.Tensor, titles=None, ncols: int = 8, size: float =
         if titles is not None:
             ax.set_title(str(titles[k]), fontsize=8)
     fig.tight_layout()
+    if colorbar is not None:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        vmax, label = colorbar
+        if not vmax > 0:
+            raise ValueError(f"colorbar: vmax must be > 0, got {vmax}")
+        fig.colorbar(ScalarMappable(Normalize(0.0, vmax), cmap), ax=axes.ravel().tolist(), label=label, shrink=0.8)
     return fig
+
+
+def scalar_colors(values: torch.Tensor, vmax: float, cmap: str = "viridis", mask: torch.Tensor | None = None,
+                  rest: float = 0.72) -> torch.Tensor:
+    """Per-vertex colours of a scalar field, for :func:`render_mesh` (a heat map on the mesh).
+
+    Args:
+        values: ``(B, V)`` float, e.g. mm; mapped linearly from 0 to ``vmax`` (> 0) on the
+            matplotlib colour map ``cmap``, clipped at both ends.
+        mask: ``(V,)`` bool, the vertices to colour; the others are grey ``rest`` (None: all).
+
+    Returns:
+        ``(B, V, 3)`` float RGB in [0, 1].
+
+    >>> c = scalar_colors(torch.tensor([[0.0, 2.0, 9.0]]), vmax=2.0, mask=torch.tensor([True, True, False]))
+    >>> c.shape, c[0, 2].tolist()
+    (torch.Size([1, 3, 3]), [0.7200000286102295, 0.7200000286102295, 0.7200000286102295])
+    """
+    import matplotlib
+
+    check_tensor(values, "values", ("B", "V"))
+    if not vmax > 0:
+        raise ValueError(f"vmax: must be > 0, got {vmax}")
+    table = matplotlib.colormaps[cmap]
+    unit = (values.detach().cpu().double() / vmax).clamp(0, 1).numpy()
+    colors = torch.as_tensor(table(unit)[..., :3], dtype=torch.float32)
+    if mask is not None:
+        check_tensor(mask, "mask", (values.shape[1],), dtype_kind=None)
+        colors[:, ~mask.cpu().bool()] = rest
+    return colors.to(values.device)
 
 
 def draw_landmarks(ax, landmarks: torch.Tensor, color: str = "lime", size: float = 4.0) -> None:
