@@ -87,8 +87,8 @@ default)::
 pools (200 ``webface`` identities x 16, 100 ``lp`` identities x 16; cached on disk), 900 base
 steps and 300 per variant: about 6 minutes on a 2-core CPU. ``standard`` trains the same
 network on five-point aligned crops with the 3D term, on 300 ``webface`` identities x 16 and
-16,000 ``lp`` identities x 1, :data:`STANDARD_BASE_STEPS` base steps and
-:data:`STANDARD_VARIANT_STEPS` per variant (about an hour for three seeds trained side by side
+:data:`STANDARD_LP_IDENTITIES` ``lp`` identities x 1, :data:`STANDARD_BASE_STEPS` base steps and
+:data:`STANDARD_VARIANT_STEPS` per variant (about 45 minutes for three seeds trained side by side
 as one-thread processes on 2 cores). ``full`` trains a ResNet-50 at 112x96 on larger pools (GPU).
 """
 
@@ -145,7 +145,7 @@ PROFILE_DEFAULTS = {
                   lp_identities=100, lp_images_per_identity=16, sfm_identities=200, sfm_samples=5, pool=True,
                   num_threads=1, w_shape=0.0, align=False, render_size=None,
                   train=dict(LOOP_DEFAULTS, lr=1e-3, diagnose_every=25)),
-    # CPU, about an hour for three seeds run side by side: the quick network on aligned crops, many
+    # CPU, about 45 minutes for three seeds run side by side: the quick network on aligned crops, many
     # more labelled identities, longer, with the 3D term
     "standard": dict(backbone="resnet_tiny", image_size=(64, 64), resolution="quick", base_steps=STANDARD_BASE_STEPS,
                      steps=STANDARD_VARIANT_STEPS, batch_lp=64, batch_id=32, ids_per_batch=8, n_identities=300,
@@ -201,7 +201,7 @@ class SIRTrainConfig:
     """Options of :func:`train_sir`. None takes the profile's value (:data:`PROFILE_DEFAULTS`).
 
     Attributes:
-        profile: ``"quick"`` (CPU, minutes), ``"standard"`` (CPU, about an hour for three seeds) or ``"full"`` (GPU).
+        profile: ``"quick"`` (CPU, minutes), ``"standard"`` (CPU, about 45 minutes for three seeds) or ``"full"`` (GPU).
         out_dir: the run folder ("" = ``runs/sir-<profile>``).
         variants: the variant stages to train after ``base`` (see :data:`VARIANTS`).
         backbone, image_size, resolution: the regressor and the mesh (as the regressor recipe);
