@@ -12,11 +12,13 @@
 * :mod:`~facelab.metrics.model_eval`: score a trained model (:func:`evaluate_model`).
 * :mod:`~facelab.metrics.lfw_folder`: score it on an LFW-layout folder on disk (:func:`evaluate_lfw_folder`).
 * :mod:`~facelab.metrics.stats`: paired bootstrap intervals and claim verdicts.
+* :mod:`~facelab.metrics.albedo`: decoded albedos against the true ones, up to the light's scale.
 
 Inputs may be torch tensors or numpy arrays; everything is computed in float64 and
 returned as Python floats, numpy arrays or dataclasses/dicts ready for JSON.
 """
 
+from facelab.metrics.albedo import albedo_agreement
 from facelab.metrics.alignment import Similarity, apply, icp, procrustes, procrustes_batched
 from facelab.metrics.landmarks import landmark_nme, nme_by_yaw
 from facelab.metrics.protocols import crop_around, micc_error, micc_table, now_error, now_summary
@@ -33,7 +35,7 @@ from facelab.metrics.verification import (
 )
 
 __all__ = [
-    "Similarity", "apply", "icp", "procrustes", "procrustes_batched",
+    "albedo_agreement", "Similarity", "apply", "icp", "procrustes", "procrustes_batched",
     "landmark_nme", "nme_by_yaw",
     "crop_around", "micc_error", "micc_table", "now_error", "now_summary",
     "nme_interocular", "rmse",
