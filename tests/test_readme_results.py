@@ -32,7 +32,7 @@ def test_readme_gao_tables_are_the_quick_runs():
 @pytest.mark.skipif(not has_artifact("gao2020-standard"), reason="no committed gao2020-standard run")
 def test_readme_gao_standard_tables_and_claims_are_the_committed_run():
     from facelab.metrics.stats import describe_claim, format_difference
-    from facelab.reproduce.gao2020 import results_markdown
+    from facelab.reproduce.gao2020 import PILOT_SCORES, results_markdown
 
     result, text = load_results("gao2020-standard"), README.read_text()
     assert results_markdown(result) in text, "README: the Gao et al. standard tables differ from its results.json"
@@ -47,6 +47,15 @@ def test_readme_gao_standard_tables_and_claims_are_the_committed_run():
     for e in result["dose_response"]:  # the dose-response sentence
         if e["term"] == "adv":
             assert f"{e['id']}: {format_difference(e['estimate'], e['metric'])}" in text, f"README: dose {e['id']} differs"
+    pilots = ARTIFACTS_DIR / "gao2020-standard" / PILOT_SCORES
+    if pilots.is_file():  # the pilots quoted under "Why it stays at the mean face"
+        from facelab.reproduce.gao2020 import describe_pilot
+
+        scores = json.loads(pilots.read_text())
+        cells = result["table1"]["average_over_identity"]["Mean face (no reconstruction)"].values()
+        mean_face = sum(c["mean"] for c in cells) / len(cells)
+        for name in ("committed/full", "lp500x8_3600", "lp64000x1_3600", "full_lp64000x1_3600_ncritic1"):
+            assert describe_pilot(name, scores, mean_face) in text, f"README: pilot {name} differs from {PILOT_SCORES}"
 
 
 @pytest.mark.skipif(not has_artifact("sir-quick"), reason="no committed sir-quick run")

@@ -166,3 +166,17 @@ def test_tiny_reproduce_with_seeds_and_unshared_warmups(tmp_path):
     assert not torch.equal(warm["state_dict"]["shape_decoder.head.weight"], other["state_dict"]["shape_decoder.head.weight"])
     with pytest.raises(ValueError, match="seeds"):
         reproduce_gao2020("quick", out, TINY_TRAIN, seeds=())
+
+
+def test_describe_pilot_hand_example_and_bad_input():
+    from facelab.reproduce.gao2020 import describe_pilot
+
+    scores = {"models": {"a": {"heldout_rmse_mm": 2.0, "heldout_mean_face_rmse_mm": 4.0,
+                               "units": {"micc_mm": [0.5, 0.7, 0.9]}}}}
+    # held-out 2/4 = 0.50; MICC mean 0.7 mm over a 1.4 mm mean face = 0.50
+    assert describe_pilot("a", scores, 1.4) == \
+        "a: held-out error 0.50 x the mean face's, MICC 0.700 mm (0.50 x the mean face's)"
+    with pytest.raises(KeyError, match="name: no scored model 'b'"):
+        describe_pilot("b", scores, 1.4)
+    with pytest.raises(ValueError, match="mean_face_micc_mm"):
+        describe_pilot("a", scores, 0.0)

@@ -571,6 +571,32 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
     return result
 
 
+#: the scored pilots kept with the standard artifact: ``{"models": {name: {"heldout_rmse_mm",
+#: "heldout_mean_face_rmse_mm", "units": {"micc_mm": [per subject], ...}}}}``
+PILOT_SCORES = "tuning/scores.json"
+
+
+def describe_pilot(name: str, scores: dict, mean_face_micc_mm: float) -> str:
+    """One line on a scored checkpoint of ``scores`` (:data:`PILOT_SCORES`): its held-out error
+    (identity shapes of labelled photos of new identities, rigidly aligned RMSE) and its MICC
+    error (mean over subjects, mm), each as a multiple of the mean face's.
+
+    >>> s = {"models": {"m": {"heldout_rmse_mm": 3.0, "heldout_mean_face_rmse_mm": 4.0,
+    ...                       "units": {"micc_mm": [0.9, 1.1]}}}}
+    >>> print(describe_pilot("m", s, 1.25))
+    m: held-out error 0.75 x the mean face's, MICC 1.000 mm (0.80 x the mean face's)
+    """
+    if name not in scores["models"]:
+        raise KeyError(f"name: no scored model {name!r}; scored: {', '.join(scores['models'])}")
+    if not mean_face_micc_mm > 0:
+        raise ValueError(f"mean_face_micc_mm: must be > 0, got {mean_face_micc_mm}")
+    entry = scores["models"][name]
+    heldout = entry["heldout_rmse_mm"] / entry["heldout_mean_face_rmse_mm"]
+    micc = float(np.mean(entry["units"]["micc_mm"]))
+    return (f"{name}: held-out error {heldout:.2f} x the mean face's, MICC {micc:.3f} mm "
+            f"({micc / mean_face_micc_mm:.2f} x the mean face's)")
+
+
 def _fmt(cell: dict | None) -> str:
     return "—" if not cell else f"{cell['mean']:.3f} ± {cell['std']:.3f}"
 
