@@ -101,6 +101,18 @@ def test_markdown_report_turns_tables_and_headings_into_html():
     assert report.tables[0].body == [["I", "1.000", "–"], ["III", "0.9", "0.7"]]
 
 
+def test_markdown_report_keeps_lists_as_lists():
+    # each "- " line is an item; a line without a marker continues the item above; "**x**" and "-0.5" are not items
+    report = markdown_report("- first item\n  runs on\n- **second** item\n\n**bold** paragraph\n\n-0.5 mm is not an item")
+    kinds = [type(b).__name__ for b in report.blocks]
+    assert kinds == ["Bullets", "str", "str"]
+    assert report.blocks[0].items == ["first item runs on", "**second** item"]
+    markup = report._repr_html_()
+    assert "<ul>\n<li>first item runs on</li>\n<li><strong>second</strong> item</li>\n</ul>" in markup
+    assert "<p>- " not in markup
+    assert repr(report).startswith("- first item runs on\n- second item\n\nbold paragraph")
+
+
 def test_markdown_report_rejects_ragged_tables_and_non_text():
     with pytest.raises(ValueError, match="text: table row 1"):
         markdown_report("| a | b |\n|---|---|\n| 1 |")

@@ -173,10 +173,38 @@ def show_table(rows, columns=None, caption: str | None = None, floatfmt: str = "
     display(html_table(rows, columns, caption=caption, floatfmt=floatfmt, row_header=row_header))
 
 
-class Report:
-    """Paragraphs and tables, in order: the HTML form of a short Markdown report.
+class Bullets:
+    """A bulleted list of a Markdown report: ``items``, each inline Markdown."""
 
-    ``blocks`` is a list of ``str`` (a paragraph, inline Markdown) and :class:`Table`.
+    def __init__(self, items: list[str]):
+        self.items = list(items)
+
+    def _repr_html_(self) -> str:
+        return "<ul>\n" + "\n".join(f"<li>{_inline_html(item)}</li>" for item in self.items) + "\n</ul>"
+
+    def __repr__(self) -> str:
+        return "\n".join(f"- {_plain(item)}" for item in self.items)
+
+
+#: a Markdown list item: "- text" or "* text"
+_BULLET = re.compile(r"^\s*[-*]\s+")
+
+
+def _bullets(lines: list[str]) -> Bullets:
+    """The items of a block whose first line is a list item; other lines continue the item above."""
+    items: list[str] = []
+    for line in lines:
+        if _BULLET.match(line):
+            items.append(_BULLET.sub("", line).strip())
+        else:
+            items[-1] += " " + line.strip()
+    return Bullets(items)
+
+
+class Report:
+    """Paragraphs, bulleted lists and tables, in order: the HTML form of a short Markdown report.
+
+    ``blocks`` is a list of ``str`` (a paragraph, inline Markdown), :class:`Bullets` and :class:`Table`.
     """
 
     def __init__(self, blocks: list):
@@ -189,10 +217,10 @@ class Report:
     def _repr_html_(self) -> str:
         # Markdown headings become bold paragraphs: a heading inside an output would break
         # the page's outline (the book's table of contents and numbering).
-        return "\n".join(b._repr_html_() if isinstance(b, Table) else f"<p>{_inline_html(b)}</p>" for b in self.blocks)
+        return "\n".join(f"<p>{_inline_html(b)}</p>" if isinstance(b, str) else b._repr_html_() for b in self.blocks)
 
     def __repr__(self) -> str:
-        return "\n\n".join(repr(b) if isinstance(b, Table) else _plain(b) for b in self.blocks)
+        return "\n\n".join(_plain(b) if isinstance(b, str) else repr(b) for b in self.blocks)
 
 
 def _split_row(line: str) -> list[str]:
@@ -203,10 +231,11 @@ def _split_row(line: str) -> list[str]:
 
 
 def markdown_report(text: str) -> Report:
-    """Parse a short Markdown report (paragraphs, ``#`` headings, pipe tables) into a :class:`Report`.
+    """Parse a short Markdown report (paragraphs, ``#`` headings, ``-`` lists, pipe tables) into a :class:`Report`.
 
     A pipe table is a block whose second line is a ``| --- |`` separator; a heading becomes a
-    bold paragraph; everything else is a paragraph. For reports written as Markdown files
+    bold paragraph; a block whose first line starts with ``- `` (or ``* ``) is a bulleted list,
+    one item per such line; everything else is a paragraph. For reports written as Markdown files
     (e.g. a run's ``results.md``); tables built in a notebook should use :func:`html_table`.
 
     Args:
@@ -240,6 +269,8 @@ def markdown_report(text: str) -> Report:
             blocks.append(Table(header, body))
         elif len(lines) == 1 and lines[0].lstrip().startswith("#"):
             blocks.append("**" + lines[0].lstrip().lstrip("#").strip() + "**")
+        elif _BULLET.match(lines[0]):
+            blocks.append(_bullets(lines))
         else:
             blocks.append(" ".join(ln.strip() for ln in lines))
     if not blocks:
