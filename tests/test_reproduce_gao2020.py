@@ -161,6 +161,11 @@ def test_tiny_reproduce_with_seeds_and_unshared_warmups(tmp_path):
     claims = {c["id"]: c for c in result["claims"]}
     assert {"G2", "G2a", "G2b", "G5"} <= set(claims) and claims["G2a"]["n_seeds"] == 2 and claims["G2a"]["n_subjects"] == 2
     assert claims["G5"]["rows"] == ["full", "full, identity code alone"] and claims["G5"]["active"]
+    # every seed's per-subject scores are kept, seed-major, and average to the pooled table
+    full, no_adv = (np.asarray(result["units"][VARIANT_LABELS[v]]["micc_mm"]) for v in ("full", "no_adv"))
+    assert full.shape == no_adv.shape == (2, 2)  # (seeds, subjects)
+    assert claims["G2"]["metric"] == "micc_mm" and np.isclose(claims["G2"]["estimate"], (full - no_adv).mean(), atol=1e-6)  # stored to 6 places
+    assert result["shared_warmup"] == {"shared": False, "warmup_steps": 2, "own_steps": 3, "fraction": 0.0}
     warm = torch.load(out / "full" / "warmup.pt", weights_only=False)
     other = torch.load(out / "seed3" / "full" / "warmup.pt", weights_only=False)
     assert not torch.equal(warm["state_dict"]["shape_decoder.head.weight"], other["state_dict"]["shape_decoder.head.weight"])

@@ -546,3 +546,16 @@ def test_heldout_error_of_the_mean_face_is_its_floor(tiny_data):
     assert G.heldout_shape_error(dataclasses.replace(cfg, train=TINY["train"]), morphable) is None  # heldout_every 0
     real = dataclasses.replace(cfg, data=G.Gao2020DataConfig(kind="real", labelled="LP", collections="COL"))
     assert G.heldout_shape_error(real, morphable) is None
+
+
+def test_stage_weights_photometric_weight_per_step():
+    from facelab.train.gao2020 import Gao2020TrainConfig, stage_weights
+
+    cfg = Gao2020TrainConfig(profile="quick", w_photo=2.0, w_photo_step2=5.0)
+    assert [stage_weights(cfg, s).w_photo for s in ("warmup", "step1", "step2")] == [2.0, 2.0, 5.0]
+    assert stage_weights(cfg, "step2").w_gdl == cfg.w_gdl  # only the photometric weight changes
+    assert Gao2020TrainConfig(profile="quick").w_photo_step2 == 1.0  # the profile's
+    with pytest.raises(ValueError, match="stage"):
+        stage_weights(cfg, "step3")
+    with pytest.raises(ValueError, match="w_photo_step2"):
+        Gao2020TrainConfig(profile="quick", w_photo_step2=-1.0)

@@ -1,7 +1,8 @@
 """Reproduce Gao et al. 2020's MICC tables on SynthFaces: ``facelab reproduce gao2020``.
 
 The run trains (or reuses) four variants of :mod:`facelab.train.gao2020` (the full model first:
-the other three start from its shape warm-up) and scores them on
+the other three start from its shape warm-up, a shared start that holds none of the ablated
+terms; ``shared_warmup`` in the result says how much of the training it is) and scores them on
 the ``micc`` suite with the MICC protocol of :mod:`facelab.metrics.model_eval`:
 
 * **Table 1 analogue**: point-to-plane error (mm), mean ± std over subjects, per condition
@@ -345,7 +346,9 @@ def gao_activity(diagnostics: dict, variant: str = VARIANT_LABELS["full"]) -> di
     :data:`~facelab.metrics.stats.MIN_ACCURACY_OVER_CHANCE` x chance as often. The stages
     (warm-up, step 1, step 2) are pooled by their number of steps (each stage's ``"steps"``;
     the measurements are evenly spaced in steps), so a stage is weighed by how much of the
-    training it was.
+    training it was. A shared warm-up logs no diagnostics and holds none of the ablated terms:
+    it is the variants' common start, and the pooling covers the steps after it
+    (:func:`shared_warmup_account` says how many steps that is).
 
     >>> d = {"Full model": {"warmup": {"steps": 300, "terms": {"adv": {"shape_decoder": {"active_fraction": 1.0}}}},
     ...                     "step1": {"steps": 100, "terms": {"adv": {"shape_decoder": {"active_fraction": 0.4}}}}}}
@@ -370,6 +373,26 @@ def gao_activity(diagnostics: dict, variant: str = VARIANT_LABELS["full"]) -> di
             pulled = pulled and bool(heads) and pooled(heads) >= MIN_ACTIVE_FRACTION
         out[term] = pulled
     return out
+
+
+def shared_warmup_account(cfg) -> dict:
+    """How much of each variant's training the shared warm-up is (it holds none of the ablated terms).
+
+    ``cfg``: the full model's :class:`~facelab.train.gao2020.Gao2020TrainConfig`. Returns
+    ``{"shared", "warmup_steps", "own_steps", "fraction"}``: ``fraction`` of every variant's
+    optimisation steps that are shared (0 when each variant trains its own warm-up). The
+    activity check (:func:`gao_activity`) reads the steps after it, where the terms are on;
+    the shared warm-up plays the part of a pre-trained start, so chapter 9 reports this
+    fraction beside every verdict.
+
+    >>> from facelab.train.gao2020 import Gao2020TrainConfig
+    >>> shared_warmup_account(Gao2020TrainConfig(profile="quick"))
+    {'shared': True, 'warmup_steps': 1500, 'own_steps': 400, 'fraction': 0.7894736842105263}
+    """
+    own = int(sum(cfg.steps))
+    shared = bool(cfg.share_warmup and cfg.warmup_steps)
+    return {"shared": shared, "warmup_steps": int(cfg.warmup_steps), "own_steps": own,
+            "fraction": cfg.warmup_steps / (cfg.warmup_steps + own) if shared else 0.0}
 
 
 def gao_claims(units: dict, baseline_units: dict, activity: dict, n_boot: int | None = None) -> list[dict]:
@@ -471,7 +494,8 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
         "identity_consistency": {model: {"within_mm", "between_mm", "ratio", "mean_mm"}}, "diagnostics": {variant: {step:
         summarize_shares(...)}} (:mod:`facelab.train.diagnostics`), "claims" (:func:`gao_claims`:
         paired differences over MICC subjects with 95 % intervals and verdicts), "dose_response"
-        (:func:`gao_dose_response`), "heat_maps", "train_seconds",
+        (:func:`gao_dose_response`), "units" ({model: {metric: [[per subject] per seed]}}),
+        "shared_warmup" (:func:`shared_warmup_account`), "heat_maps", "train_seconds",
         "seconds", "train_config", "liu_checkpoint"}``.
     """
     from facelab.config import apply_overrides, split_overrides
@@ -560,6 +584,10 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
         # per variant and training step: each weighted term's share of the gradient on the encoder
         # and decoders, and the identity head's accuracy against chance (facelab.train.diagnostics)
         "diagnostics": diagnostics, "claims": claims, "dose_response": dose,
+        # every seed's per-subject scores (seed-major), so a reader can split the pooled intervals
+        "units": {VARIANT_LABELS.get(k, k): {m: np.asarray(u).tolist() for m, u in s["units"].items()}
+                  for k, s in scores.items()},
+        "shared_warmup": shared_warmup_account(train_cfgs["full"]),
         "heat_maps": {VARIANT_LABELS.get(k, k): s["heat_map"] for k, s in scores.items()},
         "liu_checkpoint": liu_path,
         "train_config": {v: dataclasses.asdict(c) for v, c in train_cfgs.items()},
