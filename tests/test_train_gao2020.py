@@ -73,14 +73,18 @@ def test_config_profiles_and_defaults():
     assert tcfg.steps == quick.steps[1] and tcfg.out_dir.endswith("step2") and tcfg.batch_size == 32
 
 
-def test_standard_profile_trains_every_term_from_the_start():
+def test_standard_profile_shares_a_long_warmup_on_many_labelled_people():
     quick, standard = Gao2020TrainConfig(), Gao2020TrainConfig(profile="standard")
-    assert quick.share_warmup and not standard.share_warmup
-    assert (quick.n_critic, quick.critic_p) == (1, 6.0) and (standard.n_critic, standard.critic_p) == (5, 2.0)
+    assert quick.share_warmup and standard.share_warmup  # one warm-up per seed, every variant continues from it
+    assert standard.warmup_steps > quick.warmup_steps and standard.lp_identities > 100 * quick.lp_identities
+    assert standard.lp_images_per_identity == 1
+    assert (quick.n_critic, quick.critic_p) == (1, 6.0) and (standard.n_critic, standard.critic_p) == (1, 2.0)
     assert standard.w_recog > quick.w_recog and standard.w_adv > quick.w_adv and standard.w_smooth > quick.w_smooth
-    # the unshared warm-up's batches hold the collections' images too (the recognition loss sees them)
-    assert standard.train_config("warmup").batch_size == standard.batch_warmup + standard.batch_col
-    assert quick.train_config("warmup").batch_size == quick.batch_warmup
+    assert (quick.w_photo_step2, standard.w_photo_step2) == (1.0, 10.0) and standard.w_photo == 1.0
+    # an unshared warm-up's batches hold the collections' images too (the recognition loss sees them)
+    unshared = Gao2020TrainConfig(profile="standard", share_warmup=False)
+    assert unshared.train_config("warmup").batch_size == unshared.batch_warmup + unshared.batch_col
+    assert standard.train_config("warmup").batch_size == standard.batch_warmup
     assert Gao2020TrainConfig(profile="standard", w_adv=0.0).w_adv == 0.0  # an explicit value beats the profile's
 
 
