@@ -53,7 +53,7 @@ def test_verify_names_a_modified_file(tmp_path):
         A.export_run(tmp_path / "run" / "stage", "x", "cmd", root=tmp_path / "art")
 
 
-def test_restore_copies_only_missing_checkpoints(tmp_path):
+def test_restore_copies_missing_and_changed_files(tmp_path):
     run, _ = _run(tmp_path)
     A.export_run(run, "demo", "cmd", root=tmp_path / "art")
     out = tmp_path / "out"
@@ -63,6 +63,15 @@ def test_restore_copies_only_missing_checkpoints(tmp_path):
     assert json.loads((out / "summary.json").read_text()) == {"stage": {"diagnostics": {}}}
     assert (out / "stage" / "metrics.csv").read_text().startswith("step,loss")
     assert A.restore_run("missing", out, root=tmp_path / "art") == []
+    # a file that differs from the artifact (an older version of it) is replaced; an equal one is kept
+    exported = (tmp_path / "art" / "demo" / "stage.pt").read_bytes()
+    (out / "stage.pt").write_bytes(b"an older checkpoint")
+    (out / "summary.json").write_text("{}")
+    before = (out / "stage" / "metrics.csv").stat().st_mtime_ns
+    assert A.restore_run("demo", out, root=tmp_path / "art") == ["stage.pt"]
+    assert (out / "stage.pt").read_bytes() == exported
+    assert json.loads((out / "summary.json").read_text()) == {"stage": {"diagnostics": {}}}
+    assert (out / "stage" / "metrics.csv").stat().st_mtime_ns == before
 
 
 def test_nested_runs_keep_their_layout_and_skip_trainer_state(tmp_path):

@@ -48,13 +48,13 @@ def test_readme_gao_standard_tables_and_claims_are_the_committed_run():
         if e["term"] == "adv":
             assert f"{e['id']}: {format_difference(e['estimate'], e['metric'])}" in text, f"README: dose {e['id']} differs"
     pilots = ARTIFACTS_DIR / "gao2020-standard" / PILOT_SCORES
-    if pilots.is_file():  # the pilots quoted under "Why it stays at the mean face"
+    if pilots.is_file():  # the pilots quoted under "How this design was found"
         from facelab.reproduce.gao2020 import describe_pilot
 
         scores = json.loads(pilots.read_text())
         cells = result["table1"]["average_over_identity"]["Mean face (no reconstruction)"].values()
         mean_face = sum(c["mean"] for c in cells) / len(cells)
-        for name in ("committed/full", "lp500x8_3600", "lp64000x1_3600", "full_lp64000x1_3600_ncritic1"):
+        for name in ("earlier/full", "lp500x8_3600", "lp64000x1_3600", "full_lp64000x1_3600_ncritic1"):
             assert describe_pilot(name, scores, mean_face) in text, f"README: pilot {name} differs from {PILOT_SCORES}"
 
 

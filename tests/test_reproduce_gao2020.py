@@ -185,3 +185,20 @@ def test_describe_pilot_hand_example_and_bad_input():
         describe_pilot("b", scores, 1.4)
     with pytest.raises(ValueError, match="mean_face_micc_mm"):
         describe_pilot("a", scores, 0.0)
+
+
+def test_activity_fractions_pool_stages_and_take_the_head_for_recognition():
+    from facelab.reproduce.gao2020 import activity_fractions, gao_activity
+
+    def stage(steps, share, head):
+        return {"steps": steps, "accuracy": {"active_fraction": head},
+                "terms": {"recog": {"encoder": {"active_fraction": share}},
+                          "smooth": {"shape_decoder": {"active_fraction": share}}}}
+
+    # step 1: 800 steps, head at 5 x chance in half of them; step 2: 200 steps, always
+    diag = {"Full model": {"step1": stage(800, 1.0, 0.5), "step2": stage(200, 0.25, 1.0)}}
+    got = activity_fractions(diag)
+    # share (800 * 1.0 + 200 * 0.25) / 1000 = 0.85; head (800 * 0.5 + 200) / 1000 = 0.6; recognition: the smaller
+    assert got == pytest.approx({"recog": 0.6, "adv": 0.0, "smooth": 0.85})
+    assert gao_activity(diag) == {"recog": False, "adv": False, "smooth": True}
+    assert activity_fractions({}) == {"recog": 0.0, "adv": 0.0, "smooth": 0.0}

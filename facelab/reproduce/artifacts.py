@@ -151,8 +151,10 @@ def has_artifact(name: str, root=ARTIFACTS_DIR) -> bool:
 
 def restore_run(name: str, out_dir, root=ARTIFACTS_DIR) -> list[str]:
     """Copy artifact ``name``'s checkpoints, training logs and stage summaries (``summary.json``:
-    the term diagnostics the claims read) into ``out_dir`` (those missing there), after
-    verifying them.
+    the term diagnostics the claims read) into ``out_dir``, after verifying them. A file already
+    there is kept when its content is the artifact's, and replaced when it differs (an earlier
+    version of the artifact, or a run trained there since), so the folder always holds the
+    committed run.
 
     Returns the checkpoint file names now in ``out_dir`` that came from the artifact
     (empty when there is no such artifact). The recipes skip every stage whose final
@@ -169,8 +171,9 @@ def restore_run(name: str, out_dir, root=ARTIFACTS_DIR) -> list[str]:
     restored = []
     for fname in manifest["files"]:
         if fname.endswith(".pt") or Path(fname).name in LOG_FILES + (SUMMARY_FILE,):
-            if not (out / fname).exists():
-                (out / fname).parent.mkdir(parents=True, exist_ok=True)
+            here = out / fname
+            if not here.exists() or _sha256(here) != manifest["files"][fname]["sha256"]:
+                here.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(Path(root) / name / fname, out / fname)
             if fname.endswith(".pt"):
                 restored.append(fname)

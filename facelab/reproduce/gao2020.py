@@ -336,14 +336,13 @@ CLAIMS = (
 TERM_MODULES = {"recog": "encoder", "adv": "shape_decoder", "smooth": "shape_decoder"}
 
 
-def gao_activity(diagnostics: dict, variant: str = VARIANT_LABELS["full"]) -> dict[str, bool]:
-    """``{term: pulled}`` for the ablated terms over ``variant``'s whole training.
+def activity_fractions(diagnostics: dict, variant: str = VARIANT_LABELS["full"]) -> dict[str, float]:
+    """``{term: fraction}``: the share of ``variant``'s logged measurements in which each ablated term pulled.
 
-    A term pulled when its gradient share on the module it shapes (:data:`TERM_MODULES`)
-    reached :data:`~facelab.metrics.stats.MIN_GRADIENT_SHARE` in at least
-    :data:`~facelab.metrics.stats.MIN_ACTIVE_FRACTION` of all the logged measurements, and for
-    the recognition term its head reached
-    :data:`~facelab.metrics.stats.MIN_ACCURACY_OVER_CHANCE` x chance as often. The stages
+    A measurement counts when the term's gradient share on the module it shapes
+    (:data:`TERM_MODULES`) reached :data:`~facelab.metrics.stats.MIN_GRADIENT_SHARE`; for the
+    recognition term the fraction is the smaller of that and the fraction in which its head
+    reached :data:`~facelab.metrics.stats.MIN_ACCURACY_OVER_CHANCE` x chance. The stages
     (warm-up, step 1, step 2) are pooled by their number of steps (each stage's ``"steps"``;
     the measurements are evenly spaced in steps), so a stage is weighed by how much of the
     training it was. A shared warm-up logs no diagnostics and holds none of the ablated terms:
@@ -352,11 +351,9 @@ def gao_activity(diagnostics: dict, variant: str = VARIANT_LABELS["full"]) -> di
 
     >>> d = {"Full model": {"warmup": {"steps": 300, "terms": {"adv": {"shape_decoder": {"active_fraction": 1.0}}}},
     ...                     "step1": {"steps": 100, "terms": {"adv": {"shape_decoder": {"active_fraction": 0.4}}}}}}
-    >>> gao_activity(d)["adv"], gao_activity({})["recog"]   # (300 * 1.0 + 100 * 0.4) / 400 = 0.85
-    (True, False)
+    >>> activity_fractions(d)["adv"]   # (300 * 1.0 + 100 * 0.4) / 400
+    0.85
     """
-    from facelab.metrics.stats import MIN_ACTIVE_FRACTION
-
     stages = diagnostics.get(variant, {})
 
     def pooled(fractions: list[tuple[float, int]]) -> float:
@@ -367,12 +364,29 @@ def gao_activity(diagnostics: dict, variant: str = VARIANT_LABELS["full"]) -> di
     for term, module in TERM_MODULES.items():
         shares = [(d.get("terms", {}).get(term, {}).get(module, {}).get("active_fraction", 0.0), d.get("steps", 1))
                   for d in stages.values()]
-        pulled = bool(stages) and pooled(shares) >= MIN_ACTIVE_FRACTION
+        fraction = pooled(shares)
         if term == "recog":  # the identity head must also have learned
             heads = [(d["accuracy"]["active_fraction"], d.get("steps", 1)) for d in stages.values() if "accuracy" in d]
-            pulled = pulled and bool(heads) and pooled(heads) >= MIN_ACTIVE_FRACTION
-        out[term] = pulled
+            fraction = min(fraction, pooled(heads))
+        out[term] = float(fraction)
     return out
+
+
+def gao_activity(diagnostics: dict, variant: str = VARIANT_LABELS["full"]) -> dict[str, bool]:
+    """``{term: pulled}`` for the ablated terms over ``variant``'s training (after a shared warm-up).
+
+    A term pulled when :func:`activity_fractions` reaches
+    :data:`~facelab.metrics.stats.MIN_ACTIVE_FRACTION` (for recognition: its gradient share
+    and its head's accuracy both).
+
+    >>> d = {"Full model": {"warmup": {"steps": 300, "terms": {"adv": {"shape_decoder": {"active_fraction": 1.0}}}},
+    ...                     "step1": {"steps": 100, "terms": {"adv": {"shape_decoder": {"active_fraction": 0.4}}}}}}
+    >>> gao_activity(d)["adv"], gao_activity({})["recog"]   # (300 * 1.0 + 100 * 0.4) / 400 = 0.85
+    (True, False)
+    """
+    from facelab.metrics.stats import MIN_ACTIVE_FRACTION
+
+    return {term: fraction >= MIN_ACTIVE_FRACTION for term, fraction in activity_fractions(diagnostics, variant).items()}
 
 
 def shared_warmup_account(cfg) -> dict:
