@@ -54,7 +54,8 @@ def test_readme_gao_standard_tables_and_claims_are_the_committed_run():
         scores = json.loads(pilots.read_text())
         cells = result["table1"]["average_over_identity"]["Mean face (no reconstruction)"].values()
         mean_face = sum(c["mean"] for c in cells) / len(cells)
-        for name in ("earlier/full", "lp500x8_3600", "lp64000x1_3600", "full_lp64000x1_3600_ncritic1"):
+        for name in ("earlier/full", "lp500x8_3600", "lp64000x1_3600", "full_lp64000x1_3600_ncritic1", "own4000",
+                     "own4000_no_recog", "own4000_no_adv"):
             assert describe_pilot(name, scores, mean_face) in text, f"README: pilot {name} differs from {PILOT_SCORES}"
 
 
