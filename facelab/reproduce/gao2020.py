@@ -372,6 +372,16 @@ def activity_fractions(diagnostics: dict, variant: str = VARIANT_LABELS["full"])
     return out
 
 
+def summary_diagnostics(summary: dict) -> dict:
+    """``{stage: diagnostics with "steps"}`` of a run's stage summaries (``summary.json``), the
+    form :func:`activity_fractions` pools; stages that logged none (a shared warm-up) are left out.
+
+    >>> summary_diagnostics({"warmup": {"step": 300}, "step1": {"step": 100, "diagnostics": {"terms": {}}}})
+    {'step1': {'terms': {}, 'steps': 100}}
+    """
+    return {stage: {**row["diagnostics"], "steps": row["step"]} for stage, row in summary.items() if "diagnostics" in row}
+
+
 def gao_activity(diagnostics: dict, variant: str = VARIANT_LABELS["full"]) -> dict[str, bool]:
     """``{term: pulled}`` for the ablated terms over ``variant``'s training (after a shared warm-up).
 
@@ -581,9 +591,7 @@ def reproduce_gao2020(profile: str = "quick", out_dir="runs/reproduce-gao2020", 
     table2 = {VARIANT_LABELS[v]: _table_row(scores[v]["micc"], "average_over_identity") for v in variants
               if v in VARIANTS}  # the paper's ablation; the doses are in dose_response
     # the first seed's term diagnostics (which terms pulled, and how hard)
-    diagnostics = {VARIANT_LABELS[v]: {stage: {**row["diagnostics"], "steps": row["step"]}
-                                       for stage, row in read_summary(out / v).items() if "diagnostics" in row}
-                   for v in variants}
+    diagnostics = {VARIANT_LABELS[v]: summary_diagnostics(read_summary(out / v)) for v in variants}
     if "liu2018" in scores:  # one trained model, paired with every seed like a baseline
         baseline_units["liu2018"] = {m: u[0] for m, u in scores["liu2018"]["units"].items()}
     trained = {k: s["units"] for k, s in scores.items() if k != "liu2018"}
