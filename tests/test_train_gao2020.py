@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -259,11 +260,17 @@ def test_step2_starts_from_step1(tiny_run):
     assert torch.equal(s1[key], fresh[key]) and not torch.equal(s2[key], s1[key])
 
 
-def test_rerun_skips_finished_steps(tiny_run):
+def test_rerun_skips_finished_steps(tiny_run, tmp_path):
     cfg, out = tiny_run
     stamp = (out / "step2.pt").stat().st_mtime_ns
     train_gao2020(cfg)
     assert (out / "step2.pt").stat().st_mtime_ns == stamp
+    # a run that kept its final model alone (an artifact without step 1 or the warm-up) is finished too
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(out / "step2.pt", alone / "step2.pt")
+    train_gao2020(dataclasses.replace(cfg, out_dir=str(alone)))
+    assert sorted(p.name for p in alone.iterdir()) == ["step2.pt"]
 
 
 def test_interrupted_and_deleted_runs_reproduce_bitwise(tiny_run, tmp_path, monkeypatch):

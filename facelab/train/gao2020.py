@@ -1129,8 +1129,10 @@ def _copy_warmup(cfg: Gao2020TrainConfig, root: Path, record: dict | None = None
 def _train(cfg: Gao2020TrainConfig) -> None:
     root = Path(cfg.out_dir)
     stages = recipe_stages(cfg, root)
-    if all(stage.checkpoint(root).exists() for stage in stages):
-        return  # finished earlier: nothing to read, not even the model file
+    if stages[-1].checkpoint(root).exists():
+        # finished earlier: nothing to read, not even the model file. The last step's checkpoint
+        # is enough: an artifact may keep a variant's final model alone (restore_run)
+        return
     # a model file is read, checked and resampled once; the default (SynthFaces) reads nothing
     source = morphable_source(cfg) if cfg.morphable or cfg.data.kind == "real" else None
     record = source[1] if source is not None else None
