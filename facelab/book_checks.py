@@ -8,7 +8,9 @@ found so far, each with its check:
   ``\\(``), typically because a line inside ``$...$`` began with ``+`` or ``1.`` and Markdown
   read it as a list item;
 - a heading (``h1``-``h6``) inside a cell's output, which breaks the page outline;
-- words that speak about the project's organisation rather than to the reader.
+- words that speak about the project's organisation rather than to the reader;
+- one caption on two figures of a page: myst-nb gives a cell's figure caption to each of its
+  display outputs, so a figure cell that also prints a report shows the caption twice.
 
 :func:`scan_html` checks one page (the static file, or the live DOM after MathJax ran);
 :func:`scan_book` every page of a build; :func:`markdown_hazards` finds the Markdown lines
@@ -37,6 +39,7 @@ _HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
 _MATH_CLASSES = {"math", "MathJax", "MathJax_Display", "MathJax_Preview"}
 _ERROR_CLASSES = {"MathJax_Error", "merror"}
 SNIPPET = 60  # characters of context either side of a finding
+_CAPTION_NUMBER_RE = re.compile(r"^\s*(?:Fig(?:ure)?\.?|Table)\s*[\d.]+\s*")  # myst's "Fig. 86" prefix
 
 
 class _PageParser(html.parser.HTMLParser):
@@ -49,6 +52,8 @@ class _PageParser(html.parser.HTMLParser):
         self.prose: list[str] = []  # outside code, maths and code-cell inputs
         self.shown: list[str] = []  # outside code-cell inputs (outputs and prose)
         self.faults: list[str] = []
+        self.captions: list[str] = []  # each <figcaption>'s text, its number left out
+        self._caption: list[str] | None = None
 
     def _inside(self, pred) -> bool:
         return any(pred(tag, classes) for tag, classes in self.stack)
@@ -61,6 +66,8 @@ class _PageParser(html.parser.HTMLParser):
             self.faults.append(f"heading <{tag}> inside a cell output")
         if tag in _BLOCK_TAGS:
             self._newline()
+        if tag == "figcaption":
+            self._caption = []
         if tag not in _VOID_TAGS:
             self.stack.append((tag, classes))
 
@@ -76,6 +83,9 @@ class _PageParser(html.parser.HTMLParser):
                 break
         if tag in _BLOCK_TAGS:
             self._newline()
+        if tag == "figcaption" and self._caption is not None:
+            self.captions.append(_CAPTION_NUMBER_RE.sub("", " ".join("".join(self._caption).split())))
+            self._caption = None
 
     def _newline(self):
         for buf in (self.visible, self.prose, self.shown):
@@ -85,6 +95,8 @@ class _PageParser(html.parser.HTMLParser):
         if self._inside(lambda t, c: t in _SKIP_TAGS):
             return
         self.visible.append(data)
+        if self._caption is not None:
+            self._caption.append(data)
         in_input = self._inside(lambda t, c: "cell_input" in c)
         if not in_input:
             self.shown.append(data)
@@ -126,6 +138,9 @@ def scan_html(page: str) -> list[str]:
     problems += [f"raw Markdown table: {_snippet(shown, m)}" for m in _RAW_TABLE_RE.finditer(shown)]
     problems += [f"TeX left in the text: {_snippet(prose, m)}" for m in _LEFTOVER_TEX_RE.finditer(prose)]
     problems += [f"internal term {m.group(0)!r}: {_snippet(visible, m)}" for m in _BLOCKLIST_RE.finditer(visible)]
+    repeated = [c for c in dict.fromkeys(parser.captions) if c and parser.captions.count(c) > 1]
+    problems += [f"caption on {parser.captions.count(c)} figures (a figure cell with more than one output?): "
+                 f"{c[:2 * SNIPPET]}" for c in repeated]
     return problems
 
 

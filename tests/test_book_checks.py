@@ -38,6 +38,9 @@ def _plant(fragment: str) -> str:
 
 def test_clean_page_passes():
     assert scan_html(CLEAN_PAGE) == []
+    two_figures = ('<figure><figcaption><span class="caption-number">Fig. 1 </span>A grid.</figcaption></figure>'
+                   '<figure><figcaption><span class="caption-number">Fig. 2 </span>Another grid.</figcaption></figure>')
+    assert scan_html(_plant(two_figures)) == []  # distinct captions are fine
 
 
 @pytest.mark.parametrize("fragment, expected", [
@@ -59,6 +62,12 @@ def test_clean_page_passes():
     ("<p>The Issue behind this chapter lists them.</p>", "internal term 'Issue'"),
     ("<p>(<code>papers/000</code>, the poster text)</p>", "internal term 'papers/0'"),
     ("<p>Written for The Team.</p>", "internal term 'The Team'"),
+    # one figure cell's caption on two of its outputs (a plot and a printed report)
+    ('<figure><img src="a.png"><figcaption><p><span class="caption-number">Fig. 86 </span>'
+     '<span class="caption-text">The grid in each person\'s own light.</span></p></figcaption></figure>'
+     '<figure><div>mean colour 0.147</div><figcaption><p><span class="caption-number">Fig. 87 </span>'
+     '<span class="caption-text">The grid in each person\'s own light.</span></p></figcaption></figure>',
+     "caption on 2 figures"),
 ])
 def test_each_planted_fault_is_found(fragment, expected):
     problems = scan_html(_plant(fragment))
