@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import html.parser
 import re
+from collections import Counter
 from pathlib import Path
 
 # Internal terms that must not reach the reader (case-insensitive, matched in page text only).
@@ -138,9 +139,8 @@ def scan_html(page: str) -> list[str]:
     problems += [f"raw Markdown table: {_snippet(shown, m)}" for m in _RAW_TABLE_RE.finditer(shown)]
     problems += [f"TeX left in the text: {_snippet(prose, m)}" for m in _LEFTOVER_TEX_RE.finditer(prose)]
     problems += [f"internal term {m.group(0)!r}: {_snippet(visible, m)}" for m in _BLOCKLIST_RE.finditer(visible)]
-    repeated = [c for c in dict.fromkeys(parser.captions) if c and parser.captions.count(c) > 1]
-    problems += [f"caption on {parser.captions.count(c)} figures (a figure cell with more than one output?): "
-                 f"{c[:2 * SNIPPET]}" for c in repeated]
+    problems += [f"caption on {n} figures (a figure cell with more than one output?): {c[:2 * SNIPPET]}"
+                 for c, n in Counter(parser.captions).items() if c and n > 1]
     return problems
 
 
