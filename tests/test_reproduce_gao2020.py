@@ -39,6 +39,27 @@ def test_tiny_reproduce_writes_both_tables(tmp_path):
     assert again["table2"] == result["table2"]
 
 
+@pytest.mark.slow
+def test_heldout_rescore_copies_scores_on_another_suite_and_leaves_the_run(tmp_path):
+    from facelab.reproduce.gao2020 import HELDOUT_JSON, rescore_heldout
+
+    run, held = tmp_path / "run", tmp_path / "held"
+    scored = reproduce_gao2020("quick", run, TINY_TRAIN + TINY_EVAL, variants=("full", "no_recog"), with_baseline=False)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    result = rescore_heldout(run, held, profile="quick", seeds=(0,), variants=("full", "no_recog"), overrides=TINY_EVAL)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before  # nothing in the run changed
+    assert result["eval_seed"] == 1 and json.loads((held / HELDOUT_JSON).read_text())["eval_seed"] == 1
+    claims, default = ({c["id"]: c for c in r["claims"]} for r in (result, scored))
+    assert {"G1", "G1a", "G1b"} <= set(claims)
+    assert claims["G1"]["active"] == default["G1"]["active"]  # the same summaries: the same activity
+    assert claims["G1"]["estimate"] != default["G1"]["estimate"]  # other MICC subjects
+    same = rescore_heldout(run, tmp_path / "again", profile="quick", eval_seed=0, seeds=(0,), variants=("full", "no_recog"),
+                           overrides=TINY_EVAL)  # the default suite again: the run's own scores
+    assert {c["id"]: c["estimate"] for c in same["claims"]} == {k: c["estimate"] for k, c in default.items() if k in claims}
+    with pytest.raises(FileNotFoundError, match="no_adv"):
+        rescore_heldout(run, tmp_path / "bad", profile="quick", seeds=(0,), variants=("full", "no_adv"))
+
+
 def test_variants_must_include_full(tmp_path):
     with pytest.raises(ValueError, match="variants: must include 'full'"):
         reproduce_gao2020("quick", tmp_path, variants=("no_adv",))

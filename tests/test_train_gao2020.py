@@ -89,6 +89,15 @@ def test_standard_profile_shares_a_long_warmup_on_many_labelled_people():
     assert Gao2020TrainConfig(profile="standard", w_adv=0.0).w_adv == 0.0  # an explicit value beats the profile's
 
 
+def test_standard_profile_gives_every_variant_four_times_its_adaptation_step():
+    """Each variant's own steps: step 1 four times step 2, and together more than the shared warm-up's
+    share of the quick profile (the removed terms need thousands of own steps to pull)."""
+    quick, standard = Gao2020TrainConfig(), Gao2020TrainConfig(profile="standard")
+    assert standard.steps == (3200, 800) and standard.steps[0] == 4 * standard.steps[1]
+    assert sum(standard.steps) > standard.warmup_steps > sum(quick.steps)
+    assert standard.w_smooth == 4.0
+
+
 @pytest.mark.parametrize("bad", [dict(profile="huge"), dict(smoothness="cot"), dict(steps=(1,)), dict(steps=(1, 0)),
                                  dict(batch_lp=1), dict(batch_col=0), dict(lr=-1.0), dict(critic_lr=0.0),
                                  dict(n_critic=0), dict(critic_p=0.0), dict(w_adv=-0.1), dict(w_photo=float("nan")),
