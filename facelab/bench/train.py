@@ -10,7 +10,8 @@ every ``diagnose_every`` steps).
 
 Each profile is timed with 1 and 2 threads and with each entry of :data:`VARIANTS`:
 ``float32`` is the recipes' default (today's code path); the others switch on the options of
-:mod:`facelab.train.speed`. The ratio column is each variant over ``float32`` at the same
+:mod:`facelab.train.speed` (``compiled``: a bfloat16 encoder through ``torch.compile`` and the
+fused optimiser; its compilation falls in the untimed first steps). The ratio column is each variant over ``float32`` at the same
 profile and thread count, measured in the same process. Other processes on the machine
 slow every variant alike only if they run throughout: benchmark on an idle machine.
 """
@@ -30,6 +31,8 @@ VARIANTS = {
     "float32": {},
     "channels_last": {"channels_last": True},
     "bfloat16": {"channels_last": True, "encoder_precision": "bfloat16"},
+    # bfloat16 without channels_last: inductor's own layout choice measured faster than NHWC
+    "compiled": {"encoder_precision": "bfloat16", "compile_encoder": True, "fused_optimizer": True},
 }
 WARMUP_STEPS = 10  # logged steps not timed
 DEFAULT_STEPS = 60

@@ -110,7 +110,7 @@ from facelab.checks import check_choice, check_image_size, check_positive
 from facelab.config import replace_fields, resolve_profile, torch_threads
 from facelab.train import distributed as D
 from facelab.train import pools
-from facelab.train.speed import ENCODER_PRECISIONS, speed_up_encoder
+from facelab.train.speed import ENCODER_PRECISIONS, optimizer_options, speed_up_encoder
 from facelab.train.stages import Stage, copy_atomic, run_stages
 from facelab.io.checkpoint import load_checkpoint, save_checkpoint
 from facelab.losses.adversarial import WGAN_DIV_P
@@ -308,8 +308,9 @@ class Gao2020TrainConfig:
         cache_pool: keep the rendered pools on disk under :func:`facelab.config.cache_dir`.
         num_workers: ``DataLoader`` workers per suite when streaming.
         num_threads: torch CPU threads while training (-1: leave them as they are).
-        channels_last, encoder_precision: training speed options of the encoder
-            (:mod:`facelab.train.speed`; off by default, ``facelab bench train`` measures them).
+        channels_last, encoder_precision, compile_encoder, fused_optimizer: training speed
+            options (:mod:`facelab.train.speed`; off by default, ``facelab bench train`` measures them).
+            The encoder's options apply to its ``feature_maps``, which the model calls.
 
     >>> Gao2020TrainConfig().backbone, Gao2020TrainConfig(profile="full").train.lr
     ('resnet_tiny', 0.0001)
@@ -365,6 +366,8 @@ class Gao2020TrainConfig:
     num_threads: int | None = None
     channels_last: bool = False
     encoder_precision: str = "float32"
+    compile_encoder: bool = False
+    fused_optimizer: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self.profile, "profile", tuple(PROFILE_DEFAULTS))
@@ -1064,6 +1067,11 @@ def _prepare(cfg: Gao2020TrainConfig, source=None) -> dict:
     return data
 
 
+def _speed_up(encoder: nn.Module, cfg: Gao2020TrainConfig) -> None:
+    """The speed options on the encoder's ``feature_maps`` (what :meth:`Gao2020Model.encode` calls)."""
+    speed_up_encoder(encoder, cfg.channels_last, cfg.encoder_precision, cfg.compile_encoder, method="feature_maps")
+
+
 def _build_stage(cfg: Gao2020TrainConfig, stage: Stage, data: dict, parent: Path | None) -> Trainer:
     """The :class:`Trainer` of the warm-up or of a training step, started from ``parent``."""
     morphable, record = data["morphable"], data.get("morphable_record")
@@ -1071,9 +1079,10 @@ def _build_stage(cfg: Gao2020TrainConfig, stage: Stage, data: dict, parent: Path
     if stage.name == WARMUP and cfg.share_warmup:  # shared by the ablations: no identity head, no discriminator
         trainee, _ = build_trainee(dataclasses.replace(cfg, use_recog=False, use_adv=False), STEPS[0], morphable, 0,
                                    record)
-        speed_up_encoder(trainee.model.encoder, cfg.channels_last, cfg.encoder_precision)
+        _speed_up(trainee.model.encoder, cfg)
         tcfg = cfg.train_config(WARMUP)
-        optimizer = torch.optim.Adam(trainee.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        optimizer = torch.optim.Adam(trainee.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+                                     **optimizer_options(cfg.fused_optimizer))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, WARMUP_FINAL_LR_FRACTION))
         return Trainer(trainee, optimizer, warmup_batches(data["lp_source"], cfg, morphable), WarmupLoss(cfg, morphable),
                        tcfg, scheduler=scheduler, model_name=TRAIN_MODEL_NAME,
@@ -1085,12 +1094,13 @@ def _build_stage(cfg: Gao2020TrainConfig, stage: Stage, data: dict, parent: Path
         _load_parent(trainee, critic, parent, model_only=stage.parent == WARMUP and cfg.share_warmup)
     train_mcfg = {"gao2020": mcfg, "n_classes": n_classes if cfg.use_recog else 0}
     tcfg = cfg.train_config(stage.name)
-    optimizer = torch.optim.Adam(trainee.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    optimizer = torch.optim.Adam(trainee.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+                                     **optimizer_options(cfg.fused_optimizer))
     scheduler = None
     if geometric:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, WARMUP_FINAL_LR_FRACTION))
     model = trainee.model
-    speed_up_encoder(model.encoder, cfg.channels_last, cfg.encoder_precision)
+    _speed_up(model.encoder, cfg)
     watch = {"encoder": [model.encoder, model.id_head, model.exp_head], "shape_decoder": model.shape_decoder}
     if not geometric:  # the warm-up renders nothing, so no term reaches the albedo decoder
         watch["albedo_decoder"] = model.cnn_albedo if STEP_ALBEDO[stage.name] == "cnn" else model.albedo_decoder

@@ -75,7 +75,7 @@ from facelab.config import replace_fields, resolve_profile, torch_threads
 from facelab.io.checkpoint import load_checkpoint
 from facelab.models.liu2018 import MODEL_NAME, build_liu2018_model
 from facelab.train import pools
-from facelab.train.speed import ENCODER_PRECISIONS, speed_up_encoder
+from facelab.train.speed import ENCODER_PRECISIONS, optimizer_options, speed_up_encoder
 from facelab.train.stages import Stage, run_stages
 from facelab.train.trainer import LOOP_DEFAULTS, LoopConfig, StepLoader, TrainConfig, Trainer, cosine_lr_factor
 
@@ -225,8 +225,8 @@ class Liu2018TrainConfig:
         cache_pool: keep the rendered pool on disk under :func:`facelab.config.cache_dir`.
         num_workers: ``DataLoader`` workers when streaming.
         num_threads: torch CPU threads while training (-1: leave them as they are).
-        channels_last, encoder_precision: training speed options of the encoder
-            (:mod:`facelab.train.speed`; off by default, ``facelab bench train`` measures them).
+        channels_last, encoder_precision, compile_encoder, fused_optimizer: training speed
+            options (:mod:`facelab.train.speed`; off by default, ``facelab bench train`` measures them).
 
     >>> Liu2018TrainConfig().depth, Liu2018TrainConfig(profile="full").image_size
     ('sphere_tiny', (112, 96))
@@ -268,6 +268,8 @@ class Liu2018TrainConfig:
     num_threads: int | None = None
     channels_last: bool = False
     encoder_precision: str = "float32"
+    compile_encoder: bool = False
+    fused_optimizer: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self.profile, "profile", tuple(PROFILE_DEFAULTS))
@@ -752,9 +754,10 @@ def _build_stage(cfg: Liu2018TrainConfig, stage: Stage, data: dict, parent: Path
         if other_head:  # another identification head: keep the fresh one
             state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         model.load_state_dict(state, strict=not other_head)
-    speed_up_encoder(model.encoder, cfg.channels_last, cfg.encoder_precision)
+    speed_up_encoder(model.encoder, cfg.channels_last, cfg.encoder_precision, cfg.compile_encoder)
     tcfg = cfg.train_config(phase, stage.name)
-    optimizer = torch.optim.AdamW(phase_parameters(model, phase), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    optimizer = torch.optim.AdamW(phase_parameters(model, phase), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+                                  **optimizer_options(cfg.fused_optimizer))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, FINAL_LR_FRACTION))
     watch = {"encoder": model.encoder, "decoders": [model.id_decoder, model.res_decoder]} if phase == 3 else None
     heldout = None

@@ -106,7 +106,7 @@ from facelab.config import replace_fields, resolve_profile, torch_threads
 from facelab.losses.mixed_label import MixedLabelLoss
 from facelab.models.sir import MODEL_NAME, MORPHABLE_KEY, RECOG_LOSSES, SIRNet, SIRNetConfig
 from facelab.train import pools
-from facelab.train.speed import ENCODER_PRECISIONS, speed_up_encoder
+from facelab.train.speed import ENCODER_PRECISIONS, optimizer_options, speed_up_encoder
 from facelab.train.stages import Stage, run_stages
 from facelab.train.heldout import HELDOUT_IDENTITIES
 from facelab.train.trainer import LOOP_DEFAULTS, LoopConfig, TrainConfig, Trainer, cosine_lr_factor
@@ -252,8 +252,9 @@ class SIRTrainConfig:
         pool: pre-render the training suites once (in memory, cached on disk).
         cache_pool: keep rendered pools under :func:`facelab.config.cache_dir`.
         num_threads: torch CPU threads (-1: leave them as they are; quick: 1).
-        channels_last, encoder_precision: training speed options of the regressor's backbone
-            (:mod:`facelab.train.speed`; off by default, timed by ``facelab bench train sir``).
+        channels_last, encoder_precision, compile_encoder, fused_optimizer: training speed options
+            of the regressor's backbone and the optimiser (:mod:`facelab.train.speed`; off by default,
+            timed by ``facelab bench train sir``).
     """
 
     profile: str = "quick"
@@ -298,6 +299,8 @@ class SIRTrainConfig:
     num_threads: int | None = None
     channels_last: bool = False
     encoder_precision: str = "float32"
+    compile_encoder: bool = False
+    fused_optimizer: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self.profile, "profile", tuple(PROFILE_DEFAULTS))
@@ -713,11 +716,12 @@ def _build_stage(cfg: SIRTrainConfig, stage: Stage, data: dict, parent: Path | N
     model, mcfg = _build_stage_model(stage.name, cfg, data["morphable"], root, parent, n_classes)
     if stage.name == "sfm_sir" and not (root / stage.name / CHECKPOINT_NAME).exists():
         init_class_weights(model, pools_["webface"])  # a fresh start; a resumed run has its own
-    speed_up_encoder(model.regressor.backbone, cfg.channels_last, cfg.encoder_precision)
+    speed_up_encoder(model.regressor.backbone, cfg.channels_last, cfg.encoder_precision, cfg.compile_encoder)
     batches = mixed_batches(pools_["lp"], pools_["webface"], cfg.batch_lp, cfg.batch_id, cfg.ids_per_batch,
                             cfg.train.seed)
     tcfg = cfg.train_config(stage.name)
-    optimizer = torch.optim.AdamW(_parameter_groups(model, cfg), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, cfg), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+                                  **optimizer_options(cfg.fused_optimizer))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, FINAL_LR_FRACTION))
     watch = {"regressor": model.regressor}
     if model.sfm is not None and any(p.requires_grad for p in model.sfm.parameters()):
