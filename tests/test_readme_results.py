@@ -78,6 +78,11 @@ def test_readme_sir_standard_tables_and_claims_are_the_committed_run():
             assert describe_claim(c) in text, f"README: SIR claim {c['id']} differs from results.json"
     pre = result["precondition"]
     assert f"{pre['micc_over_mean_face']:.2f} x the mean face" in text, "README: the SIR precondition differs"
+    from facelab.reproduce.sir import describe_pilot
+
+    for name in ("pilot9k", "pilot18k"):  # the longer base stages quoted after the precondition
+        pilot = ARTIFACTS_DIR / "sir-standard" / "tuning" / name / "results.json"
+        assert describe_pilot(name, json.loads(pilot.read_text())) in text, f"README: SIR {name} differs from its results.json"
 
 
 def test_the_check_catches_an_edited_number():

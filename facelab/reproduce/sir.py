@@ -354,6 +354,19 @@ def base_precondition(rows: list[dict], n_subjects: int, mean_face_micc: float |
 
 
 # ------------------------------------------------------------------ rows
+def describe_pilot(name: str, result: dict) -> str:
+    """One line on a pilot's precondition from its ``results.json`` (what the README quotes).
+
+    >>> describe_pilot("pilot", {"train_config": {"base_steps": 9000}, "precondition":
+    ...     {"micc_over_mean_face": 0.813, "geo_rank1_truth": 0.36, "chance": 0.025, "met": False}})
+    'pilot, 9,000 base steps: MICC 0.81 x the mean face, rank-1 against the true shapes 14.4 x chance: not met'
+    """
+    pre = result["precondition"]
+    return (f"{name}, {result['train_config']['base_steps']:,} base steps: MICC {pre['micc_over_mean_face']:.2f} x the "
+            f"mean face, rank-1 against the true shapes {pre['geo_rank1_truth'] / pre['chance']:.1f} x chance: "
+            f"{'met' if pre['met'] else 'not met'}")
+
+
 def sfm_vs_pca_table(train_cfg, sir_cfg: SIREvalConfig, ks=None) -> list[dict]:
     """:func:`facelab.metrics.shape_models.sfm_vs_pca` at each dimension of ``ks`` (default
     ``sir_cfg.sfm_k``, and the recipe's SFM dimension): both models are fitted on the stage-1 3D
