@@ -11,8 +11,8 @@ every ``diagnose_every`` steps).
 Each profile is timed with 1 and 2 threads and with each entry of :data:`VARIANTS`:
 ``float32`` is the recipes' default (today's code path); the others switch on the options of
 :mod:`facelab.train.speed` (``compiled``: a bfloat16 encoder through ``torch.compile`` and the
-fused optimiser; its compilation falls in the untimed first steps). The ratio column is each variant over ``float32`` at the same
-profile and thread count, measured in the same process. Other processes on the machine
+fused optimiser; its compilation falls in the untimed first steps). The ratio column is each
+variant over ``float32`` at the same profile and thread count, measured in the same process. Other processes on the machine
 slow every variant alike only if they run throughout: benchmark on an idle machine.
 """
 

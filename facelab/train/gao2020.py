@@ -1095,7 +1095,7 @@ def _build_stage(cfg: Gao2020TrainConfig, stage: Stage, data: dict, parent: Path
     train_mcfg = {"gao2020": mcfg, "n_classes": n_classes if cfg.use_recog else 0}
     tcfg = cfg.train_config(stage.name)
     optimizer = torch.optim.Adam(trainee.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
-                                     **optimizer_options(cfg.fused_optimizer))
+                                 **optimizer_options(cfg.fused_optimizer))
     scheduler = None
     if geometric:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lr_factor(tcfg.steps, WARMUP_FINAL_LR_FRACTION))

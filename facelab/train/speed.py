@@ -97,7 +97,7 @@ def compile_available() -> bool:
 
 
 def compile_method(module: nn.Module, method: str = "forward") -> bool:
-    """Replace ``module.<method>`` by its :func:`torch.compile`\ d version, in place; False where compiling does not work.
+    """Replace ``module.<method>`` by its :func:`torch.compile` version, in place; False where compiling does not work.
 
     The weights and the state dict are untouched: checkpoints load into eager models.
     Each new input shape or grad mode compiles again, up to :data:`COMPILE_CACHE_LIMIT`.
